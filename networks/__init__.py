@@ -1,0 +1,5 @@
+"""clinseg networks: 2D/3D segmentation and fusion networks returning logits, built by name."""
+
+from networks.registry import build_network, list_networks, register_network
+
+__all__ = ["build_network", "list_networks", "register_network"]

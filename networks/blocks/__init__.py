@@ -1,0 +1,1 @@
+"""Reusable building blocks (residual, dense, attention, fusion) for the networks."""

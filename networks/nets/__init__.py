@@ -1,0 +1,1 @@
+"""Network implementations; importing this package registers each of them."""

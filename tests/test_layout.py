@@ -1,0 +1,48 @@
+"""The repository's own promises: import names resolve here, and the layer contracts hold."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["pipeline", "transforms", "networks"])
+def test_package_resolves_inside_repository(name):
+    module = importlib.import_module(name)
+    assert Path(module.__file__).resolve().parent == REPO / name
+
+
+def test_import_linter_contracts_hold():
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert lint, "import-linter is a dev dependency: pip install -e '.[dev]'"
+    result = subprocess.run([lint], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("top", ["pyproject.toml", "README.md", "pipeline", "transforms", "networks", "bundles", "tests", "data"])
+def test_required_layout(top):
+    assert (REPO / top).exists()
+
+
+@pytest.mark.parametrize("leaf", ["transforms", "networks"])
+def test_leaves_do_not_import_engines_or_handlers(leaf):
+    import ast
+
+    forbidden = ("monai.engines", "monai.handlers")
+    for path in (REPO / leaf).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            bad = [n for n in names if n.startswith(forbidden)]
+            assert not bad, f"{path.relative_to(REPO)}:{node.lineno} imports {bad[0]}"

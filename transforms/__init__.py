@@ -1,0 +1,1 @@
+"""clinseg transforms: MONAI dictionary transforms for DICOM/NIfTI loading, CT windowing, CLAHE, augmentation."""
