@@ -1,0 +1,91 @@
+"""MLflow wiring shared by bundles and the CLI: default store, run names, params, reachability."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "mlflow.db"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The configured MLflow tracking server cannot be reached."""
+
+
+def default_tracking_uri(workdir: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set (as MLflow itself honours it), else a SQLite store ``<workdir>/mlflow.db``.
+
+    MLflow 3 refuses the old ``./mlruns`` file store and MONAI's ``MLFlowHandler`` refuses ``file:`` URIs,
+    so the embedded default is SQLite, MLflow's own default backend.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return sqlite_uri(Path(workdir or os.getcwd()) / DEFAULT_DB)
+
+
+def sqlite_uri(db_path: str | Path) -> str:
+    """``sqlite:////abs/path/mlflow.db`` for a database file (its folder is created)."""
+    db_path = Path(db_path).resolve()
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db_path}"
+
+
+def new_run_name(prefix: str) -> str:
+    """A unique, sortable run name such as ``ct_organ_resunet3d-20261120-231500-3fa9``."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = str(list(value) if isinstance(value, tuple) else value)[:6000]
+
+
+def experiment_params(meta: Mapping[str, Any] | None = None, **knobs: Any) -> dict[str, str]:
+    """MLflow params: the bundle's name and version from its metadata plus the named config knobs, flattened."""
+    params: dict[str, str] = {}
+    if meta:
+        params["bundle.name"] = str(meta.get("name", ""))
+        params["bundle.version"] = str(meta.get("version", ""))
+    _flatten("", knobs, params)
+    return params
+
+
+def bundle_artifacts(bundle_root: str | Path, *extra: str | Path) -> list[str]:
+    """Files logged as run artifacts: the bundle's configs (as run) and extra files such as the best checkpoint."""
+    configs = Path(bundle_root) / "configs"
+    files = sorted(str(p) for p in configs.glob("*") if p.suffix in {".yaml", ".json", ".conf"})
+    return files + [str(p) for p in extra]
+
+
+def require_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with a clear message, when an ``http(s)`` tracking server does not answer.
+
+    SQLite stores need no server; their folder is created instead.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as e:
+        reason = str(getattr(e, "reason", e))
+    raise TrackingUnavailableError(
+        f"MLflow tracking server {uri} is not reachable ({reason}); start it (mlflow server ...) or choose "
+        "another store with --tracking-uri / MLFLOW_TRACKING_URI (e.g. sqlite:///mlflow.db)"
+    )
