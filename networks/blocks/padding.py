@@ -1,0 +1,28 @@
+"""Pad inputs to a multiple of the total down-sampling factor and crop outputs back (odd input sizes)."""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["crop_spatial", "pad_to_multiple"]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the spatial dims of ``x`` ``(B, C, *spatial)`` at their far end up to a multiple of ``multiple``."""
+    pads: List[int] = []
+    spatial = x.shape[2:]
+    for i in range(len(spatial) - 1, -1, -1):  # F.pad lists the last dimension first
+        size = int(spatial[i])
+        pads.append(0)
+        pads.append((multiple - size % multiple) % multiple)
+    return F.pad(x, pads)
+
+
+def crop_spatial(x: torch.Tensor, shape: List[int]) -> torch.Tensor:
+    """Crop ``x`` ``(B, C, *spatial)`` to its first ``shape[d]`` voxels along each spatial dim ``d``."""
+    for d, size in enumerate(shape):
+        x = x.narrow(d + 2, 0, size)
+    return x

@@ -1,0 +1,133 @@
+"""Every registered network: shapes at odd sizes, gradients, TorchScript/ONNX export, argument checks."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from networks import build_network, list_networks
+
+SHAPES = {2: (97, 61), 3: (33, 34, 35)}
+IN, OUT = 2, 3
+
+# Smallest configuration of each network (CPU-test sized); a registered network missing here fails the suite.
+TINY: dict[str, dict] = {
+    "res_unet": {"channels": (4, 8, 16)},
+}
+
+
+def tiny(name: str, spatial_dims: int, **extra) -> torch.nn.Module:
+    return build_network(name, spatial_dims=spatial_dims, in_channels=IN, out_channels=OUT, **TINY[name], **extra)
+
+
+CASES = [(name, sd) for name in list_networks() for sd in (2, 3)]
+
+
+def test_every_network_has_a_tiny_config():
+    assert sorted(TINY) == list_networks()
+
+
+@pytest.mark.parametrize("name, spatial_dims", CASES)
+def test_output_shape_at_odd_sizes(name, spatial_dims):
+    net = tiny(name, spatial_dims).eval()
+    x = torch.randn(1, IN, *SHAPES[spatial_dims])
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (1, OUT, *SHAPES[spatial_dims])
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name, spatial_dims", CASES)
+def test_gradients_reach_every_parameter(name, spatial_dims):
+    net = tiny(name, spatial_dims).train()
+    y = net(torch.randn(2, IN, *SHAPES[spatial_dims]))
+    (y.float() ** 2).mean().backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient for {pname}"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient for {pname}"
+
+
+@pytest.mark.parametrize("name, spatial_dims", CASES)
+def test_torchscript_round_trip(name, spatial_dims):
+    net = tiny(name, spatial_dims).eval()
+    x = torch.randn(1, IN, *SHAPES[spatial_dims])
+    scripted = torch.jit.script(net)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+
+
+@pytest.mark.parametrize("name, spatial_dims", CASES)
+def test_onnx_export_round_trip(name, spatial_dims):
+    onnx = pytest.importorskip("onnx")
+    net = tiny(name, spatial_dims).eval()
+    x = torch.randn(1, IN, *SHAPES[spatial_dims])
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (y_onnx,) = session.run(["y"], {"x": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y_onnx), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown network 'res_unt'.*Did you mean 'res_unet'.*Valid names: .*res_unet"):
+        build_network("res_unt")
+
+
+@pytest.mark.parametrize("name", list_networks())
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"spatial_dims": 4}, "spatial_dims must be 2 or 3, got 4"),
+        ({"in_channels": 0}, "in_channels.* positive integer.*0"),
+        ({"out_channels": 1.5}, "out_channels.* positive integer.*1.5"),
+        ({"dropout": 1.0}, "dropout must be a number in \\[0, 1\\), got 1.0"),
+    ],
+)
+def test_bad_common_arguments_raise_clearly(name, bad, match):
+    kwargs = {"spatial_dims": 2, "in_channels": IN, "out_channels": OUT, **TINY[name], **bad}
+    with pytest.raises(ValueError, match=match):
+        build_network(name, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"channels": (8,)}, "channels must be a sequence of at least 2 positive integers, got \\(8,\\)"),
+        ({"channels": (8, 0)}, "every entry of channels must be a positive integer"),
+        ({"attention_kernel_size": 4}, "attention_kernel_size must be an odd positive integer, got 4"),
+        ({"channels": (4, 8), "deep_supervision": True}, "deep_supervision needs at least 3 levels"),
+    ],
+)
+def test_res_unet_bad_arguments(bad, match):
+    with pytest.raises(ValueError, match=f"ResUNet: {match}"):
+        build_network("res_unet", **{"spatial_dims": 2, **TINY["res_unet"], **bad})
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_res_unet_deep_supervision_shapes(spatial_dims):
+    shape = SHAPES[spatial_dims]
+    net = build_network("res_unet", spatial_dims=spatial_dims, in_channels=IN, out_channels=OUT,
+                        channels=(4, 8, 16, 32), deep_supervision=True)
+    x = torch.randn(2, IN, *shape)
+    assert net.train()(x).shape == (2, 3, OUT, *shape)  # full resolution + two coarser heads
+    with torch.no_grad():
+        full = net.eval()(x)
+    assert full.shape == (2, OUT, *shape)
+    scripted = torch.jit.script(net.train())
+    assert scripted(x).shape == (2, 3, OUT, *shape)
+
+
+def test_res_unet_default_is_the_article_configuration():
+    net = build_network("res_unet", spatial_dims=2, in_channels=1, out_channels=1)
+    widths = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert max(widths) == 1024 and min(widths) == 64

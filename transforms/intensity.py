@@ -1,0 +1,160 @@
+"""Intensity transforms: CT windowing (array + dict, deterministic + random) and CLAHE.
+
+The maths lives in :mod:`transforms.ct_window` and :mod:`transforms.clahe`; these classes only validate
+arguments, convert numpy/torch/MetaTensor, and loop over dictionary keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+
+from transforms.ct_window import apply_windows, resolve_windows
+
+__all__ = ["CTWindow", "CTWindowd", "RandCTWindowd"]
+
+
+class CTWindow(Transform):
+    """Window a CT image given in HU to ``[out_min, out_max]``.
+
+    One window applies to every channel of ``(C, X, Y[, Z])``; N windows turn a single-channel
+    ``(1, X, Y[, Z])`` HU image into ``(N, X, Y[, Z])``, one channel per window. Works on numpy arrays,
+    tensors on any device and MetaTensors (meta and affine kept).
+
+    Args:
+        level: window centre in HU (with ``width``), e.g. ``40``.
+        width: window width in HU, e.g. ``400``.
+        preset: a name from ``transforms.ct_window.CT_WINDOW_PRESETS`` (``"brain"``, ``"lung"``, ...) or a
+            list of names stacked as channels.
+        windows: explicit ``[(level, width), ...]`` pairs in HU stacked as channels.
+        out_min: output value at the lower window edge.
+        out_max: output value at the upper window edge.
+        clip: clip the output to ``[out_min, out_max]``.
+
+    Example:
+        ``CTWindow(level=40, width=400)`` maps -160 HU to 0 and 240 HU to 1.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        level: float | None = None,
+        width: float | None = None,
+        preset: str | Sequence[str] | None = None,
+        windows: Sequence[tuple[float, float]] | None = None,
+        out_min: float = 0.0,
+        out_max: float = 1.0,
+        clip: bool = True,
+    ) -> None:
+        self.windows = resolve_windows(level, width, preset, windows)
+        if out_min == out_max:
+            raise ValueError(f"CTWindow: out_min and out_max must differ, got both {out_min}.")
+        self.out_min, self.out_max, self.clip = float(out_min), float(out_max), bool(clip)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Window ``img`` ``(C, X, Y[, Z])`` in HU; returns the same type as ``img``."""
+        x = convert_to_tensor(img, track_meta=False)
+        out = apply_windows(x, self.windows, self.out_min, self.out_max, self.clip)
+        return convert_to_dst_type(out, img, dtype=out.dtype)[0]
+
+
+class CTWindowd(MapTransform):
+    """Dictionary version of :class:`CTWindow`; the same window(s) for every key in ``keys``."""
+
+    backend = CTWindow.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        level: float | None = None,
+        width: float | None = None,
+        preset: str | Sequence[str] | None = None,
+        windows: Sequence[tuple[float, float]] | None = None,
+        out_min: float = 0.0,
+        out_max: float = 1.0,
+        clip: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.windower = CTWindow(level, width, preset, windows, out_min, out_max, clip)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.windower(d[key])
+        return d
+
+
+class RandCTWindowd(RandomizableTransform, MapTransform):
+    """CT windowing with randomly jittered windows, one draw per call shared by all keys.
+
+    With probability ``prob`` each window's level is shifted by ``U(-level_jitter, level_jitter)`` HU and
+    its width scaled by ``1 + U(-width_jitter, width_jitter)``; otherwise the base window is applied, so
+    the output is always windowed (a training pipeline can swap ``CTWindowd`` for this class).
+
+    Args:
+        keys: keys of the HU images ``(C, X, Y[, Z])``.
+        prob: probability of jittering the window.
+        level_jitter: maximum level shift in HU (>= 0).
+        width_jitter: maximum relative width change, in ``[0, 1)``.
+        level, width, preset, windows, out_min, out_max, clip: the base window, as in :class:`CTWindow`.
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    backend = CTWindow.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        level_jitter: float = 0.0,
+        width_jitter: float = 0.0,
+        level: float | None = None,
+        width: float | None = None,
+        preset: str | Sequence[str] | None = None,
+        windows: Sequence[tuple[float, float]] | None = None,
+        out_min: float = 0.0,
+        out_max: float = 1.0,
+        clip: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if not level_jitter >= 0:
+            raise ValueError(f"RandCTWindowd: level_jitter must be >= 0 HU, got {level_jitter}.")
+        if not 0 <= width_jitter < 1:
+            raise ValueError(f"RandCTWindowd: width_jitter must be in [0, 1), got {width_jitter}.")
+        self.level_jitter, self.width_jitter = float(level_jitter), float(width_jitter)
+        self.base = CTWindow(level, width, preset, windows, out_min, out_max, clip)
+        self._windower = self.base
+
+    def randomize(self, data: object = None) -> None:
+        """Draw whether to jitter and, if so, one level shift and width factor per window."""
+        super().randomize(None)
+        if not self._do_transform:
+            self._windower = self.base
+            return
+        n = len(self.base.windows)
+        shifts = self.R.uniform(-self.level_jitter, self.level_jitter, size=n)
+        factors = 1.0 + self.R.uniform(-self.width_jitter, self.width_jitter, size=n)
+        jittered = [(lv + float(s), wd * float(f)) for (lv, wd), s, f in zip(self.base.windows, shifts, factors)]
+        b = self.base
+        self._windower = CTWindow(windows=jittered, out_min=b.out_min, out_max=b.out_max, clip=b.clip)
+
+    @property
+    def current_windows(self) -> tuple[tuple[float, float], ...]:
+        """The ``(level, width)`` pairs in HU used by the last call."""
+        return self._windower.windows
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            d[key] = self._windower(d[key])
+        return d
