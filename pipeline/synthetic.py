@@ -1,9 +1,10 @@
 """Deterministic synthetic CT/MR patients (2D and 3D) written as NIfTI and DICOM series with an MSD datalist.
 
-A phantom is an abdomen-like slab: air, body with a subcutaneous fat ring, muscle, a posterior spine, a large
-liver-like organ (label 1) and 1-3 hypodense lesions strictly inside it (label 2), rendered as CT (HU) and as a
-T1-like MR image of the same anatomy. All randomness of a phantom comes from ``np.random.default_rng(seed)``,
-so a seed gives bit-identical arrays and NIfTI files. Layout written by :func:`synthesize`::
+A phantom is an abdomen-like slab: air, body with a subcutaneous fat ring, muscle, a posterior spine, a
+large liver-like organ (label 1) and 1-3 hypodense lesions strictly inside it (label 2), rendered as CT (HU)
+and as a T1-like MR image of the same anatomy. All randomness of a phantom comes from
+``np.random.default_rng(seed)``, so a seed gives bit-identical arrays and NIfTI files. :func:`synthesize`
+writes::
 
     OUT/dataset.json
     OUT/patients/case_000/{ct.nii.gz, mr.nii.gz, label.nii.gz, ct_dicom/}
@@ -60,14 +61,22 @@ class Phantom:
     affine: np.ndarray
 
 
-def _check_seed(seed: int, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}.")
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_seed(seed: int) -> int:
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     return int(seed)
 
 
 def _check_dims(spatial_dims: int) -> int:
-    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+    if not _is_int(spatial_dims) or spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
     return int(spatial_dims)
 
@@ -82,7 +91,9 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in formats)
 
 
-def _geometry(rng: np.random.Generator, shape: tuple[int, ...], spacing: tuple[float, ...], oblique: bool) -> np.ndarray:
+def _geometry(
+    rng: np.random.Generator, shape: tuple[int, ...], spacing: tuple[float, ...], oblique: bool
+) -> np.ndarray:
     """Voxel -> RAS affine: scan centre at a plausible table position, rotated about z and x when oblique."""
     angle_z = np.deg2rad(rng.uniform(10.0, 25.0) * rng.choice((-1.0, 1.0)))
     angle_x = np.deg2rad(rng.uniform(2.0, 6.0) * rng.choice((-1.0, 1.0)))
@@ -130,11 +141,11 @@ def make_phantom(
     dims = _check_dims(spatial_dims)
     shape = tuple(_DEFAULT_SHAPE[dims] if shape is None else shape)
     spacing = tuple(_DEFAULT_SPACING[dims] if spacing is None else spacing)
-    if len(shape) != dims or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in shape):
+    if len(shape) != dims or not all(_is_int(n) and n >= 1 for n in shape):
         raise ValueError(f"shape must be {dims} positive integers for spatial_dims={dims}, got {shape!r}.")
     if min(shape[:2]) < _MIN_SIZE:
         raise ValueError(f"shape must be at least {_MIN_SIZE} voxels in X and Y, got {shape!r}.")
-    if len(spacing) != dims or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in spacing):
+    if len(spacing) != dims or not all(_is_number(s) and math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing must be {dims} positive finite numbers (mm), got {spacing!r}.")
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -209,7 +220,12 @@ def write_case(
         try:
             volume = phantom.ct if phantom.ct.ndim == 3 else phantom.ct[..., None]
             write_dicom_series(
-                volume, phantom.affine, tmp, modality="CT", series_description="clinseg synthetic CT", uid_seed=uid_seed
+                volume,
+                phantom.affine,
+                tmp,
+                modality="CT",
+                series_description="clinseg synthetic CT",
+                uid_seed=uid_seed,
             )
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -248,8 +264,8 @@ def synthesize(
 ) -> Path:
     """Write ``cases`` synthetic patients and an MSD-style ``dataset.json`` under ``out``.
 
-    Case ``i`` is ``case_{i:03d}``, its phantom seed comes from ``np.random.SeedSequence([seed, i])``, and every
-    third case (``i % 3 == 2``) has an oblique affine. The split is a permutation drawn from ``seed``.
+    Case ``i`` is ``case_{i:03d}``, its phantom seed comes from ``np.random.SeedSequence([seed, i])``, and
+    every third case (``i % 3 == 2``) has an oblique affine. The split is a permutation drawn from ``seed``.
 
     Args:
         out: output folder (created if missing).
@@ -265,23 +281,28 @@ def synthesize(
     Raises:
         ValueError: bad cases, seed, spatial_dims, formats or splits.
     """
-    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
+    if not _is_int(cases) or cases < 1:
         raise ValueError(f"cases must be an integer >= 1, got {cases!r}.")
     seed = _check_seed(seed)
     dims = _check_dims(spatial_dims)
     formats = _check_formats(formats)
     splits = tuple(float(f) for f in splits)
-    if len(splits) != 3 or not all(math.isfinite(f) and f >= 0 for f in splits) or splits[0] <= 0 or not math.isclose(sum(splits), 1.0, abs_tol=1e-6):
-        raise ValueError(f"splits must be 3 non-negative fractions summing to 1 with training > 0, got {splits!r}.")
+    valid = all(math.isfinite(f) and f >= 0 for f in splits) and math.isclose(sum(splits), 1.0, abs_tol=1e-6)
+    if len(splits) != 3 or not valid or splits[0] <= 0:
+        raise ValueError(
+            f"splits must be 3 non-negative fractions summing to 1 with training > 0, got {splits!r}."
+        )
 
     out = Path(out)
     entries = []
     for index in range(cases):
         case = f"case_{index:03d}"
         phantom = make_phantom(_case_seed(seed, index), spatial_dims=dims, oblique=index % 3 == 2)
-        written = write_case(phantom, out / "patients" / case, formats=formats, uid_seed=f"clinseg-synthetic/{seed}/{case}")
+        uid_seed = f"clinseg-synthetic/{seed}/{case}"
+        written = write_case(phantom, out / "patients" / case, formats=formats, uid_seed=uid_seed)
         paths = {key: f"patients/{case}/{rel}" for key, rel in written.items()}
-        entry = {"case": case, "image": paths.get("ct", paths.get("ct_dicom")), "mr": paths["mr"], "label": paths["label"]}
+        image = paths.get("ct", paths.get("ct_dicom"))
+        entry = {"case": case, "image": image, "mr": paths["mr"], "label": paths["label"]}
         if "ct_dicom" in paths:
             entry["ct_dicom"] = paths["ct_dicom"]
         entries.append(entry)
@@ -306,5 +327,6 @@ def synthesize(
     }
     path = out / "dataset.json"
     _atomic_write(path, (json.dumps(dataset, indent=2) + "\n").encode())
-    logger.info("wrote %s: %d training, %d validation, %d test", path, len(training), len(validation), len(test))
+    sizes = (len(training), len(validation), len(test))
+    logger.info("wrote %s: %d training, %d validation, %d test", path, *sizes)
     return path

@@ -1,9 +1,9 @@
 """Voxel-space anatomy of the synthetic phantoms: a tissue map, then CT (HU) and T1-like MR renderings of it.
 
-Everything is built on the voxel grid from millimetre coordinates centred on the grid, so the anatomy keeps its
-physical proportions whatever the spacing, and sizes scale with the field of view so small test grids still hold
-a body, an organ and a lesion. The three functions draw from the same ``np.random.Generator`` in a fixed order:
-:func:`draw_tissues` first, then :func:`render_ct`, then :func:`render_mr`.
+Everything is built on the voxel grid from millimetre coordinates centred on the grid, so the anatomy keeps
+its physical proportions whatever the spacing, and sizes scale with the field of view so small test grids
+still hold a body, an organ and a lesion. The three functions draw from one ``np.random.Generator`` in a fixed
+order: :func:`draw_tissues` first, then :func:`render_ct`, then :func:`render_mr`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ _MR_SIGNAL = {
 }
 
 
-def _grid(shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def _grid(
+    shape: tuple[int, ...], spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Broadcastable mm coordinates ``x``, ``y``, ``z`` centred on the grid, and the half z extent (mm).
 
     For 2D grids ``z`` is a zero array (the phantom's mid-plane) and the half z extent is 1.
@@ -80,9 +82,9 @@ def _lut(rng: np.random.Generator, ranges: dict[str, tuple[float, float]]) -> np
 def draw_tissues(rng: np.random.Generator, shape: tuple[int, ...], spacing: tuple[float, ...]) -> np.ndarray:
     """Draw one phantom's anatomy as a tissue map.
 
-    Body with an irregular elliptic outline varying along z, a subcutaneous fat ring, muscle, a posterior spine
-    (vertebral body with cortical shell, discs in 3D, canal and arch), a smoothly deformed liver-like organ on the
-    patient's right (+x in RAS) and 1-3 lesions (unions of spheres/disks) strictly inside the organ.
+    Body with an irregular elliptic outline varying along z, a subcutaneous fat ring, muscle, a posterior
+    spine (vertebral body with cortical shell, discs in 3D, canal and arch), a smoothly deformed liver-like
+    organ on the patient's right (+x in RAS) and 1-3 lesions (unions of spheres/disks) strictly inside it.
 
     Args:
         rng: the phantom's generator (consumed in a fixed order).
@@ -107,7 +109,8 @@ def draw_tissues(rng: np.random.Generator, shape: tuple[int, ...], spacing: tupl
     theta = np.arctan2((y - cy) / b, (x - cx) / a)
     ripple = np.ones(np.broadcast_shapes(theta.shape, t.shape))
     for k in (2, 3, 4):
-        ripple = ripple + rng.uniform(0.0, 0.035) * np.cos(k * theta + rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1) * t)
+        amplitude, phase, twist = rng.uniform(0.0, 0.035), rng.uniform(0, 2 * np.pi), rng.uniform(-1, 1)
+        ripple = ripple + amplitude * np.cos(k * theta + phase + twist * t)
     rho = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2) / ripple
     fat_fraction = rng.uniform(0.08, 0.14)
     tissues = np.zeros(shape, dtype=np.uint8)
@@ -115,7 +118,7 @@ def draw_tissues(rng: np.random.Generator, shape: tuple[int, ...], spacing: tupl
     interior = np.broadcast_to(rho <= 1.0 - fat_fraction, shape)
     tissues[interior] = TISSUES["muscle"]
 
-    # Spine: vertebral body (cortical shell + cancellous core, discs along z), canal and a bony arch behind it.
+    # Spine: vertebral body (cortical shell + cancellous core, discs along z), canal, bony arch behind it.
     b_mid = half_y * 0.66
     rv = b_mid * rng.uniform(0.14, 0.18)
     sx, sy = cx + rng.uniform(-0.05, 0.05) * rv, cy - 0.45 * b_mid
@@ -134,7 +137,7 @@ def draw_tissues(rng: np.random.Generator, shape: tuple[int, ...], spacing: tupl
     ):
         tissues[np.broadcast_to(mask, shape) & interior] = TISSUES[name]
 
-    # Organ: rotated, tapered ellipsoid with a smooth angular deformation, kept in the interior and off the spine.
+    # Organ: rotated, tapered ellipsoid with a smooth angular deformation, in the interior, off the spine.
     ocx = cx + rng.uniform(0.15, 0.3) * a.mean()
     ocy = cy + rng.uniform(0.0, 0.15) * b.mean()
     ocz = rng.uniform(-0.1, 0.1) * half_z if dims == 3 else 0.0
@@ -151,10 +154,10 @@ def draw_tissues(rng: np.random.Generator, shape: tuple[int, ...], spacing: tupl
     limit = np.ones(radius.shape)
     for _ in range(3):
         freq = rng.normal(size=3) * 2.0
-        limit = limit + rng.uniform(0.03, 0.08) * np.cos(np.tensordot(freq, direction, axes=1) + rng.uniform(0, 2 * np.pi))
-    organ_space = np.broadcast_to(
-        (rho <= 1.0 - fat_fraction - 0.05) & (d_body > rv + 3.0) & (d_canal > 1.6 * rc + 3.0) & (y > sy), shape
-    )
+        amplitude, phase = rng.uniform(0.03, 0.08), rng.uniform(0, 2 * np.pi)
+        limit = limit + amplitude * np.cos(np.tensordot(freq, direction, axes=1) + phase)
+    off_spine = (d_body > rv + 3.0) & (d_canal > 1.6 * rc + 3.0) & (y > sy)
+    organ_space = np.broadcast_to((rho <= 1.0 - fat_fraction - 0.05) & off_spine, shape)
     organ = np.broadcast_to(radius <= limit, shape) & organ_space
     tissues[organ] = TISSUES["organ"]
 
@@ -163,7 +166,9 @@ def draw_tissues(rng: np.random.Generator, shape: tuple[int, ...], spacing: tupl
     margin = float(max(spacing))
     core = depth > margin
     if not core.any():
-        raise ValueError(f"shape {shape} with spacing {spacing} mm is too small to hold a lesion inside the organ.")
+        raise ValueError(
+            f"shape {shape} with spacing {spacing} mm is too small to hold a lesion inside the organ."
+        )
     coords = np.stack(np.broadcast_arrays(x, y, z), axis=-1).reshape(-1, 3)
     flat_depth = depth.reshape(-1)
     sizes = (ox, oy, oz) if dims == 3 else (ox, oy)
@@ -182,7 +187,8 @@ def draw_tissues(rng: np.random.Generator, shape: tuple[int, ...], spacing: tupl
             c = centre + offset
             lesion |= np.broadcast_to((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= part_r**2, shape)
         tissues[lesion & core] = TISSUES["lesion"]
-    logger.debug("phantom tissues %s: organ %d voxels, lesion %d voxels", shape, organ.sum(), (tissues == 4).sum())
+    lesion_voxels = int((tissues == TISSUES["lesion"]).sum())
+    logger.debug("phantom tissues %s: organ %d voxels, lesion %d voxels", shape, organ.sum(), lesion_voxels)
     return tissues
 
 
@@ -210,7 +216,7 @@ def _unit_coords(shape: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def render_ct(rng: np.random.Generator, tissues: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """CT image of a tissue map: per-tissue HU, partial-volume blur, smooth bias inside the body, Gaussian noise.
+    """CT image of a tissue map: per-tissue HU, partial-volume blur, smooth body bias, Gaussian noise.
 
     Args:
         rng: the phantom's generator (after :func:`draw_tissues`).

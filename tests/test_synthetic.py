@@ -58,14 +58,15 @@ def test_tissue_intensities_are_plausible(seed):
     phantom = make_phantom(seed, shape=SMALL)
     tissues = _tissues(seed)
     np.testing.assert_array_equal(tissues == TISSUES["organ"], phantom.label == 1)
-    ct = {name: float(phantom.ct[tissues == code].mean()) for name, code in TISSUES.items() if (tissues == code).any()}
+    present = {name: tissues == code for name, code in TISSUES.items() if (tissues == code).any()}
+    ct = {name: float(phantom.ct[mask].mean()) for name, mask in present.items()}
     assert abs(ct["air"] + 1000) < 15
     assert ct["fat"] < -50
     assert 20 < ct["organ"] < 100
     assert ct["lesion"] < ct["organ"] - 10
     bone = np.isin(tissues, [TISSUES["cortical_bone"], TISSUES["cancellous_bone"]])
     assert phantom.ct[bone].mean() > 250
-    mr = {name: float(phantom.mr[tissues == code].mean()) for name, code in TISSUES.items() if (tissues == code).any()}
+    mr = {name: float(phantom.mr[mask].mean()) for name, mask in present.items()}
     assert phantom.mr.min() >= 0
     assert mr["fat"] > mr["organ"] > mr["lesion"] > mr["air"]
     assert mr["cortical_bone"] < mr["muscle"]
@@ -127,12 +128,15 @@ def test_write_case_nifti_is_byte_identical_with_geometry(tmp_path):
 def _read_dicom_series(folder) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z) HU and RAS affine by the project convention, straight from pydicom."""
     slices = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
-    row, col = np.array(slices[0].ImageOrientationPatient[:3], float), np.array(slices[0].ImageOrientationPatient[3:], float)
+    iop = np.array(slices[0].ImageOrientationPatient, float)
+    row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     slices.sort(key=lambda ds: float(np.dot(np.array(ds.ImagePositionPatient, float), normal)))
-    volume = np.stack([ds.pixel_array.T * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices], -1)
+    hu = [ds.pixel_array.T * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices]
+    volume = np.stack(hu, axis=2)
     first = np.array(slices[0].ImagePositionPatient, float)
-    step = (np.array(slices[-1].ImagePositionPatient, float) - first) / (len(slices) - 1) if len(slices) > 1 else normal
+    last = np.array(slices[-1].ImagePositionPatient, float)
+    step = (last - first) / (len(slices) - 1) if len(slices) > 1 else normal
     dy, dx = (float(v) for v in slices[0].PixelSpacing)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * dx, col * dy, step, first
