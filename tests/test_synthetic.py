@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import ndimage
 from pipeline.synthetic import LABELS, Phantom, make_phantom, synthesize, write_case
 from pipeline.synthetic_anatomy import TISSUES, draw_tissues
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = (48, 44, 12)
 SPACING = (0.8, 0.8, 2.5)
 
@@ -153,6 +155,9 @@ def test_write_case_dicom_matches_ct_voxels_and_affine(tmp_path, oblique):
     volume, affine = _read_dicom_series(tmp_path / "ct_dicom")
     np.testing.assert_array_equal(volume, phantom.ct)
     np.testing.assert_allclose(affine, phantom.affine, atol=1e-4)
+    first_bytes = [f.read_bytes() for f in files]
+    write_case(phantom, tmp_path, formats=("dicom",), uid_seed="test")  # rewrite over the existing series
+    assert [f.read_bytes() for f in sorted((tmp_path / "ct_dicom").iterdir())] == first_bytes
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -237,3 +242,13 @@ def test_write_case_rejects_mismatched_arrays(tmp_path):
     bad = Phantom(ct=good.ct, mr=good.mr[:-1], label=good.label, affine=good.affine)
     with pytest.raises(ValueError, match="share one grid"):
         write_case(bad, tmp_path)
+
+
+def test_example_datalist_matches_what_synthesize_writes(tmp_path):
+    example = json.loads((REPO / "data" / "example_datalist.json").read_text())
+    path = synthesize(tmp_path, cases=3, seed=0, spatial_dims=2, formats=("nifti", "dicom"))
+    written = json.loads(path.read_text())
+    assert example["tensorImageSize"] == "3D" and written["tensorImageSize"] == "2D"
+    for key in ("tensorImageSize", "description"):
+        example.pop(key), written.pop(key)
+    assert example == written
