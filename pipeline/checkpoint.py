@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine
+from monai.handlers import CheckpointSaver
 from torch import nn
 
 import networks
@@ -77,3 +79,15 @@ def network_from_checkpoint(path: str | Path, map_location: str | torch.device =
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit network {spec['name']!r}: {e}") from e
     return network.to(map_location).eval()
+
+
+class TrainingCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` that also stores the engine it is attached to (epoch, iteration).
+
+    A bundle cannot list the trainer in its own handler's ``save_dict`` (a circular reference), so the
+    engine is added when the handler is attached; ignite's ``Checkpoint`` keeps a reference to the dict.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
+        super().attach(engine)

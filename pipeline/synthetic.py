@@ -174,6 +174,7 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     image.header.set_xyzt_units("mm")
+    image.header.set_data_offset(352)  # to_bytes() leaves vox_offset 0, which the NIfTI-1 spec forbids
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 

@@ -1,0 +1,160 @@
+"""The ``clinseg`` command line: each sub-command maps flags to keyword arguments of a library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("clinseg")
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, object]:
+    """``--set key=value`` pairs; values parse as YAML (numbers, lists, booleans), else stay strings."""
+    import yaml
+
+    result: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value (e.g. --set max_epochs=5), got {pair!r}")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pipeline.synthetic import synthesize
+
+    formats = ("nifti", "dicom") if args.format == "both" else (args.format,)
+    path = synthesize(Path(args.out), cases=args.cases, seed=args.seed, spatial_dims=args.dims, formats=formats)
+    print(f"wrote {args.cases} synthetic patients and {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.training import train_bundle
+
+    result = train_bundle(
+        args.bundle,
+        dataset_dir=args.dataset_dir,
+        ckpt_dir=args.ckpt_dir,
+        tracking_uri=args.tracking_uri,
+        max_epochs=args.epochs,
+        overrides=_overrides(args.set),
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.batch import predict_folder
+    from pipeline.predictor import InferenceOptions, Predictor
+
+    options = InferenceOptions(
+        roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, device=args.device
+    )
+    predictor = Predictor.from_bundle(args.bundle, args.checkpoint or None, options=options, **_overrides(args.set))
+    report = predict_folder(predictor, args.input, args.output, split=args.split, overwrite=args.overwrite)
+    print(report.summary_line())
+    return report.exit_code()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    run_demo(Path(args.workdir), cases=args.cases, max_epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from transforms.inspect import format_inspection, inspect_path
+
+    rows = inspect_path(args.path)
+    print(json.dumps(rows, indent=2, default=str) if args.json else format_inspection(rows))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from transforms.inspect import convert_to_nifti
+
+    out = convert_to_nifti(args.path, args.out, series_uid=args.series)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clinseg", description="MONAI-based clinical segmentation pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write deterministic synthetic CT/MR patients and a dataset.json")
+    p.add_argument("out", help="output folder (patients/ and dataset.json are written inside)")
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dims", type=int, choices=(2, 3), default=3)
+    p.add_argument("--format", choices=("nifti", "dicom", "both"), default="nifti")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a bundle (same as python -m monai.bundle run on its train config)")
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
+    p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
+    p.add_argument("--ckpt-dir", help="where checkpoints go (default: <bundle>/models)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--epochs", type=int, help="override max_epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config id")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment a folder of patients (DICOM or NIfTI) or a datalist")
+    p.add_argument("bundle")
+    p.add_argument("--input", required=True, help="folder of patient folders, flat NIfTI folder or dataset.json")
+    p.add_argument("--output", required=True)
+    p.add_argument("--checkpoint", action="append", default=[], help="weights (repeat for an ensemble)")
+    p.add_argument("--split", default="test", help="datalist split when --input is a .json file")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--roi-size", type=int, nargs="+")
+    p.add_argument("--overlap", type=float)
+    p.add_argument("--sw-batch-size", type=int)
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config id")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="synthesize, train, validate and predict end to end on CPU")
+    p.add_argument("--workdir", default="clinseg-demo")
+    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's tuned value)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("inspect", help="list the DICOM series / NIfTI images under a path and their problems")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="write a DICOM series (or any loadable scan) as NIfTI with its geometry")
+    p.add_argument("path")
+    p.add_argument("out", help="output .nii.gz")
+    p.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        logger.error("%s", e)
+        logger.debug("traceback", exc_info=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

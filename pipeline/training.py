@@ -1,0 +1,96 @@
+"""Train a bundle through MONAI's ConfigWorkflow and summarize the run (best metric, checkpoints, MLflow run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.bundle import Bundle
+from pipeline.tracking import default_tracking_uri
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    bundle: str
+    run_name: str
+    tracking_uri: str
+    ckpt_dir: Path
+    best_metric: float
+    best_epoch: int
+    epochs: int
+    best_per_class: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.ckpt_dir / "model.pt"
+
+    def summary(self) -> str:
+        per_class = ", ".join(f"{k} {v:.4f}" for k, v in self.best_per_class.items())
+        return (
+            f"{self.bundle}: best val_mean_dice {self.best_metric:.4f} at epoch {self.best_epoch}/{self.epochs}"
+            + (f" ({per_class})" if per_class else "")
+            + f"\ncheckpoints: {self.ckpt_dir}\nMLflow run {self.run_name} ({self.run_id}) in {self.tracking_uri}"
+        )
+
+
+def train_bundle(
+    bundle: str | Path | Bundle,
+    *,
+    dataset_dir: str | Path | None = None,
+    ckpt_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    max_epochs: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: str | list[str] = "train",
+) -> TrainResult:
+    """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
+    settings: dict[str, Any] = dict(overrides or {})
+    if dataset_dir is not None:
+        settings["dataset_dir"] = str(Path(dataset_dir).resolve())
+    if ckpt_dir is not None:
+        settings["ckpt_dir"] = str(Path(ckpt_dir).resolve())
+    if max_epochs is not None:
+        settings["max_epochs"] = max_epochs
+    settings["tracking_uri"] = tracking_uri or default_tracking_uri()
+    workflow = bundle.run(config, **settings)
+    parser = workflow.parser
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    trainer = parser.get_parsed_content("train#trainer")
+    result = TrainResult(
+        bundle=bundle.name,
+        run_name=parser.get_parsed_content("run_name"),
+        tracking_uri=parser.get_parsed_content("tracking_uri"),
+        ckpt_dir=Path(parser.get_parsed_content("ckpt_dir")),
+        best_metric=float(evaluator.state.best_metric),
+        best_epoch=int(evaluator.state.best_metric_epoch),
+        epochs=int(trainer.state.epoch),
+    )
+    _read_back_run(result)
+    return result
+
+
+def _read_back_run(result: TrainResult) -> None:
+    """Fill the MLflow run id and the per-class validation metrics at the best epoch."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"attributes.run_name = '{result.run_name}'",
+        max_results=1,
+    )
+    if not runs:
+        return
+    run = runs[0]
+    result.run_id = run.info.run_id
+    for key in sorted(run.data.metrics):
+        if key.startswith("val_dice_"):
+            history = client.get_metric_history(result.run_id, key)
+            at_best = [m.value for m in history if m.step == result.best_epoch]
+            if at_best:
+                result.best_per_class[key.removeprefix("val_dice_")] = at_best[-1]
