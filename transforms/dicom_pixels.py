@@ -28,6 +28,20 @@ def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
 
+def _package_for(ts_uid: UID) -> str:
+    """The pip package that decodes ``ts_uid`` through pylibjpeg."""
+    name = ts_uid.name
+    if "JPEG 2000" in name or "HTJ2K" in name:
+        return "pylibjpeg pylibjpeg-openjpeg"
+    if "JPEG-LS" in name:
+        return "pylibjpeg pylibjpeg-libjpeg (or pyjpegls)"
+    if "JPEG" in name:
+        return "pylibjpeg pylibjpeg-libjpeg"
+    if "RLE" in name:
+        return "pylibjpeg pylibjpeg-rle"
+    return "pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg"
+
+
 def check_decoder(ts_uid: UID, source: str) -> None:
     """Raise when pixel data of transfer syntax ``ts_uid`` cannot be decoded with the installed packages.
 
@@ -42,10 +56,10 @@ def check_decoder(ts_uid: UID, source: str) -> None:
     except NotImplementedError as err:
         raise ScanLoadError(f"{source}: no pixel data decoder exists for transfer syntax {ts_uid.name} ({ts_uid}).") from err
     if not decoder.is_available:
-        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        missing = "; ".join(decoder.missing_dependencies) or "none listed"
         raise ScanLoadError(
-            f"{source}: cannot decode transfer syntax {ts_uid.name} ({ts_uid}); install one of: {missing} "
-            f"(e.g. `pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg`)."
+            f"{source}: no installed decoder for transfer syntax {ts_uid.name} ({ts_uid}); "
+            f"`pip install {_package_for(ts_uid)}` (pydicom's other options: {missing})."
         )
 
 

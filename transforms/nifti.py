@@ -28,7 +28,7 @@ def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     """
     proxy = img.dataobj
     dtype = img.get_data_dtype()
-    offset = int(img.header.get_data_offset())
+    offset = int(proxy.offset)
     nbytes = int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
     if float(proxy.slope) != 1.0 or float(proxy.inter) != 0.0:
         return np.asarray(proxy)
