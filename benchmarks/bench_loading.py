@@ -58,7 +58,11 @@ def main() -> None:
         np.testing.assert_array_equal(load_scan(folder).numpy()[0], _sitk_series(folder).transpose(2, 1, 0))
         rows = [
             ("DICOM series", lambda: load_scan(folder), lambda: _sitk_series(folder)),
-            ("NIfTI .nii.gz", lambda: load_scan(nii), lambda: sitk.GetArrayFromImage(sitk.ReadImage(str(nii)))),
+            (
+                "NIfTI .nii.gz",
+                lambda: load_scan(nii),
+                lambda: sitk.GetArrayFromImage(sitk.ReadImage(str(nii))),
+            ),
         ]
         shape = f"{args.size}x{args.size}x{args.slices}"
         print("| case | ours (s) | SimpleITK (s) | ratio ours/sitk |")

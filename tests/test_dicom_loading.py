@@ -26,12 +26,20 @@ SHAPE = (9, 8, 6)
 def _oblique() -> np.ndarray:
     c, s = np.cos(0.4), np.sin(0.4)
     affine = np.eye(4)
-    affine[:3, :3] = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]) @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ np.diag([0.7, 0.8, 2.5])
+    affine[:3, :3] = (
+        np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+        @ np.diag([0.7, 0.8, 2.5])
+    )
     affine[:3, 3] = [12.0, -30.25, 7.5]
     return affine
 
 
-AFFINES = {"ras": np.diag([0.7, 0.8, 2.0, 1.0]), "lps": np.diag([-0.9, -0.9, 3.0, 1.0]), "oblique": _oblique()}
+AFFINES = {
+    "ras": np.diag([0.7, 0.8, 2.0, 1.0]),
+    "lps": np.diag([-0.9, -0.9, 3.0, 1.0]),
+    "oblique": _oblique(),
+}
 
 
 def _vol(shape=SHAPE, seed=0) -> np.ndarray:
@@ -108,7 +116,9 @@ def test_missing_decoder_names_syntax_and_package(tmp_path, monkeypatch):
         ds.compress(JPEG2000Lossless)
         ds.save_as(path)
     monkeypatch.setattr(Decoder, "is_available", property(lambda self: False))
-    with pytest.raises(ScanLoadError, match=r"no installed decoder .*JPEG 2000.*pip install pylibjpeg pylibjpeg-openjpeg"):
+    with pytest.raises(
+        ScanLoadError, match=r"no installed decoder .*JPEG 2000.*pip install pylibjpeg pylibjpeg-openjpeg"
+    ):
         load_scan(tmp_path)
 
 
@@ -128,7 +138,9 @@ def test_twelve_bit_signed_values_are_sign_extended(tmp_path):
     paths = _series(tmp_path, vol)
     for path in paths:
         ds = pydicom.dcmread(path)
-        stored = ds.pixel_array.astype(np.int16) & 0x0FFF  # upper 4 bits cleared, as 12-bit scanners store them
+        stored = (
+            ds.pixel_array.astype(np.int16) & 0x0FFF
+        )  # upper 4 bits cleared, as 12-bit scanners store them
         ds.PixelData, ds.BitsStored, ds.HighBit = stored.tobytes(), 12, 11
         ds.save_as(path)
     expected = np.stack([pydicom.dcmread(p).pixel_array for p in paths], -1).transpose(1, 0, 2) - 1024.0
@@ -234,9 +246,22 @@ def test_bad_paths_raise_scan_load_error(tmp_path, setup, match):
 
 @pytest.fixture()
 def two_series(tmp_path) -> Path:
-    _series(tmp_path / "a", _vol((9, 8, 6)), series_description="AX SOFT TISSUE", uid_seed="a", series_uid="1.2.3.1")
+    _series(
+        tmp_path / "a",
+        _vol((9, 8, 6)),
+        series_description="AX SOFT TISSUE",
+        uid_seed="a",
+        series_uid="1.2.3.1",
+    )
     _series(tmp_path / "b", _vol((9, 8, 4)), series_description="AX LUNG", uid_seed="b", series_uid="1.2.3.2")
-    _series(tmp_path / "c", _vol((9, 8, 4)), modality="MR", series_description="T1", uid_seed="c", series_uid="1.2.3.3")
+    _series(
+        tmp_path / "c",
+        _vol((9, 8, 4)),
+        modality="MR",
+        series_description="T1",
+        uid_seed="c",
+        series_uid="1.2.3.3",
+    )
     return tmp_path
 
 
@@ -259,7 +284,10 @@ def test_series_selection(two_series, kwargs, slices):
     [
         ({"series_uid": "9.9"}, r"series_uid '9.9' not found.*1\.2\.3\.1 \(CT, 'AX SOFT TISSUE', 6 slices\)"),
         ({"series_rule": {"description": "bone"}}, "no series matches"),
-        ({"series_rule": {"modality": "CT", "prefer_most_slices": False}}, r"ambiguous.*1\.2\.3\.2 \(CT, 'AX LUNG', 4 slices\)"),
+        (
+            {"series_rule": {"modality": "CT", "prefer_most_slices": False}},
+            r"ambiguous.*1\.2\.3\.2 \(CT, 'AX LUNG', 4 slices\)",
+        ),
         ({"series_rule": {"description": "AX|T1", "modality": None}}, None),
     ],
 )
@@ -300,7 +328,13 @@ def _to_enhanced(paths: list[Path], out: Path, order: list[int]) -> None:
         group.PlanePositionSequence[0].ImagePositionPatient = slices[k].ImagePositionPatient
         frames.append(group)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept"):
+    for key in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "RescaleSlope",
+        "RescaleIntercept",
+    ):
         delattr(ds, key)
     ds.PixelData = b"".join(slices[k].PixelData for k in order)
     ds.save_as(out)

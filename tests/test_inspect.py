@@ -18,7 +18,9 @@ AFFINE = np.diag([0.7, 0.8, 2.0, 1.0])
 def folder(tmp_path):
     vol = np.random.default_rng(0).integers(-1000, 400, (9, 8, 6)).astype(np.int16)
     write_dicom_series(vol, AFFINE, tmp_path / "good", series_description="good", series_uid="1.2.3.1")
-    paths = write_dicom_series(vol, AFFINE, tmp_path / "gappy", series_description="gappy", series_uid="1.2.3.2")
+    paths = write_dicom_series(
+        vol, AFFINE, tmp_path / "gappy", series_description="gappy", series_uid="1.2.3.2"
+    )
     paths[2].unlink()
     return tmp_path, vol
 
@@ -37,7 +39,9 @@ def test_rows_describe_series_and_problems(folder):
 
 
 def test_nifti_row_and_orientation(tmp_path):
-    nib.save(nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), np.diag([-1.0, -1.0, 1.0, 1.0])), tmp_path / "x.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), np.diag([-1.0, -1.0, 1.0, 1.0])), tmp_path / "x.nii.gz"
+    )
     (row,) = inspect_path(tmp_path / "x.nii.gz")
     assert row["kind"] == "nifti" and row["orientation"] == "LPS" and row["size"] == (3, 4, 5)
     with pytest.raises(ScanLoadError, match="no such file"):

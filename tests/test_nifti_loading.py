@@ -90,8 +90,16 @@ def test_2d_files(tmp_path, shape):
     "make, kwargs, match",
     [
         (lambda p: _save(p, np.zeros((3, 4, 5), np.float32) + np.nan), {}, "NaN voxels"),
-        (lambda p: _save(p, np.zeros((3, 4, 5), np.float32)), {"spatial_dims": 2}, "spatial_dims=2 needs a 2D image"),
-        (lambda p: _save(p, np.zeros((3, 4, 5), np.float32)), {"channel_axis": 0}, "channel_axis=0 given but the image is 3D"),
+        (
+            lambda p: _save(p, np.zeros((3, 4, 5), np.float32)),
+            {"spatial_dims": 2},
+            "spatial_dims=2 needs a 2D image",
+        ),
+        (
+            lambda p: _save(p, np.zeros((3, 4, 5), np.float32)),
+            {"channel_axis": 0},
+            "channel_axis=0 given but the image is 3D",
+        ),
         (lambda p: p.write_bytes(b"not a nifti"), {}, "cannot read as NIfTI"),
     ],
 )
@@ -106,7 +114,9 @@ def test_bad_nifti_errors_name_file(tmp_path, make, kwargs, match):
 def test_dict_transform_keys_labels_meta_and_missing(tmp_path):
     image = _save(tmp_path / "ct.nii.gz", np.full((3, 4, 5), -1000, np.int16))
     label = _save(tmp_path / "label.nii.gz", np.ones((3, 4, 5), np.uint8))
-    out = LoadScand(["image", "label"], label_keys="label", image_only=False)({"image": image, "label": label, "x": 1})
+    out = LoadScand(["image", "label"], label_keys="label", image_only=False)(
+        {"image": image, "label": label, "x": 1}
+    )
     assert out["image"].dtype == torch.float32 and out["label"].dtype == torch.uint8 and out["x"] == 1
     assert out["label_meta_dict"]["filename_or_obj"] == str(label)
     with pytest.raises(KeyError, match="label"):
@@ -122,5 +132,13 @@ def test_bundle_config_instantiates(tmp_path):
     from monai.bundle import ConfigParser
 
     path = _save(tmp_path / "ct.nii.gz", np.zeros((3, 4, 5), np.int16))
-    parser = ConfigParser({"load": {"_target_": "transforms.io.LoadScand", "keys": ["image"], "series_rule": {"modality": "CT"}}})
+    parser = ConfigParser(
+        {
+            "load": {
+                "_target_": "transforms.io.LoadScand",
+                "keys": ["image"],
+                "series_rule": {"modality": "CT"},
+            }
+        }
+    )
     assert parser.get_parsed_content("load")({"image": str(path)})["image"].shape == (1, 3, 4, 5)

@@ -15,7 +15,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from transforms.dicom_discovery import PIXEL_DATA_TAG, DicomFile
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["check_decoder", "read_planes", "default_workers"]
+__all__ = ["check_decoder", "default_workers", "read_planes"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def check_decoder(ts_uid: UID, source: str) -> None:
     try:
         decoder = get_decoder(ts_uid)
     except NotImplementedError as err:
-        raise ScanLoadError(f"{source}: no pixel data decoder exists for transfer syntax {ts_uid.name} ({ts_uid}).") from err
+        raise ScanLoadError(
+            f"{source}: no pixel data decoder exists for transfer syntax {ts_uid.name} ({ts_uid})."
+        ) from err
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "none listed"
         raise ScanLoadError(
@@ -66,7 +68,11 @@ def check_decoder(ts_uid: UID, source: str) -> None:
 def _raw_dtype(item: DicomFile) -> np.dtype | None:
     """Stored-value dtype when the fast raw path applies to ``item``, else ``None``."""
     hdr = item.header
-    if item.pixel_tag != PIXEL_DATA_TAG or hdr.file_meta.get("TransferSyntaxUID") not in _RAW_SYNTAXES or int(hdr.get("SamplesPerPixel", 1)) != 1:
+    if (
+        item.pixel_tag != PIXEL_DATA_TAG
+        or hdr.file_meta.get("TransferSyntaxUID") not in _RAW_SYNTAXES
+        or int(hdr.get("SamplesPerPixel", 1)) != 1
+    ):
         return None
     key = (int(hdr.get("BitsAllocated", 0)), int(hdr.get("PixelRepresentation", 0)))
     return np.dtype(_INT_DTYPES[key]) if key in _INT_DTYPES else None

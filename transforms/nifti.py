@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["load_nifti", "is_nifti_path"]
+__all__ = ["is_nifti_path", "load_nifti"]
 
 
 def is_nifti_path(path: Path) -> bool:
     """True for ``*.nii`` and ``*.nii.gz`` names."""
     name = Path(path).name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
+    return name.endswith((".nii", ".nii.gz"))
 
 
 def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -104,7 +103,9 @@ def load_nifti(
         raise ScanLoadError(f"{path}: channel_axis={channel_axis} given but the image is 3D {data.shape}.")
     if spatial_dims == 2:
         if data.shape[-1] != 1:
-            raise ScanLoadError(f"{path}: spatial_dims=2 needs a 2D image (X, Y) or (X, Y, 1), got shape {data.shape}.")
+            raise ScanLoadError(
+                f"{path}: spatial_dims=2 needs a 2D image (X, Y) or (X, Y, 1), got shape {data.shape}."
+            )
         data = data[..., 0]
     elif spatial_dims != 3:
         raise ScanLoadError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
