@@ -17,9 +17,15 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 
-__all__ = ["write_dicom_series", "lps_geometry_from_affine"]
+__all__ = ["lps_geometry_from_affine", "write_dicom_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,4 +231,3 @@ def write_dicom_series(
         paths.append(path)
     logger.info("wrote %d-slice %s series %s to %s", n_z, modality, series_uid, out_dir)
     return paths
-

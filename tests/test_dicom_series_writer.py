@@ -16,7 +16,9 @@ def _volume(shape=(7, 6, 5), seed=0) -> np.ndarray:
 
 def _oblique_affine() -> np.ndarray:
     c, s = np.cos(0.3), np.sin(0.3)
-    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array(
+        [[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]]
+    )
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([0.8, 0.9, 2.5])
     affine[:3, 3] = [-10.0, 20.5, 33.0]
@@ -25,7 +27,8 @@ def _oblique_affine() -> np.ndarray:
 
 AFFINES = {
     "identity": np.eye(4),
-    "ras_spaced": np.diag([0.7, 0.75, 2.0, 1.0]) + np.array([[0, 0, 0, 5.0], [0, 0, 0, -3.0], [0, 0, 0, 12.0], [0, 0, 0, 0]]),
+    "ras_spaced": np.diag([0.7, 0.75, 2.0, 1.0])
+    + np.array([[0, 0, 0, 5.0], [0, 0, 0, -3.0], [0, 0, 0, 12.0], [0, 0, 0, 0]]),
     "lps_like": np.diag([-1.0, -1.0, 1.5, 1.0]),
     "oblique": _oblique_affine(),
 }
@@ -46,8 +49,13 @@ def test_slices_hold_transposed_planes_and_geometry(tmp_path, name):
         hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         np.testing.assert_array_equal(hu, vol[:, :, k].T)
         assert ds.pixel_array.dtype == np.int16
-        np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], lps[:3, 3] + k * lps[:3, 2], atol=1e-6)
-        row, col = np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], lps[:3, 3] + k * lps[:3, 2], atol=1e-6
+        )
+        row, col = (
+            np.array(ds.ImageOrientationPatient[:3], float),
+            np.array(ds.ImageOrientationPatient[3:], float),
+        )
         np.testing.assert_allclose(row * float(ds.PixelSpacing[1]), lps[:3, 0], atol=1e-6)
         np.testing.assert_allclose(col * float(ds.PixelSpacing[0]), lps[:3, 1], atol=1e-6)
         assert float(ds.SliceThickness) == pytest.approx(np.linalg.norm(lps[:3, 2]))
@@ -56,9 +64,15 @@ def test_slices_hold_transposed_planes_and_geometry(tmp_path, name):
 
 
 def test_uids_are_valid_and_deterministic_from_seed(tmp_path):
-    a = [pydicom.dcmread(p) for p in write_dicom_series(_volume(), np.eye(4), tmp_path / "a", uid_seed="case1")]
-    b = [pydicom.dcmread(p) for p in write_dicom_series(_volume(), np.eye(4), tmp_path / "b", uid_seed="case1")]
-    c = [pydicom.dcmread(p) for p in write_dicom_series(_volume(), np.eye(4), tmp_path / "c", uid_seed="case2")]
+    a = [
+        pydicom.dcmread(p) for p in write_dicom_series(_volume(), np.eye(4), tmp_path / "a", uid_seed="case1")
+    ]
+    b = [
+        pydicom.dcmread(p) for p in write_dicom_series(_volume(), np.eye(4), tmp_path / "b", uid_seed="case1")
+    ]
+    c = [
+        pydicom.dcmread(p) for p in write_dicom_series(_volume(), np.eye(4), tmp_path / "c", uid_seed="case2")
+    ]
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"):
         assert [getattr(d, key) for d in a] == [getattr(d, key) for d in b]
         assert getattr(a[0], key) != getattr(c[0], key)
@@ -70,8 +84,14 @@ def test_uids_are_valid_and_deterministic_from_seed(tmp_path):
 def test_explicit_uids_names_and_mr(tmp_path):
     names = ["zz", "a1", "IMG0003"]
     paths = write_dicom_series(
-        np.zeros((4, 3, 3), np.int16), np.eye(4), tmp_path, modality="MR", series_uid="1.2.3.4",
-        series_description="t1", file_names=names, patient_pseudonym="CASE_7",
+        np.zeros((4, 3, 3), np.int16),
+        np.eye(4),
+        tmp_path,
+        modality="MR",
+        series_uid="1.2.3.4",
+        series_description="t1",
+        file_names=names,
+        patient_pseudonym="CASE_7",
     )
     assert [p.name for p in paths] == names
     ds = pydicom.dcmread(paths[0])

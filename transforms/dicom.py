@@ -17,12 +17,21 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
-from transforms.dicom_discovery import PIXEL_DATA_TAG, DicomFile, SeriesInfo, SeriesRule, discover_series, read_header, select_series
+from transforms.dicom_discovery import (
+    PIXEL_DATA_TAG,
+    DicomFile,
+    SeriesInfo,
+    SeriesRule,
+    discover_series,
+    read_header,
+    select_series,
+)
 from transforms.dicom_pixels import check_decoder, read_planes
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["load_dicom", "series_to_volume", "TILT_TOLERANCE_DEG", "GAP_FACTOR"]
+__all__ = ["GAP_FACTOR", "TILT_TOLERANCE_DEG", "load_dicom", "series_to_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +78,9 @@ def _classic_planes(files: list[DicomFile]) -> list[_Plane]:
         hdr, name = item.header, str(item.path)
         planes.append(
             _Plane(
-                name, f, 0,
+                name,
+                f,
+                0,
                 _floats(hdr.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", name),
                 _floats(hdr.get("ImagePositionPatient"), 3, "ImagePositionPatient", name),
                 _floats(hdr.get("PixelSpacing"), 2, "PixelSpacing", name),
@@ -106,9 +117,21 @@ def _multiframe_planes(item: DicomFile) -> list[_Plane]:
         intercept = pick(group, "PixelValueTransformationSequence", "RescaleIntercept")
         planes.append(
             _Plane(
-                name, 0, k,
-                _floats(pick(group, "PlaneOrientationSequence", "ImageOrientationPatient"), 6, "ImageOrientationPatient", name),
-                _floats(pick(group, "PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient", name),
+                name,
+                0,
+                k,
+                _floats(
+                    pick(group, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                    6,
+                    "ImageOrientationPatient",
+                    name,
+                ),
+                _floats(
+                    pick(group, "PlanePositionSequence", "ImagePositionPatient"),
+                    3,
+                    "ImagePositionPatient",
+                    name,
+                ),
                 _floats(pick(group, "PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing", name),
                 size,
                 float(slope) if slope is not None else float(hdr.get("RescaleSlope", 1.0)),
@@ -128,8 +151,16 @@ def _check_consistent(planes: list[_Plane], label: str) -> None:
     ref = planes[0]
     checks = [
         ("image sizes (rows, columns)", lambda p: p.size != ref.size, lambda p: p.size),
-        ("orientation (ImageOrientationPatient)", lambda p: np.max(np.abs(p.iop - ref.iop)) > 1e-4, lambda p: list(np.round(p.iop, 5))),
-        ("pixel spacing (PixelSpacing)", lambda p: np.max(np.abs(p.spacing / ref.spacing - 1)) > 1e-4, lambda p: list(p.spacing)),
+        (
+            "orientation (ImageOrientationPatient)",
+            lambda p: np.max(np.abs(p.iop - ref.iop)) > 1e-4,
+            lambda p: list(np.round(p.iop, 5)),
+        ),
+        (
+            "pixel spacing (PixelSpacing)",
+            lambda p: np.max(np.abs(p.spacing / ref.spacing - 1)) > 1e-4,
+            lambda p: list(p.spacing),
+        ),
     ]
     for what, differs, show in checks:
         bad = [p for p in planes if differs(p)]
@@ -142,7 +173,9 @@ def _check_consistent(planes: list[_Plane], label: str) -> None:
         raise ScanLoadError(f"series {label}: {ref.name} has no Rows/Columns.")
     bad = [p.name for p in planes if not (np.isfinite(p.slope) and np.isfinite(p.intercept))]
     if bad:
-        raise ScanLoadError(f"series {label}: NaN or infinite RescaleSlope/RescaleIntercept in {_named(bad)}.")
+        raise ScanLoadError(
+            f"series {label}: NaN or infinite RescaleSlope/RescaleIntercept in {_named(bad)}."
+        )
 
 
 def _sort_and_check(planes: list[_Plane], normal: np.ndarray, label: str) -> list[_Plane]:
@@ -173,7 +206,9 @@ def _sort_and_check(planes: list[_Plane], normal: np.ndarray, label: str) -> lis
             f"series {label}: missing slices: gap > {GAP_FACTOR}x the median spacing {median:.3f} mm: {_named(where)}."
         )
     if np.max(np.abs(gaps - median)) > 0.01 * median:
-        logger.warning("series %s: irregular slice spacing %.4f..%.4f mm; using the mean", label, gaps.min(), gaps.max())
+        logger.warning(
+            "series %s: irregular slice spacing %.4f..%.4f mm; using the mean", label, gaps.min(), gaps.max()
+        )
     return planes
 
 
@@ -190,13 +225,17 @@ def _affine_ras(planes: list[_Plane], normal: np.ndarray, thickness: float) -> n
 def _text(value) -> str:
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value)
 
 
 def series_to_volume(
-    series: SeriesInfo, *, spatial_dims: int = 3, dtype: np.dtype | type = np.float32, workers: int | None = None
+    series: SeriesInfo,
+    *,
+    spatial_dims: int = 3,
+    dtype: np.dtype | type = np.float32,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load one series (or one enhanced multi-frame file) as a volume in the project convention.
 
@@ -217,7 +256,9 @@ def series_to_volume(
     files = series.files
     multi = [f for f in files if int(f.header.get("NumberOfFrames", 1) or 1) > 1]
     if multi and len(files) > 1:
-        raise ScanLoadError(f"series {label}: mixes {len(multi)} multi-frame file(s) with other files: {_named([str(f.path) for f in multi])}.")
+        raise ScanLoadError(
+            f"series {label}: mixes {len(multi)} multi-frame file(s) with other files: {_named([str(f.path) for f in multi])}."
+        )
     planes = _multiframe_planes(files[0]) if multi else _classic_planes(files)
     _check_consistent(planes, label)
     for item in {str(f.header.file_meta.get("TransferSyntaxUID")): f for f in files}.values():
@@ -225,11 +266,17 @@ def series_to_volume(
     ref = planes[0]
     normal = np.cross(ref.iop[:3], ref.iop[3:])
     if abs(np.linalg.norm(normal) - 1) > 1e-3:
-        raise ScanLoadError(f"series {label}: ImageOrientationPatient {list(ref.iop)} of {ref.name} is not two orthonormal vectors.")
+        raise ScanLoadError(
+            f"series {label}: ImageOrientationPatient {list(ref.iop)} of {ref.name} is not two orthonormal vectors."
+        )
     if spatial_dims == 3 and len(planes) == 1:
-        raise ScanLoadError(f"series {label}: a single slice ({ref.name}) cannot form a 3D volume; pass spatial_dims=2 to load it as 2D.")
+        raise ScanLoadError(
+            f"series {label}: a single slice ({ref.name}) cannot form a 3D volume; pass spatial_dims=2 to load it as 2D."
+        )
     if spatial_dims == 2 and len(planes) != 1:
-        raise ScanLoadError(f"series {label}: spatial_dims=2 needs a single slice, the series has {len(planes)}.")
+        raise ScanLoadError(
+            f"series {label}: spatial_dims=2 needs a single slice, the series has {len(planes)}."
+        )
     planes = _sort_and_check(planes, normal, label)
     hdr = files[0].header
     thickness = float(hdr.get("SpacingBetweenSlices", 0) or hdr.get("SliceThickness", 0) or 1.0)
@@ -238,8 +285,12 @@ def series_to_volume(
     rows, cols = ref.size
     buf = np.empty((len(planes), rows, cols), dtype=dtype)
     read_planes(
-        files, buf, np.array([p.slope for p in planes]), np.array([p.intercept for p in planes]),
-        [(p.file, p.frame) for p in planes], workers=workers,
+        files,
+        buf,
+        np.array([p.slope for p in planes]),
+        np.array([p.intercept for p in planes]),
+        [(p.file, p.frame) for p in planes],
+        workers=workers,
     )
     if any(f.pixel_tag != PIXEL_DATA_TAG for f in files):
         nan = [planes[z].name for z in np.flatnonzero(np.isnan(buf).any(axis=(1, 2)))]
@@ -258,7 +309,8 @@ def series_to_volume(
         "Manufacturer": _text(hdr.get("Manufacturer")),
         "ConvolutionKernel": _text(hdr.get("ConvolutionKernel")),
         "dicom_files": [str(files[p.file].path) for p in planes] if not multi else [str(files[0].path)],
-        "sop_instance_uids": [str(files[p.file].header.get("SOPInstanceUID", "")) for p in planes] if not multi
+        "sop_instance_uids": [str(files[p.file].header.get("SOPInstanceUID", "")) for p in planes]
+        if not multi
         else [str(hdr.get("SOPInstanceUID", ""))],
     }
     if multi:
@@ -297,7 +349,14 @@ def load_dicom(
         if item is None or item.pixel_offset < 0:
             raise ScanLoadError(f"{path}: not a readable DICOM image file.")
         hdr = item.header
-        series = [SeriesInfo(str(hdr.get("SeriesInstanceUID", "")), str(hdr.get("Modality", "")), str(hdr.get("SeriesDescription", "")), [item])]
+        series = [
+            SeriesInfo(
+                str(hdr.get("SeriesInstanceUID", "")),
+                str(hdr.get("Modality", "")),
+                str(hdr.get("SeriesDescription", "")),
+                [item],
+            )
+        ]
     else:
         series = discover_series(path)
     chosen = select_series(series, path, series_uid=series_uid, rule=rule)

@@ -15,11 +15,13 @@ from pydicom.uid import MediaStorageDirectoryStorage
 
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["DicomFile", "SeriesInfo", "SeriesRule", "read_header", "discover_series", "select_series"]
+__all__ = ["DicomFile", "SeriesInfo", "SeriesRule", "discover_series", "read_header", "select_series"]
 
 logger = logging.getLogger(__name__)
 
-NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "DOC", "PLAN"})
+NON_IMAGE_MODALITIES = frozenset(
+    {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "DOC", "PLAN"}
+)
 PIXEL_DATA_TAG = 0x7FE00010
 _PIXEL_TAGS = (PIXEL_DATA_TAG, 0x7FE00008, 0x7FE00009)
 _MAX_NAMED = 10
@@ -81,7 +83,9 @@ class SeriesRule:
             try:
                 re.compile(self.description)
             except re.error as err:
-                raise ValueError(f"SeriesRule.description is not a valid regular expression: {self.description!r} ({err}).") from err
+                raise ValueError(
+                    f"SeriesRule.description is not a valid regular expression: {self.description!r} ({err})."
+                ) from err
 
 
 def read_header(path: Path) -> DicomFile | None:
@@ -106,7 +110,11 @@ def read_header(path: Path) -> DicomFile | None:
 
 
 def _candidate_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.upper() != "DICOMDIR" and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name.upper() != "DICOMDIR" and not p.name.startswith(".")
+    )
 
 
 def discover_series(folder: Path) -> list[SeriesInfo]:
@@ -149,7 +157,9 @@ def discover_series(folder: Path) -> list[SeriesInfo]:
     if skipped:
         named = ", ".join(str(p.relative_to(folder)) for p in skipped[:_MAX_NAMED])
         more = f" and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED else ""
-        logger.warning("%s: skipped %d file(s) that are not readable DICOM: %s%s", folder, len(skipped), named, more)
+        logger.warning(
+            "%s: skipped %d file(s) that are not readable DICOM: %s%s", folder, len(skipped), named, more
+        )
     for kind, n in counts.items():
         logger.info("%s: ignored %d non-image DICOM object(s) (%s)", folder, n, kind)
     return [groups[uid] for uid in sorted(groups)]
@@ -179,7 +189,9 @@ def select_series(
     if series_uid is not None:
         hits = [s for s in series if s.uid == series_uid]
         if not hits:
-            raise ScanLoadError(f"{source}: series_uid {series_uid!r} not found; series found: {_listing(series)}.")
+            raise ScanLoadError(
+                f"{source}: series_uid {series_uid!r} not found; series found: {_listing(series)}."
+            )
         return hits[0]
     rule = rule or SeriesRule()
     hits = [
@@ -195,7 +207,12 @@ def select_series(
     most = max(s.n_slices for s in hits)
     top = [s for s in hits if s.n_slices == most]
     if rule.prefer_most_slices and len(top) == 1:
-        logger.info("%s: chose series %s, the one with most slices among %d matches", source, top[0].summary(), len(hits))
+        logger.info(
+            "%s: chose series %s, the one with most slices among %d matches",
+            source,
+            top[0].summary(),
+            len(hits),
+        )
         return top[0]
     raise ScanLoadError(
         f"{source}: ambiguous choice, {len(hits)} series match {rule}; pass series_uid or a narrower rule. "

@@ -15,7 +15,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from transforms.dicom_discovery import PIXEL_DATA_TAG, DicomFile
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["check_decoder", "read_planes", "default_workers"]
+__all__ = ["check_decoder", "default_workers", "read_planes"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,20 @@ _INT_DTYPES = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2", (32, 
 def default_workers() -> int:
     """Threads used to read and decode files: the CPU count, between 2 and 8."""
     return max(2, min(8, os.cpu_count() or 2))
+
+
+def _package_for(ts_uid: UID) -> str:
+    """The pip package that decodes ``ts_uid`` through pylibjpeg."""
+    name = ts_uid.name
+    if "JPEG 2000" in name or "HTJ2K" in name:
+        return "pylibjpeg pylibjpeg-openjpeg"
+    if "JPEG-LS" in name:
+        return "pylibjpeg pylibjpeg-libjpeg (or pyjpegls)"
+    if "JPEG" in name:
+        return "pylibjpeg pylibjpeg-libjpeg"
+    if "RLE" in name:
+        return "pylibjpeg pylibjpeg-rle"
+    return "pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg"
 
 
 def check_decoder(ts_uid: UID, source: str) -> None:
@@ -40,19 +54,25 @@ def check_decoder(ts_uid: UID, source: str) -> None:
     try:
         decoder = get_decoder(ts_uid)
     except NotImplementedError as err:
-        raise ScanLoadError(f"{source}: no pixel data decoder exists for transfer syntax {ts_uid.name} ({ts_uid}).") from err
-    if not decoder.is_available:
-        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
         raise ScanLoadError(
-            f"{source}: cannot decode transfer syntax {ts_uid.name} ({ts_uid}); install one of: {missing} "
-            f"(e.g. `pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg`)."
+            f"{source}: no pixel data decoder exists for transfer syntax {ts_uid.name} ({ts_uid})."
+        ) from err
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "none listed"
+        raise ScanLoadError(
+            f"{source}: no installed decoder for transfer syntax {ts_uid.name} ({ts_uid}); "
+            f"`pip install {_package_for(ts_uid)}` (pydicom's other options: {missing})."
         )
 
 
 def _raw_dtype(item: DicomFile) -> np.dtype | None:
     """Stored-value dtype when the fast raw path applies to ``item``, else ``None``."""
     hdr = item.header
-    if item.pixel_tag != PIXEL_DATA_TAG or hdr.file_meta.get("TransferSyntaxUID") not in _RAW_SYNTAXES or int(hdr.get("SamplesPerPixel", 1)) != 1:
+    if (
+        item.pixel_tag != PIXEL_DATA_TAG
+        or hdr.file_meta.get("TransferSyntaxUID") not in _RAW_SYNTAXES
+        or int(hdr.get("SamplesPerPixel", 1)) != 1
+    ):
         return None
     key = (int(hdr.get("BitsAllocated", 0)), int(hdr.get("PixelRepresentation", 0)))
     return np.dtype(_INT_DTYPES[key]) if key in _INT_DTYPES else None

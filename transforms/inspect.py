@@ -17,21 +17,44 @@ from transforms.io import load_scan
 from transforms.io_errors import ScanLoadError
 from transforms.nifti import is_nifti_path, load_nifti
 
-__all__ = ["inspect_path", "format_inspection", "convert_to_nifti"]
+__all__ = ["convert_to_nifti", "format_inspection", "inspect_path"]
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = ("kind", "series_uid", "modality", "description", "slices", "size", "spacing", "orientation", "range", "problems")
+_COLUMNS = (
+    "kind",
+    "series_uid",
+    "modality",
+    "description",
+    "slices",
+    "size",
+    "spacing",
+    "orientation",
+    "range",
+    "problems",
+)
 
 
 def _row(kind: str, array: np.ndarray | None, affine: np.ndarray | None, **fields) -> dict:
-    row = {"kind": kind, "series_uid": "", "modality": "", "description": "", "slices": 0, "size": (), "spacing": (),
-           "orientation": "", "range": (), "problems": []}
+    row = {
+        "kind": kind,
+        "series_uid": "",
+        "modality": "",
+        "description": "",
+        "slices": 0,
+        "size": (),
+        "spacing": (),
+        "orientation": "",
+        "range": (),
+        "problems": [],
+    }
     row.update(fields)
     if array is not None and affine is not None:
         row["size"] = tuple(int(s) for s in array.shape)
         row["slices"] = int(array.shape[2]) if array.ndim >= 3 else 1
-        row["spacing"] = tuple(round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)[: array.ndim])
+        row["spacing"] = tuple(
+            round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)[: array.ndim]
+        )
         row["orientation"] = "".join(aff2axcodes(affine))
         row["range"] = (float(np.min(array)), float(np.max(array)))
     return row
@@ -61,8 +84,16 @@ def inspect_path(path: str | Path) -> list[dict]:
         try:
             volume = load_scan(path, spatial_dims=3)
             meta = volume.meta
-            return [_row("dicom", volume.numpy()[0], meta["original_affine"], series_uid=meta["SeriesInstanceUID"],
-                         modality=meta["modality"], description=meta["SeriesDescription"])]
+            return [
+                _row(
+                    "dicom",
+                    volume.numpy()[0],
+                    meta["original_affine"],
+                    series_uid=meta["SeriesInstanceUID"],
+                    modality=meta["modality"],
+                    description=meta["SeriesDescription"],
+                )
+            ]
         except ScanLoadError as err:
             return [_row("dicom", None, None, description=path.name, problems=[str(err)])]
     rows = []
@@ -88,7 +119,10 @@ def format_inspection(rows: list[dict]) -> str:
     """Rows from :func:`inspect_path` as a plain-text table (one line per image, problems last)."""
     if not rows:
         return "no images found"
-    table = [list(_COLUMNS)] + [[_cell(r[c]) if c != "range" else _cell(tuple(round(v, 1) for v in r[c])) for c in _COLUMNS] for r in rows]
+    table = [list(_COLUMNS)] + [
+        [_cell(r[c]) if c != "range" else _cell(tuple(round(v, 1) for v in r[c])) for c in _COLUMNS]
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + line[-1] for line in table
@@ -96,7 +130,10 @@ def format_inspection(rows: list[dict]) -> str:
 
 
 def convert_to_nifti(
-    path: str | Path, out_path: str | Path, series_uid: str | None = None, series_rule: SeriesRule | None = None
+    path: str | Path,
+    out_path: str | Path,
+    series_uid: str | None = None,
+    series_rule: SeriesRule | None = None,
 ) -> Path:
     """Load a scan with :func:`transforms.io.load_scan` and write it as NIfTI with its geometry.
 

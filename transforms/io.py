@@ -22,7 +22,7 @@ from transforms.dicom_discovery import SeriesRule
 from transforms.io_errors import ScanLoadError
 from transforms.nifti import is_nifti_path, load_nifti
 
-__all__ = ["ScanLoadError", "SeriesRule", "load_scan", "LoadScan", "LoadScand"]
+__all__ = ["LoadScan", "LoadScand", "ScanLoadError", "SeriesRule", "load_scan"]
 
 
 def _rule(series_rule: SeriesRule | Mapping | None) -> SeriesRule | None:
@@ -31,9 +31,13 @@ def _rule(series_rule: SeriesRule | Mapping | None) -> SeriesRule | None:
     if isinstance(series_rule, Mapping):
         unknown = set(series_rule) - {"modality", "description", "prefer_most_slices"}
         if unknown:
-            raise ValueError(f"series_rule has unknown keys {sorted(unknown)}; valid: modality, description, prefer_most_slices.")
+            raise ValueError(
+                f"series_rule has unknown keys {sorted(unknown)}; valid: modality, description, prefer_most_slices."
+            )
         return SeriesRule(**series_rule)
-    raise ValueError(f"series_rule must be a SeriesRule, a mapping or None, got {type(series_rule).__name__}.")
+    raise ValueError(
+        f"series_rule must be a SeriesRule, a mapping or None, got {type(series_rule).__name__}."
+    )
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -84,15 +88,21 @@ def load_scan(
         raise ScanLoadError(f"{path}: empty folder.")
     channel_dim: float | int = float("nan")
     if path.is_file() and is_nifti_path(path):
-        array, affine, extra = load_nifti(path, spatial_dims=spatial_dims, channel_axis=channel_axis, label=label, dtype=dtype)
+        array, affine, extra = load_nifti(
+            path, spatial_dims=spatial_dims, channel_axis=channel_axis, label=label, dtype=dtype
+        )
         if channel_axis is not None:
             channel_dim = 0
     else:
         if channel_axis is not None:
             raise ValueError(f"channel_axis is for 4D NIfTI files; {path} is DICOM.")
         array, affine, extra = load_dicom(
-            path, series_uid=series_uid, rule=_rule(series_rule), spatial_dims=spatial_dims,
-            dtype=np.float32 if label else (dtype or np.float32), workers=workers,
+            path,
+            series_uid=series_uid,
+            rule=_rule(series_rule),
+            spatial_dims=spatial_dims,
+            dtype=np.float32 if label else (dtype or np.float32),
+            workers=workers,
         )
         if label:
             array = _as_labels(array, path)
@@ -126,8 +136,13 @@ class LoadScan(Transform):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.kwargs = {
-            "series_uid": series_uid, "series_rule": _rule(series_rule), "spatial_dims": spatial_dims,
-            "dtype": dtype, "label": label, "channel_axis": channel_axis, "workers": workers,
+            "series_uid": series_uid,
+            "series_rule": _rule(series_rule),
+            "spatial_dims": spatial_dims,
+            "dtype": dtype,
+            "label": label,
+            "channel_axis": channel_axis,
+            "workers": workers,
         }
 
     def __call__(self, path: str | Path) -> MetaTensor:
@@ -176,10 +191,18 @@ class LoadScand(MapTransform):
         if meta_keys is not None:
             meta_keys = list(ensure_tuple(meta_keys))
             if len(meta_keys) != len(self.keys):
-                raise ValueError(f"LoadScand: meta_keys needs {len(self.keys)} entries (one per key), got {len(meta_keys)}.")
+                raise ValueError(
+                    f"LoadScand: meta_keys needs {len(self.keys)} entries (one per key), got {len(meta_keys)}."
+                )
         self.meta_keys = meta_keys or [f"{k}_{meta_key_postfix}" for k in self.keys]
-        common = {"series_uid": series_uid, "series_rule": series_rule, "spatial_dims": spatial_dims,
-                  "dtype": dtype, "channel_axis": channel_axis, "workers": workers}
+        common = {
+            "series_uid": series_uid,
+            "series_rule": series_rule,
+            "spatial_dims": spatial_dims,
+            "dtype": dtype,
+            "channel_axis": channel_axis,
+            "workers": workers,
+        }
         self.loaders = {k: LoadScan(label=k in label_keys, **common) for k in self.keys}
         self.image_only = image_only
 

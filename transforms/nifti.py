@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["load_nifti", "is_nifti_path"]
+__all__ = ["is_nifti_path", "load_nifti"]
 
 
 def is_nifti_path(path: Path) -> bool:
     """True for ``*.nii`` and ``*.nii.gz`` names."""
     name = Path(path).name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
+    return name.endswith((".nii", ".nii.gz"))
 
 
 def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -28,7 +27,7 @@ def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     """
     proxy = img.dataobj
     dtype = img.get_data_dtype()
-    offset = int(proxy.offset)  # nibabel's offset: the header's vox_offset can be 0 in single-file NIfTI
+    offset = int(proxy.offset)
     nbytes = int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
     if float(proxy.slope) != 1.0 or float(proxy.inter) != 0.0:
         return np.asarray(proxy)
@@ -104,7 +103,9 @@ def load_nifti(
         raise ScanLoadError(f"{path}: channel_axis={channel_axis} given but the image is 3D {data.shape}.")
     if spatial_dims == 2:
         if data.shape[-1] != 1:
-            raise ScanLoadError(f"{path}: spatial_dims=2 needs a 2D image (X, Y) or (X, Y, 1), got shape {data.shape}.")
+            raise ScanLoadError(
+                f"{path}: spatial_dims=2 needs a 2D image (X, Y) or (X, Y, 1), got shape {data.shape}."
+            )
         data = data[..., 0]
     elif spatial_dims != 3:
         raise ScanLoadError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")

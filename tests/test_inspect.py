@@ -1,0 +1,69 @@
+"""transforms.inspect: inspection rows, the text table and NIfTI conversion."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.dicom_series import write_dicom_series
+from transforms.inspect import convert_to_nifti, format_inspection, inspect_path
+from transforms.io import ScanLoadError
+
+AFFINE = np.diag([0.7, 0.8, 2.0, 1.0])
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    vol = np.random.default_rng(0).integers(-1000, 400, (9, 8, 6)).astype(np.int16)
+    write_dicom_series(vol, AFFINE, tmp_path / "good", series_description="good", series_uid="1.2.3.1")
+    paths = write_dicom_series(
+        vol, AFFINE, tmp_path / "gappy", series_description="gappy", series_uid="1.2.3.2"
+    )
+    paths[2].unlink()
+    return tmp_path, vol
+
+
+def test_rows_describe_series_and_problems(folder):
+    root, vol = folder
+    rows = {r["description"]: r for r in inspect_path(root)}
+    good, gappy = rows["good"], rows["gappy"]
+    assert good["kind"] == "dicom" and good["series_uid"] == "1.2.3.1" and good["modality"] == "CT"
+    assert good["size"] == (9, 8, 6) and good["slices"] == 6 and good["spacing"] == (0.7, 0.8, 2.0)
+    assert good["orientation"] == "RAS" and good["range"] == (float(vol.min()), float(vol.max()))
+    assert good["problems"] == []
+    assert gappy["slices"] == 5 and "missing slices" in gappy["problems"][0]
+    table = format_inspection(list(rows.values()))
+    assert "missing slices" in table and "9x8x6" in table and table.splitlines()[0].startswith("kind")
+
+
+def test_nifti_row_and_orientation(tmp_path):
+    nib.save(
+        nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), np.diag([-1.0, -1.0, 1.0, 1.0])), tmp_path / "x.nii.gz"
+    )
+    (row,) = inspect_path(tmp_path / "x.nii.gz")
+    assert row["kind"] == "nifti" and row["orientation"] == "LPS" and row["size"] == (3, 4, 5)
+    with pytest.raises(ScanLoadError, match="no such file"):
+        inspect_path(tmp_path / "missing")
+    assert format_inspection([]) == "no images found"
+
+
+def test_convert_writes_same_geometry_atomically(folder, tmp_path):
+    root, vol = folder
+    out = convert_to_nifti(root, tmp_path / "out" / "ct.nii.gz", series_uid="1.2.3.1")
+    img = nib.load(out)
+    assert img.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(np.asarray(img.dataobj), vol)
+    np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ct.nii.gz"]
+    with pytest.raises(ValueError, match=r"\.nii or \.nii\.gz"):
+        convert_to_nifti(root, tmp_path / "ct.mha")
+
+
+def test_convert_single_dicom_file_errors_cleanly(folder):
+    root, _ = folder
+    path = next((root / "good").iterdir())
+    assert pydicom.dcmread(path).Modality == "CT"
+    (row,) = inspect_path(path)
+    assert "single slice" in row["problems"][0]
