@@ -1,0 +1,203 @@
+"""Find DICOM image series in a folder from headers only, and choose one series by UID or by rule."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import MediaStorageDirectoryStorage
+
+from transforms.io_errors import ScanLoadError
+
+__all__ = ["DicomFile", "SeriesInfo", "SeriesRule", "read_header", "discover_series", "select_series"]
+
+logger = logging.getLogger(__name__)
+
+NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "DOC", "PLAN"})
+PIXEL_DATA_TAG = 0x7FE00010
+_PIXEL_TAGS = (PIXEL_DATA_TAG, 0x7FE00008, 0x7FE00009)
+_MAX_NAMED = 10
+
+
+@dataclass
+class DicomFile:
+    """One DICOM file read up to (not including) its pixel data.
+
+    Attributes:
+        path: the file.
+        header: the dataset without pixel data (``stop_before_pixels``).
+        pixel_offset: byte offset of the pixel data element's tag in the file, ``-1`` when there is none.
+        pixel_tag: that element's tag (Pixel Data, Float Pixel Data or Double Float Pixel Data), 0 when none.
+    """
+
+    path: Path
+    header: Dataset
+    pixel_offset: int
+    pixel_tag: int = 0
+
+
+@dataclass
+class SeriesInfo:
+    """The files of one SeriesInstanceUID (unsorted) and a summary used for selection and error messages."""
+
+    uid: str
+    modality: str
+    description: str
+    files: list[DicomFile] = field(default_factory=list)
+
+    @property
+    def n_slices(self) -> int:
+        """Number of image planes: files, or frames for one enhanced multi-frame file."""
+        return sum(int(f.header.get("NumberOfFrames", 1) or 1) for f in self.files)
+
+    def summary(self) -> str:
+        """``uid (modality, "description", N slices)`` for messages."""
+        return f"{self.uid} ({self.modality}, {self.description!r}, {self.n_slices} slices)"
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    """How to choose one series among several.
+
+    Attributes:
+        modality: keep only series of this Modality (e.g. ``"CT"``); ``None`` keeps all.
+        description: regular expression searched (case-insensitive) in SeriesDescription; ``None`` keeps all.
+        prefer_most_slices: among several matches take the one with most slices (a tie is still ambiguous);
+            ``False`` makes several matches an error.
+    """
+
+    modality: str | None = None
+    description: str | None = None
+    prefer_most_slices: bool = True
+
+    def __post_init__(self) -> None:
+        if self.description is not None:
+            try:
+                re.compile(self.description)
+            except re.error as err:
+                raise ValueError(f"SeriesRule.description is not a valid regular expression: {self.description!r} ({err}).") from err
+
+
+def read_header(path: Path) -> DicomFile | None:
+    """Read a DICOM Part 10 file's header; ``None`` when the file is not DICOM (no ``DICM`` marker) or unreadable."""
+    try:
+        with open(path, "rb") as fp:
+            preamble = fp.read(132)
+            if len(preamble) < 132 or preamble[128:132] != b"DICM":
+                return None
+            fp.seek(0)
+            header = pydicom.dcmread(fp, stop_before_pixels=True)
+            offset = fp.tell()
+            fp.seek(offset)
+            tag = fp.read(4)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as err:
+        logger.debug("cannot read %s as DICOM: %s", path, err)
+        return None
+    value = ((tag[0] | tag[1] << 8) << 16 | (tag[2] | tag[3] << 8)) if len(tag) == 4 else 0
+    if value not in _PIXEL_TAGS:
+        return DicomFile(Path(path), header, -1, 0)
+    return DicomFile(Path(path), header, offset, value)
+
+
+def _candidate_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.upper() != "DICOMDIR" and not p.name.startswith("."))
+
+
+def discover_series(folder: Path) -> list[SeriesInfo]:
+    """Group the DICOM image files under ``folder`` (recursive) by SeriesInstanceUID, reading headers only.
+
+    Files that are not DICOM or cannot be read are skipped with one warning naming them; DICOMDIR files,
+    hidden files, non-image objects (SEG, RTSTRUCT, SR, ...) and files without pixel data are skipped.
+
+    Args:
+        folder: a folder holding DICOM files at any depth, with any file names.
+
+    Returns:
+        One :class:`SeriesInfo` per series, sorted by UID.
+
+    Raises:
+        ScanLoadError: ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ScanLoadError(f"{folder}: not a folder.")
+    skipped: list[Path] = []
+    groups: dict[str, SeriesInfo] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for path in _candidate_files(folder):
+        item = read_header(path)
+        if item is None:
+            skipped.append(path)
+            continue
+        hdr = item.header
+        modality = str(hdr.get("Modality", ""))
+        if hdr.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+            continue
+        if modality in NON_IMAGE_MODALITIES or item.pixel_offset < 0 or "SeriesInstanceUID" not in hdr:
+            counts[modality or "no pixel data"] += 1
+            continue
+        uid = str(hdr.SeriesInstanceUID)
+        if uid not in groups:
+            groups[uid] = SeriesInfo(uid, modality, str(hdr.get("SeriesDescription", "")))
+        groups[uid].files.append(item)
+    if skipped:
+        named = ", ".join(str(p.relative_to(folder)) for p in skipped[:_MAX_NAMED])
+        more = f" and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED else ""
+        logger.warning("%s: skipped %d file(s) that are not readable DICOM: %s%s", folder, len(skipped), named, more)
+    for kind, n in counts.items():
+        logger.info("%s: ignored %d non-image DICOM object(s) (%s)", folder, n, kind)
+    return [groups[uid] for uid in sorted(groups)]
+
+
+def _listing(series: list[SeriesInfo]) -> str:
+    return "; ".join(s.summary() for s in series)
+
+
+def select_series(
+    series: list[SeriesInfo], source: Path, *, series_uid: str | None = None, rule: SeriesRule | None = None
+) -> SeriesInfo:
+    """Choose one series by explicit UID, else by ``rule`` (default :class:`SeriesRule`).
+
+    Args:
+        series: the series found in ``source`` (:func:`discover_series`).
+        source: the folder, for messages.
+        series_uid: SeriesInstanceUID to load; overrides ``rule``.
+        rule: modality / description / most-slices rule.
+
+    Raises:
+        ScanLoadError: no series, the UID is absent, nothing matches the rule, or the choice is ambiguous;
+            the message lists the series found (uid, modality, description, slice count).
+    """
+    if not series:
+        raise ScanLoadError(f"{source}: no DICOM image series found.")
+    if series_uid is not None:
+        hits = [s for s in series if s.uid == series_uid]
+        if not hits:
+            raise ScanLoadError(f"{source}: series_uid {series_uid!r} not found; series found: {_listing(series)}.")
+        return hits[0]
+    rule = rule or SeriesRule()
+    hits = [
+        s
+        for s in series
+        if (rule.modality is None or s.modality.upper() == rule.modality.upper())
+        and (rule.description is None or re.search(rule.description, s.description, re.IGNORECASE))
+    ]
+    if not hits:
+        raise ScanLoadError(f"{source}: no series matches {rule}; series found: {_listing(series)}.")
+    if len(hits) == 1:
+        return hits[0]
+    most = max(s.n_slices for s in hits)
+    top = [s for s in hits if s.n_slices == most]
+    if rule.prefer_most_slices and len(top) == 1:
+        logger.info("%s: chose series %s, the one with most slices among %d matches", source, top[0].summary(), len(hits))
+        return top[0]
+    raise ScanLoadError(
+        f"{source}: ambiguous choice, {len(hits)} series match {rule}; pass series_uid or a narrower rule. "
+        f"Series found: {_listing(hits)}."
+    )
