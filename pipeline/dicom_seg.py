@@ -60,7 +60,9 @@ def _read_headers(source_files: Sequence[str | os.PathLike]) -> list[pydicom.Dat
 def _check_sources(headers: list[pydicom.Dataset], shape: tuple[int, int, int]) -> None:
     nx, ny, nz = shape
     if len(headers) != nz:
-        raise ValueError(f"source_files must hold one file per slice: mask has Z={nz}, got {len(headers)} files")
+        raise ValueError(
+            f"source_files must hold one file per slice: mask has Z={nz}, got {len(headers)} files"
+        )
     for idx, ds in enumerate(headers):
         if (int(ds.Rows), int(ds.Columns)) != (ny, nx):
             raise ValueError(
@@ -119,7 +121,7 @@ def write_dicom_seg(
         algorithm_version: recorded likewise; defaults to the installed clinseg version.
         series_description: the SEG series' description.
         series_number: the SEG series' number.
-        property_codes: optional label id -> (category, type) codes; others use :data:`DEFAULT_PROPERTY_CODES`.
+        property_codes: optional label id -> (category, type) codes; default :data:`DEFAULT_PROPERTY_CODES`.
 
     Returns:
         ``out_path``.
@@ -186,7 +188,9 @@ def write_dicom_seg(
     out_path = Path(out_path)
     with atomic_write(out_path) as tmp:
         seg.save_as(tmp)
-    logger.info("wrote DICOM SEG %s: %d segments, %d frames", out_path.name, len(ids), int(seg.NumberOfFrames))
+    logger.info(
+        "wrote DICOM SEG %s: %d segments, %d frames", out_path.name, len(ids), int(seg.NumberOfFrames)
+    )
     return out_path
 
 
@@ -230,6 +234,8 @@ def read_dicom_seg(
     for number in seg.segment_numbers:
         name = seg.get_segment_description(number).segment_label
         if name not in by_name:
-            raise ValueError(f"segment {number} of {str(path)!r} is labelled {name!r}, not one of {sorted(by_name)}")
+            raise ValueError(
+                f"segment {number} of {str(path)!r} is labelled {name!r}, not one of {sorted(by_name)}"
+            )
         lut[number] = by_name[name]
     return lut[volume]

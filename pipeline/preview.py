@@ -19,10 +19,10 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from monai.data import MetaTensor
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from monai.data import MetaTensor
 from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
@@ -88,7 +88,7 @@ def orthogonal_slices(image, mask, affine) -> list[PanelSlice]:
         img, lab = img[:, :, None], lab[:, :, None]
     img, lab, (sx, sy, sz) = _to_ras(img, lab.astype(np.int32), aff)
     cx, cy, cz = _centre(lab)
-    # RAS arrays: reversing x puts the patient's right on the left, reversing y/z puts anterior/superior on top
+    # RAS arrays: reversed x puts the patient's right on the left, reversed y/z puts anterior/superior on top
     panels = [("axial", img[::-1, ::-1, cz].T, lab[::-1, ::-1, cz].T, sy / sx)]
     if not flat:
         panels.append(("coronal", img[::-1, cy, ::-1].T, lab[::-1, cy, ::-1].T, sz / sx))
@@ -155,7 +155,10 @@ def render_preview(
         ax.set_axis_off()
         ax.set_title(name, color="white", fontsize=10)
     order = sorted(shown, key=lambda lid: (-shown[lid], lid))
-    handles = [Patch(color=label_colour(lid), label=str(labels.get(lid, f"label {lid}"))) for lid in order[:MAX_LEGEND]]
+    handles = [
+        Patch(color=label_colour(lid), label=str(labels.get(lid, f"label {lid}")))
+        for lid in order[:MAX_LEGEND]
+    ]
     if len(order) > MAX_LEGEND:
         handles.append(Patch(color="none", label=f"+{len(order) - MAX_LEGEND} more"))
     if handles:

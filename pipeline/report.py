@@ -142,7 +142,14 @@ class BatchReport:
         for r in self.results:
             seconds = "" if r.seconds is None else f"{r.seconds:.2f}"
             writer.writerow(
-                [r.case, r.status, r.input_kind or "", _fmt_list(r.shape, "d"), _fmt_list(r.spacing, ".4g"),
-                 seconds, r.error or ""]
+                [
+                    r.case,
+                    r.status,
+                    r.input_kind or "",
+                    _fmt_list(r.shape, "d"),
+                    _fmt_list(r.spacing, ".4g"),
+                    seconds,
+                    r.error or "",
+                ]
             )
         atomic_write_text(self.csv_path, buf.getvalue())

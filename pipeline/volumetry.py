@@ -130,5 +130,5 @@ def write_volumes_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> Path:
         missing = [c for c in VOLUME_COLUMNS if c not in row]
         if missing:
             raise ValueError(f"rows[{idx}] lacks columns {missing}; expected {list(VOLUME_COLUMNS)}")
-        writer.writerow([_cell(row[c], d) for c, d in zip(VOLUME_COLUMNS, _DIGITS)])
+        writer.writerow([_cell(row[c], d) for c, d in zip(VOLUME_COLUMNS, _DIGITS, strict=True)])
     return atomic_write_text(path, buf.getvalue())

@@ -50,7 +50,7 @@ def as_affine(affine, reference=None, name: str = "affine") -> np.ndarray:
     """Return a 4x4 float64 voxel->world affine (mm, RAS).
 
     Args:
-        affine: 4x4 (or 3x3 for 2D, embedded as x/y in a 4x4) array or tensor; ``None`` takes ``reference.affine``.
+        affine: 4x4 (or 3x3 for 2D, embedded as x/y of a 4x4) array or tensor; ``None``: ``reference.affine``.
         reference: a ``MetaTensor`` whose affine is used when ``affine`` is ``None``.
         name: argument name for error messages.
 

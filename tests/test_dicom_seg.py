@@ -24,7 +24,7 @@ def _sorted_along_normal(files):
     iop = np.asarray(headers[0].ImageOrientationPatient, float)
     normal = np.cross(iop[:3], iop[3:])
     keys = [float(np.dot(normal, np.asarray(h.ImagePositionPatient, float))) for h in headers]
-    return [f for _, f in sorted(zip(keys, files))]
+    return [f for _, f in sorted(zip(keys, files, strict=True))]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,11 @@ def test_dcmqi_liver_seg_reads_onto_ct_grid(shared_data, ct3):
     ref = nib.load(shared_data / "dcmqi" / "liver_seg.nii.gz")
     # the NIfTI's affine is the CT grid of the convention (LPS->RAS of the sorted slices)
     first = pydicom.dcmread(ct3[0], stop_before_pixels=True)
-    np.testing.assert_allclose(ref.affine[:3, 3], [-v for v in first.ImagePositionPatient[:2]] + [first.ImagePositionPatient[2]], atol=1e-3)
+    np.testing.assert_allclose(
+        ref.affine[:3, 3],
+        [-v for v in first.ImagePositionPatient[:2]] + [first.ImagePositionPatient[2]],
+        atol=1e-3,
+    )
     got = read_dicom_seg(shared_data / "dcmqi" / "liver_seg.dcm", ct3)
     assert got.shape == ref.shape == (512, 512, 3)
     np.testing.assert_array_equal(got, np.asarray(ref.dataobj))
@@ -108,7 +112,9 @@ def test_oblique_synthetic_series_round_trip_and_patient_space(tmp_path):
 
 
 def test_empty_mask_writes_a_valid_seg(tmp_path):
-    files = write_dicom_series(np.zeros((9, 8, 3)), np.diag([1.0, 1.0, 2.0, 1.0]), tmp_path / "ct", uid_seed="e")
+    files = write_dicom_series(
+        np.zeros((9, 8, 3)), np.diag([1.0, 1.0, 2.0, 1.0]), tmp_path / "ct", uid_seed="e"
+    )
     out = write_dicom_seg(np.zeros((9, 8, 3), np.uint8), files, {1: "lesion"}, tmp_path / "seg.dcm")
     assert read_dicom_seg(out, files, {1: "lesion"}).sum() == 0
 

@@ -77,13 +77,19 @@ def test_fill_holes_only_for_named_labels():
 @pytest.mark.parametrize("kind", ["numpy", "torch", "channel_first"])
 def test_type_shape_dtype_preserved_and_input_untouched(kind):
     m = _scene()
-    given = {"numpy": m.copy(), "torch": torch.as_tensor(m.astype(np.int64)), "channel_first": m[None].copy()}[kind]
+    given = {
+        "numpy": m.copy(),
+        "torch": torch.as_tensor(m.astype(np.int64)),
+        "channel_first": m[None].copy(),
+    }[kind]
     before = given.clone() if isinstance(given, torch.Tensor) else given.copy()
     out = postprocess_mask(given, keep_largest=[1, 2], min_size=2, fill_holes=[1])
     assert type(out) is type(given) and out.shape == given.shape and out.dtype == given.dtype
     assert (given == before).all()
     spatial = np.asarray(out).reshape(SHAPE)
-    assert int((spatial == 1).sum()) == 1000 and int((spatial == 2).sum()) == 216 and (spatial == 3).sum() == 0
+    assert (
+        int((spatial == 1).sum()) == 1000 and int((spatial == 2).sum()) == 216 and (spatial == 3).sum() == 0
+    )
 
 
 def test_2d_mask():

@@ -59,8 +59,9 @@ def test_lps_and_ras_inputs_give_the_same_picture(tmp_path):
     lps_image, lps_affine = _lps_copy(image, RAS)
     lps_mask, _ = _lps_copy(mask, RAS)
     a = render_preview(image, mask, RAS, {1: "liver", 2: "spleen"}, tmp_path / "ras.png", window=(0, 400))
-    b = render_preview(lps_image, lps_mask, lps_affine, {1: "liver", 2: "spleen"}, tmp_path / "lps.png",
-                       window=(0, 400))
+    b = render_preview(
+        lps_image, lps_mask, lps_affine, {1: "liver", 2: "spleen"}, tmp_path / "lps.png", window=(0, 400)
+    )
     np.testing.assert_array_equal(mpimg.imread(a), mpimg.imread(b))
 
 
@@ -76,7 +77,9 @@ def test_png_size_and_overlay_colours(tmp_path):
     assert _png_size(out) == (1400, 400)
     pixels = mpimg.imread(out)
     assert _coloured(pixels, label_colour(1)) > 100
-    empty = render_preview(image, np.zeros_like(mask), RAS, {1: "liver"}, tmp_path / "e.png", window=(40, 400))
+    empty = render_preview(
+        image, np.zeros_like(mask), RAS, {1: "liver"}, tmp_path / "e.png", window=(40, 400)
+    )
     assert _coloured(mpimg.imread(empty), label_colour(1)) == 0
     chroma = np.ptp(mpimg.imread(empty)[..., :3], axis=-1)
     assert chroma.max() < 0.02  # nothing coloured at all without a mask
@@ -89,7 +92,10 @@ def test_2d_single_panel_and_metatensor(tmp_path):
     out = render_preview(
         MetaTensor(torch.full(SHAPE[:2], -1000.0)[None], affine=aff),
         MetaTensor(torch.as_tensor(mask[:, :, 27])[None], affine=aff),
-        None, {1: "lesion"}, tmp_path / "p2d.png", window=(40, 400),
+        None,
+        {1: "lesion"},
+        tmp_path / "p2d.png",
+        window=(40, 400),
     )
     assert _png_size(out) == (600, 400)
     assert _coloured(mpimg.imread(out), label_colour(1)) > 20

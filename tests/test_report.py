@@ -22,13 +22,29 @@ def test_report_is_rewritten_after_each_case(tmp_path):
     data, rows = _read(report)  # exists before the first case finishes
     assert data["cases"] == [] and rows == [] and data["run"]["bundle"] == "spleen_ct"
 
-    report.add(CaseResult("case_a", "ok", input_kind="dicom", shape=(512, 512, 20), spacing=(0.977, 0.977, 2.0),
-                          seconds=3.14159, outputs={"mask": "case_a/seg.nii.gz"}))
+    report.add(
+        CaseResult(
+            "case_a",
+            "ok",
+            input_kind="dicom",
+            shape=(512, 512, 20),
+            spacing=(0.977, 0.977, 2.0),
+            seconds=3.14159,
+            outputs={"mask": "case_a/seg.nii.gz"},
+        )
+    )
     data, rows = _read(report)
     assert data["counts"] == {"ok": 1, "failed": 0, "skipped": 0} and data["exit_code"] == EXIT_OK
     assert data["cases"][0]["outputs"] == {"mask": "case_a/seg.nii.gz"}
-    assert rows[0] == {"case": "case_a", "status": "ok", "input_kind": "dicom", "shape": "512x512x20",
-                       "spacing": "0.977x0.977x2", "seconds": "3.14", "error": ""}
+    assert rows[0] == {
+        "case": "case_a",
+        "status": "ok",
+        "input_kind": "dicom",
+        "shape": "512x512x20",
+        "spacing": "0.977x0.977x2",
+        "seconds": "3.14",
+        "error": "",
+    }
 
     try:
         raise ValueError("series in 'case_b/ct' has 2 orientations;\n pass series_rule")

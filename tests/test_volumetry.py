@@ -1,4 +1,4 @@
-"""Volumes in mL from the affine determinant, intensity statistics, the CSV table, real liver/spleen volumes."""
+"""Volumes in mL from the affine determinant, intensity statistics, the CSV table, real organ volumes."""
 
 from __future__ import annotations
 
@@ -51,10 +51,18 @@ def test_volume_is_count_times_det_on_oblique_grid(kind):
         inside = mask == row["label"]
         assert row["voxels"] == int(inside.sum())
         assert row["volume_ml"] == pytest.approx(inside.sum() * 2.88 / 1000, rel=1e-9)
-        assert row["mean_intensity"] == pytest.approx(float(image[inside].astype(np.float64).mean()), rel=1e-9)
+        assert row["mean_intensity"] == pytest.approx(
+            float(image[inside].astype(np.float64).mean()), rel=1e-9
+        )
         assert row["std_intensity"] == pytest.approx(float(image[inside].astype(np.float64).std()), rel=1e-7)
-    assert rows[2] == {"label": 4, "name": "absent", "voxels": 0, "volume_ml": 0.0,
-                       "mean_intensity": None, "std_intensity": None}
+    assert rows[2] == {
+        "label": 4,
+        "name": "absent",
+        "voxels": 0,
+        "volume_ml": 0.0,
+        "mean_intensity": None,
+        "std_intensity": None,
+    }
 
 
 def test_no_image_and_spacing():
@@ -97,7 +105,13 @@ def test_csv_header_rows_and_empty_cells(tmp_path):
     with open(out, newline="") as f:
         table = list(csv.reader(f))
     assert tuple(table[0]) == VOLUME_COLUMNS
-    assert table[1][:5] == ["case_a", "1", "spleen", str((mask == 1).sum()), f"{(mask == 1).sum() / 1000:.4f}"]
+    assert table[1][:5] == [
+        "case_a",
+        "1",
+        "spleen",
+        str((mask == 1).sum()),
+        f"{(mask == 1).sum() / 1000:.4f}",
+    ]
     assert table[3][3:] == ["0", "0.0000", "", ""]
     assert table[4][0] == "case_b" and table[4][5:] == ["", ""]
     with pytest.raises(ValueError, match=r"lacks columns \['case'\]"):
@@ -111,7 +125,9 @@ def test_real_liver_and_spleen_volumes(shared_data):
     seg = nib.load(folder / "ct_sm_seg.nii.gz")
     ct = nib.load(folder / "ct_sm.nii.gz")
     names = {int(k): v for k, v in json.loads((folder / "labels_ct.json").read_text()).items()}
-    rows = {r["name"]: r for r in structure_volumes(np.asarray(seg.dataobj), ct.get_fdata(), seg.affine, names)}
+    rows = {
+        r["name"]: r for r in structure_volumes(np.asarray(seg.dataobj), ct.get_fdata(), seg.affine, names)
+    }
     assert len(rows) == len(names)
     liver, spleen = rows["liver"], rows["spleen"]
     assert liver["voxels"] == 38_634 and spleen["voxels"] == 9_452  # README: liver ~38.6k, spleen ~9.5k
