@@ -29,7 +29,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from pipeline.atomic import atomic_write
-from pipeline.writers import spatial_array
+from pipeline.writers import label_array
 
 __all__ = ["DEFAULT_PROPERTY_CODES", "read_dicom_seg", "write_dicom_seg"]
 
@@ -129,11 +129,9 @@ def write_dicom_seg(
     Raises:
         ValueError: shape/slice mismatch, unsorted sources, or labels in the mask that are not declared.
     """
-    arr = spatial_array(mask, "mask")
+    arr = label_array(mask)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"mask must be an integer label array, got dtype {arr.dtype}")
     ids = _check_labels(labels)
     present = [int(v) for v in np.unique(arr) if v != 0]
     undeclared = sorted(set(present) - set(ids))

@@ -16,7 +16,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 from pipeline.volumetry import voxel_volume_ml
-from pipeline.writers import spatial_array
+from pipeline.writers import label_array
 
 __all__ = ["postprocess_mask"]
 
@@ -71,9 +71,7 @@ def postprocess_mask(
     Returns:
         The cleaned mask, same type, shape and dtype as ``mask``.
     """
-    arr = spatial_array(mask, "mask")
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"mask must be an integer label array, got dtype {arr.dtype}")
+    arr = label_array(mask)
     conn = arr.ndim if connectivity is None else int(connectivity)
     if not 1 <= conn <= arr.ndim:
         raise ValueError(f"connectivity must be in 1..{arr.ndim}, got {connectivity}")

@@ -28,7 +28,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from scipy import ndimage
 
 from pipeline.atomic import atomic_write_bytes
-from pipeline.writers import as_affine, spatial_array
+from pipeline.writers import as_affine, label_array, spatial_array
 
 __all__ = ["PanelSlice", "label_colour", "orthogonal_slices", "render_preview"]
 
@@ -77,11 +77,9 @@ def orthogonal_slices(image, mask, affine) -> list[PanelSlice]:
         with row 0 at the top of the screen.
     """
     img = spatial_array(image, "image").astype(np.float32)
-    lab = spatial_array(mask, "mask")
+    lab = label_array(mask)
     if img.shape != lab.shape:
         raise ValueError(f"image shape {img.shape} must equal mask shape {lab.shape}")
-    if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
-        raise ValueError(f"mask must be an integer label array, got dtype {lab.dtype}")
     aff = as_affine(affine, mask if isinstance(mask, MetaTensor) else image)
     flat = img.ndim == 2
     if flat:

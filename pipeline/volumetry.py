@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_write_text
-from pipeline.writers import as_affine, spatial_array
+from pipeline.writers import as_affine, label_array, spatial_array
 
 __all__ = ["VOLUME_COLUMNS", "structure_volumes", "voxel_volume_ml", "write_volumes_csv"]
 
@@ -55,11 +55,7 @@ def structure_volumes(
         label order; ``volume_ml = voxels * voxel volume``; mean/std (population, ddof=0) of ``image`` inside
         the label, ``None`` when there is no image or no voxel.
     """
-    arr = spatial_array(mask, "mask")
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"mask must be an integer label array, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"mask labels must be >= 0, got minimum {arr.min()}")
+    arr = label_array(mask)
     img = None
     if image is not None:
         img = spatial_array(image, "image").astype(np.float64)

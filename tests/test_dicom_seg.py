@@ -136,7 +136,7 @@ def small_series(tmp_path_factory):
         (np.zeros((9, 8, 3), np.uint8), None, {0: "background"}, "positive integer ids"),
         (np.zeros((9, 8, 3), np.uint8), None, {1: "a", 2: "a"}, "distinct names"),
         (np.zeros((9, 8, 3), np.uint8), None, {1: "x" * 65}, "at most 64 characters"),
-        (np.zeros((9, 8, 3), np.float32), None, {1: "a"}, "integer label array"),
+        (np.full((9, 8, 3), 0.5, np.float32), None, {1: "a"}, "integer labels"),
     ],
 )
 def test_input_errors(tmp_path, small_series, mask, order, labels, match):

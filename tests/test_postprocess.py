@@ -74,13 +74,14 @@ def test_fill_holes_only_for_named_labels():
     assert (out[6:8, 6:8, 6:8] == 1).all() and int((out == 1).sum()) == 1008
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch", "channel_first"])
+@pytest.mark.parametrize("kind", ["numpy", "torch", "channel_first", "float_metatensor"])
 def test_type_shape_dtype_preserved_and_input_untouched(kind):
     m = _scene()
     given = {
         "numpy": m.copy(),
         "torch": torch.as_tensor(m.astype(np.int64)),
         "channel_first": m[None].copy(),
+        "float_metatensor": MetaTensor(torch.as_tensor(m, dtype=torch.float32)[None]),  # AsDiscrete output
     }[kind]
     before = given.clone() if isinstance(given, torch.Tensor) else given.copy()
     out = postprocess_mask(given, keep_largest=[1, 2], min_size=2, fill_holes=[1])
@@ -113,5 +114,5 @@ def test_input_errors(kwargs, match):
 
 
 def test_float_mask_rejected():
-    with pytest.raises(ValueError, match="integer label array"):
-        postprocess_mask(np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="integer labels"):
+        postprocess_mask(np.full((4, 4, 4), 1.5, np.float32))

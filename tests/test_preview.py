@@ -109,7 +109,7 @@ def test_2d_single_panel_and_metatensor(tmp_path):
         ({"path": "p.jpg"}, "must end with .png"),
         ({"window": (40, 0)}, "width > 0"),
         ({"mask": np.zeros((3, 3, 3), np.uint8)}, "must equal mask shape"),
-        ({"mask": np.zeros(SHAPE, np.float32)}, "integer label array"),
+        ({"mask": np.full(SHAPE, 0.5, np.float32)}, "integer labels"),
     ],
 )
 def test_input_errors(tmp_path, kwargs, match):

@@ -70,6 +70,7 @@ def test_no_image_and_spacing():
     rows = structure_volumes(mask, None, (0.5, 0.5, 2.0), {1: "spleen"})
     assert rows[0]["volume_ml"] == pytest.approx((mask == 1).sum() * 0.5 / 1000)
     assert rows[0]["mean_intensity"] is None and rows[0]["std_intensity"] is None
+    assert structure_volumes(mask.astype(np.float32), None, (0.5, 0.5, 2.0), {1: "spleen"}) == rows
     assert voxel_volume_ml(np.diag([2.0, 3.0, 4.0, 1.0])) == pytest.approx(0.024)
 
 
@@ -84,7 +85,7 @@ def test_undeclared_labels_are_logged_not_reported(caplog):
 @pytest.mark.parametrize(
     "mask, image, aff, labels, match",
     [
-        (np.zeros((4, 4, 4), np.float32), None, np.eye(4), {1: "a"}, "integer label array"),
+        (np.full((4, 4, 4), 0.5, np.float32), None, np.eye(4), {1: "a"}, "integer labels"),
         (np.full((4, 4, 4), -1), None, np.eye(4), {1: "a"}, ">= 0"),
         (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 5)), np.eye(4), {1: "a"}, "image shape"),
         (np.zeros((4, 4, 4), np.uint8), None, (1.0, -1.0, 1.0), {1: "a"}, "positive voxel sizes"),
