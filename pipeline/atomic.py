@@ -1,7 +1,7 @@
 """Atomic file writes and per-case completion markers, so a killed batch run never leaves a half-written
 output that a rerun takes as finished.
 
-Every writer writes to a hidden temporary file in the destination folder (``.tmp-<random>-<name>``, which keeps
+Every writer writes to a hidden temporary file in the destination folder (``.tmp-<random>-<name>``, keeping
 the real suffix chain so format-sniffing writers such as nibabel still see ``.nii.gz``), flushes it to disk
 and then ``os.replace``-s it over the destination. A case folder is complete only when ``.complete.json``
 exists, is written last, and every output it lists still has the recorded size.
@@ -66,7 +66,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if not tmp.is_file():
-            raise FileNotFoundError(f"atomic_write: nothing was written to the temporary file for {str(path)!r}")
+            raise FileNotFoundError(
+                f"atomic_write: nothing was written to the temporary file for {str(path)!r}"
+            )
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -105,7 +107,7 @@ def mark_complete(
 
     Args:
         case_dir: the case's output folder.
-        outputs: file names relative to ``case_dir`` (e.g. ``["seg.nii.gz", "volumes.csv"]``); each must exist.
+        outputs: file names relative to ``case_dir`` (e.g. ``["seg.nii.gz", "volumes.csv"]``), all existing.
         info: optional JSON-serialisable facts that a rerun must match to reuse the outputs
             (e.g. ``{"bundle": "spleen_ct", "version": "0.2.0"}``); see :func:`is_complete`.
 

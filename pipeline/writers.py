@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 
 from pipeline.atomic import atomic_write
 
-__all__ = ["as_affine", "spatial_array", "write_mask_nifti", "write_probabilities_nifti"]
+__all__ = ["as_affine", "label_array", "spatial_array", "write_mask_nifti", "write_probabilities_nifti"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def as_affine(affine, reference=None, name: str = "affine") -> np.ndarray:
     """Return a 4x4 float64 voxel->world affine (mm, RAS).
 
     Args:
-        affine: 4x4 (or 3x3 for 2D, embedded as x/y in a 4x4) array or tensor; ``None`` takes ``reference.affine``.
+        affine: 4x4 (or 3x3 for 2D, embedded as x/y of a 4x4) array or tensor; ``None``: ``reference.affine``.
         reference: a ``MetaTensor`` whose affine is used when ``affine`` is ``None``.
         name: argument name for error messages.
 
@@ -74,18 +74,25 @@ def as_affine(affine, reference=None, name: str = "affine") -> np.ndarray:
     return aff
 
 
-def _label_array(mask) -> np.ndarray:
-    arr = spatial_array(mask, "mask")
+def label_array(mask, name: str = "mask") -> np.ndarray:
+    """Return integer labels ``(X, Y[, Z])`` as uint8 (all labels < 256) or uint16, channel dropped.
+
+    Accepts integer and bool arrays and float arrays holding whole numbers (e.g. MONAI ``AsDiscrete`` output).
+
+    Raises:
+        ValueError: non-integral or non-finite values, negative labels, or labels above 65535.
+    """
+    arr = spatial_array(mask, name)
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"mask must hold integer labels, got non-integral values of dtype {arr.dtype}")
+            raise ValueError(f"{name} must hold integer labels, got non-integral values of dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
-        raise ValueError(f"mask labels must be >= 0, got minimum {arr.min()}")
+        raise ValueError(f"{name} labels must be >= 0, got minimum {arr.min()}")
     top = int(arr.max()) if arr.size else 0
     if top > np.iinfo(np.uint16).max:
-        raise ValueError(f"mask labels must fit uint16 (<= 65535), got maximum {top}")
+        raise ValueError(f"{name} labels must fit uint16 (<= 65535), got maximum {top}")
     return arr.astype(np.uint8 if top < 256 else np.uint16)
 
 
@@ -120,7 +127,7 @@ def write_mask_nifti(mask, affine, path: str | os.PathLike) -> Path:
     Returns:
         ``path``.
     """
-    arr = _label_array(mask)
+    arr = label_array(mask)
     aff = as_affine(affine, mask)
     img = nib.Nifti1Image(arr, aff)
     img.set_data_dtype(arr.dtype)

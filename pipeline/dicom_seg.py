@@ -1,0 +1,239 @@
+"""DICOM Segmentation (SEG) output for masks predicted on a DICOM series, with highdicom.
+
+Voxel order follows the shared convention: ``mask[i, j, k] = frame_k[j, i]`` where ``k`` indexes the source
+slices sorted ascending along the normal ``cross(row_dir, col_dir)``; the caller passes the source files in
+that order. The SEG is BINARY with one segment per declared label (segment numbers 1..N in ascending label-id
+order, so a bundle's labels get the same segment numbers in every case); frames with no foreground are
+omitted. Each segment is labelled with the bundle's label name and coded, unless told otherwise, with the
+generic SNOMED CT pair category "Tissue" (85756007) / type "Tissue" (85756007): always true, never
+misleading. Pass ``property_codes`` for specific anatomy (e.g. ``codes.SCT.Liver``).
+
+The SEG copies patient and study attributes from the source images, as the DICOM standard requires; nothing
+of them is logged. RTSTRUCT output is not provided (see the module's report).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from pipeline.atomic import atomic_write
+from pipeline.writers import label_array
+
+__all__ = ["DEFAULT_PROPERTY_CODES", "read_dicom_seg", "write_dicom_seg"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROPERTY_CODES: tuple[Code, Code] = (codes.SCT.Tissue, codes.SCT.Tissue)
+_POSITION_TOL_MM = 1e-3
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("clinseg")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _read_headers(source_files: Sequence[str | os.PathLike]) -> list[pydicom.Dataset]:
+    headers = []
+    for f in source_files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        # an empty SpecificCharacterSet (seen in real data) means the default repertoire; highdicom rejects ''
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet
+        headers.append(ds)
+    return headers
+
+
+def _check_sources(headers: list[pydicom.Dataset], shape: tuple[int, int, int]) -> None:
+    nx, ny, nz = shape
+    if len(headers) != nz:
+        raise ValueError(
+            f"source_files must hold one file per slice: mask has Z={nz}, got {len(headers)} files"
+        )
+    for idx, ds in enumerate(headers):
+        if (int(ds.Rows), int(ds.Columns)) != (ny, nx):
+            raise ValueError(
+                f"source_files[{idx}] is {ds.Columns}x{ds.Rows} (columns x rows) but the mask slice is "
+                f"{nx}x{ny}: mask must be (X=columns, Y=rows, Z=slices)"
+            )
+    if nz > 1:
+        iop = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(iop[:3], iop[3:])
+        pos = np.array([np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)) for ds in headers])
+        if np.any(np.diff(pos) <= _POSITION_TOL_MM):
+            raise ValueError(
+                "source_files must be sorted ascending along the slice normal cross(row_dir, col_dir); "
+                f"positions along it are {np.round(pos, 3).tolist()} mm"
+            )
+
+
+def _check_labels(labels: Mapping[int, str]) -> list[int]:
+    ids = sorted(labels)
+    if not ids:
+        raise ValueError("labels must declare at least one foreground label, got an empty mapping")
+    for lid in ids:
+        if int(lid) != lid or lid <= 0:
+            raise ValueError(f"labels keys must be positive integer ids (0 is background), got {lid!r}")
+        name = labels[lid]
+        if not isinstance(name, str) or not name.strip() or len(name) > 64:
+            raise ValueError(f"labels[{lid}] must be a non-empty name of at most 64 characters, got {name!r}")
+    names = [labels[i] for i in ids]
+    if len(set(names)) != len(names):
+        raise ValueError(f"labels must have distinct names, got {names}")
+    return ids
+
+
+def write_dicom_seg(
+    mask,
+    source_files: Sequence[str | os.PathLike],
+    labels: Mapping[int, str],
+    out_path: str | os.PathLike,
+    *,
+    algorithm_name: str = "clinseg",
+    algorithm_version: str | None = None,
+    series_description: str = "clinseg segmentation",
+    series_number: int = 300,
+    property_codes: Mapping[int, tuple[Code, Code]] | None = None,
+) -> Path:
+    """Write a BINARY DICOM SEG for ``mask`` referencing ``source_files``, atomically.
+
+    Args:
+        mask: integer labels ``(X, Y, Z)`` (or ``(1, X, Y, Z)``; ``(X, Y)`` for a single slice) on the source
+            grid: ``mask[i, j, k]`` is column ``i``, row ``j`` of ``source_files[k]``.
+        source_files: the series' single-frame DICOM files, sorted ascending along the slice normal.
+        labels: label id -> name (the bundle's label names), background excluded; every label in the mask
+            must be declared. One segment per declared label, numbered 1..N by ascending id.
+        out_path: destination ``.dcm`` file.
+        algorithm_name: recorded in the segments' algorithm identification and as the model name.
+        algorithm_version: recorded likewise; defaults to the installed clinseg version.
+        series_description: the SEG series' description.
+        series_number: the SEG series' number.
+        property_codes: optional label id -> (category, type) codes; default :data:`DEFAULT_PROPERTY_CODES`.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ValueError: shape/slice mismatch, unsorted sources, or labels in the mask that are not declared.
+    """
+    arr = label_array(mask)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    ids = _check_labels(labels)
+    present = [int(v) for v in np.unique(arr) if v != 0]
+    undeclared = sorted(set(present) - set(ids))
+    if undeclared:
+        raise ValueError(f"mask holds labels {undeclared} that are not declared in labels {ids}")
+    source_files = [Path(f) for f in source_files]
+    headers = _read_headers(source_files)
+    _check_sources(headers, arr.shape)
+
+    version = algorithm_version or _package_version()
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=version
+    )
+    property_codes = property_codes or {}
+    descriptions = []
+    for number, lid in enumerate(ids, start=1):
+        category, prop_type = property_codes.get(lid, DEFAULT_PROPERTY_CODES)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=labels[lid],
+                segmented_property_category=category,
+                segmented_property_type=prop_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_id=f"label {lid}",
+                tracking_uid=generate_uid(),
+            )
+        )
+    lut = np.zeros(max(max(ids), int(arr.max())) + 1, dtype=np.uint16 if len(ids) > 255 else np.uint8)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    frames = np.ascontiguousarray(lut[arr].transpose(2, 1, 0))  # (Z, rows=Y, columns=X)
+
+    with warnings.catch_warnings():
+        # highdicom warns about single-component person names and quotes the patient's name: keep it out
+        warnings.filterwarnings("ignore", message=r".*person name.*", category=UserWarning)
+        seg = hd.seg.Segmentation(
+            source_images=headers,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=generate_uid(),
+            series_number=series_number,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer="clinseg",
+            manufacturer_model_name=algorithm_name,
+            software_versions=version,
+            device_serial_number="none",
+            series_description=series_description,
+        )
+    out_path = Path(out_path)
+    with atomic_write(out_path) as tmp:
+        seg.save_as(tmp)
+    logger.info(
+        "wrote DICOM SEG %s: %d segments, %d frames", out_path.name, len(ids), int(seg.NumberOfFrames)
+    )
+    return out_path
+
+
+def read_dicom_seg(
+    path: str | os.PathLike,
+    source_files: Sequence[str | os.PathLike],
+    labels: Mapping[int, str] | None = None,
+) -> np.ndarray:
+    """Read a BINARY/LABELMAP DICOM SEG back onto its source slices as an ``(X, Y, Z)`` label array.
+
+    Frames are matched to ``source_files`` through their referenced SOP Instance UIDs, so the output's
+    slice ``k`` is ``source_files[k]`` (pass them sorted along the normal to get the shared voxel order).
+    Slices the SEG does not reference are background.
+
+    Args:
+        path: the SEG file.
+        source_files: the referenced single-frame images, in the wanted slice order.
+        labels: label id -> name; when given, segments are mapped to ids by their segment label (e.g. a
+            SEG written by :func:`write_dicom_seg`); otherwise values are the SEG's segment numbers.
+
+    Returns:
+        ``(X, Y, Z)`` array of label ids (or segment numbers), uint8 or uint16.
+
+    Raises:
+        ValueError: a segment label is not among ``labels``' names.
+    """
+    seg = hd.seg.segread(path)
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in source_files]
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids,
+        combine_segments=True,
+        assert_missing_frames_are_empty=True,
+        ignore_spatial_locations=True,  # many writers (e.g. dcmqi) omit SpatialLocationsPreserved
+    )
+    volume = np.ascontiguousarray(pixels.transpose(2, 1, 0))
+    if labels is None:
+        return volume
+    by_name = {name: int(lid) for lid, name in labels.items()}
+    top = max([0, *by_name.values()])
+    lut = np.zeros(max(seg.segment_numbers) + 1, dtype=np.uint16 if top > 255 else np.uint8)
+    for number in seg.segment_numbers:
+        name = seg.get_segment_description(number).segment_label
+        if name not in by_name:
+            raise ValueError(
+                f"segment {number} of {str(path)!r} is labelled {name!r}, not one of {sorted(by_name)}"
+            )
+        lut[number] = by_name[name]
+    return lut[volume]
