@@ -6,10 +6,10 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.atomic import is_complete, mark_complete
+from pipeline.atomic import clear_complete, is_complete, mark_complete
 from pipeline.discovery import Case, discover_cases
 from pipeline.predictor import Predictor
-from pipeline.report import BatchReport, CaseResult
+from pipeline.report import BatchReport, CaseResult, error_text
 from pipeline.writers import write_mask_nifti
 
 logger = logging.getLogger(__name__)
@@ -32,9 +32,10 @@ def predict_folder(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     cases = discover_cases(source, split=split, modalities={k: _stems(k) for k in predictor.input_keys})
-    report = BatchReport(output)
+    info = {"bundle": predictor.bundle_name, "checkpoints": predictor.checkpoint_names}
+    report = BatchReport(output, run_info={**info, "device": str(predictor.device), "source_kind": _kind(source)})
     for index, case in enumerate(cases, 1):
-        result = _predict_one(predictor, case, output / case.case_id, overwrite)
+        result = _predict_one(predictor, case, output / case.case_id, overwrite, info)
         report.add(result)
         level = logging.WARNING if result.status == "failed" else logging.INFO
         logger.log(level, "[%d/%d] %s: %s%s", index, len(cases), case.case_id, result.status,
@@ -42,25 +43,30 @@ def predict_folder(
     return report
 
 
+def _kind(source: str | Path) -> str:
+    return "datalist" if str(source).endswith(".json") else "folder"
+
+
 def _stems(key: str) -> tuple[str, ...]:
     return ("ct", "image", "img", "scan") if key == "image" else (key,)
 
 
-def _predict_one(predictor: Predictor, case: Case, case_dir: Path, overwrite: bool) -> CaseResult:
-    if not overwrite and is_complete(case_dir, [SEG_NAME]):
-        return CaseResult(case=case.case_id, status="skipped", input_kind=case.kind, outputs=[SEG_NAME])
+def _predict_one(predictor: Predictor, case: Case, case_dir: Path, overwrite: bool, info: dict) -> CaseResult:
+    outputs = {SEG_NAME: f"{case.case_id}/{SEG_NAME}"}
+    if not overwrite and is_complete(case_dir, [SEG_NAME], info=info):
+        return CaseResult(case=case.case_id, status="skipped", input_kind=case.kind, outputs=outputs)
     start = time.perf_counter()
     if case.problem:
         return CaseResult(case=case.case_id, status="failed", error=case.problem, input_kind=case.kind)
     try:
         seg = predictor.predict_case(case.inputs)
         case_dir.mkdir(parents=True, exist_ok=True)
-        path = write_mask_nifti(seg[0], seg.affine, case_dir / SEG_NAME)
-        mark_complete(case_dir, {SEG_NAME: path})
+        clear_complete(case_dir)
+        write_mask_nifti(seg, seg.affine, case_dir / SEG_NAME)
+        mark_complete(case_dir, [SEG_NAME], info=info)
     except Exception as e:  # one bad case must never stop the batch; the reason goes to the report
         logger.debug("case %s failed", case.case_id, exc_info=True)
-        return CaseResult(case=case.case_id, status="failed", error=f"{type(e).__name__}: {e}", input_kind=case.kind,
+        return CaseResult(case=case.case_id, status="failed", error=error_text(e), input_kind=case.kind,
                           seconds=time.perf_counter() - start)
-    spacing = [float(s) for s in seg.pixdim] if hasattr(seg, "pixdim") else None
     return CaseResult(case=case.case_id, status="ok", input_kind=case.kind, shape=list(seg.shape[1:]),
-                      spacing=spacing, seconds=time.perf_counter() - start, outputs=[SEG_NAME])
+                      spacing=[float(v) for v in seg.pixdim], seconds=time.perf_counter() - start, outputs=outputs)

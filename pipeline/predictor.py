@@ -16,7 +16,7 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from pipeline.bundle import Bundle
-from pipeline.checkpoint import load_checkpoint, network_from_checkpoint
+from pipeline.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Predictor:
         class_names: Sequence[str] = (),
         device: torch.device | str = "cpu",
         bundle_name: str = "",
+        checkpoint_names: Sequence[str] = (),
     ) -> None:
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -70,6 +71,7 @@ class Predictor:
         self.input_keys = tuple(input_keys)
         self.class_names = tuple(class_names)
         self.bundle_name = bundle_name
+        self.checkpoint_names = list(checkpoint_names)
         self._invert = Invertd(keys="pred", transform=preprocessing, orig_keys=self.input_keys[0], nearest_interp=True)
 
     @classmethod
@@ -112,6 +114,7 @@ class Predictor:
             class_names=parser.get("class_names", []),
             device=device,
             bundle_name=bundle.name,
+            checkpoint_names=[str(Path(c).resolve()) for c in checkpoints],
         )
 
     @property
@@ -160,7 +163,10 @@ def _load_network(parser, path: Path, device: torch.device) -> nn.Module:
     if "network" in checkpoint:
         return network_from_checkpoint(path, map_location=device)
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(checkpoint["model"])
+    try:
+        network.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the bundle's network_def: {e}") from e
     return network.to(device).eval()
 
 

@@ -32,8 +32,11 @@ def error_text(exc: BaseException) -> str:
     """``"<ExceptionType>: <message>"``, one line, for the report.
 
     Only the exception's own message is kept (no traceback, no locals): our loaders raise messages that
-    name files and rules but never patient names or IDs, so this is safe to save.
+    name files and rules but never patient names or IDs, so this is safe to save. MONAI's
+    ``RuntimeError("applying transform ...")`` wrappers are unwrapped to the error that caused them.
     """
+    while isinstance(exc, RuntimeError) and str(exc).startswith("applying transform") and exc.__cause__:
+        exc = exc.__cause__
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
@@ -120,6 +123,11 @@ class BatchReport:
         if result.status == "failed":
             logger.warning("case %s failed: %s", result.case, result.error)
         self.write()
+
+    def summary_line(self) -> str:
+        """``"4 cases: 3 ok, 1 failed, 0 skipped; report: OUT/report.json"``."""
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        return f"{len(self.results)} cases: {counts}; report: {self.json_path}"
 
     def exit_code(self) -> int:
         """:data:`EXIT_SOME_FAILED` if any case failed, else :data:`EXIT_OK`."""

@@ -262,6 +262,7 @@ def synthesize(
     spatial_dims: int = 3,
     formats: Sequence[str] = ("nifti",),
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    shape: tuple[int, ...] | None = None,
 ) -> Path:
     """Write ``cases`` synthetic patients and an MSD-style ``dataset.json`` under ``out``.
 
@@ -275,6 +276,7 @@ def synthesize(
         spatial_dims: 3 (volumes) or 2 (slices).
         formats: CT formats, any of ``"nifti"``, ``"dicom"`` (MR and labels are always NIfTI).
         splits: training/validation/test fractions, non-negative, summing to 1, training > 0.
+        shape: grid of every phantom (default: :func:`make_phantom`'s), e.g. ``(48, 48, 16)`` for tests.
 
     Returns:
         Path of ``out/dataset.json``; its paths are relative to ``out``.
@@ -298,7 +300,7 @@ def synthesize(
     entries = []
     for index in range(cases):
         case = f"case_{index:03d}"
-        phantom = make_phantom(_case_seed(seed, index), spatial_dims=dims, oblique=index % 3 == 2)
+        phantom = make_phantom(_case_seed(seed, index), spatial_dims=dims, shape=shape, oblique=index % 3 == 2)
         uid_seed = f"clinseg-synthetic/{seed}/{case}"
         written = write_case(phantom, out / "patients" / case, formats=formats, uid_seed=uid_seed)
         paths = {key: f"patients/{case}/{rel}" for key, rel in written.items()}

@@ -34,9 +34,9 @@ TISSUES = {
 _CT_HU = {
     "air": (-1000.0, -1000.0),
     "fat": (-110.0, -90.0),
-    "muscle": (35.0, 45.0),
-    "organ": (58.0, 70.0),
-    "lesion": (20.0, 30.0),
+    "muscle": (40.0, 55.0),
+    "organ": (100.0, 120.0),  # portal-venous phase: the enhanced organ stands out from muscle
+    "lesion": (35.0, 55.0),  # hypodense lesion, as metastases appear in the venous phase
     "cortical_bone": (700.0, 1000.0),
     "cancellous_bone": (300.0, 400.0),
     "canal": (5.0, 20.0),

@@ -1,4 +1,4 @@
-"""Shared fixtures: torch kept to the machine's cores, deterministic seeds, the real-data folder."""
+"""Shared fixtures: torch kept to the machine's cores, deterministic seeds, the real-data folder, tiny datasets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+BUNDLES = REPO / "bundles"
+TINY_SHAPE = (48, 44, 16)
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +26,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """Six tiny synthetic CT patients (NIfTI and DICOM), 3 training / 1 validation / 2 test; returns dataset.json."""
+    from pipeline.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("tiny_dataset")
+    return synthesize(out, cases=6, seed=3, formats=("nifti", "dicom"), shape=TINY_SHAPE, splits=(0.5, 0.2, 0.3))

@@ -88,3 +88,14 @@ def test_case_result_validation(kwargs, match):
 def test_add_rejects_other_types(tmp_path):
     with pytest.raises(TypeError, match="CaseResult"):
         BatchReport(tmp_path).add({"case": "a", "status": "ok"})
+
+
+def test_error_text_unwraps_monai_transform_wrappers():
+    from monai.transforms import Lambda, apply_transform
+
+    def fail(_):
+        raise ValueError("scan.nii.gz: cannot read as NIfTI")
+
+    with pytest.raises(RuntimeError) as info:
+        apply_transform(Lambda(fail), {"image": 1})
+    assert error_text(info.value) == "ValueError: scan.nii.gz: cannot read as NIfTI"

@@ -1,0 +1,83 @@
+"""The main job on embedded defaults: synthetic patients -> train the 3D bundle -> validate -> predict -> MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.batch import SEG_NAME, predict_folder
+from pipeline.bundle import Bundle
+from pipeline.datalist import load_datalist
+from pipeline.predictor import Predictor
+from pipeline.synthetic import synthesize
+from pipeline.tracking import new_run_name, sqlite_uri
+from pipeline.training import TrainResult, train_bundle
+
+logger = logging.getLogger(__name__)
+
+DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_organ_resunet3d"
+# Tuned so the whole demo finishes in under 10 minutes on a 2-core CPU (benchmarks/RESULTS.md).
+DEMO_EPOCHS = 24
+DEMO_OVERRIDES = {"val_interval": 4, "learning_rate": 0.005}
+
+
+def _test_dice(datalist: Path, predictions: Path, labels: dict[int, str]) -> dict[str, float]:
+    """Mean Dice per structure of the predicted test cases against their reference labels (input grid)."""
+    scores: dict[str, list[float]] = {name: [] for name in labels.values()}
+    for entry in load_datalist(datalist, "test", required_keys=("image", "label")):
+        seg_path = predictions / entry["case"] / SEG_NAME
+        if not seg_path.is_file():
+            continue
+        pred = np.asanyarray(nib.load(seg_path).dataobj)
+        ref = np.asanyarray(nib.load(entry["label"]).dataobj)
+        for value, name in labels.items():
+            p, r = pred == value, ref == value
+            denominator = p.sum() + r.sum()
+            scores[name].append(1.0 if denominator == 0 else 2.0 * (p & r).sum() / denominator)
+    return {name: float(np.mean(v)) for name, v in scores.items() if v}
+
+
+def run_demo(
+    workdir: Path, *, cases: int = 20, max_epochs: int | None = None, seed: int = 0, bundle: Path = DEMO_BUNDLE
+) -> TrainResult:
+    """Run the whole job in ``workdir``: ``data/``, ``runs/<run>/``, ``mlflow.db``, ``predictions/<case>/``."""
+    start = time.perf_counter()
+    workdir = workdir.resolve()
+    bundle_obj = Bundle.at(bundle)
+    data_dir = workdir / "data"
+    if not (data_dir / "dataset.json").is_file():
+        logger.info("synthesizing %d CT phantoms into %s", cases, data_dir)
+        synthesize(data_dir, cases=cases, seed=seed)
+    run_name = new_run_name(bundle_obj.name)
+    tracking_uri = sqlite_uri(workdir / "mlflow.db")
+    result = train_bundle(
+        bundle_obj,
+        dataset_dir=data_dir,
+        ckpt_dir=workdir / "runs" / run_name,
+        tracking_uri=tracking_uri,
+        max_epochs=max_epochs or DEMO_EPOCHS,
+        overrides={**DEMO_OVERRIDES, "run_name": run_name, "seed": seed},
+    )
+    predictor = Predictor.from_bundle(bundle_obj, result.best_checkpoint)
+    predictions = workdir / "predictions"
+    report = predict_folder(predictor, data_dir / "dataset.json", predictions, split="test", overwrite=True)
+    test_dice = _test_dice(data_dir / "dataset.json", predictions, predictor.label_names)
+    minutes = (time.perf_counter() - start) / 60
+    lines = [
+        "",
+        f"clinseg demo finished in {minutes:.1f} min",
+        f"  validation Dice (best epoch {result.best_epoch}): mean {result.best_metric:.4f}; "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.best_per_class.items()),
+        "  test-case Dice on the input grid: " + ", ".join(f"{k} {v:.4f}" for k, v in test_dice.items()),
+        f"  data:        {data_dir}",
+        f"  checkpoints: {result.ckpt_dir}",
+        f"  predictions: {predictions} ({report.summary_line()})",
+        f"  MLflow run:  {result.run_name} ({result.run_id})",
+        f"  open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri}",
+    ]
+    print("\n".join(lines))
+    return result
