@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt_dir=args.ckpt_dir,
         tracking_uri=args.tracking_uri,
         max_epochs=args.epochs,
+        resume=args.resume,
         overrides=_overrides(args.set),
     )
     print(result.summary())
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-dir", help="where checkpoints go (default: <bundle>/models)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--epochs", type=int, help="override max_epochs")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config id")
     p.set_defaults(func=cmd_train)
 

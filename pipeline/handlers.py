@@ -1,4 +1,4 @@
-"""Small ignite handlers MONAI does not provide: a readable one-line summary per training epoch."""
+"""Small ignite handlers MONAI does not provide: a one-line summary per epoch, per-epoch reseeding."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import logging
 import time
 
 from ignite.engine import Engine, Events
+from monai.transforms import Randomizable
+from monai.utils import set_determinism
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +55,28 @@ class EpochSummaryHandler:
                 parts.append(f"best {best:.4f} @ epoch {self.validator.state.best_metric_epoch}")
         parts.append(f"{time.perf_counter() - self._epoch_start:.1f} s")
         logger.info(" | ".join(parts))
+
+
+class EpochSeedHandler:
+    """Reseeds torch, numpy, Python and the random transforms at every epoch start from ``(seed, epoch)``.
+
+    Every epoch is then a pure function of the seed and the restored state, so a run killed mid-epoch and
+    resumed from its last epoch checkpoint replays the interrupted epoch exactly as an uninterrupted run.
+
+    Args:
+        seed: the run's base seed.
+        transform: the training transform chain (``Compose``) whose random transforms are reseeded.
+    """
+
+    def __init__(self, seed: int, transform: Randomizable | None = None) -> None:
+        self.seed = int(seed)
+        self.transform = transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch_seed = (self.seed * 1_000_003 + engine.state.epoch) % (2**32)
+        set_determinism(seed=epoch_seed)
+        if self.transform is not None:
+            self.transform.set_random_state(seed=epoch_seed)

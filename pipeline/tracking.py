@@ -42,6 +42,22 @@ def new_run_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def run_name_for(ckpt_dir: str | Path, prefix: str, resume: bool = False) -> str:
+    """The MLflow run name of a checkpoint folder: the stored one when resuming, else a new one (then stored).
+
+    A resumed run logs into the same MLflow run, which a killed run left unfinished.
+    """
+    record = Path(ckpt_dir) / "run_name.txt"
+    if resume and record.is_file():
+        return record.read_text().strip()
+    name = new_run_name(prefix)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.tmp")
+    tmp.write_text(name + "\n")
+    os.replace(tmp, record)
+    return name
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():

@@ -44,10 +44,14 @@ def train_bundle(
     ckpt_dir: str | Path | None = None,
     tracking_uri: str | None = None,
     max_epochs: int | None = None,
+    resume: bool = False,
     overrides: dict[str, Any] | None = None,
     config: str | list[str] = "train",
 ) -> TrainResult:
-    """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides."""
+    """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides.
+
+    ``resume=True`` continues from the newest checkpoint in ``ckpt_dir`` and logs into the same MLflow run.
+    """
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     settings: dict[str, Any] = dict(overrides or {})
     if dataset_dir is not None:
@@ -56,6 +60,10 @@ def train_bundle(
         settings["ckpt_dir"] = str(Path(ckpt_dir).resolve())
     if max_epochs is not None:
         settings["max_epochs"] = max_epochs
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume needs the run's checkpoint folder (ckpt_dir / --ckpt-dir)")
+        settings["resume"] = True
     settings["tracking_uri"] = tracking_uri or default_tracking_uri()
     workflow = bundle.run(config, **settings)
     parser = workflow.parser
