@@ -8,12 +8,14 @@ import torch
 from monai.data import MetaTensor
 from scipy.ndimage import gaussian_filter
 
+from transforms import clahe_numba
 from transforms.clahe import clahe
 from transforms.intensity import CLAHE, CLAHEd, RandCLAHEd
 
 skimage_exposure = pytest.importorskip("skimage.exposure")
 
 TOL = 0.02
+BACKENDS = ["torch"] + (["numba"] if clahe_numba.available() else [])
 
 
 def _image(shape: tuple[int, ...], seed: int = 0, smooth: bool = True) -> np.ndarray:
@@ -42,21 +44,23 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("smooth", [True, False])
 @pytest.mark.parametrize("shape, kernel_size, clip_limit, nbins", CASES)
-def test_matches_skimage(shape, kernel_size, clip_limit, nbins, smooth):
+def test_matches_skimage(shape, kernel_size, clip_limit, nbins, smooth, backend):
     x = _image(shape, smooth=smooth)
     ref = _reference(x, kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
-    out = clahe(torch.from_numpy(x), kernel_size, clip_limit, nbins)
+    out = clahe(torch.from_numpy(x), kernel_size, clip_limit, nbins, backend=backend)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert np.abs(out.numpy() - ref).max() <= TOL
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kernel_size", [None, 8])
-def test_slicewise_matches_skimage_per_slice(kernel_size):
+def test_slicewise_matches_skimage_per_slice(kernel_size, backend):
     x = _image((2, 40, 37, 6), seed=1)
-    out = clahe(torch.from_numpy(x), kernel_size, 0.02, 256, slicewise=True)
+    out = clahe(torch.from_numpy(x), kernel_size, 0.02, 256, slicewise=True, backend=backend)
     assert out.shape == x.shape
     for c in range(2):
         for z in range(6):
@@ -64,13 +68,32 @@ def test_slicewise_matches_skimage_per_slice(kernel_size):
             assert np.abs(out[c, ..., z].numpy() - ref).max() <= TOL
 
 
-def test_no_clipping_and_constant_image():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_clipping_and_constant_image(backend):
     x = _image((1, 40, 30), seed=2)
     ref = _reference(x, clip_limit=0.0)
-    assert np.abs(clahe(torch.from_numpy(x), clip_limit=0.0).numpy() - ref).max() <= TOL
-    const = torch.full((1, 16, 16), 0.3)
-    ref = _reference(const.numpy())
-    assert np.abs(clahe(const).numpy() - ref).max() <= TOL
+    assert np.abs(clahe(torch.from_numpy(x), clip_limit=0.0, backend=backend).numpy() - ref).max() <= TOL
+    for value in (0.3, 1.0):
+        const = torch.full((1, 16, 16), value)
+        ref = _reference(const.numpy())
+        assert np.abs(clahe(const, backend=backend).numpy() - ref).max() <= TOL
+
+
+def test_backends_agree_on_odd_volume():
+    x = torch.from_numpy(_image((2, 33, 34, 35), seed=7))
+    outs = [clahe(x, (9, 7, 5), 0.02, 64, backend=b) for b in BACKENDS]
+    for out in outs[1:]:
+        assert float((out - outs[0]).abs().max()) <= 1e-3
+
+
+def test_backend_choice_is_checked(monkeypatch):
+    x = torch.rand(1, 8, 8)
+    with pytest.raises(ValueError, match="did you mean 'numba'"):
+        clahe(x, backend="numbaa")
+    monkeypatch.setattr(clahe_numba, "available", lambda: False)
+    with pytest.raises(ValueError, match="backend='numba' needs numba"):
+        clahe(x, backend="numba")
+    assert clahe(x).shape == x.shape  # auto falls back to torch
 
 
 def test_enhances_local_contrast():

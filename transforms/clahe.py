@@ -1,13 +1,13 @@
-"""Contrast limited adaptive histogram equalization (CLAHE) in pure torch, 2D and 3D, on any device.
+"""Contrast limited adaptive histogram equalization (CLAHE) in torch, 2D and 3D, on any device.
 
 Follows ``skimage.exposure.equalize_adapthist`` (Zuiderveld, Graphics Gems IV, 1994) step by step, channel by
 channel: quantize to 2**14 grey levels over the channel's own range, histograms of ``kernel_size`` tiles over
 the image reflect-padded to a multiple of the kernel, clip at ``clip_limit`` x tile size with skimage's
 iterative redistribution, tile CDFs as grey-level maps, multilinear blend of the 2**d neighbouring tile maps
-for every voxel, then rescale to ``[0, 1]``. Everything is vectorised: one ``bincount`` for all tile
+for every voxel, then rescale to ``[0, 1]``. The torch path is vectorised: one ``bincount`` for all tile
 histograms, all tiles clipped at once, and the blend gathers the neighbouring maps for a chunk of voxels at a
-time (no Python loop over tiles or voxels).
-"""
+time (no Python loop over tiles or voxels). On CPU the two voxel passes run as numba kernels
+(:mod:`transforms.clahe_numba`) when numba is installed; clipping and the maps stay in torch."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+from monai.utils import look_up_option
+
+from transforms import clahe_numba
 
 __all__ = ["clahe", "check_clahe_params", "resolve_kernel_size", "NR_OF_GRAY"]
 
@@ -72,26 +75,42 @@ def _chunk_rows(n_rows: int, row_size: int, device: torch.device) -> int:
     return max(1, min(n_rows, target // max(row_size, 1)))
 
 
-def _quantize(x: torch.Tensor, nbins: int) -> torch.Tensor:
-    """``(B, *S)`` in [0, 1] -> grey-level bins ``(B, *S)`` (uint8 or int16) as skimage computes them."""
-    b = x.shape[0]
+def _uint_extremes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item of ``x`` ``(B, *S)``: float64 minimum and maximum of ``round(x * 65535)`` (skimage's uint16)."""
     dims = tuple(range(1, x.ndim))
-    umin = torch.round(x.amin(dim=dims) * 65535.0)  # img_as_uint, then rescale to [0, NR_OF_GRAY - 1]
-    umax = torch.round(x.amax(dim=dims) * 65535.0)
-    span = umax - umin
-    scale = torch.where(span > 0, (NR_OF_GRAY - 1) / span.clamp_min(1.0), torch.ones_like(span))
-    shape = (b,) + (1,) * (x.ndim - 1)
-    umin = torch.where(span > 0, umin, torch.zeros_like(umin)).view(shape)
-    scale = scale.view(shape)
+    lo, hi = x.amin(dim=dims), x.amax(dim=dims)
+    return torch.round(lo * 65535.0).double(), torch.round(hi * 65535.0).double()
+
+
+def _uint_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item of ``x`` ``(B, *S)``: offset and range that stretch its uint16 values to ``[0, NR_OF_GRAY - 1]``.
+
+    A constant item is not stretched (skimage clips it to ``[0, NR_OF_GRAY - 1]``): offset 0, range
+    ``NR_OF_GRAY - 1``.
+    """
+    ulo, uhi = _uint_extremes(x)
+    span = uhi - ulo
+    umin = torch.where(span > 0, ulo, torch.zeros_like(ulo))
+    return umin, torch.where(span > 0, span, torch.full_like(span, NR_OF_GRAY - 1))
+
+
+def _quantize(x: torch.Tensor, nbins: int) -> torch.Tensor:
+    """``(B, *S)`` in [0, 1] -> grey-level bins ``(B, *S)`` (uint8 or int16) as skimage computes them.
+
+    skimage rounds to uint16 in float32, stretches each image's own range to ``[0, NR_OF_GRAY - 1]`` in
+    float64 and rounds again; the float64 step is kept so that values on a bin edge fall on the same side.
+    """
+    b, rows_per_item = x.shape[0], x.shape[1]
+    umin, span = _uint_range(x)
     bin_size = 1 + NR_OF_GRAY // nbins
     out = torch.empty(x.shape, dtype=torch.uint8 if nbins <= 256 else torch.int16, device=x.device)
-    flat_x, flat_o = x.reshape(b * x.shape[1], -1), out.view(b * x.shape[1], -1)
+    flat_x, flat_o = x.reshape(b * rows_per_item, -1), out.view(b * rows_per_item, -1)
     step = _chunk_rows(flat_x.shape[0], flat_x.shape[1], x.device)
-    rows_b = torch.arange(flat_x.shape[0], device=x.device) // x.shape[1]
+    rows_b = torch.arange(flat_x.shape[0], device=x.device) // rows_per_item
     for r0 in range(0, flat_x.shape[0], step):
         sl = slice(r0, r0 + step)
-        t = torch.round(flat_x[sl] * 65535.0)
-        t.sub_(umin.view(-1)[rows_b[sl], None]).mul_(scale.view(-1)[rows_b[sl], None]).round_()
+        t = torch.round(flat_x[sl] * 65535.0).double()
+        t.sub_(umin[rows_b[sl], None]).div_(span[rows_b[sl], None]).mul_(NR_OF_GRAY - 1).round_()
         t.clamp_(0, NR_OF_GRAY - 1).div_(bin_size, rounding_mode="floor")
         flat_o[sl] = t.to(out.dtype)
     return out
@@ -137,41 +156,43 @@ def _tile_histograms(bins: torch.Tensor, ks: tuple[int, ...], nbins: int) -> tor
 
 
 def _clip_histograms(hist: torch.Tensor, clim: int) -> torch.Tensor:
-    """Clip every row of ``hist`` ``(N, nbins)`` at ``clim`` and redistribute the excess as skimage does."""
+    """Clip every row of ``hist`` ``(N, nbins)`` at ``clim`` and redistribute the excess as skimage does.
+
+    skimage's per-histogram loops run here for all histograms in lockstep, each step only on the rows that
+    still have excess, so the work shrinks as histograms finish.
+    """
     nb = hist.shape[1]
-    excess = (hist - clim).clamp_min(0).sum(1)
-    hist = hist.clamp_max(clim)
-    incr = excess // nb
-    upper = (clim - incr)[:, None]
-    low = hist < upper
-    hist = hist + low * incr[:, None]
-    excess -= low.sum(1) * incr
-    mid = (hist >= upper) & (hist < clim)
-    excess += ((hist - clim) * mid).sum(1)
-    hist = torch.where(mid, torch.full_like(hist, clim), hist)
-    todo = torch.nonzero(excess > 0).view(-1)
-    if todo.numel() == 0:
-        return hist
-    # skimage's "redistribute remaining excess" loop, run for all unfinished histograms in lockstep
-    h, ex = hist[todo], excess[todo]
+    excess = (hist - clim).clamp_min_(0).sum(1)
+    hist = hist.clamp_max_(clim)
+    rows = torch.nonzero(excess >= nb).view(-1)  # rows whose excess gives every bin an increment
+    if rows.numel():
+        h, ex = hist[rows], excess[rows]
+        incr = (ex // nb)[:, None]
+        upper = clim - incr
+        low = h < upper
+        h += low * incr
+        ex -= (low.sum(1, keepdim=True) * incr).view(-1)
+        mid = (h >= upper) & (h < clim)
+        ex += ((h - clim) * mid).sum(1)
+        hist[rows], excess[rows] = h.masked_fill_(mid, clim), ex
+    # "redistribute remaining excess": sweeps over start indices, stopping per row when its excess is gone
     bins = torch.arange(nb, device=hist.device)
-    while True:
-        before = ex.clone()
-        live = ex > 0
+    sweep = torch.nonzero(excess > 0).view(-1)
+    while sweep.numel():
+        before = excess[sweep]
+        cur = sweep
         for index in range(nb):
+            h, ex = hist[cur], excess[cur]
             under = h < clim
-            step = (under.sum(1) // ex.clamp_min(1)).clamp_min(1)
-            pick = under & (bins >= index) & ((bins - index) % step[:, None] == 0) & live[:, None]
-            h += pick
+            step = (under.sum(1) // ex).clamp_min(1)
+            pick = under & (bins >= index) & ((bins - index) % step[:, None] == 0)
             ex -= pick.sum(1)
-            live &= ex > 0
-            if not bool(live.any()):
+            hist[cur], excess[cur] = h + pick, ex
+            cur = cur[ex > 0]
+            if cur.numel() == 0:
                 break
-        going = (ex > 0) & (ex != before)
-        if not bool(going.any()):
-            break
-        ex = torch.where(going, ex, torch.zeros_like(ex))
-    hist[todo] = h
+        after = excess[sweep]
+        sweep = sweep[(after > 0) & (after != before)]
     return hist
 
 
@@ -246,15 +267,39 @@ def _blend(bins: torch.Tensor, maps: torch.Tensor, ks: tuple[int, ...]) -> torch
     return out.view(bins.shape).sub_(shift).mul_(inv).clamp_(0.0, 1.0)
 
 
-def _clahe_batched(x: torch.Tensor, ks: tuple[int, ...], clip_limit: float, nbins: int) -> torch.Tensor:
+def _use_numba(x: torch.Tensor, backend: str) -> bool:
+    """``auto``: the numba kernels for CPU tensors when numba is installed, else torch."""
+    backend = look_up_option(backend, ("auto", "torch", "numba"))
+    if backend == "numba" and (x.device.type != "cpu" or not clahe_numba.available()):
+        raise ValueError(
+            f"clahe: backend='numba' needs numba installed and a CPU tensor, got a tensor on {x.device} "
+            f"(numba available: {clahe_numba.available()}); use backend='auto' or 'torch'."
+        )
+    return backend == "numba" or (backend == "auto" and x.device.type == "cpu" and clahe_numba.available())
+
+
+def _clahe_batched(
+    x: torch.Tensor, ks: tuple[int, ...], clip_limit: float, nbins: int, numba_path: bool
+) -> torch.Tensor:
     """CLAHE of each item of ``x`` ``(B, *S)`` in [0, 1] with tiles ``ks``; returns ``(B, *S)`` in [0, 1]."""
-    bins = _quantize(x, nbins)
     n = [math.ceil(s / k) for s, k in zip(x.shape[1:], ks)]
     tile_voxels = math.prod(ks)
     clim = int(max(clip_limit * tile_voxels, 1)) if clip_limit > 0 else tile_voxels
-    hist = _clip_histograms(_tile_histograms(bins, ks, nbins), clim)
-    maps = (hist.cumsum(1) * (NR_OF_GRAY - 1) // tile_voxels).clamp_max(NR_OF_GRAY - 1)
-    return _blend(bins, maps.to(torch.float32).view(x.shape[0], *n, nbins), ks)
+    if numba_path:  # the kernels are 3D; a 2D image is a volume with one slice and tiles of depth 1
+        x3, ks3 = (x, ks) if x.ndim == 4 else (x[..., None], (*ks, 1))
+        ulo, uhi = _uint_extremes(x3)
+        x_np = x3.detach().contiguous().numpy()
+        bins, hist = clahe_numba.quantize_histograms(x_np, ulo.numpy(), uhi.numpy(), ks3, nbins)
+        hist = torch.from_numpy(hist)
+    else:
+        bins = _quantize(x, nbins)
+        hist = _tile_histograms(bins, ks, nbins)
+    hist = _clip_histograms(hist, clim)
+    maps = (hist.cumsum(1) * (NR_OF_GRAY - 1) // tile_voxels).clamp_max(NR_OF_GRAY - 1).to(torch.float32)
+    if numba_path:
+        maps = maps.view(x.shape[0], *n, *([1] * (4 - x.ndim)), nbins).numpy()
+        return torch.from_numpy(clahe_numba.blend(bins, maps, ks3)).view(x.shape)
+    return _blend(bins, maps.view(x.shape[0], *n, nbins), ks)
 
 
 def clahe(
@@ -263,6 +308,8 @@ def clahe(
     clip_limit: float = 0.01,
     nbins: int = 256,
     slicewise: bool = False,
+    *,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """CLAHE of a channel-first image in [0, 1], channel by channel, as skimage's ``equalize_adapthist``.
 
@@ -274,6 +321,8 @@ def clahe(
         nbins: number of histogram bins.
         slicewise: for ``(C, H, W, D)``, run 2D CLAHE on every slice along the last axis (batched) instead of
             3D CLAHE with box tiles.
+        backend: ``"auto"`` (numba kernels for CPU tensors when numba is installed, torch otherwise),
+            ``"torch"`` (pure torch, any device) or ``"numba"``.
 
     Returns:
         float32 tensor of the shape of ``x`` with values in [0, 1], on the device of ``x``; each channel (each
@@ -281,12 +330,13 @@ def clahe(
     """
     check_clahe_params(kernel_size, clip_limit, nbins)
     _check_input(x, slicewise)
+    numba_path = _use_numba(x, backend)
     x = x.float()
     if slicewise:
         c, h, w, depth = x.shape
         ks = resolve_kernel_size(kernel_size, (h, w))
         slices = x.permute(0, 3, 1, 2).reshape(c * depth, h, w)
-        out = _clahe_batched(slices, ks, clip_limit, nbins)
+        out = _clahe_batched(slices, ks, clip_limit, nbins, numba_path)
         return out.view(c, depth, h, w).permute(0, 2, 3, 1).contiguous()
     ks = resolve_kernel_size(kernel_size, x.shape[1:])
-    return _clahe_batched(x, ks, clip_limit, nbins)
+    return _clahe_batched(x, ks, clip_limit, nbins, numba_path)
