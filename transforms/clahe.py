@@ -75,21 +75,15 @@ def _chunk_rows(n_rows: int, row_size: int, device: torch.device) -> int:
     return max(1, min(n_rows, target // max(row_size, 1)))
 
 
-def _uint_extremes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per item of ``x`` ``(B, *S)``: float64 minimum and maximum of ``round(x * 65535)`` (skimage's uint16)."""
-    dims = tuple(range(1, x.ndim))
-    lo, hi = x.amin(dim=dims), x.amax(dim=dims)
-    return torch.round(lo * 65535.0).double(), torch.round(hi * 65535.0).double()
-
-
 def _uint_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per item of ``x`` ``(B, *S)``: offset and range that stretch its uint16 values to ``[0, NR_OF_GRAY - 1]``.
+    """Per item of ``x`` ``(B, *S)``: offset and range mapping its uint16 values onto ``[0, NR_OF_GRAY - 1]``.
 
-    A constant item is not stretched (skimage clips it to ``[0, NR_OF_GRAY - 1]``): offset 0, range
-    ``NR_OF_GRAY - 1``.
+    skimage's uint16 is ``round(x * 65535)``; a constant item is not stretched (skimage clips it to
+    ``[0, NR_OF_GRAY - 1]``): offset 0, range ``NR_OF_GRAY - 1``.
     """
-    ulo, uhi = _uint_extremes(x)
-    span = uhi - ulo
+    dims = tuple(range(1, x.ndim))
+    ulo = torch.round(x.amin(dim=dims) * 65535.0).double()
+    span = torch.round(x.amax(dim=dims) * 65535.0).double() - ulo
     umin = torch.where(span > 0, ulo, torch.zeros_like(ulo))
     return umin, torch.where(span > 0, span, torch.full_like(span, NR_OF_GRAY - 1))
 
@@ -287,18 +281,11 @@ def _clahe_batched(
     clim = int(max(clip_limit * tile_voxels, 1)) if clip_limit > 0 else tile_voxels
     if numba_path:  # the kernels are 3D; a 2D image is a volume with one slice and tiles of depth 1
         x3, ks3 = (x, ks) if x.ndim == 4 else (x[..., None], (*ks, 1))
-        ulo, uhi = _uint_extremes(x3)
-        x_np = x3.detach().contiguous().numpy()
-        bins, hist = clahe_numba.quantize_histograms(x_np, ulo.numpy(), uhi.numpy(), ks3, nbins)
-        hist = torch.from_numpy(hist)
-    else:
-        bins = _quantize(x, nbins)
-        hist = _tile_histograms(bins, ks, nbins)
-    hist = _clip_histograms(hist, clim)
+        out = clahe_numba.clahe_volumes(x3.detach().contiguous().numpy(), ks3, clim, nbins)
+        return torch.from_numpy(out).view(x.shape)
+    bins = _quantize(x, nbins)
+    hist = _clip_histograms(_tile_histograms(bins, ks, nbins), clim)
     maps = (hist.cumsum(1) * (NR_OF_GRAY - 1) // tile_voxels).clamp_max(NR_OF_GRAY - 1).to(torch.float32)
-    if numba_path:
-        maps = maps.view(x.shape[0], *n, *([1] * (4 - x.ndim)), nbins).numpy()
-        return torch.from_numpy(clahe_numba.blend(bins, maps, ks3)).view(x.shape)
     return _blend(bins, maps.view(x.shape[0], *n, nbins), ks)
 
 
