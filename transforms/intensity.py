@@ -1,7 +1,9 @@
 """Intensity transforms: CT windowing (array + dict, deterministic + random) and CLAHE.
 
 The maths lives in :mod:`transforms.ct_window` and :mod:`transforms.clahe`; these classes only validate
-arguments, convert numpy/torch/MetaTensor, and loop over dictionary keys.
+arguments, convert numpy/torch/MetaTensor, and loop over dictionary keys. MR normalization needs nothing new:
+use MONAI's ``NormalizeIntensityd(nonzero=True, channel_wise=True)`` (z-score) or
+``ScaleIntensityRangePercentilesd(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)`` (to [0, 1]).
 """
 
 from __future__ import annotations
