@@ -1,10 +1,10 @@
-"""Benchmark: torch CLAHE (transforms.clahe) against skimage.exposure.equalize_adapthist, same run.
+"""Benchmark: our CLAHE (transforms.clahe) against skimage.exposure.equalize_adapthist, same run.
 
 Cases: 3D box tiles on a volume, 2D on an image, and 2D slice by slice on the volume (skimage called per
 slice). Our two backends are timed: ``numba`` (the CPU default when numba is installed; single-threaded
 kernels) and ``torch`` (pure torch, the path GPU tensors take), with ``--threads`` torch threads. Runs
-alternate between the implementations; the median of ``--repeats`` runs is reported, with speedup = skimage time / our
-time and the maximum absolute difference of the outputs. Prints markdown rows.
+alternate between the implementations; the median of ``--repeats`` runs is reported, with
+speedup = skimage time / our time and the maximum absolute difference of the outputs. Prints markdown rows.
 
     python benchmarks/bench_clahe.py --threads 2 --repeats 5
 """
@@ -87,7 +87,7 @@ def main() -> None:
     ]
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
-        f"torch {torch.__version__}, torch threads {args.threads}, {platform.machine()}, load average {load}, "
+        f"torch {torch.__version__}, torch threads {args.threads}, {platform.machine()}, load avg {load}, "
         f"clip_limit={args.clip_limit}, nbins={args.nbins}, kernel_size=None, median of {args.repeats}"
     )
     header = ["case", "skimage s"]
