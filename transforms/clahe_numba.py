@@ -4,7 +4,8 @@ The torch path in :mod:`transforms.clahe` serves every other device (and CPU whe
 each stage is one compiled loop: quantize + tile histograms, skimage's clip-and-redistribute + maps (a direct
 port of ``clip_histogram``/``map_histogram``), and the blend of the 8 neighbouring tile maps. There are no
 temporaries and no torch ops, so the path does not wait on torch's thread pool, which on a loaded machine
-stalls at every parallel op. numba is imported on first use only."""
+stalls at every parallel op. numba is imported on first use only.
+"""
 
 from __future__ import annotations
 
