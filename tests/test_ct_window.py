@@ -158,7 +158,9 @@ def test_rand_window_prob_zero_is_base_window():
     torch.testing.assert_close(out, CTWindow(preset="brain")(x))
 
 
-@pytest.mark.parametrize("kwargs, match", [({"level_jitter": -1}, "level_jitter"), ({"width_jitter": 1.0}, "width_jitter")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"level_jitter": -1}, "level_jitter"), ({"width_jitter": 1.0}, "width_jitter")]
+)
 def test_rand_window_invalid_jitter(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RandCTWindowd("a", preset="brain", **kwargs)

@@ -14,8 +14,8 @@ from monai.utils import look_up_option
 
 __all__ = ["CT_WINDOW_PRESETS", "resolve_windows", "window_ct", "apply_windows"]
 
-# (level, width) in HU. Values from Radiopaedia, "Windowing (CT)" (https://radiopaedia.org/articles/windowing-ct),
-# which lists the standard radiology windows used here.
+# (level, width) in HU, the standard radiology windows listed by Radiopaedia, "Windowing (CT)",
+# https://radiopaedia.org/articles/windowing-ct
 CT_WINDOW_PRESETS: MappingProxyType[str, tuple[float, float]] = MappingProxyType(
     {
         "brain": (40.0, 80.0),
@@ -68,7 +68,9 @@ def resolve_windows(
         )
     if given[0]:
         if level is None or width is None:
-            raise ValueError(f"CT window: level and width must be given together, got level={level}, width={width}.")
+            raise ValueError(
+                f"CT window: level and width must be given together, got level={level}, width={width}."
+            )
         return (_check_window(level, width, "CT window"),)
     if preset is not None:
         names = [preset] if isinstance(preset, str) else list(preset)
@@ -77,7 +79,7 @@ def resolve_windows(
         return tuple(look_up_option(n, CT_WINDOW_PRESETS) for n in names)
     pairs = list(windows)  # type: ignore[arg-type]
     if not pairs:
-        raise ValueError("CT window: windows must hold at least one (level, width) pair, got an empty sequence.")
+        raise ValueError("CT window: windows must hold at least one (level, width) pair, got an empty list.")
     out = []
     for i, pair in enumerate(pairs):
         if len(pair) != 2:
@@ -138,7 +140,7 @@ def apply_windows(
         ``(C, X, Y[, Z])`` for one window, ``(N, X, Y[, Z])`` for N windows.
     """
     if x.ndim < 2:
-        raise ValueError(f"CT window: expected a channel-first image (C, X, Y[, Z]), got shape {tuple(x.shape)}.")
+        raise ValueError(f"CT window: expected a channel-first image (C, X, Y[, Z]), got {tuple(x.shape)}.")
     if len(windows) == 1:
         return window_ct(x, windows[0][0], windows[0][1], out_min, out_max, clip)
     if x.shape[0] != 1:
@@ -147,5 +149,6 @@ def apply_windows(
             f"got {x.shape[0]} channels (shape {tuple(x.shape)})."
         )
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    params = torch.tensor(windows, dtype=dtype, device=x.device).reshape(len(windows), 2, *([1] * (x.ndim - 1)))
+    params = torch.tensor(windows, dtype=dtype, device=x.device)
+    params = params.reshape(len(windows), 2, *([1] * (x.ndim - 1)))
     return window_ct(x, params[:, 0], params[:, 1], out_min, out_max, clip)

@@ -1,22 +1,25 @@
 """Intensity transforms: CT windowing (array + dict, deterministic + random) and CLAHE.
 
 The maths lives in :mod:`transforms.ct_window` and :mod:`transforms.clahe`; these classes only validate
-arguments, convert numpy/torch/MetaTensor, and loop over dictionary keys.
+arguments, convert numpy/torch/MetaTensor, and loop over dictionary keys. MR normalization needs nothing new:
+use MONAI's ``NormalizeIntensityd(nonzero=True, channel_wise=True)`` (z-score) or
+``ScaleIntensityRangePercentilesd(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)`` (to [0, 1]).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
+from transforms.clahe import check_clahe_params, clahe
 from transforms.ct_window import apply_windows, resolve_windows
 
-__all__ = ["CTWindow", "CTWindowd", "RandCTWindowd"]
+__all__ = ["CTWindow", "CTWindowd", "RandCTWindowd", "CLAHE", "CLAHEd", "RandCLAHEd"]
 
 
 class CTWindow(Transform):
@@ -143,7 +146,8 @@ class RandCTWindowd(RandomizableTransform, MapTransform):
         n = len(self.base.windows)
         shifts = self.R.uniform(-self.level_jitter, self.level_jitter, size=n)
         factors = 1.0 + self.R.uniform(-self.width_jitter, self.width_jitter, size=n)
-        jittered = [(lv + float(s), wd * float(f)) for (lv, wd), s, f in zip(self.base.windows, shifts, factors)]
+        base = self.base.windows
+        jittered = [(lv + float(s), wd * float(f)) for (lv, wd), s, f in zip(base, shifts, factors)]
         b = self.base
         self._windower = CTWindow(windows=jittered, out_min=b.out_min, out_max=b.out_max, clip=b.clip)
 
@@ -157,4 +161,129 @@ class RandCTWindowd(RandomizableTransform, MapTransform):
         self.randomize()
         for key in self.key_iterator(d):
             d[key] = self._windower(d[key])
+        return d
+
+
+class CLAHE(Transform):
+    """Contrast limited adaptive histogram equalization of an image in [0, 1], channel by channel.
+
+    Matches ``skimage.exposure.equalize_adapthist`` per channel; see :func:`transforms.clahe.clahe`.
+    Window or rescale to [0, 1] first (e.g. ``CTWindow`` or MONAI ``ScaleIntensityRangePercentiles``).
+
+    Args:
+        kernel_size: tile shape in voxels, an int for every spatial dim or one per dim; ``None`` gives 1/8
+            of each dimension.
+        clip_limit: normalized clip limit in [0, 1]; higher gives more contrast, 0 disables clipping.
+        nbins: number of histogram bins.
+        slicewise: for ``(C, H, W, D)`` volumes, 2D CLAHE on every slice along the last axis instead of 3D.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int] | None = None,
+        clip_limit: float = 0.01,
+        nbins: int = 256,
+        slicewise: bool = False,
+    ) -> None:
+        check_clahe_params(kernel_size, clip_limit, nbins)
+        scalar = kernel_size is None or isinstance(kernel_size, int)
+        self.kernel_size = kernel_size if scalar else tuple(kernel_size)
+        self.clip_limit, self.nbins, self.slicewise = float(clip_limit), nbins, bool(slicewise)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Equalize ``img`` ``(C, H, W[, D])`` in [0, 1]; returns float32 of the same type and shape."""
+        x = convert_to_tensor(img, track_meta=False)
+        if not x.is_floating_point():
+            raise TypeError(f"CLAHE: expected a floating point image in [0, 1], got dtype {x.dtype}.")
+        out = clahe(x, self.kernel_size, self.clip_limit, self.nbins, self.slicewise)
+        return convert_to_dst_type(out, img, dtype=out.dtype)[0]
+
+
+class CLAHEd(MapTransform):
+    """Dictionary version of :class:`CLAHE`, the same parameters for every key."""
+
+    backend = CLAHE.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        kernel_size: int | Sequence[int] | None = None,
+        clip_limit: float = 0.01,
+        nbins: int = 256,
+        slicewise: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.equalizer = CLAHE(kernel_size, clip_limit, nbins, slicewise)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.equalizer(d[key])
+        return d
+
+
+class RandCLAHEd(RandomizableTransform, MapTransform):
+    """With probability ``prob``, CLAHE with a random clip limit (and tile size), one draw for all keys.
+
+    Args:
+        keys: keys of images ``(C, H, W[, D])`` in [0, 1].
+        prob: probability of applying CLAHE; otherwise the images pass through unchanged.
+        clip_limit_range: ``(low, high)`` range of the uniformly drawn clip limit.
+        kernel_size_range: ``(low, high)`` range in voxels of a uniformly drawn integer tile size, the same
+            for every spatial dim; ``None`` keeps the default tiles (1/8 of each dimension).
+        nbins: number of histogram bins.
+        slicewise: 2D CLAHE per slice along the last axis for volumes.
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    backend = CLAHE.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        clip_limit_range: tuple[float, float] = (0.005, 0.03),
+        kernel_size_range: tuple[int, int] | None = None,
+        nbins: int = 256,
+        slicewise: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        lo, hi = (float(v) for v in clip_limit_range)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"RandCLAHEd: clip_limit_range needs 0 <= low <= high, got {clip_limit_range}.")
+        if kernel_size_range is not None and not 1 <= int(kernel_size_range[0]) <= int(kernel_size_range[1]):
+            raise ValueError(
+                f"RandCLAHEd: kernel_size_range needs 1 <= low <= high voxels, got {kernel_size_range}."
+            )
+        check_clahe_params(None, hi, nbins)
+        self.clip_limit_range = (lo, hi)
+        ksr = kernel_size_range
+        self.kernel_size_range = None if ksr is None else (int(ksr[0]), int(ksr[1]))
+        self.nbins, self.slicewise = nbins, slicewise
+        self.equalizer: CLAHE | None = None
+
+    def randomize(self, data: object = None) -> None:
+        """Draw whether to apply, and the clip limit and tile size."""
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        clip_limit = float(self.R.uniform(*self.clip_limit_range))
+        kernel = None
+        if self.kernel_size_range is not None:
+            kernel = int(self.R.randint(self.kernel_size_range[0], self.kernel_size_range[1] + 1))
+        self.equalizer = CLAHE(kernel, clip_limit, self.nbins, self.slicewise)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            if self._do_transform:
+                d[key] = self.equalizer(d[key])
+            else:
+                d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
         return d
