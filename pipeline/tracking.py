@@ -42,6 +42,12 @@ def new_run_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def run_name_for(ckpt_dir: str | Path, prefix: str, resume: bool = False) -> str:
     """The MLflow run name of a checkpoint folder: the stored one when resuming, else a new one (then stored).
 
@@ -51,6 +57,8 @@ def run_name_for(ckpt_dir: str | Path, prefix: str, resume: bool = False) -> str
     if resume and record.is_file():
         return record.read_text().strip()
     name = new_run_name(prefix)
+    if _rank() > 0:  # only rank 0 logs to MLflow and owns the record
+        return name
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.tmp")
     tmp.write_text(name + "\n")
