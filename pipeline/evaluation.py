@@ -66,7 +66,9 @@ def case_metrics(
         One row per label: ``label, name, dice, iou, hd95_mm, msd_mm, surface_dice, pred_voxels, label_voxels``.
     """
     if pred.shape != label.shape or pred.shape[0] != 1:
-        raise ValueError(f"pred and label must both be (1, X, Y[, Z]) of one shape, got {pred.shape} and {label.shape}")
+        raise ValueError(
+            f"pred and label must both be (1, X, Y[, Z]) of one shape, got {pred.shape} and {label.shape}"
+        )
     if len(spacing) != pred.ndim - 1:
         raise ValueError(f"spacing needs one value per spatial axis ({pred.ndim - 1}), got {list(spacing)}")
     if any(not (math.isfinite(float(s)) and float(s) > 0) for s in spacing):
@@ -76,7 +78,9 @@ def case_metrics(
     for name, tensor in (("prediction", pred_l), ("reference", label_l)):
         unknown = sorted(set(torch.unique(tensor).tolist()) - {0, *values})
         if unknown:
-            raise ValueError(f"{name} holds label values {unknown} that label_names {dict(label_names)} lacks")
+            raise ValueError(
+                f"{name} holds label values {unknown} that label_names {dict(label_names)} lacks"
+            )
     spacing = [float(s) for s in spacing]
     rows = []
     for v in values:
@@ -128,15 +132,15 @@ class EvaluationResult:
 
     def mean(self, metric: str = "dice", name: str | None = None) -> float:
         """Mean of a metric over cases for one structure, or over structures when ``name`` is None."""
-        means = [s["mean"] for s in self.summary if s["metric"] == metric and (name is None or s["name"] == name)]
+        means = [
+            s["mean"] for s in self.summary if s["metric"] == metric and (name is None or s["name"] == name)
+        ]
         finite = [m for m in means if math.isfinite(m)]
         return float(np.mean(finite)) if finite else math.nan
 
     def summary_line(self) -> str:
         cases = len({r["case"] for r in self.rows})
-        per_label = ", ".join(
-            f"{s['name']} {s['mean']:.4f}" for s in self.summary if s["metric"] == "dice"
-        )
+        per_label = ", ".join(f"{s['name']} {s['mean']:.4f}" for s in self.summary if s["metric"] == "dice")
         run = f"; MLflow run {self.run_id}" if self.run_id else ""
         return f"{cases} cases, mean Dice {self.mean():.4f} ({per_label}); tables in {self.out_dir}{run}"
 
@@ -161,7 +165,11 @@ class EvaluationOptions:
 
 
 def evaluate_entries(
-    predictor: Predictor, entries: Sequence[Mapping[str, Any]], *, options: EvaluationOptions, fold: int | None = None
+    predictor: Predictor,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    options: EvaluationOptions,
+    fold: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predict and score each datalist entry (absolute paths) on its input grid; one row per case and label."""
     rows = []
@@ -177,7 +185,9 @@ def evaluate_entries(
                 f"{tuple(pred.shape)} (shape or affine differ)"
             )
         spacing = voxel_spacing(pred.affine, pred.ndim - 1)
-        for row in case_metrics(pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm):
+        for row in case_metrics(
+            pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm
+        ):
             rows.append({"case": entry["case"], **({"fold": fold} if fold is not None else {}), **row})
         logger.info("evaluated %s", entry["case"])
     return rows
@@ -241,7 +251,9 @@ def evaluate_folds(
     ckpts = [Path(checkpoint_pattern.format(fold=k)) for k in range(folds)]
     missing = [str(c) for c in ckpts if not c.is_file()]
     if missing:
-        raise FileNotFoundError(f"checkpoint_pattern {checkpoint_pattern!r}: missing fold checkpoints {missing}")
+        raise FileNotFoundError(
+            f"checkpoint_pattern {checkpoint_pattern!r}: missing fold checkpoints {missing}"
+        )
     rows: list[dict[str, Any]] = []
     for k, ckpt in enumerate(ckpts):
         held_out = [e for e in entries if assignment[str(e[patient_key])] == k]

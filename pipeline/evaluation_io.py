@@ -120,7 +120,9 @@ def log_evaluation(
     if train_ids:
         tags[TRAIN_RUN_TAG] = ",".join(train_ids)
     run = client.create_run(
-        _experiment_id(client, experiment_name, tracking_uri), run_name=new_run_name(f"{bundle.name}-eval"), tags=tags
+        _experiment_id(client, experiment_name, tracking_uri),
+        run_name=new_run_name(f"{bundle.name}-eval"),
+        tags=tags,
     )
     run_id = run.info.run_id
     try:

@@ -84,7 +84,8 @@ def paired_stats(
         ci_low, ci_high = mean - half, mean + half
         if np.any(diff != 0):
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # scipy warns about ties and small n; the p-value is still valid
+                # scipy warns about ties and small n; the p-value is still valid
+                warnings.simplefilter("ignore")
                 p_value = float(stats.wilcoxon(diff, zero_method="wilcox", alternative="two-sided").pvalue)
     sign = 1.0 if higher_is_better else -1.0
     loss = {c: -sign * d for c, d in zip(paired, diff, strict=True)}

@@ -33,7 +33,9 @@ def test_same_seed_same_folds_other_seed_other_folds():
     first = [[e["case"] for e in p] for p in split_folds(entries, 5, seed=7)]
     assert first == [[e["case"] for e in p] for p in split_folds(entries, 5, seed=7)]
     assert first != [[e["case"] for e in p] for p in split_folds(entries, 5, seed=8)]
-    assert fold_of_entries(entries, 5, 7) == fold_of_entries(entries[::-1], 5, 7)  # input order does not matter
+    assert fold_of_entries(entries, 5, 7) == fold_of_entries(
+        entries[::-1], 5, 7
+    )  # input order does not matter
 
 
 def test_no_patient_in_two_folds():

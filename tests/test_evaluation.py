@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from pipeline.checkpoint import NetworkSpec
+from pipeline.datalist import load_datalist
 from pipeline.evaluation import (
     EvaluationOptions,
     case_metrics,
@@ -20,7 +22,6 @@ from pipeline.evaluation import (
     summarize,
     voxel_spacing,
 )
-from pipeline.datalist import load_datalist
 from pipeline.predictor import InferenceOptions, Predictor
 from pipeline.run_tags import RUN_TYPE_TAG
 from tests.conftest import BUNDLES
@@ -32,7 +33,9 @@ SHAPE = (1, 13, 14, 15)
 INFERENCE = InferenceOptions(roi_size=(32, 32, 16), device="cpu")
 
 
-def _cube(value: int, start: tuple[int, int, int], size: int = 4, base: torch.Tensor | None = None) -> torch.Tensor:
+def _cube(
+    value: int, start: tuple[int, int, int], size: int = 4, base: torch.Tensor | None = None
+) -> torch.Tensor:
     out = torch.zeros(SHAPE, dtype=torch.uint8) if base is None else base.clone()
     x, y, z = start
     out[0, x : x + size, y : y + size, z : z + size] = value
@@ -43,7 +46,13 @@ def test_identical_maps_score_perfectly():
     label = _cube(2, (6, 6, 6), 2, _cube(1, (2, 2, 2), 8))
     rows = case_metrics(label, label, [0.8, 0.8, 2.5], NAMES)
     for row in rows:
-        assert (row["dice"], row["iou"], row["hd95_mm"], row["msd_mm"], row["surface_dice"]) == (1, 1, 0, 0, 1)
+        assert (row["dice"], row["iou"], row["hd95_mm"], row["msd_mm"], row["surface_dice"]) == (
+            1,
+            1,
+            0,
+            0,
+            1,
+        )
     assert [r["label_voxels"] for r in rows] == [8**3 - 8, 8]
 
 
@@ -61,7 +70,9 @@ def test_one_voxel_shift_gives_known_overlap_and_distance_in_mm(spacing_x):
 def test_empty_structures_follow_documented_rules():
     organ = _cube(1, (2, 2, 2))
     rows = {r["name"]: r for r in case_metrics(organ, organ, [1, 1, 1], NAMES)}
-    assert rows["lesion"]["dice"] == rows["lesion"]["iou"] == rows["lesion"]["surface_dice"] == 1.0  # both empty
+    assert (
+        rows["lesion"]["dice"] == rows["lesion"]["iou"] == rows["lesion"]["surface_dice"] == 1.0
+    )  # both empty
     assert math.isnan(rows["lesion"]["hd95_mm"]) and math.isnan(rows["lesion"]["msd_mm"])
     missed = {r["name"]: r for r in case_metrics(organ, _cube(2, (8, 8, 8), 2, organ), [1, 1, 1], NAMES)}
     assert missed["lesion"]["dice"] == missed["lesion"]["surface_dice"] == 0.0  # reference only
@@ -99,12 +110,18 @@ def test_summary_skips_nan_and_counts_values():
     summary = {s["metric"]: s for s in summarize(rows)}
     assert summary["dice"]["mean"] == pytest.approx(0.7) and summary["dice"]["n"] == 2
     assert summary["dice"]["std"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
-    assert summary["hd95_mm"]["n"] == 1 and summary["hd95_mm"]["mean"] == 2.0 and math.isnan(summary["hd95_mm"]["std"])
+    assert (
+        summary["hd95_mm"]["n"] == 1
+        and summary["hd95_mm"]["mean"] == 2.0
+        and math.isnan(summary["hd95_mm"]["std"])
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    spec = NetworkSpec("res_unet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16, 32]})
+    spec = NetworkSpec(
+        "res_unet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16, 32]}
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save({"model": spec.build().state_dict(), "network": spec.state_dict()}, path)
@@ -113,9 +130,13 @@ def checkpoint(tmp_path_factory):
 
 def test_reference_as_prediction_scores_one_on_the_dicom_input_grid(tiny_dataset, checkpoint, monkeypatch):
     predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=INFERENCE)
-    entries = [dict(e, image=e["ct_dicom"]) for e in load_datalist(tiny_dataset, "test")]  # DICOM image, NIfTI label
+    entries = [
+        dict(e, image=e["ct_dicom"]) for e in load_datalist(tiny_dataset, "test")
+    ]  # DICOM image, NIfTI label
     by_image = {e["image"]: e["label"] for e in entries}
-    monkeypatch.setattr(predictor, "predict_case", lambda inputs: load_scan(by_image[inputs["image"]], label=True))
+    monkeypatch.setattr(
+        predictor, "predict_case", lambda inputs: load_scan(by_image[inputs["image"]], label=True)
+    )
     rows = evaluate_entries(predictor, entries, options=EvaluationOptions())
     assert len(rows) == 2 * len(entries)
     assert all(r["dice"] == 1.0 and r["hd95_mm"] == 0.0 and r["surface_dice"] == 1.0 for r in rows)
@@ -124,7 +145,9 @@ def test_reference_as_prediction_scores_one_on_the_dicom_input_grid(tiny_dataset
 def test_evaluate_checkpoint_writes_tables_and_logs_a_linked_mlflow_run(tiny_dataset, checkpoint, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     options = EvaluationOptions(inference=INFERENCE, train_run_id="0123abcd")
-    result = evaluate_checkpoint(BUNDLE, checkpoint, tiny_dataset, "test", tmp_path / "eval", uri, options=options)
+    result = evaluate_checkpoint(
+        BUNDLE, checkpoint, tiny_dataset, "test", tmp_path / "eval", uri, options=options
+    )
 
     with open(tmp_path / "eval" / "per_case.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -143,5 +166,5 @@ def test_evaluate_checkpoint_writes_tables_and_logs_a_linked_mlflow_run(tiny_dat
     assert run.data.metrics["eval_mean_dice"] == pytest.approx(result.mean("dice"))
     assert run.data.params["split"] == "test"
     local = client.download_artifacts(result.run_id, "evaluation/per_case.json", str(tmp_path))
-    logged = json.loads(open(local).read())
+    logged = json.loads(Path(local).read_text())
     assert {"case", "name", "dice", "hd95_mm"} <= set(logged["columns"]) and len(logged["data"]) == 4

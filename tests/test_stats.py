@@ -36,7 +36,11 @@ def test_worse_cases_for_higher_and_lower_is_better():
 def test_unpaired_and_nan_cases_are_dropped():
     result = paired_stats({"a": 1.0, "b": math.nan, "c": 0.5}, {"a": 0.9, "b": 0.7, "d": 0.1})
     assert result.n == 1 and result.dropped == ["b", "c", "d"]
-    assert result.mean_difference == pytest.approx(-0.1) and math.isnan(result.ci_low) and math.isnan(result.wilcoxon_p)
+    assert (
+        result.mean_difference == pytest.approx(-0.1)
+        and math.isnan(result.ci_low)
+        and math.isnan(result.wilcoxon_p)
+    )
     empty = paired_stats({}, {})
     assert empty.n == 0 and math.isnan(empty.mean_difference)
 
@@ -44,10 +48,14 @@ def test_unpaired_and_nan_cases_are_dropped():
 def test_identical_runs_have_zero_difference_and_no_p_value():
     a = {"a": 0.5, "b": 0.6, "c": 0.7}
     result = paired_stats(a, dict(a))
-    assert result.mean_difference == 0 and result.ci_low == result.ci_high == 0 and math.isnan(result.wilcoxon_p)
+    assert (
+        result.mean_difference == 0 and result.ci_low == result.ci_high == 0 and math.isnan(result.wilcoxon_p)
+    )
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"confidence": 1.0}, "confidence"), ({"worse_threshold": -1}, "worse")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"confidence": 1.0}, "confidence"), ({"worse_threshold": -1}, "worse")]
+)
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         paired_stats({"a": 1.0}, {"a": 1.0}, **kwargs)
