@@ -44,6 +44,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         max_epochs=args.epochs,
         resume=args.resume,
+        fold=args.fold,
+        folds=args.folds,
+        fold_seed=args.fold_seed,
         overrides=_overrides(args.set),
     )
     print(result.summary())
@@ -61,6 +64,61 @@ def cmd_predict(args: argparse.Namespace) -> int:
     report = predict_folder(predictor, args.input, args.output, split=args.split, overwrite=args.overwrite)
     print(report.summary_line())
     return report.exit_code()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.bundle import Bundle
+    from pipeline.evaluation import EvaluationOptions, evaluate_checkpoint, evaluate_folds
+    from pipeline.predictor import InferenceOptions
+    from pipeline.tracking import default_tracking_uri
+
+    bundle = Bundle.at(args.bundle)
+    dataset_dir = args.dataset_dir or bundle.parser("inference").get_parsed_content("dataset_dir")
+    datalist = Path(dataset_dir) / "dataset.json"
+    options = EvaluationOptions(
+        surface_tolerance_mm=args.tolerance_mm,
+        inference=InferenceOptions(roi_size=args.roi_size, device=args.device),
+        train_run_id=args.train_run_id,
+        experiment_name=args.experiment_name,
+    )
+    tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
+    if args.folds:
+        if not args.checkpoint_pattern or args.checkpoint:
+            raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
+        result = evaluate_folds(
+            bundle, args.checkpoint_pattern, datalist, args.folds, args.fold_seed, args.output, tracking_uri,
+            options=options,
+        )  # fmt: skip
+    else:
+        if not args.checkpoint:
+            raise SystemExit("give --checkpoint (repeat for an ensemble) or --folds and --checkpoint-pattern")
+        result = evaluate_checkpoint(
+            bundle, args.checkpoint, datalist, args.split, args.output, tracking_uri, options=options
+        )
+    print(result.summary_line())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.compare import compare_runs, paired_comparison, plot_curves
+
+    table = compare_runs(
+        args.tracking_uri, experiment=args.experiment, run_ids=args.runs, metric=args.metric, sort=args.sort,
+        filters=args.filter,
+    )  # fmt: skip
+    print(table.format(args.format))
+    if args.plot:
+        run_ids = [row["run_id"] for row in table.rows]
+        print(f"wrote {plot_curves(args.tracking_uri, run_ids, args.plot, args.metric)}")
+    if args.paired:
+        if len(args.runs) != 2:
+            raise SystemExit("--paired needs exactly two --runs (reference first)")
+        paired = paired_comparison(
+            *args.runs, args.tracking_uri, metrics=args.paired_metric, worse_threshold=args.worse_threshold
+        )
+        print("\npaired per-case differences (run B - run A, 95% t-interval, Wilcoxon signed-rank):")
+        print(paired.format(args.format))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -106,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--epochs", type=int, help="override max_epochs")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir")
+    p.add_argument("--fold", type=int, help="train this cross-validation fold (0-based) of a patient-level split")
+    p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold split (use the same for evaluate)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config id")
     p.set_defaults(func=cmd_train)
 
@@ -122,6 +183,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config id")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score checkpoints per case: Dice, IoU, HD95, surface distance")
+    p.add_argument("bundle")
+    p.add_argument("--checkpoint", action="append", default=[], help="weights (repeat for an ensemble)")
+    p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
+    p.add_argument("--split", default="validation", help="datalist split to evaluate")
+    p.add_argument("--output", default="evaluation", help="folder for per_case.csv and summary.csv/.json")
+    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="write the tables only, log no MLflow run")
+    p.add_argument("--experiment-name", default="clinseg")
+    p.add_argument("--train-run-id", help="MLflow run that trained the checkpoint (default: by its folder)")
+    p.add_argument("--folds", type=int, help="pool out-of-fold predictions of a cross-validation")
+    p.add_argument("--checkpoint-pattern", help="fold checkpoints, e.g. 'runs/fold{fold}/model.pt'")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed the folds were split with")
+    p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance, mm")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
+    p.add_argument("--roi-size", type=int, nargs="+")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="compare MLflow runs: differing params, metrics, paired statistics")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--experiment", help="compare every run of this experiment")
+    group.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID")
+    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--metric", default="val_mean_dice")
+    p.add_argument("--sort", help="column to sort by, '-' prefix for descending (default: best metric)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="params.network=unet")
+    p.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
+    p.add_argument("--plot", help="PNG overlaying the metric's curves of the runs")
+    p.add_argument("--paired", action="store_true", help="paired per-case statistics of two evaluation runs")
+    p.add_argument("--paired-metric", nargs="+", default=["dice", "hd95_mm"])
+    p.add_argument("--worse-threshold", type=float, default=0.05, help="list cases worse by more than this")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="synthesize, train, validate and predict end to end on CPU")
     p.add_argument("--workdir", default="clinseg-demo")
@@ -143,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost error: MONAI wraps config and transform errors in ``RuntimeError`` chains."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -153,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        logger.error("%s", e)
+        logger.error("%s", _root_cause(e))
         logger.debug("traceback", exc_info=True)
         return 2
 

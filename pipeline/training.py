@@ -45,12 +45,17 @@ def train_bundle(
     tracking_uri: str | None = None,
     max_epochs: int | None = None,
     resume: bool = False,
+    fold: int | None = None,
+    folds: int = 5,
+    fold_seed: int = 0,
     overrides: dict[str, Any] | None = None,
     config: str | list[str] = "train",
 ) -> TrainResult:
     """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides.
 
     ``resume=True`` continues from the newest checkpoint in ``ckpt_dir`` and logs into the same MLflow run.
+    ``fold=k`` trains fold k of a deterministic patient-level ``folds``-fold split of the datalist's
+    training + validation cases (the fold's datalist is written into ``ckpt_dir``; the run is tagged).
     """
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     settings: dict[str, Any] = dict(overrides or {})
@@ -65,6 +70,16 @@ def train_bundle(
             raise ValueError("resume needs the run's checkpoint folder (ckpt_dir / --ckpt-dir)")
         settings["resume"] = True
     settings["tracking_uri"] = tracking_uri or default_tracking_uri()
+    if fold is not None:
+        if ckpt_dir is None or dataset_dir is None:
+            raise ValueError("cross-validation needs dataset_dir and a ckpt_dir per fold (e.g. runs/fold0)")
+        from pipeline.cross_validation import fold_datalist
+
+        datalist = fold_datalist(
+            Path(dataset_dir) / "dataset.json", fold, folds, fold_seed,
+            out_path=Path(ckpt_dir) / f"dataset_fold{fold}of{folds}.json",
+        )  # fmt: skip
+        settings.update(datalist_file=str(datalist.resolve()), fold=fold)
     workflow = bundle.run(config, **settings)
     parser = workflow.parser
     evaluator = parser.get_parsed_content("validate#evaluator")
