@@ -58,3 +58,12 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2  # per iteration and per epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"train.yaml", "metadata.json", "model.pt"} <= artifacts
+
+    # the evaluate overlay validates the trained checkpoint with the same pipeline, through monai.bundle
+    evaluate = [*command[:4], "--config_file", str([str(BUNDLE / "configs" / n) for n in ("train.yaml", "evaluate.yaml")]),
+                *command[6:], "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    done = subprocess.run(evaluate, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    raw = (tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(raw) == 2  # header + the one validation case
+    assert (tmp_path / "eval" / "metrics.csv").is_file()

@@ -54,3 +54,28 @@ def test_verify_net_in_out(bundle, config):
 def test_bundle_has_docs_license_and_logging(bundle):
     for name in ["docs/README.md", "LICENSE", "configs/logging.conf", "configs/train.yaml", "configs/inference.yaml"]:
         assert (bundle / name).is_file(), f"{bundle.name} lacks {name}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
+def test_ckpt_export_torchscript_round_trip(bundle, tmp_path):
+    import torch
+    from monai.bundle import ConfigParser, ckpt_export
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def").eval()
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    ckpt_export(
+        net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(bundle / "configs" / "metadata.json"), config_file=str(bundle / "configs" / "inference.yaml"),
+        key_in_ckpt="model", bundle_root=str(bundle),
+    )  # fmt: skip
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    fmt = json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]
+    channels = next(iter(fmt.values()))["num_channels"]
+    spatial = [32] * len(next(iter(fmt.values()))["spatial_shape"])
+    x = torch.rand(1, channels, *spatial)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x))
