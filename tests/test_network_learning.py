@@ -11,7 +11,11 @@ from networks import build_network, list_networks
 
 # Tiny, fast configurations; a registered network missing here fails the suite.
 LEARN: dict[str, dict] = {
+    "attention_unet": {"channels": (8, 16, 32)},
+    "dense_unet": {"init_features": 8, "growth_rate": 8, "layers_per_block": 2, "dropout": 0.0,
+                   "norm": ("instance", {"affine": True})},
     "res_unet": {"channels": (8, 16, 32)},
+    "unet": {"features": (8, 16, 32), "norm": ("instance", {"affine": True})},
 }
 STEPS = 60
 

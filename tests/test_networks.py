@@ -14,7 +14,10 @@ IN, OUT = 2, 3
 
 # Smallest configuration of each network (CPU-test sized); a registered network missing here fails the suite.
 TINY: dict[str, dict] = {
+    "attention_unet": {"channels": (4, 8, 16)},
+    "dense_unet": {"init_features": 8, "growth_rate": 4, "layers_per_block": 2, "levels": 2},
     "res_unet": {"channels": (4, 8, 16)},
+    "unet": {"features": (4, 8, 16)},
 }
 
 
@@ -111,6 +114,42 @@ def test_bad_common_arguments_raise_clearly(name, bad, match):
 def test_res_unet_bad_arguments(bad, match):
     with pytest.raises(ValueError, match=f"ResUNet: {match}"):
         build_network("res_unet", **{"spatial_dims": 2, **TINY["res_unet"], **bad})
+
+
+@pytest.mark.parametrize(
+    "name, bad, match",
+    [
+        ("unet", {"upsample": "bilinaer"}, "UNet: upsample By 'bilinaer', did you mean 'bilinear'"),
+        ("unet", {"features": 16}, "UNet: features must be a sequence"),
+        ("attention_unet", {"channels": (4,)}, "AttentionUNet: channels must be a sequence of at least 2"),
+        ("dense_unet", {"growth_rate": 0}, "DenseUNet: growth_rate must be a positive integer, got 0"),
+        ("dense_unet", {"levels": 2.0}, "DenseUNet: levels must be a positive integer, got 2.0"),
+        ("dense_unet", {"stem_kernel_size": 6}, "DenseUNet: stem_kernel_size must be an odd positive integer, got 6"),
+    ],
+)
+def test_specific_bad_arguments(name, bad, match):
+    with pytest.raises(ValueError, match=match):
+        build_network(name, **{"spatial_dims": 2, **TINY[name], **bad})
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_unet_upsampling_modes_at_odd_sizes(upsample, spatial_dims):
+    net = build_network("unet", spatial_dims=spatial_dims, in_channels=IN, out_channels=OUT,
+                        features=(4, 8, 16, 32), upsample=upsample)
+    assert net(torch.randn(1, IN, *SHAPES[spatial_dims])).shape == (1, OUT, *SHAPES[spatial_dims])
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("unet", {"upsample": "bilinear"}, 17_266_241),  # the article's layout (it quotes "16.2M")
+        ("unet", {"upsample": "transpose"}, 31_042_369),
+    ],
+)
+def test_article_parameter_counts(name, kwargs, expected):
+    net = build_network(name, spatial_dims=2, in_channels=1, out_channels=1, **kwargs)
+    assert sum(p.numel() for p in net.parameters()) == expected
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -7,7 +7,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-__all__ = ["crop_spatial", "pad_to_multiple"]
+__all__ = ["crop_spatial", "pad_to_match", "pad_to_multiple"]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -26,3 +26,15 @@ def crop_spatial(x: torch.Tensor, shape: List[int]) -> torch.Tensor:
     for d, size in enumerate(shape):
         x = x.narrow(d + 2, 0, size)
     return x
+
+
+def pad_to_match(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad ``x`` at the far end of each spatial dim up to ``ref``'s spatial size.
+
+    An up-sampled decoder map is at most one voxel short of its skip after a floor-rounding 2x pooling.
+    """
+    pads: List[int] = []
+    for i in range(x.dim() - 1, 1, -1):
+        pads.append(0)
+        pads.append(int(ref.shape[i]) - int(x.shape[i]))
+    return F.pad(x, pads, mode="replicate")
