@@ -16,6 +16,8 @@ IN, OUT = 2, 3
 TINY: dict[str, dict] = {
     "attention_unet": {"channels": (4, 8, 16)},
     "dense_unet": {"init_features": 8, "growth_rate": 4, "layers_per_block": 2, "levels": 2},
+    "dual_encoder_fusion": {"features": (4, 8, 16)},
+    "fusion_seg_net": {"fusion_features": (4, 8), "segmenter_kwargs": {"channels": (4, 8, 16)}},
     "res_unet": {"channels": (4, 8, 16)},
     "unet": {"features": (4, 8, 16)},
 }
@@ -119,12 +121,17 @@ def test_res_unet_bad_arguments(bad, match):
 @pytest.mark.parametrize(
     "name, bad, match",
     [
-        ("unet", {"upsample": "bilinaer"}, "UNet: upsample By 'bilinaer', did you mean 'bilinear'"),
+        ("unet", {"upsample": "bilinaer"}, r"UNet: upsample must be one of \('transpose', 'bilinear'\), got 'bilinaer'. Did you mean 'bilinear'"),
         ("unet", {"features": 16}, "UNet: features must be a sequence"),
         ("attention_unet", {"channels": (4,)}, "AttentionUNet: channels must be a sequence of at least 2"),
         ("dense_unet", {"growth_rate": 0}, "DenseUNet: growth_rate must be a positive integer, got 0"),
         ("dense_unet", {"levels": 2.0}, "DenseUNet: levels must be a positive integer, got 2.0"),
         ("dense_unet", {"stem_kernel_size": 6}, "DenseUNet: stem_kernel_size must be an odd positive integer, got 6"),
+        ("dual_encoder_fusion", {"in_channels": 1}, "number of modalities and must be >= 2, got 1"),
+        ("dual_encoder_fusion", {"fusion": "sum"}, r"DualEncoderFusion: fusion must be one of \('concat', 'attention'\), got 'sum'"),
+        ("fusion_seg_net", {"segmenter": "fusion_seg_net"}, "segmenter must be a segmentation network"),
+        ("fusion_seg_net", {"segmenter": "resunet"}, "unknown network 'resunet'.*Did you mean 'res_unet'"),
+        ("fusion_seg_net", {"segmenter_kwargs": {"in_channels": 3}}, "must not set \\['in_channels'\\]"),
     ],
 )
 def test_specific_bad_arguments(name, bad, match):
@@ -170,3 +177,45 @@ def test_res_unet_default_is_the_article_configuration():
     net = build_network("res_unet", spatial_dims=2, in_channels=1, out_channels=1)
     widths = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     assert max(widths) == 1024 and min(widths) == 64
+
+
+@pytest.mark.parametrize("fusion", ["concat", "attention"])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fused_image_is_in_unit_range(fusion, spatial_dims):
+    net = tiny("dual_encoder_fusion", spatial_dims, fusion=fusion)
+    fused = net(torch.randn(1, IN, *SHAPES[spatial_dims]) * 5)
+    assert fused.min() >= 0 and fused.max() <= 1
+
+
+@pytest.mark.parametrize("segmenter, kwargs", [("attention_unet", {"channels": (4, 8)}), ("unet", {"features": (4, 8)})])
+def test_fusion_seg_net_contract(segmenter, kwargs):
+    net = build_network("fusion_seg_net", spatial_dims=2, in_channels=3, out_channels=OUT, fusion="attention",
+                        fusion_features=(4, 8), segmenter=segmenter, segmenter_kwargs=kwargs)
+    assert net.last_fused.numel() == 0
+    x = torch.rand(2, 3, 33, 34)
+    for mode in (net.train, net.eval):
+        mode()
+        logits = net(x)
+        assert logits.shape == (2, OUT, 33, 34)
+        assert net.last_fused.shape == (2, 1, 33, 34) and net.last_input is x
+    net.eval()
+    with torch.no_grad():
+        logits, fused = net.forward_with_fused(x)
+        torch.testing.assert_close(logits, net(x))
+        torch.testing.assert_close(fused, net.last_fused)
+
+
+def test_fusion_seg_net_stages_freeze_the_right_parameters():
+    net = tiny("fusion_seg_net", 2)
+    trainable = lambda module: {p.requires_grad for p in module.parameters()}  # noqa: E731
+    net.set_stage("fusion_pretrain")
+    assert net.stage == "fusion_pretrain"
+    assert trainable(net.fusion_net) == {True} and trainable(net.segmenter) == {False}
+    net.set_stage("joint")
+    assert trainable(net) == {True}
+    net.freeze_fusion(True)
+    assert trainable(net.fusion_net) == {False} and trainable(net.segmenter) == {True}
+    net.freeze_fusion(False)
+    assert trainable(net) == {True}
+    with pytest.raises(ValueError, match="FusionSegNet: stage must be one of .*got 'pretrain'"):
+        net.set_stage("pretrain")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
-from monai.utils import look_up_option
 
 __all__ = [
     "check_channels",
@@ -56,8 +56,9 @@ def check_kernel_size(owner: str, name: str, value: Any) -> int:
 
 
 def check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> str:
-    """One of ``choices``; wrong strings get MONAI's "did you mean" hint."""
-    try:
-        return str(look_up_option(value, choices))
-    except ValueError as err:
-        raise ValueError(f"{owner}: {name} {err}") from None
+    """One of ``choices``; a near miss gets a "did you mean" hint."""
+    if isinstance(value, str) and value in choices:
+        return value
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{owner}: {name} must be one of {tuple(choices)!r}, got {value!r}.{hint}")
