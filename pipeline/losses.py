@@ -1,6 +1,6 @@
 """Training losses: Dice+CE / Dice+Focal presets, deep supervision, fusion (SSIM + gradient) and joint losses.
 
-Every name here can be a bundle ``_target_`` (``pipeline.losses.dice_focal_loss``, ``pipeline.losses.FusionLoss``).
+Every name here can be a bundle ``_target_`` (e.g. ``pipeline.losses.dice_focal_loss``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def dice_ce_loss(
     """MONAI ``DiceCELoss`` for logits ``(B, C, *spatial)`` and labels ``(B, 1, *spatial)``.
 
     Args:
-        mode: ``"multiclass"`` (softmax over C classes, integer labels one-hot encoded) or ``"binary"`` (sigmoid;
+        mode: ``"multiclass"`` (softmax over C classes, integer labels one-hot) or ``"binary"`` (sigmoid;
             with one output channel the CE term is binary cross-entropy on logits, the article's Dice+BCE).
         lambda_dice: weight of the Dice term.
         lambda_ce: weight of the cross-entropy term.
@@ -86,7 +86,7 @@ def dice_focal_loss(
     """MONAI ``DiceFocalLoss`` (the ResUNet and fusion articles' hybrid loss) for logits ``(B, C, *spatial)``.
 
     Args:
-        mode: ``"multiclass"`` (softmax, one-hot labels) or ``"binary"`` (sigmoid, labels already per channel).
+        mode: ``"multiclass"`` (softmax, one-hot labels) or ``"binary"`` (sigmoid, labels per channel).
         lambda_dice: weight of the Dice term.
         lambda_focal: weight of the focal term.
         gamma: focal exponent (2.0).
@@ -114,7 +114,7 @@ class DeepSupervisionStackLoss(DeepSupervisionLoss):
     """MONAI ``DeepSupervisionLoss`` that also takes the stacked output of a deeply supervised network.
 
     ``ResUNet(deep_supervision=True)`` (like MONAI's ``DynUNet``) returns ``(B, S, C, *spatial)`` in training
-    mode; it is unbound into ``S`` scales (index 0 = full resolution, weighted most). A plain ``(B, C, *spatial)``
+    mode; it is unbound into ``S`` scales (index 0 = full resolution, weighted most). A plain ``(B, C, *s)``
     prediction (eval mode) or a list pass through to MONAI unchanged.
     """
 
@@ -137,7 +137,8 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
 class FusionLoss(nn.Module):
     """Unsupervised fusion loss: structural similarity to every source plus gradient preservation.
 
-    ``loss = ssim_weight * mean_k(1 - SSIM(fused, source_k)) + gradient_weight * L1(|grad fused|, max_k |grad source_k|)``
+    ``loss = ssim_weight * mean_k(1 - SSIM(fused, source_k))``
+    ``+ gradient_weight * L1(|grad fused|, max_k |grad source_k|)``
     (0.7 / 0.3 in the fusion article). SSIM is MONAI's ``SSIMLoss`` (Gaussian window), 2D or 3D from the
     input's rank. Images are expected in ``[0, data_range]``; 0 means the fused image equals every source.
 
@@ -149,7 +150,11 @@ class FusionLoss(nn.Module):
     """
 
     def __init__(
-        self, ssim_weight: float = 0.7, gradient_weight: float = 0.3, data_range: float = 1.0, win_size: int = 7
+        self,
+        ssim_weight: float = 0.7,
+        gradient_weight: float = 0.3,
+        data_range: float = 1.0,
+        win_size: int = 7,
     ) -> None:
         super().__init__()
         self.ssim_weight = _check_weight("FusionLoss", "ssim_weight", ssim_weight)
@@ -164,7 +169,11 @@ class FusionLoss(nn.Module):
         """Scalar loss for ``fused`` ``(B, 1, *spatial)`` and ``sources`` ``(B, N, *spatial)``."""
         if fused.dim() not in (4, 5) or fused.shape[1] != 1:
             raise ValueError(f"FusionLoss: fused must be (B, 1, H, W[, D]), got shape {tuple(fused.shape)}.")
-        if sources.dim() != fused.dim() or sources.shape[0] != fused.shape[0] or sources.shape[2:] != fused.shape[2:]:
+        if (
+            sources.dim() != fused.dim()
+            or sources.shape[0] != fused.shape[0]
+            or sources.shape[2:] != fused.shape[2:]
+        ):
             raise ValueError(
                 f"FusionLoss: sources must be (B, N, *spatial) matching fused {tuple(fused.shape)}, "
                 f"got {tuple(sources.shape)}."
@@ -218,11 +227,15 @@ class JointFusionSegLoss(nn.Module):
         network = self.network
         if fused is None or sources is None:
             if network is None:
-                raise ValueError("JointFusionSegLoss: pass fused= and sources=, or build the loss with network=.")
+                raise ValueError(
+                    "JointFusionSegLoss: pass fused= and sources=, or build the loss with network=."
+                )
             fused = network.last_fused if fused is None else fused
             sources = network.last_input if sources is None else sources
             if fused.numel() == 0 or sources.numel() == 0:
-                raise ValueError("JointFusionSegLoss: the network has not run a forward pass yet (last_fused is empty).")
+                raise ValueError(
+                    "JointFusionSegLoss: the network has not run a forward pass yet (last_fused is empty)."
+                )
         fusion_term = self.fusion_loss(fused, sources)
         if network is not None and getattr(network, "stage", "joint") == "fusion_pretrain":
             return fusion_term

@@ -54,7 +54,9 @@ def test_preset_weights_are_applied():
     logits = torch.randn(2, 3, *SHAPES[2])
     dice_only = dice_ce_loss(lambda_ce=0.0)(logits, label)
     ce_only = dice_ce_loss(lambda_dice=0.0)(logits, label)
-    torch.testing.assert_close(dice_ce_loss(lambda_dice=0.5, lambda_ce=2.0)(logits, label), 0.5 * dice_only + 2 * ce_only)
+    torch.testing.assert_close(
+        dice_ce_loss(lambda_dice=0.5, lambda_ce=2.0)(logits, label), 0.5 * dice_only + 2 * ce_only
+    )
     focal_only = dice_focal_loss(lambda_dice=0.0, lambda_focal=1.0)(logits, label)
     torch.testing.assert_close(dice_focal_loss(lambda_focal=3.0)(logits, label), dice_only + 3 * focal_only)
 
@@ -63,7 +65,10 @@ def test_preset_weights_are_applied():
     "call, match",
     [
         (lambda: dice_ce_loss("multi"), "dice_ce_loss: mode must be one of .*got 'multi'"),
-        (lambda: dice_focal_loss(lambda_focal=-1), "dice_focal_loss: lambda_focal must be a number >= 0, got -1"),
+        (
+            lambda: dice_focal_loss(lambda_focal=-1),
+            "dice_focal_loss: lambda_focal must be a number >= 0, got -1",
+        ),
         (lambda: FusionLoss(ssim_weight=-0.1), "FusionLoss: ssim_weight must be a number >= 0, got -0.1"),
         (lambda: FusionLoss(win_size=6), "FusionLoss: win_size must be an odd positive integer, got 6"),
     ],
@@ -79,7 +84,9 @@ def test_deep_supervision_stack_loss():
     perfect = perfect_logits(label, 3)
     stacked = torch.stack([perfect, perfect, torch.zeros_like(perfect)], dim=1)  # (B, S, C, H, W)
     plain = dice_ce_loss()(torch.zeros_like(perfect), label)
-    torch.testing.assert_close(loss(stacked, label), 0.25 * plain, atol=1e-3, rtol=1e-3)  # exp weights 1, .5, .25
+    torch.testing.assert_close(
+        loss(stacked, label), 0.25 * plain, atol=1e-3, rtol=1e-3
+    )  # exp weights 1, .5, .25
     assert loss(perfect, label).item() < 1e-3  # eval-mode single tensor
 
 
@@ -118,8 +125,14 @@ def test_fusion_loss_shape_errors():
 
 
 def tiny_fusion_seg_net() -> torch.nn.Module:
-    return build_network("fusion_seg_net", spatial_dims=2, in_channels=2, out_channels=3, fusion_features=(4, 8),
-                         segmenter_kwargs={"channels": (4, 8)})
+    return build_network(
+        "fusion_seg_net",
+        spatial_dims=2,
+        in_channels=2,
+        out_channels=3,
+        fusion_features=(4, 8),
+        segmenter_kwargs={"channels": (4, 8)},
+    )
 
 
 def test_joint_loss_reads_the_network_and_follows_the_stage():

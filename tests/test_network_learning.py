@@ -1,4 +1,4 @@
-"""Each network overfits one small synthetic case (a noisy 2D ellipse) on CPU within a bounded number of steps."""
+"""Each network overfits one small synthetic case (a noisy 2D ellipse) on CPU in a bounded number of steps."""
 
 from __future__ import annotations
 
@@ -15,10 +15,18 @@ INSTANCE = ("instance", {"affine": True})
 # Tiny, fast configurations; a registered network missing here fails the suite.
 LEARN: dict[str, dict] = {
     "attention_unet": {"channels": (8, 16, 32)},
-    "dense_unet": {"init_features": 8, "growth_rate": 8, "layers_per_block": 2, "dropout": 0.0, "norm": INSTANCE},
+    "dense_unet": {
+        "init_features": 8,
+        "growth_rate": 8,
+        "layers_per_block": 2,
+        "dropout": 0.0,
+        "norm": INSTANCE,
+    },
     "dual_encoder_fusion": {"features": (8, 16)},
     "fusion_seg_net": {
-        "fusion_features": (8, 16), "segmenter": "unet", "segmenter_kwargs": {"features": (8, 16, 32), "norm": INSTANCE}
+        "fusion_features": (8, 16),
+        "segmenter": "unet",
+        "segmenter_kwargs": {"features": (8, 16, 32), "norm": INSTANCE},
     },
     "res_unet": {"channels": (8, 16, 32)},
     "unet": {"features": (8, 16, 32), "norm": INSTANCE},
@@ -27,7 +35,7 @@ SEGMENTERS = [name for name in list_networks() if name != "dual_encoder_fusion"]
 
 
 def ellipse_case(in_channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image ``(1, in_channels, 48, 48)`` (bright ellipse + Gaussian noise, in ~[0, 1]) and label ``(1, 1, 48, 48)``.
+    """Image ``(1, in_channels, 48, 48)`` (ellipse + Gaussian noise, ~[0, 1]) and label ``(1, 1, 48, 48)``.
 
     With two channels the second one shows the ellipse at half contrast (a second modality).
     """
@@ -76,8 +84,9 @@ def test_network_overfits_one_case(name):
 @pytest.mark.slow
 def test_fusion_network_learns_to_fuse():
     sources, _ = ellipse_case(2)
-    net = build_network("dual_encoder_fusion", spatial_dims=2, in_channels=2, out_channels=1,
-                        **LEARN["dual_encoder_fusion"])
+    net = build_network(
+        "dual_encoder_fusion", spatial_dims=2, in_channels=2, out_channels=1, **LEARN["dual_encoder_fusion"]
+    )
     loss_fn = FusionLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     with torch.no_grad():

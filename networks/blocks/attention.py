@@ -1,4 +1,4 @@
-"""Attention blocks: spatial attention (channel mean + max -> conv -> sigmoid) and the additive attention gate."""
+"""Attention blocks: spatial attention (channel mean + max -> conv -> sigmoid), additive attention gate."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class SpatialAttention(nn.Module):
 
 
 class AttentionGate(nn.Module):
-    """Additive attention gate (Oktay et al. 2018): a decoder signal ``g`` selects where the skip ``x`` passes.
+    """Additive attention gate (Oktay 2018): a decoder signal ``g`` selects where the skip ``x`` passes.
 
     ``alpha = sigmoid(psi(relu(norm(W_g g) + norm(W_x x))))``, ``out = x * alpha``. Like MONAI's
     ``AttentionBlock`` but with a configurable ``norm`` (MONAI's hard-codes BatchNorm) and no norm on the
@@ -48,7 +48,12 @@ class AttentionGate(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, gate_channels: int, skip_channels: int, inter_channels: int, norm: str | tuple
+        self,
+        spatial_dims: int,
+        gate_channels: int,
+        skip_channels: int,
+        inter_channels: int,
+        norm: str | tuple,
     ) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 from monai.networks.layers.factories import Conv, Dropout
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
@@ -16,7 +14,12 @@ class DenseLayer(nn.Sequential):
     """norm -> act -> 3x3 conv -> channel dropout: ``(B, in_channels, *s) -> (B, growth_rate, *s)``."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, growth_rate: int, norm: str | tuple, act: str | tuple,
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        growth_rate: int,
+        norm: str | tuple,
+        act: str | tuple,
         dropout: float,
     ) -> None:
         super().__init__(
@@ -35,8 +38,14 @@ class DenseBlock(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, num_layers: int, growth_rate: int, norm: str | tuple,
-        act: str | tuple, dropout: float,
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_layers: int,
+        growth_rate: int,
+        norm: str | tuple,
+        act: str | tuple,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -46,7 +55,7 @@ class DenseBlock(nn.Module):
         self.out_channels = in_channels + num_layers * growth_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features: List[torch.Tensor] = [x]
+        features: list[torch.Tensor] = [x]
         for layer in self.layers:
             features.append(layer(torch.cat(features, dim=1)))
         return torch.cat(features, dim=1)

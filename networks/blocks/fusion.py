@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
@@ -16,7 +14,7 @@ class ModalityFusion(nn.Module):
     """Fuse ``N`` same-shaped feature maps ``(B, C, *s)`` into one ``(B, C, *s)``.
 
     ``"concat"``: concatenate to ``(B, N*C, *s)`` then 1x1 conv, norm, act (the fusion article's block).
-    ``"attention"``: a shared 1x1 conv scores every modality per voxel, a softmax over the ``N`` scores weights
+    ``"attention"``: a shared 1x1 conv scores each modality per voxel, a softmax over the ``N`` scores weights
     the maps, and their weighted sum goes through the same 1x1 conv, norm, act.
 
     Args:
@@ -29,15 +27,23 @@ class ModalityFusion(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, num_modalities: int, channels: int, mode: str, norm: str | tuple, act: str | tuple
+        self,
+        spatial_dims: int,
+        num_modalities: int,
+        channels: int,
+        mode: str,
+        norm: str | tuple,
+        act: str | tuple,
     ) -> None:
         super().__init__()
         self.attention = mode == "attention"
         in_channels = channels if self.attention else num_modalities * channels
-        self.score = Conv[Conv.CONV, spatial_dims](channels, 1, kernel_size=1) if self.attention else nn.Identity()
+        self.score = (
+            Conv[Conv.CONV, spatial_dims](channels, 1, kernel_size=1) if self.attention else nn.Identity()
+        )
         self.mix = Convolution(spatial_dims, in_channels, channels, kernel_size=1, act=act, norm=norm)
 
-    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         if self.attention:
             stacked = torch.stack(features, dim=1)  # (B, N, C, *s)
             scores = torch.stack([self.score(f) for f in features], dim=1)  # (B, N, 1, *s)

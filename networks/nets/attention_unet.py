@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from typing import List
 
 import torch
 from monai.networks.layers.factories import Conv
@@ -21,10 +21,14 @@ __all__ = ["AttentionUNet"]
 class _GatedUpStage(nn.Module):
     """Transposed conv, pad to the skip, gate the skip with the up-sampled map, concatenate, two convs."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, norm, act, dropout: float) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, skip_channels: int, norm, act, dropout: float
+    ) -> None:
         super().__init__()
         self.up = Conv[Conv.CONVTRANS, spatial_dims](in_channels, skip_channels, kernel_size=2, stride=2)
-        self.gate = AttentionGate(spatial_dims, skip_channels, skip_channels, max(skip_channels // 2, 1), norm)
+        self.gate = AttentionGate(
+            spatial_dims, skip_channels, skip_channels, max(skip_channels // 2, 1), norm
+        )
         self.convs = TwoConv(spatial_dims, 2 * skip_channels, skip_channels, act, norm, True, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -66,13 +70,16 @@ class AttentionUNet(nn.Module):
         super().__init__()
         owner = type(self).__name__
         spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(owner, "in_channels/out_channels", (in_channels, out_channels))
+        in_channels, out_channels = check_channels(
+            owner, "in_channels/out_channels", (in_channels, out_channels)
+        )
         channels = check_channels(owner, "channels", channels, min_len=2)
         dropout = check_probability(owner, "dropout", dropout)
 
         self.stem = TwoConv(spatial_dims, in_channels, channels[0], act, norm, True, dropout)
         self.downs = nn.ModuleList(
-            Down(spatial_dims, c_in, c_out, act, norm, True, dropout) for c_in, c_out in zip(channels[:-1], channels[1:])
+            Down(spatial_dims, c_in, c_out, act, norm, True, dropout)
+            for c_in, c_out in itertools.pairwise(channels)
         )
         self.ups = nn.ModuleList(
             _GatedUpStage(spatial_dims, c_deep, c_skip, norm, act, dropout)
@@ -83,7 +90,7 @@ class AttentionUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``."""
         x = self.stem(x)
-        skips: List[torch.Tensor] = [x]
+        skips: list[torch.Tensor] = [x]
         for down in self.downs:
             x = down(x)
             skips.append(x)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool
@@ -26,8 +24,17 @@ __all__ = ["DenseUNet"]
 class _DenseUpStage(nn.Module):
     """Transposed conv halving the channels, pad to the skip, concatenate, dense block."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, layers: int, growth: int,
-                 norm, act, dropout: float) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        layers: int,
+        growth: int,
+        norm,
+        act,
+        dropout: float,
+    ) -> None:
         super().__init__()
         up = max(in_channels // 2, 1)
         self.up = Conv[Conv.CONVTRANS, spatial_dims](in_channels, up, kernel_size=2, stride=2)
@@ -83,7 +90,9 @@ class DenseUNet(nn.Module):
         super().__init__()
         owner = type(self).__name__
         spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(owner, "in_channels/out_channels", (in_channels, out_channels))
+        in_channels, out_channels = check_channels(
+            owner, "in_channels/out_channels", (in_channels, out_channels)
+        )
         init_features = check_positive_int(owner, "init_features", init_features)
         growth = check_positive_int(owner, "growth_rate", growth_rate)
         layers = check_positive_int(owner, "layers_per_block", layers_per_block)
@@ -92,7 +101,9 @@ class DenseUNet(nn.Module):
         dropout = check_probability(owner, "dropout", dropout)
         conv = Conv[Conv.CONV, spatial_dims]
 
-        self.stem = conv(in_channels, init_features, kernel_size=stem_kernel_size, padding=stem_kernel_size // 2)
+        self.stem = conv(
+            in_channels, init_features, kernel_size=stem_kernel_size, padding=stem_kernel_size // 2
+        )
         encoder: list[nn.Module] = []
         transitions: list[nn.Module] = []
         skip_widths: list[int] = []
@@ -101,7 +112,9 @@ class DenseUNet(nn.Module):
             block = DenseBlock(spatial_dims, width, layers, growth, norm, act, dropout)
             width = block.out_channels
             encoder.append(block)
-            transitions.append(nn.Sequential(conv(width, width, kernel_size=1), Pool[Pool.MAX, spatial_dims](2)))
+            transitions.append(
+                nn.Sequential(conv(width, width, kernel_size=1), Pool[Pool.MAX, spatial_dims](2))
+            )
             skip_widths.append(width)
         self.encoder = nn.ModuleList(encoder)
         self.transitions = nn.ModuleList(transitions)
@@ -122,7 +135,7 @@ class DenseUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``."""
         x = self.stem(x)
-        skips: List[torch.Tensor] = []
+        skips: list[torch.Tensor] = []
         for block, transition in zip(self.encoder, self.transitions):
             x = block(x)
             skips.append(x)

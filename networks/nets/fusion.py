@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from typing import List, Tuple
 
 import torch
 from monai.networks.layers.factories import Conv
@@ -57,20 +57,28 @@ class DualEncoderFusion(nn.Module):
         super().__init__()
         owner = type(self).__name__
         spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(owner, "in_channels/out_channels", (in_channels, out_channels))
+        in_channels, out_channels = check_channels(
+            owner, "in_channels/out_channels", (in_channels, out_channels)
+        )
         if in_channels < 2:
-            raise ValueError(f"{owner}: in_channels is the number of modalities and must be >= 2, got {in_channels}.")
+            raise ValueError(
+                f"{owner}: in_channels is the number of modalities and must be >= 2, got {in_channels}."
+            )
         features = check_channels(owner, "features", features, min_len=2)
         fusion = check_choice(owner, "fusion", fusion, FUSION_MODES)
         dropout = check_probability(owner, "dropout", dropout)
 
         def encoder() -> nn.ModuleList:
             stages: list[nn.Module] = [TwoConv(spatial_dims, 1, features[0], act, norm, True, dropout)]
-            stages += [Down(spatial_dims, a, b, act, norm, True, dropout) for a, b in zip(features[:-1], features[1:])]
+            stages += [
+                Down(spatial_dims, a, b, act, norm, True, dropout) for a, b in itertools.pairwise(features)
+            ]
             return nn.ModuleList(stages)
 
         self.encoders = nn.ModuleList(encoder() for _ in range(in_channels))
-        self.fusers = nn.ModuleList(ModalityFusion(spatial_dims, in_channels, f, fusion, norm, act) for f in features)
+        self.fusers = nn.ModuleList(
+            ModalityFusion(spatial_dims, in_channels, f, fusion, norm, act) for f in features
+        )
         self.ups = nn.ModuleList(
             UpCat(spatial_dims, deep, skip, skip, act, norm, True, dropout)
             for deep, skip in zip(features[:0:-1], features[-2::-1])
@@ -79,15 +87,15 @@ class DualEncoderFusion(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, *spatial)`` modalities -> fused image ``(B, out_channels, *spatial)`` in ``[0, 1]``."""
-        per_modality: List[List[torch.Tensor]] = []
+        per_modality: list[list[torch.Tensor]] = []
         for k, encoder in enumerate(self.encoders):
             h = x[:, k : k + 1]
-            levels: List[torch.Tensor] = []
+            levels: list[torch.Tensor] = []
             for stage in encoder:
                 h = stage(h)
                 levels.append(h)
             per_modality.append(levels)
-        fused: List[torch.Tensor] = []
+        fused: list[torch.Tensor] = []
         for level, fuser in enumerate(self.fusers):
             fused.append(fuser([levels[level] for levels in per_modality]))
         h = fused.pop()
@@ -98,15 +106,16 @@ class DualEncoderFusion(nn.Module):
 
 @register_network("fusion_seg_net")
 class FusionSegNet(nn.Module):
-    """Joint model: :class:`DualEncoderFusion` makes a one-channel fused image, a registered network segments it.
+    """Joint model: :class:`DualEncoderFusion` makes a one-channel fused image, a registered net segments it.
 
     Contract for MONAI engines: the modalities come stacked as channels and ``forward(x)`` returns the
     segmentation logits in training and eval mode alike. Each ``forward`` also stores ``self.last_fused``
     (the fused image ``(B, 1, *spatial)``, still attached to the graph) and ``self.last_input`` (the input
-    modalities; both are empty tensors before the first call) so a loss such as ``pipeline.losses.JointFusionSegLoss`` can add the fusion term; they hold the
-    LAST call only. :meth:`forward_with_fused` returns both explicitly. Two-stage schedule:
-    ``set_stage("fusion_pretrain")`` trains the fusion network alone (segmenter frozen), ``set_stage("joint")``
-    fine-tunes everything; :meth:`freeze_fusion` freezes or releases the fusion network by itself.
+    modalities); both are empty tensors before the first call and hold the LAST call only, so a loss such as
+    ``pipeline.losses.JointFusionSegLoss`` can add the fusion term. :meth:`forward_with_fused` returns both
+    explicitly. Two-stage schedule: ``set_stage("fusion_pretrain")`` trains the fusion net alone (segmenter
+    frozen), ``set_stage("joint")`` fine-tunes everything; :meth:`freeze_fusion` freezes or releases the
+    fusion network by itself.
 
     Args:
         spatial_dims: 2 or 3.
@@ -145,7 +154,9 @@ class FusionSegNet(nn.Module):
         clash = sorted({"spatial_dims", "in_channels", "out_channels"} & set(segmenter_kwargs))
         if clash:
             raise ValueError(f"{owner}: segmenter_kwargs must not set {clash}; they follow the joint model.")
-        self.fusion_net = DualEncoderFusion(spatial_dims, in_channels, 1, fusion_features, fusion, norm, act, dropout)
+        self.fusion_net = DualEncoderFusion(
+            spatial_dims, in_channels, 1, fusion_features, fusion, norm, act, dropout
+        )
         self.segmenter = get_network_class(segmenter)(
             spatial_dims=spatial_dims, in_channels=1, out_channels=out_channels, **segmenter_kwargs
         )
@@ -154,7 +165,7 @@ class FusionSegNet(nn.Module):
         self.last_fused = torch.empty(0)
         self.last_input = torch.empty(0)
 
-    def forward_with_fused(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_fused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, N, *spatial)`` -> ``(logits (B, out_channels, *spatial), fused (B, 1, *spatial))``."""
         fused = self.fusion_net(x)
         return self.segmenter(fused), fused

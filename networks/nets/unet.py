@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from typing import List
 
 import torch
 from monai.networks.blocks import Convolution
@@ -18,10 +18,16 @@ __all__ = ["DoubleConv", "Down", "OutConv", "UNet", "Up"]
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3x3 convolutions, each followed by norm, dropout and activation: ``(B, in, *s) -> (B, out, *s)``."""
+    """Two 3x3 convs, each followed by norm, dropout and activation: ``(B, in, *s) -> (B, out, *s)``."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, norm, act, dropout: float,
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        norm,
+        act,
+        dropout: float,
         mid_channels: int | None = None,
     ) -> None:
         mid = mid_channels or out_channels
@@ -34,7 +40,9 @@ class DoubleConv(nn.Sequential):
 class Down(nn.Sequential):
     """2x max pooling then :class:`DoubleConv`: ``(B, in, *s) -> (B, out, *s // 2)``."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm, act, dropout: float) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, norm, act, dropout: float
+    ) -> None:
         super().__init__(
             Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2),
             DoubleConv(spatial_dims, in_channels, out_channels, norm, act, dropout),
@@ -54,8 +62,15 @@ class Up(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, norm, act,
-        dropout: float, upsample: str,
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        norm,
+        act,
+        dropout: float,
+        upsample: str,
     ) -> None:
         super().__init__()
         if upsample == "transpose":
@@ -95,7 +110,7 @@ class UNet(nn.Module):
         in_channels: input channels.
         out_channels: output channels (logits).
         features: width per level, at least two; ``(64, 128, 256, 512, 1024)`` is the article's.
-        upsample: ``"transpose"`` (2x2 transposed conv) or ``"bilinear"`` (bilinear/trilinear, parameter-free).
+        upsample: ``"transpose"`` (2x2 transposed conv) or ``"bilinear"`` (bi/trilinear, parameter-free).
         norm: normalisation as ``("name", {kwargs})`` or a name.
         act: activation as ``("name", {kwargs})`` or a name.
         dropout: dropout probability after each convolution, in ``[0, 1)``.
@@ -118,7 +133,9 @@ class UNet(nn.Module):
         super().__init__()
         owner = type(self).__name__
         spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(owner, "in_channels/out_channels", (in_channels, out_channels))
+        in_channels, out_channels = check_channels(
+            owner, "in_channels/out_channels", (in_channels, out_channels)
+        )
         widths = list(check_channels(owner, "features", features, min_len=2))
         upsample = check_choice(owner, "upsample", upsample, ("transpose", "bilinear"))
         dropout = check_probability(owner, "dropout", dropout)
@@ -128,7 +145,7 @@ class UNet(nn.Module):
 
         self.inc = DoubleConv(spatial_dims, in_channels, widths[0], norm, act, dropout)
         self.downs = nn.ModuleList(
-            Down(spatial_dims, c_in, c_out, norm, act, dropout) for c_in, c_out in zip(widths[:-1], widths[1:])
+            Down(spatial_dims, c_in, c_out, norm, act, dropout) for c_in, c_out in itertools.pairwise(widths)
         )
         ups: list[nn.Module] = []
         c_deep = widths[-1]
@@ -143,7 +160,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``."""
         x = self.inc(x)
-        skips: List[torch.Tensor] = [x]
+        skips: list[torch.Tensor] = [x]
         for down in self.downs:
             x = down(x)
             skips.append(x)
