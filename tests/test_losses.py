@@ -163,3 +163,32 @@ def test_joint_loss_takes_the_forward_with_fused_pair():
     torch.testing.assert_close(value, dice_ce_loss()(logits, label) + FusionLoss()(fused, x))
     with pytest.raises(ValueError, match="pass fused= and sources=, or build the loss with network="):
         loss(logits, label)
+
+
+def test_losses_and_networks_build_from_bundle_config():
+    from monai.bundle import ConfigParser
+
+    config = {
+        "network": {
+            "_target_": "networks.nets.fusion.FusionSegNet",
+            "spatial_dims": 2,
+            "in_channels": 2,
+            "out_channels": 2,
+            "fusion_features": [4, 8],
+            "segmenter": "res_unet",
+            "segmenter_kwargs": {"channels": [4, 8, 16], "deep_supervision": False},
+        },
+        "seg_loss": {"_target_": "pipeline.losses.dice_focal_loss", "mode": "multiclass", "lambda_focal": 0.5},
+        "loss": {
+            "_target_": "pipeline.losses.JointFusionSegLoss",
+            "seg_loss": "@seg_loss",
+            "fusion_loss": {"_target_": "pipeline.losses.FusionLoss", "ssim_weight": 0.7, "gradient_weight": 0.3},
+            "fusion_weight": 0.2,
+            "network": "@network",
+        },
+    }
+    parser = ConfigParser(config)
+    net, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
+    assert loss.network is net and loss.seg_loss.lambda_focal == 0.5
+    x = torch.rand(1, 2, 32, 32)
+    assert torch.isfinite(loss(net(x), torch.zeros(1, 1, 32, 32))).all()
