@@ -1,11 +1,10 @@
-"""Up-front argument checks shared by every network: messages name the argument, the rule and the bad value."""
+"""Up-front argument checks shared by the networks: messages name the argument, the rule and the bad value."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
-
-from monai.utils import look_up_option
 
 __all__ = [
     "check_channels",
@@ -34,7 +33,9 @@ def check_positive_int(owner: str, name: str, value: Any) -> int:
 def check_channels(owner: str, name: str, value: Any, min_len: int = 2) -> tuple[int, ...]:
     """A sequence of at least ``min_len`` positive integers (one width per level)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) < min_len:
-        raise ValueError(f"{owner}: {name} must be a sequence of at least {min_len} positive integers, got {value!r}.")
+        raise ValueError(
+            f"{owner}: {name} must be a sequence of at least {min_len} positive integers, got {value!r}."
+        )
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or item < 1:
             raise ValueError(f"{owner}: every entry of {name} must be a positive integer, got {value!r}.")
@@ -56,8 +57,9 @@ def check_kernel_size(owner: str, name: str, value: Any) -> int:
 
 
 def check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> str:
-    """One of ``choices``; wrong strings get MONAI's "did you mean" hint."""
-    try:
-        return str(look_up_option(value, choices))
-    except ValueError as err:
-        raise ValueError(f"{owner}: {name} {err}") from None
+    """One of ``choices``; a near miss gets a "did you mean" hint."""
+    if isinstance(value, str) and value in choices:
+        return value
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{owner}: {name} must be one of {tuple(choices)!r}, got {value!r}.{hint}")

@@ -1,5 +1,9 @@
 """Network implementations; importing this package registers each of them."""
 
+from networks.nets.attention_unet import AttentionUNet
+from networks.nets.dense_unet import DenseUNet
+from networks.nets.fusion import DualEncoderFusion, FusionSegNet
 from networks.nets.res_unet import ResUNet
+from networks.nets.unet import UNet
 
-__all__ = ["ResUNet"]
+__all__ = ["AttentionUNet", "DenseUNet", "DualEncoderFusion", "FusionSegNet", "ResUNet", "UNet"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +50,9 @@ class ResUNet(nn.Module):
     """Residual U-Net with spatial attention, 2D or 3D, returning logits.
 
     Each level is a residual block (two 3x3 convs with norm, 1x1 projection shortcut when the width changes,
-    MONAI's ``UnetResBlock``); down-sampling by 2x max pooling; up-sampling by 2x transposed convs. The decoder
+    MONAI's ``UnetResBlock``); 2x max-pool down-sampling, 2x transposed-conv up-sampling. The decoder
     weights each concatenation ``[skip, up]`` with :class:`SpatialAttention` before its residual block.
-    Inputs of any size are zero-padded to a multiple of ``2 ** (len(channels) - 1)`` and the output cropped back.
+    Inputs of any size are zero-padded to a multiple of ``2 ** (len(channels) - 1)``, the output cropped back.
 
     Args:
         spatial_dims: 2 or 3.
@@ -88,20 +88,26 @@ class ResUNet(nn.Module):
         super().__init__()
         owner = type(self).__name__
         spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(owner, "in_channels/out_channels", (in_channels, out_channels))
+        in_channels, out_channels = check_channels(
+            owner, "in_channels/out_channels", (in_channels, out_channels)
+        )
         channels = check_channels(owner, "channels", channels, min_len=2)
         dropout = check_probability(owner, "dropout", dropout)
         kernel = check_kernel_size(owner, "attention_kernel_size", attention_kernel_size)
         if deep_supervision and len(channels) < 3:
-            raise ValueError(f"{owner}: deep_supervision needs at least 3 levels in channels, got {channels!r}.")
+            raise ValueError(
+                f"{owner}: deep_supervision needs at least 3 levels in channels, got {channels!r}."
+            )
 
         self.deep_supervision = bool(deep_supervision)
         self.multiple = 2 ** (len(channels) - 1)
         self.interp_mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
         pool = Pool[Pool.MAX, spatial_dims]
-        encoder: list[nn.Module] = [UnetResBlock(spatial_dims, in_channels, channels[0], 3, 1, norm, act, dropout)]
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
+        encoder: list[nn.Module] = [
+            UnetResBlock(spatial_dims, in_channels, channels[0], 3, 1, norm, act, dropout)
+        ]
+        for c_in, c_out in itertools.pairwise(channels):
             block = UnetResBlock(spatial_dims, c_in, c_out, 3, 1, norm, act, dropout)
             encoder.append(nn.Sequential(pool(kernel_size=2, stride=2), block))
         self.encoder = nn.ModuleList(encoder)
@@ -116,15 +122,15 @@ class ResUNet(nn.Module):
         self.ds_heads = nn.ModuleList(conv(c, out_channels, kernel_size=1) for c in ds_widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)`` (stacked in training with DS)."""
-        shape: List[int] = [int(s) for s in x.shape[2:]]
+        """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)`` (stacked: DS training)."""
+        shape: list[int] = [int(s) for s in x.shape[2:]]
         x = pad_to_multiple(x, self.multiple)
-        skips: List[torch.Tensor] = []
+        skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
         skips.pop()  # the bottleneck output is not a skip
-        features: List[torch.Tensor] = []
+        features: list[torch.Tensor] = []
         for stage in self.decoder:
             x = stage(x, skips.pop())
             features.append(x)
