@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_organ_resunet3d"
 # Tuned so the whole demo finishes in under 10 minutes on a 2-core CPU (benchmarks/RESULTS.md).
-DEMO_EPOCHS = 24
+DEMO_EPOCHS = 20
 DEMO_OVERRIDES = {"val_interval": 4, "learning_rate": 0.005}
 
 
