@@ -42,16 +42,26 @@ def _test_dice(datalist: Path, predictions: Path, labels: dict[int, str]) -> dic
 
 
 def run_demo(
-    workdir: Path, *, cases: int = 20, max_epochs: int | None = None, seed: int = 0, bundle: Path = DEMO_BUNDLE
+    workdir: Path,
+    *,
+    cases: int = 20,
+    max_epochs: int | None = None,
+    seed: int = 0,
+    bundle: Path = DEMO_BUNDLE,
+    shape: tuple[int, ...] | None = None,
+    overrides: dict | None = None,
 ) -> TrainResult:
-    """Run the whole job in ``workdir``: ``data/``, ``runs/<run>/``, ``mlflow.db``, ``predictions/<case>/``."""
+    """Run the whole job in ``workdir``: ``data/``, ``runs/<run>/``, ``mlflow.db``, ``predictions/<case>/``.
+
+    ``shape`` (phantom grid) and ``overrides`` (bundle knobs for training and prediction) exist for quick runs.
+    """
     start = time.perf_counter()
     workdir = workdir.resolve()
     bundle_obj = Bundle.at(bundle)
     data_dir = workdir / "data"
     if not (data_dir / "dataset.json").is_file():
         logger.info("synthesizing %d CT phantoms into %s", cases, data_dir)
-        synthesize(data_dir, cases=cases, seed=seed)
+        synthesize(data_dir, cases=cases, seed=seed, shape=shape)
     run_name = new_run_name(bundle_obj.name)
     tracking_uri = sqlite_uri(workdir / "mlflow.db")
     result = train_bundle(
@@ -60,9 +70,9 @@ def run_demo(
         ckpt_dir=workdir / "runs" / run_name,
         tracking_uri=tracking_uri,
         max_epochs=max_epochs or DEMO_EPOCHS,
-        overrides={**DEMO_OVERRIDES, "run_name": run_name, "seed": seed},
+        overrides={**DEMO_OVERRIDES, **(overrides or {}), "run_name": run_name, "seed": seed},
     )
-    predictor = Predictor.from_bundle(bundle_obj, result.best_checkpoint)
+    predictor = Predictor.from_bundle(bundle_obj, result.best_checkpoint, **(overrides or {}))
     predictions = workdir / "predictions"
     report = predict_folder(predictor, data_dir / "dataset.json", predictions, split="test", overwrite=True)
     test_dice = _test_dice(data_dir / "dataset.json", predictions, predictor.label_names)
