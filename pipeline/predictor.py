@@ -100,6 +100,22 @@ class PostprocessOptions:
         return cls(tuple(int(v) for v in config.get("keep_largest", ())), size,
                    tuple(int(v) for v in config.get("fill_holes", ())))
 
+    @staticmethod
+    def parse_min_size_ml(values: Sequence[str]) -> dict[int, float] | float:
+        """``["0.5"]`` (every label) or ``["1=5", "2=0.2"]`` (per label), in mL, as ``min_size_ml``."""
+        if len(values) == 1 and "=" not in values[0]:
+            return float(values[0])
+        sizes: dict[int, float] = {}
+        for value in values:
+            label, sep, size = value.partition("=")
+            try:
+                sizes[int(label)] = float(size) if sep else float("nan")
+            except ValueError:
+                sep = ""
+            if not sep or not sizes[int(label)] >= 0:
+                raise ValueError(f"--min-size-ml takes one size or LABEL=ML pairs (e.g. 1=5 2=0.2), got {value!r}")
+        return sizes
+
     @property
     def active(self) -> bool:
         sizes = self.min_size_ml.values() if isinstance(self.min_size_ml, Mapping) else [self.min_size_ml]
@@ -292,7 +308,7 @@ class Predictor:
         probs = self.probabilities(data)
         infer_s = time.perf_counter() - start
         labels = self._to_input_grid(data, probs.argmax(dim=0, keepdim=True).to(torch.uint8), self._invert_nearest)
-        labels = MetaTensor(torch.as_tensor(labels).round().to(torch.uint8), affine=labels.affine, meta=labels.meta)
+        labels = MetaTensor(torch.as_tensor(labels).round().to(torch.uint8), meta=labels.meta)
         if self.postprocess.active:
             labels = postprocess_mask(labels, keep_largest=self.postprocess.keep_largest,
                                       min_size_ml=self.postprocess.min_size_ml, fill_holes=self.postprocess.fill_holes)

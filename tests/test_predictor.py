@@ -20,13 +20,17 @@ BUNDLE = BUNDLES / "ct_organ_resunet3d"
 NET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16, 32]}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
+def random_checkpoint(path, seed: int = 0):
+    """A random-weight checkpoint of the tiny test network (records its network spec)."""
+    torch.manual_seed(seed)
     spec = NetworkSpec("res_unet", NET_ARGS)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save({"model": spec.build().state_dict(), "network": spec.state_dict()}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
