@@ -180,6 +180,8 @@ def _finish_case(
     start = time.perf_counter()
     if case_dir.is_dir():
         clear_complete(case_dir)  # before anything is rewritten: an interrupted redo must not look finished
+        for stale in case_dir.glob(".tmp-*"):  # left by a killed run; only this process writes this case
+            stale.unlink()
     if item.error is not None:
         logger.debug("case %s failed to load", case.case_id, exc_info=item.error)
         return CaseResult.failed(case.case_id, item.error, input_kind=case.kind, seconds=item.seconds), None
