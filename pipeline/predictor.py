@@ -47,6 +47,10 @@ class InferenceOptions:
             before resampling, so air is not inferred; the crop is inverted (background) afterwards.
         foreground_hu: body threshold in HU for ``crop_foreground``.
         crop_margin: margin in voxels of the input grid kept around the body.
+        restore: how labels return to the input grid: ``"linear"`` resamples each class probability linearly,
+            one class at a time with a running argmax (as MONAI's ``Invertd`` + ``AsDiscreted`` on all classes,
+            without holding every class at full resolution); ``"nearest"`` takes the argmax on the network grid
+            and resamples the label map by nearest neighbour (fastest, staircase boundaries).
     """
 
     roi_size: Sequence[int] | None = None
@@ -59,6 +63,7 @@ class InferenceOptions:
     crop_foreground: bool = False
     foreground_hu: float = -500.0
     crop_margin: int = 8
+    restore: str = "linear"
 
     def __post_init__(self) -> None:
         if self.roi_size is not None and (not self.roi_size or any(int(v) < 1 for v in self.roi_size)):
@@ -69,6 +74,8 @@ class InferenceOptions:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.mode is not None and self.mode not in ("gaussian", "constant"):
             raise ValueError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
+        if self.restore not in ("linear", "nearest"):
+            raise ValueError(f"restore must be 'linear' or 'nearest', got {self.restore!r}")
         if self.crop_margin < 0:
             raise ValueError(f"crop_margin must be >= 0 voxels, got {self.crop_margin}")
 
@@ -264,6 +271,7 @@ class Predictor:
             "overlap": float(inf.overlap) if not isinstance(inf.overlap, Sequence) else [float(v) for v in inf.overlap],
             "mode": str(inf.mode),
             "tta": self.options.tta,
+            "restore": self.options.restore,
             "crop_foreground": [self.options.foreground_hu, self.options.crop_margin] if self.options.crop_foreground else None,
             "postprocess": self.postprocess.as_dict() if self.postprocess.active else None,
         }
@@ -301,14 +309,12 @@ class Predictor:
     def segment(self, data: dict[str, Any], *, keep_probabilities: bool = False) -> Segmentation:
         """Label map (and optionally probabilities) on the input's own grid from a case loaded by :meth:`load`.
 
-        The argmax is taken on the network grid, then brought back by nearest neighbour (cheaper and less
-        memory than resampling every class); probabilities are resampled linearly only when asked for.
+        Labels come back as ``options.restore`` says; probabilities are resampled linearly only when asked for.
         """
         start = time.perf_counter()
         probs = self.probabilities(data)
         infer_s = time.perf_counter() - start
-        labels = self._to_input_grid(data, probs.argmax(dim=0, keepdim=True).to(torch.uint8), self._invert_nearest)
-        labels = MetaTensor(torch.as_tensor(labels).round().to(torch.uint8), meta=labels.meta)
+        labels = self._restore_labels(data, probs)
         if self.postprocess.active:
             labels = postprocess_mask(labels, keep_largest=self.postprocess.keep_largest,
                                       min_size_ml=self.postprocess.min_size_ml, fill_holes=self.postprocess.fill_holes)
@@ -318,6 +324,24 @@ class Predictor:
             # cropped-away voxels come back as zeros in every class: they are background
             prob_map[0] = (1 - prob_map[1:].sum(0)).clamp_(0, 1)
         return Segmentation(labels, prob_map, {"inference": infer_s, "restore": time.perf_counter() - start - infer_s})
+
+    def _restore_labels(self, data: Mapping[str, Any], probs: torch.Tensor) -> MetaTensor:
+        """Label map (1, X, Y[, Z]) uint8 on the input grid from network-grid probabilities (C, ...)."""
+        if self.options.restore == "nearest":
+            labels = self._to_input_grid(data, probs.argmax(dim=0, keepdim=True).to(torch.uint8), self._invert_nearest)
+            return MetaTensor(torch.as_tensor(labels).round().to(torch.uint8), meta=labels.meta)
+        best = labels = meta = None
+        for c in range(probs.shape[0]):  # one class at a time: two full-resolution float maps at most
+            p = self._to_input_grid(data, probs[c : c + 1], self._invert_linear)
+            meta = p.meta
+            p = torch.as_tensor(p)
+            if best is None:
+                best, labels = p, torch.zeros(p.shape, dtype=torch.uint8)
+            else:
+                better = p > best  # strict: ties keep the lower class, as argmax does
+                labels[better] = c
+                best = torch.maximum(best, p, out=best)
+        return MetaTensor(labels, meta=meta)
 
     def _to_input_grid(self, data: Mapping[str, Any], pred: torch.Tensor, invert: Invertd) -> MetaTensor:
         reference = data[self.input_keys[0]]

@@ -211,3 +211,29 @@ def test_postprocess_options_parse_and_validate():
     assert PostprocessOptions.from_config({"min_size_ml": {1: 2}}).min_size_ml == {1: 2.0}
     with pytest.raises(ValueError, match="overlap"):
         InferenceOptions(overlap=1.0)
+
+
+def test_bundle_label_postprocessing_knob_is_read(checkpoints):
+    predictor = Predictor.from_bundle(BUNDLE, checkpoints[0], label_postprocessing={"keep_largest": [1], "min_size_ml": 0.5})
+    assert predictor.postprocess == PostprocessOptions(keep_largest=(1,), min_size_ml=0.5)
+    assert predictor.settings()["postprocess"]["keep_largest"] == [1]
+
+
+def test_linear_restore_equals_argmax_of_every_class_resampled(checkpoints, source):
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    options = InferenceOptions(roi_size=ROI, device="cpu")
+    linear = Predictor.from_bundle(BUNDLE, checkpoints[0], options=options)
+    data = linear.load(source / "case_002")  # oblique DICOM: resampling back is not a plain zoom
+    probs = linear.probabilities(data)
+    invert = Invertd(keys="pred", transform=linear.preprocessing, orig_keys="image", nearest_interp=False)
+    every = invert({**data, "pred": MetaTensor(probs, meta=dict(data["image"].meta))})["pred"]
+    expected = torch.as_tensor(every).argmax(0, keepdim=True).to(torch.uint8)
+    torch.testing.assert_close(torch.as_tensor(linear.segment(data).labels), expected, rtol=0, atol=0)
+    nearest = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu",
+                                                                                     restore="nearest"))
+    fast = nearest.segment(nearest.load(source / "case_002")).labels
+    assert fast.shape == expected.shape
+    np.testing.assert_allclose(fast.affine.numpy(), data["image" + INPUT_SUFFIX].affine.numpy(), atol=1e-5)
+    assert 0.5 < float((torch.as_tensor(fast) == expected).float().mean()) < 1.0
