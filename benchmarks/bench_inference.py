@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -173,6 +174,8 @@ def folder_rows(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> None:
                                       device="cpu"))]
     if args.no_prefetch_row:
         runs.append(("ours, no prefetch", runs[0][1]))
+    if args.amp:
+        runs.append(("ours + amp (bf16)", replace(runs[0][1], amp=True)))
     if args.crop:
         runs.append(("ours + crop", InferenceOptions(roi_size=args.roi, overlap=args.overlap, crop_foreground=True,
                                                      sw_batch_size=args.sw_batch_size, device="cpu")))
@@ -212,6 +215,7 @@ def main() -> None:
     parser.add_argument("--sw-batch-size", type=int, default=4)
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--crop", action="store_true", help="also time ours with --crop-foreground")
+    parser.add_argument("--amp", action="store_true", help="also time ours with --amp (bfloat16 autocast on CPU)")
     parser.add_argument("--no-prefetch-row", action="store_true", help="also time ours without prefetching")
     parser.add_argument("--fit-steps", type=int, default=0,
                         help="Adam steps fitting the random network to the phantom (0: pure random weights)")

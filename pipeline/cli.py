@@ -71,7 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, mode=args.mode,
         device=device, keep_volume_on_cpu=not args.volume_on_device, tta=args.tta,
         crop_foreground=args.crop_foreground, foreground_hu=args.foreground_hu, crop_margin=args.crop_margin,
-        restore=args.restore,
+        restore=args.restore, amp=args.amp,
     )
     postprocess = None
     if args.keep_largest or args.min_size_ml or args.fill_holes:
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-foreground", action="store_true", help="CT: infer only inside the body box")
     p.add_argument("--foreground-hu", type=float, default=-500.0, help="body threshold in HU for --crop-foreground")
     p.add_argument("--crop-margin", type=int, default=8, help="voxels kept around the body")
+    p.add_argument("--amp", action="store_true", help="autocast the network (bfloat16 on CPU, float16 on CUDA)")
     p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
                    help="labels back onto the input grid: per-class linear resampling, or argmax then nearest (faster)")
     p.add_argument("--keep-largest", type=int, nargs="+", default=[], metavar="LABEL",

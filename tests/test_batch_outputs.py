@@ -237,3 +237,12 @@ def test_linear_restore_equals_argmax_of_every_class_resampled(checkpoints, sour
     assert fast.shape == expected.shape
     np.testing.assert_allclose(fast.affine.numpy(), data["image" + INPUT_SUFFIX].affine.numpy(), atol=1e-5)
     assert 0.5 < float((torch.as_tensor(fast) == expected).float().mean()) < 1.0
+
+
+def test_amp_keeps_shapes_and_mostly_the_same_labels(checkpoints, source):
+    plain = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu"))
+    amp = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", amp=True))
+    data = plain.load(source / "case_003" / "ct.nii.gz")
+    p, q = plain.probabilities(data), amp.probabilities(amp.load(source / "case_003" / "ct.nii.gz"))
+    assert q.dtype == torch.float32 and q.shape == p.shape
+    assert float((p - q).abs().max()) < 0.1 and amp.settings()["amp"] and not plain.settings()["amp"]
