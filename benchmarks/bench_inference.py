@@ -29,19 +29,24 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.batch import predict_folder  # noqa: E402
-from pipeline.bundle import Bundle  # noqa: E402
-from pipeline.case_outputs import SEG_NAME, OutputOptions  # noqa: E402
-from pipeline.checkpoint import NetworkSpec  # noqa: E402
-from pipeline.predictor import InferenceOptions, Predictor  # noqa: E402
+from pipeline.batch import predict_folder
+from pipeline.bundle import Bundle
+from pipeline.case_outputs import SEG_NAME
+from pipeline.checkpoint import NetworkSpec
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import Predictor
 
 BUNDLE = REPO / "bundles" / "ct_organ_resunet3d"
 
 
-def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int) -> tuple[np.ndarray, np.ndarray]:
+def phantom(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic abdominal CT (int16 HU) in air: body ellipse, organ sphere, bone; affine with LPS-like flips."""
     rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
+    x, y, z = np.meshgrid(
+        *(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True
+    )
     hu = np.full(shape, -1000, np.float32)
     body = (x / 0.75) ** 2 + (y / 0.5) ** 2 < 1
     hu[np.broadcast_to(body, shape)] = 30
@@ -90,7 +95,9 @@ def _fit(net: torch.nn.Module, parser, steps: int, roi) -> None:
         label = np.where(hu > 400, 2, np.where((hu > 60) & (hu < 400), 1, 0))
         corner = [int(rng.integers(0, s - r + 1)) for s, r in zip(shape, roi)]
         box = tuple(slice(c, c + r) for c, r in zip(corner, roi))
-        image = torch.from_numpy(np.clip((hu[box] - lo) / window["width"], 0, 1).astype(np.float32))[None, None]
+        image = torch.from_numpy(np.clip((hu[box] - lo) / window["width"], 0, 1).astype(np.float32))[
+            None, None
+        ]
         target = torch.from_numpy(label[box].astype(np.int64))[None]
         loss = torch.nn.functional.cross_entropy(net(image), target)
         optimizer.zero_grad()
@@ -102,28 +109,54 @@ def _fit(net: torch.nn.Module, parser, steps: int, roi) -> None:
 class NaiveLoop:
     """The per-case MONAI loop, with the bundle's spacing and window and the same network and sliding window."""
 
-    def __init__(self, checkpoint: Path, roi, overlap: float, sw_batch_size: int, out: Path, root: Path) -> None:
+    def __init__(
+        self, checkpoint: Path, roi, overlap: float, sw_batch_size: int, out: Path, root: Path
+    ) -> None:
         from monai.transforms import (
-            Activationsd, AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd,
-            SaveImaged, ScaleIntensityRanged, Spacingd,
+            Activationsd,
+            AsDiscreted,
+            Compose,
+            EnsureChannelFirstd,
+            Invertd,
+            LoadImaged,
+            Orientationd,
+            SaveImaged,
+            ScaleIntensityRanged,
+            Spacingd,
         )
 
         from pipeline.checkpoint import network_from_checkpoint
 
         parser = Bundle.at(BUNDLE).parser("inference")
         level, width = parser.get("window")["level"], parser.get("window")["width"]
-        self.pre = Compose([
-            LoadImaged("image"), EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS"),
-            Spacingd("image", pixdim=parser.get("spacing"), mode="bilinear"),
-            ScaleIntensityRanged("image", a_min=level - width / 2, a_max=level + width / 2, b_min=0, b_max=1, clip=True),
-        ])
-        self.post = Compose([
-            Activationsd("pred", softmax=True),
-            Invertd("pred", transform=self.pre, orig_keys="image", nearest_interp=False, to_tensor=True),
-            AsDiscreted("pred", argmax=True),
-            SaveImaged("pred", output_dir=str(out), output_postfix="seg", output_dtype=np.uint8, resample=False,
-                       data_root_dir=str(root), separate_folder=False, print_log=False),
-        ])
+        self.pre = Compose(
+            [
+                LoadImaged("image"),
+                EnsureChannelFirstd("image"),
+                Orientationd("image", axcodes="RAS"),
+                Spacingd("image", pixdim=parser.get("spacing"), mode="bilinear"),
+                ScaleIntensityRanged(
+                    "image", a_min=level - width / 2, a_max=level + width / 2, b_min=0, b_max=1, clip=True
+                ),
+            ]
+        )
+        self.post = Compose(
+            [
+                Activationsd("pred", softmax=True),
+                Invertd("pred", transform=self.pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+                AsDiscreted("pred", argmax=True),
+                SaveImaged(
+                    "pred",
+                    output_dir=str(out),
+                    output_postfix="seg",
+                    output_dtype=np.uint8,
+                    resample=False,
+                    data_root_dir=str(root),
+                    separate_folder=False,
+                    print_log=False,
+                ),
+            ]
+        )
         self.net = network_from_checkpoint(checkpoint)
         self.roi, self.overlap, self.sw_batch_size = tuple(roi), overlap, sw_batch_size
 
@@ -132,8 +165,9 @@ class NaiveLoop:
         from monai.inferers import sliding_window_inference
 
         data = self.pre({"image": str(path)})
-        logits = sliding_window_inference(data["image"][None], self.roi, self.sw_batch_size, self.net,
-                                          overlap=self.overlap, mode="gaussian")
+        logits = sliding_window_inference(
+            data["image"][None], self.roi, self.sw_batch_size, self.net, overlap=self.overlap, mode="gaussian"
+        )
         data["pred"] = logits[0]
         self.post(data)
 
@@ -157,8 +191,9 @@ def memory_child(side: str, path: Path, checkpoint: Path, args: argparse.Namespa
         src.mkdir(exist_ok=True)
         (src / "big").mkdir(exist_ok=True)
         shutil.copy(path, src / "big" / "ct.nii.gz")
-        options = InferenceOptions(roi_size=args.roi, overlap=args.memory_overlap, sw_batch_size=args.sw_batch_size,
-                                   device="cpu")
+        options = InferenceOptions(
+            roi_size=args.roi, overlap=args.memory_overlap, sw_batch_size=args.sw_batch_size, device="cpu"
+        )
         report = predict_folder(Predictor.from_bundle(BUNDLE, checkpoint, options=options), src, out)
         if report.counts()["ok"] != 1:
             raise RuntimeError(f"ours failed: {report.results}")
@@ -170,15 +205,31 @@ def memory_child(side: str, path: Path, checkpoint: Path, args: argparse.Namespa
 def folder_rows(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> None:
     paths = write_folder(tmp / "in", args.cases, tuple(args.shape), tuple(args.spacing))
     naive = NaiveLoop(checkpoint, args.roi, args.overlap, args.sw_batch_size, tmp / "naive", tmp / "in")
-    runs = [("ours", InferenceOptions(roi_size=args.roi, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
-                                      device="cpu"))]
+    runs = [
+        (
+            "ours",
+            InferenceOptions(
+                roi_size=args.roi, overlap=args.overlap, sw_batch_size=args.sw_batch_size, device="cpu"
+            ),
+        )
+    ]
     if args.no_prefetch_row:
         runs.append(("ours, no prefetch", runs[0][1]))
     if args.amp:
         runs.append(("ours + amp (bf16)", replace(runs[0][1], amp=True)))
     if args.crop:
-        runs.append(("ours + crop", InferenceOptions(roi_size=args.roi, overlap=args.overlap, crop_foreground=True,
-                                                     sw_batch_size=args.sw_batch_size, device="cpu")))
+        runs.append(
+            (
+                "ours + crop",
+                InferenceOptions(
+                    roi_size=args.roi,
+                    overlap=args.overlap,
+                    crop_foreground=True,
+                    sw_batch_size=args.sw_batch_size,
+                    device="cpu",
+                ),
+            )
+        )
     naive(paths[0])  # warm-up: page cache, kernels
     shutil.rmtree(tmp / "naive")
     start = time.perf_counter()
@@ -189,7 +240,9 @@ def folder_rows(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> None:
         predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=options)
         out = tmp / "".join(ch if ch.isalnum() else "_" for ch in name)
         start = time.perf_counter()
-        report = predict_folder(predictor, tmp / "in", out, prefetch=0 if "no prefetch" in name else args.prefetch)
+        report = predict_folder(
+            predictor, tmp / "in", out, prefetch=0 if "no prefetch" in name else args.prefetch
+        )
         ours_s = time.perf_counter() - start
         if report.counts()["ok"] != len(paths):
             raise RuntimeError(f"{name}: not every case succeeded: {report.results}")
@@ -200,13 +253,17 @@ def folder_rows(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> None:
             b_img = nib.load(tmp / "naive" / case / "ct_seg.nii.gz")
             np.testing.assert_allclose(b_img.affine, nib.load(path).affine, atol=1e-4)
             scores.append(dice(a, np.asarray(b_img.dataobj).squeeze()))
-        per_min = lambda s: 60 * len(paths) / s  # noqa: E731
-        print(f"| {name} vs naive, {len(paths)} CTs {'x'.join(map(str, args.shape))} | {per_min(ours_s):.2f} | "
-              f"{per_min(naive_s):.2f} | {naive_s / ours_s:.2f} | {min(scores):.4f} |")
+        per_min = lambda s: 60 * len(paths) / s
+        print(
+            f"| {name} vs naive, {len(paths)} CTs {'x'.join(map(str, args.shape))} | {per_min(ours_s):.2f} | "
+            f"{per_min(naive_s):.2f} | {naive_s / ours_s:.2f} | {min(scores):.4f} |"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--shape", type=int, nargs=3, default=[320, 320, 64])
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 3.0])
@@ -215,17 +272,27 @@ def main() -> None:
     parser.add_argument("--sw-batch-size", type=int, default=4)
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--crop", action="store_true", help="also time ours with --crop-foreground")
-    parser.add_argument("--amp", action="store_true", help="also time ours with --amp (bfloat16 autocast on CPU)")
+    parser.add_argument(
+        "--amp", action="store_true", help="also time ours with --amp (bfloat16 autocast on CPU)"
+    )
     parser.add_argument("--no-prefetch-row", action="store_true", help="also time ours without prefetching")
-    parser.add_argument("--fit-steps", type=int, default=0,
-                        help="Adam steps fitting the random network to the phantom (0: pure random weights)")
+    parser.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        help="Adam steps fitting the random network to the phantom (0: pure random weights)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--memory-shape", type=int, nargs=3, default=[512, 512, 300])
     parser.add_argument("--memory-spacing", type=float, nargs=3, default=[0.8, 0.8, 1.5])
-    parser.add_argument("--memory-overlap", type=float, default=0.0, help="overlap for the memory run (speed)")
+    parser.add_argument(
+        "--memory-overlap", type=float, default=0.0, help="overlap for the memory run (speed)"
+    )
     parser.add_argument("--skip-folder", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--memory-child", nargs=3, metavar=("SIDE", "CT", "CHECKPOINT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-child", nargs=3, metavar=("SIDE", "CT", "CHECKPOINT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
@@ -236,7 +303,9 @@ def main() -> None:
         tmp = Path(tmp)
         checkpoint = make_checkpoint(tmp / "model.pt", fit_steps=args.fit_steps, roi=args.roi)
         if not args.skip_folder:
-            print("| run | ours (cases/min) | naive (cases/min) | ratio ours/naive | min Dice ours vs naive |")
+            print(
+                "| run | ours (cases/min) | naive (cases/min) | ratio ours/naive | min Dice ours vs naive |"
+            )
             print("|---|---|---|---|---|")
             folder_rows(tmp, checkpoint, args)
         if not args.skip_memory:
@@ -247,18 +316,35 @@ def main() -> None:
             del hu
             peaks = {}
             for side in ("naive", "ours"):
-                cmd = [sys.executable, __file__, "--memory-child", side, str(big), str(checkpoint),
-                       "--threads", str(args.threads), "--roi", *map(str, args.roi),
-                       "--memory-overlap", str(args.memory_overlap), "--sw-batch-size", str(args.sw_batch_size)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    side,
+                    str(big),
+                    str(checkpoint),
+                    "--threads",
+                    str(args.threads),
+                    "--roi",
+                    *map(str, args.roi),
+                    "--memory-overlap",
+                    str(args.memory_overlap),
+                    "--sw-batch-size",
+                    str(args.sw_batch_size),
+                ]
                 start = time.perf_counter()
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 line = next(ln for ln in done.stdout.splitlines() if ln.startswith("PEAK_MB"))
                 peaks[side] = (float(line.split()[1]), time.perf_counter() - start)
             shape = "x".join(map(str, args.memory_shape))
-            print("\n| one CT on CPU | ours peak RSS (MB) | naive peak RSS (MB) | ratio ours/naive | ours (s) | naive (s) |")
+            print(
+                "\n| one CT on CPU | ours peak RSS (MB) | naive peak RSS (MB) | ratio ours/naive | ours (s) | naive (s) |"
+            )
             print("|---|---|---|---|---|---|")
-            print(f"| {shape} int16 NIfTI | {peaks['ours'][0]:.0f} | {peaks['naive'][0]:.0f} | "
-                  f"{peaks['ours'][0] / peaks['naive'][0]:.2f} | {peaks['ours'][1]:.0f} | {peaks['naive'][1]:.0f} |")
+            print(
+                f"| {shape} int16 NIfTI | {peaks['ours'][0]:.0f} | {peaks['naive'][0]:.0f} | "
+                f"{peaks['ours'][0] / peaks['naive'][0]:.2f} | {peaks['ours'][1]:.0f} | {peaks['naive'][1]:.0f} |"
+            )
 
 
 if __name__ == "__main__":

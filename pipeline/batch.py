@@ -29,7 +29,7 @@ from pipeline.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, require
 from pipeline.discovery import Case, discover_cases
 from pipeline.predictor import INPUT_SUFFIX, Predictor
 from pipeline.prefetch import Prefetched, prefetch
-from pipeline.report import BatchReport, CaseResult, error_text
+from pipeline.report import BatchReport, CaseResult
 from pipeline.shard import Shard
 from pipeline.volumetry import write_volumes_csv
 
@@ -78,7 +78,12 @@ class _ShardReport(BatchReport):
 
 
 def predict_folder(
-    predictor: Predictor, source: str | Path, output: str | Path, *, options: BatchOptions | None = None, **changes: Any
+    predictor: Predictor,
+    source: str | Path,
+    output: str | Path,
+    *,
+    options: BatchOptions | None = None,
+    **changes: Any,
 ) -> BatchReport:
     """Segment every case of ``source`` (this shard's share) into ``output/<case>/`` on each input's own grid.
 
@@ -94,11 +99,18 @@ def predict_folder(
     options = replace(options or BatchOptions(), **changes)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    found = discover_cases(source, split=options.split, modalities={k: _stems(k) for k in predictor.input_keys})
+    found = discover_cases(
+        source, split=options.split, modalities={k: _stems(k) for k in predictor.input_keys}
+    )
     cases = options.shard.select(found)
     settings = {**predictor.settings(), **_output_settings(options.outputs)}
     shard_text = f"{options.shard.index}/{options.shard.count}"
-    run_info = {**settings, "device": str(predictor.device), "source_kind": _kind(source), "shard": shard_text}
+    run_info = {
+        **settings,
+        "device": str(predictor.device),
+        "source_kind": _kind(source),
+        "shard": shard_text,
+    }
     report = _ShardReport(output, run_info, options.shard.suffix)
     volumes: dict[str, list[dict]] = {}
     logger.info("%d cases found, %d in shard %s", len(found), len(cases), shard_text)
@@ -107,11 +119,19 @@ def predict_folder(
     for case in cases:
         case_dir = output / case.case_id
         if case.problem:
-            report.add(CaseResult(case=case.case_id, status="failed", error=case.problem, input_kind=case.kind))
+            report.add(
+                CaseResult(case=case.case_id, status="failed", error=case.problem, input_kind=case.kind)
+            )
         elif not options.overwrite and _finished(case_dir, options.outputs, settings):
             volumes[case.case_id] = json.loads((case_dir / VOLUMES_NAME).read_text())
-            report.add(CaseResult(case=case.case_id, status="skipped", input_kind=case.kind,
-                                  outputs=_relative(case, _listed_outputs(case_dir))))
+            report.add(
+                CaseResult(
+                    case=case.case_id,
+                    status="skipped",
+                    input_kind=case.kind,
+                    outputs=_relative(case, _listed_outputs(case_dir)),
+                )
+            )
         else:
             todo.append(case)
     _write_volumes(output, options.shard, cases, volumes)
@@ -119,7 +139,9 @@ def predict_folder(
     bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", disable=not options.progress)
     start = time.perf_counter()
     with bar, logging_redirect_tqdm() if options.progress else nullcontext():
-        loaded = prefetch(todo, lambda c: predictor.load(c.inputs), ahead=options.prefetch, workers=options.workers)
+        loaded = prefetch(
+            todo, lambda c: predictor.load(c.inputs), ahead=options.prefetch, workers=options.workers
+        )
         for done, item in enumerate(loaded, 1):
             case = item.item
             result, rows = _finish_case(predictor, item, output / case.case_id, options.outputs, settings)
@@ -128,7 +150,9 @@ def predict_folder(
             report.add(result)
             _write_volumes(output, options.shard, cases, volumes)
             level = logging.WARNING if result.status == "failed" else logging.INFO
-            logger.log(level, "%s: %s%s", case.case_id, result.status, f" ({result.error})" if result.error else "")
+            logger.log(
+                level, "%s: %s%s", case.case_id, result.status, f" ({result.error})" if result.error else ""
+            )
             failed = report.counts()["failed"]
             bar.set_postfix(failed=failed, per_min=f"{60 * done / (time.perf_counter() - start):.1f}")
             bar.update()
@@ -191,18 +215,31 @@ def _finish_case(
         image = data[predictor.input_keys[0] + INPUT_SUFFIX]
         case_dir.mkdir(parents=True, exist_ok=True)
         names, rows = write_case_outputs(
-            segmentation, image, case_dir, predictor.label_names, kind=case.kind, options=outputs,
-            display_window=predictor.display_window, algorithm_name=predictor.bundle_name or "clinseg",
+            segmentation,
+            image,
+            case_dir,
+            predictor.label_names,
+            kind=case.kind,
+            options=outputs,
+            display_window=predictor.display_window,
+            algorithm_name=predictor.bundle_name or "clinseg",
         )
         mark_complete(case_dir, names, info=settings)
     except Exception as e:  # one bad case must never stop the batch; the reason goes to the report
         logger.debug("case %s failed", case.case_id, exc_info=True)
-        return CaseResult.failed(case.case_id, e, input_kind=case.kind,
-                                 seconds=item.seconds + time.perf_counter() - start), None
+        return CaseResult.failed(
+            case.case_id, e, input_kind=case.kind, seconds=item.seconds + time.perf_counter() - start
+        ), None
     seg = segmentation.labels
-    result = CaseResult(case=case.case_id, status="ok", input_kind=case.kind, shape=list(seg.shape[1:]),
-                        spacing=[float(v) for v in image.pixdim], seconds=item.seconds + time.perf_counter() - start,
-                        outputs=_relative(case, names))
+    result = CaseResult(
+        case=case.case_id,
+        status="ok",
+        input_kind=case.kind,
+        shape=list(seg.shape[1:]),
+        spacing=[float(v) for v in image.pixdim],
+        seconds=item.seconds + time.perf_counter() - start,
+        outputs=_relative(case, names),
+    )
     return result, rows
 
 
@@ -228,7 +265,11 @@ def _write_volumes(output: Path, shard: Shard, cases: list[Case], volumes: dict[
 
 
 def _output_settings(outputs: OutputOptions) -> dict[str, Any]:
-    return {"dicom_seg": outputs.dicom_seg, "probabilities": outputs.probabilities, "preview": outputs.preview}
+    return {
+        "dicom_seg": outputs.dicom_seg,
+        "probabilities": outputs.probabilities,
+        "preview": outputs.preview,
+    }
 
 
 def _kind(source: str | Path) -> str:
@@ -237,4 +278,3 @@ def _kind(source: str | Path) -> str:
 
 def _stems(key: str) -> tuple[str, ...]:
     return ("ct", "image", "img", "scan") if key == "image" else (key,)
-

@@ -21,8 +21,16 @@ from pipeline.preview import render_preview
 from pipeline.volumetry import structure_volumes
 from pipeline.writers import write_mask_nifti, write_probabilities_nifti
 
-__all__ = ["DICOM_SEG_NAME", "PREVIEW_NAME", "PROBABILITIES_NAME", "SEG_NAME", "VOLUMES_NAME", "OutputOptions",
-           "required_outputs", "write_case_outputs"]
+__all__ = [
+    "DICOM_SEG_NAME",
+    "PREVIEW_NAME",
+    "PROBABILITIES_NAME",
+    "SEG_NAME",
+    "VOLUMES_NAME",
+    "OutputOptions",
+    "required_outputs",
+    "write_case_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +70,14 @@ def required_outputs(options: OutputOptions) -> list[str]:
 def _on_input_grid(seg: MetaTensor, image: MetaTensor) -> np.ndarray:
     """The input's affine, after checking that the prediction lies on the input grid."""
     if tuple(seg.shape[1:]) != tuple(image.shape[1:]):
-        raise RuntimeError(f"prediction shape {tuple(seg.shape[1:])} differs from the input's {tuple(image.shape[1:])}")
+        raise RuntimeError(
+            f"prediction shape {tuple(seg.shape[1:])} differs from the input's {tuple(image.shape[1:])}"
+        )
     affine = image.affine.numpy()
     if not np.allclose(seg.affine.numpy(), affine, atol=_AFFINE_TOL_MM):
-        raise RuntimeError("prediction affine differs from the input's; refusing to write it off the input grid")
+        raise RuntimeError(
+            "prediction affine differs from the input's; refusing to write it off the input grid"
+        )
     return affine
 
 
@@ -118,6 +130,10 @@ def write_case_outputs(
             write_dicom_seg(seg, files, labels, case_dir / DICOM_SEG_NAME, algorithm_name=algorithm_name)
             names.append(DICOM_SEG_NAME)
         else:
-            logger.warning("%s: no DICOM SEG: it needs one single-frame source file per slice (%d files for %d slices)",
-                           case_dir.name, len(files), seg.shape[-1])
+            logger.warning(
+                "%s: no DICOM SEG: it needs one single-frame source file per slice (%d files for %d slices)",
+                case_dir.name,
+                len(files),
+                seg.shape[-1],
+            )
     return names, rows

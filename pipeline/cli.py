@@ -54,7 +54,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from pipeline.batch import BatchOptions, merge_shards, predict_folder
     from pipeline.case_outputs import OutputOptions
-    from pipeline.predictor import InferenceOptions, PostprocessOptions, Predictor
+    from pipeline.inference_options import InferenceOptions, PostprocessOptions
+    from pipeline.predictor import Predictor
     from pipeline.shard import Shard, shard_from_env
 
     if args.merge_shards:

@@ -56,7 +56,7 @@ def prefetch(
         for item in items:
             try:
                 value, seconds = _timed(load, item)
-            except Exception as e:  # attributed to the item; the caller decides
+            except Exception as e:  # noqa: BLE001 - attributed to the item; the caller decides
                 yield Prefetched(item, error=e)
             else:
                 yield Prefetched(item, value, seconds=seconds)

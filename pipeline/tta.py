@@ -17,7 +17,9 @@ def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:
 
 
 @torch.no_grad()
-def mirror_probabilities(logits_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+def mirror_probabilities(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor
+) -> torch.Tensor:
     """Mean softmax over the ``2**spatial_dims`` mirrored copies of ``image``, each flipped back.
 
     Args:

@@ -18,7 +18,8 @@ import pytest
 from pipeline.atomic import COMPLETE_MARKER
 from pipeline.batch import predict_folder
 from pipeline.case_outputs import SEG_NAME, VOLUMES_NAME
-from pipeline.predictor import InferenceOptions, Predictor
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import Predictor
 from pipeline.prefetch import prefetch
 from tests.conftest import REPO
 from tests.test_predictor import BUNDLE, random_checkpoint
@@ -45,7 +46,10 @@ def mixed_source(tiny_dataset, tmp_path_factory):
     shutil.copy(patients / "case_000" / "ct.nii.gz", src / "good_nifti" / "ct.nii.gz")
     shutil.copytree(patients / "case_001" / "ct_dicom", src / "good_dicom")
     (src / "tiny").mkdir()
-    nib.save(nib.Nifti1Image(np.full((3, 4, 1), 40, np.int16), np.diag([2.0, 2.0, 5.0, 1.0])), src / "tiny" / "ct.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.full((3, 4, 1), 40, np.int16), np.diag([2.0, 2.0, 5.0, 1.0])),
+        src / "tiny" / "ct.nii.gz",
+    )
     shutil.copytree(patients / "case_003" / "ct_dicom", src / "truncated_dicom")
     victim = sorted((src / "truncated_dicom").iterdir())[5]
     victim.write_bytes(victim.read_bytes()[:1500])
@@ -118,7 +122,8 @@ import torch
 torch.set_num_threads(1)
 import pipeline.case_outputs as co
 from pipeline.batch import predict_folder
-from pipeline.predictor import InferenceOptions, Predictor
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import Predictor
 
 source, out, ckpt, flag = sys.argv[1:5]
 real = co.structure_volumes
@@ -147,7 +152,16 @@ def test_a_run_killed_while_writing_leaves_no_case_that_looks_complete(
         shutil.copy(patients / case / "ct.nii.gz", source / case / "ct.nii.gz")
     out, flag = tmp_path / "out", tmp_path / "flag"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [sys.executable, "-c", _KILL_SCRIPT, str(source), str(out), str(checkpoint), str(flag), str(BUNDLE)]
+    args = [
+        sys.executable,
+        "-c",
+        _KILL_SCRIPT,
+        str(source),
+        str(out),
+        str(checkpoint),
+        str(flag),
+        str(BUNDLE),
+    ]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 50

@@ -15,9 +15,17 @@ from PIL import Image
 
 from pipeline.atomic import COMPLETE_MARKER
 from pipeline.batch import predict_folder
-from pipeline.case_outputs import DICOM_SEG_NAME, PREVIEW_NAME, PROBABILITIES_NAME, SEG_NAME, VOLUMES_NAME, OutputOptions
+from pipeline.case_outputs import (
+    DICOM_SEG_NAME,
+    PREVIEW_NAME,
+    PROBABILITIES_NAME,
+    SEG_NAME,
+    VOLUMES_NAME,
+    OutputOptions,
+)
 from pipeline.dicom_seg import read_dicom_seg
-from pipeline.predictor import INPUT_SUFFIX, InferenceOptions, PostprocessOptions, Predictor
+from pipeline.inference_options import InferenceOptions, PostprocessOptions
+from pipeline.predictor import INPUT_SUFFIX, Predictor
 from pipeline.tta import flip_combinations, mirror_probabilities
 from tests.test_predictor import BUNDLE, random_checkpoint
 from transforms.io import load_scan
@@ -85,7 +93,9 @@ def test_seg_and_probabilities_have_the_input_shape_and_affine(run, source, case
 def test_dicom_seg_reads_back_onto_the_source_files_equal_to_the_nifti(run, source, predictor):
     out, _ = run
     loaded = load_scan(source / "case_002")
-    from_seg = read_dicom_seg(out / "case_002" / DICOM_SEG_NAME, loaded.meta["dicom_files"], predictor.label_names)
+    from_seg = read_dicom_seg(
+        out / "case_002" / DICOM_SEG_NAME, loaded.meta["dicom_files"], predictor.label_names
+    )
     mask = np.asarray(nib.load(out / "case_002" / SEG_NAME).dataobj)
     assert mask.any()
     np.testing.assert_array_equal(from_seg, mask)
@@ -121,7 +131,9 @@ def test_loaded_hu_image_is_kept_unchanged_for_statistics(predictor, source):
     data = predictor.load(source / "case_000" / "ct.nii.gz")
     kept = data["image" + INPUT_SUFFIX]
     np.testing.assert_array_equal(kept.numpy(), load_scan(source / "case_000" / "ct.nii.gz").numpy())
-    assert float(torch.as_tensor(data["image"]).max()) <= 1.0  # the network input is windowed, the kept one is HU
+    assert (
+        float(torch.as_tensor(data["image"]).max()) <= 1.0
+    )  # the network input is windowed, the kept one is HU
     assert float(kept.max()) > 100
 
 
@@ -143,8 +155,9 @@ def test_mirror_tta_averages_flipped_passes():
     assert flip_combinations(3)[0] == () and len(flip_combinations(3)) == 8 and len(flip_combinations(2)) == 4
     image = torch.rand(1, 1, 9, 10, 11)
     # a flip-equivariant "network" gives the plain softmax back; an x-ramp one averages to its mirror mean
-    torch.testing.assert_close(mirror_probabilities(lambda x: x.repeat(1, 2, 1, 1, 1), image),
-                               torch.full((2, 9, 10, 11), 0.5))
+    torch.testing.assert_close(
+        mirror_probabilities(lambda x: x.repeat(1, 2, 1, 1, 1), image), torch.full((2, 9, 10, 11), 0.5)
+    )
     ramp = torch.linspace(0, 1, 9)[:, None, None].expand(9, 10, 11)
 
     def biased(x):
@@ -189,9 +202,12 @@ def test_crop_foreground_leaves_outside_the_body_as_background(checkpoints, tmp_
 
 def test_postprocessing_keeps_the_largest_component(checkpoints, source):
     post = PostprocessOptions(keep_largest=(1, 2), min_size_ml=0.0, fill_holes=(1,))
-    plain = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu"))
-    cleaned = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu"),
-                                    postprocess=post)
+    plain = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu")
+    )
+    cleaned = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu"), postprocess=post
+    )
     assert cleaned.settings()["postprocess"] == post.as_dict() and plain.settings()["postprocess"] is None
     from scipy import ndimage
 
@@ -214,7 +230,9 @@ def test_postprocess_options_parse_and_validate():
 
 
 def test_bundle_label_postprocessing_knob_is_read(checkpoints):
-    predictor = Predictor.from_bundle(BUNDLE, checkpoints[0], label_postprocessing={"keep_largest": [1], "min_size_ml": 0.5})
+    predictor = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], label_postprocessing={"keep_largest": [1], "min_size_ml": 0.5}
+    )
     assert predictor.postprocess == PostprocessOptions(keep_largest=(1,), min_size_ml=0.5)
     assert predictor.settings()["postprocess"]["keep_largest"] == [1]
 
@@ -231,8 +249,9 @@ def test_linear_restore_equals_argmax_of_every_class_resampled(checkpoints, sour
     every = invert({**data, "pred": MetaTensor(probs, meta=dict(data["image"].meta))})["pred"]
     expected = torch.as_tensor(every).argmax(0, keepdim=True).to(torch.uint8)
     torch.testing.assert_close(torch.as_tensor(linear.segment(data).labels), expected, rtol=0, atol=0)
-    nearest = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu",
-                                                                                     restore="nearest"))
+    nearest = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", restore="nearest")
+    )
     fast = nearest.segment(nearest.load(source / "case_002")).labels
     assert fast.shape == expected.shape
     np.testing.assert_allclose(fast.affine.numpy(), data["image" + INPUT_SUFFIX].affine.numpy(), atol=1e-5)
@@ -240,8 +259,12 @@ def test_linear_restore_equals_argmax_of_every_class_resampled(checkpoints, sour
 
 
 def test_amp_keeps_shapes_and_mostly_the_same_labels(checkpoints, source):
-    plain = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu"))
-    amp = Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", amp=True))
+    plain = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu")
+    )
+    amp = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", amp=True)
+    )
     data = plain.load(source / "case_003" / "ct.nii.gz")
     p, q = plain.probabilities(data), amp.probabilities(amp.load(source / "case_003" / "ct.nii.gz"))
     assert q.dtype == torch.float32 and q.shape == p.shape

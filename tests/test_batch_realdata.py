@@ -9,7 +9,8 @@ import pytest
 from pipeline.batch import predict_folder
 from pipeline.case_outputs import DICOM_SEG_NAME, SEG_NAME, OutputOptions
 from pipeline.dicom_seg import read_dicom_seg
-from pipeline.predictor import INPUT_SUFFIX, InferenceOptions, Predictor
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import INPUT_SUFFIX, Predictor
 from tests.test_predictor import BUNDLE, random_checkpoint
 from transforms.io import load_scan
 
@@ -26,8 +27,14 @@ def predictor(tmp_path_factory):
 def test_real_scan_predicts_onto_its_own_grid(shared_data, predictor, relative):
     data = predictor.load(shared_data / relative)
     loaded = data["image" + INPUT_SUFFIX]  # what transforms.io.load_scan returns, read once
-    assert loaded.shape[1:] == {"totalseg/ct_dicom": (512, 512, 20), "totalseg/mr_sm.nii.gz": (117, 91, 20),
-                                "dcmqi/ct_3slice": (512, 512, 3)}[relative]
+    assert (
+        loaded.shape[1:]
+        == {
+            "totalseg/ct_dicom": (512, 512, 20),
+            "totalseg/mr_sm.nii.gz": (117, 91, 20),
+            "dcmqi/ct_3slice": (512, 512, 3),
+        }[relative]
+    )
     seg = predictor.segment(data).labels
     assert seg.shape == loaded.shape
     np.testing.assert_allclose(seg.affine.numpy(), loaded.affine.numpy(), atol=1e-5)
@@ -43,5 +50,7 @@ def test_real_dicom_series_gets_a_dicom_seg_equal_to_the_nifti(shared_data, pred
     seg = nib.load(tmp_path / "out" / "ct3" / SEG_NAME)
     np.testing.assert_allclose(seg.affine, loaded.affine.numpy(), atol=1e-4)
     mask = np.asarray(seg.dataobj)
-    back = read_dicom_seg(tmp_path / "out" / "ct3" / DICOM_SEG_NAME, loaded.meta["dicom_files"], predictor.label_names)
+    back = read_dicom_seg(
+        tmp_path / "out" / "ct3" / DICOM_SEG_NAME, loaded.meta["dicom_files"], predictor.label_names
+    )
     np.testing.assert_array_equal(back, mask)

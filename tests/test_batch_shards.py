@@ -11,7 +11,8 @@ import pytest
 from pipeline.batch import merge_shards, predict_folder
 from pipeline.case_outputs import OutputOptions
 from pipeline.cli import main
-from pipeline.predictor import InferenceOptions, Predictor
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import Predictor
 from pipeline.shard import Shard, shard_from_env
 from tests.test_predictor import BUNDLE, random_checkpoint
 
@@ -52,7 +53,9 @@ def test_shard_parsing_and_torchrun_environment():
 
 
 def test_two_shards_fill_one_folder_and_merge(checkpoint, flat_source, tmp_path):
-    predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=InferenceOptions(roi_size=(32, 32, 16), device="cpu"))
+    predictor = Predictor.from_bundle(
+        BUNDLE, checkpoint, options=InferenceOptions(roi_size=(32, 32, 16), device="cpu")
+    )
     outputs = OutputOptions(preview=False)
     first = predict_folder(predictor, flat_source, tmp_path, shard=Shard(0, 2), outputs=outputs, prefetch=0)
     with pytest.raises(FileNotFoundError, match=r"shards \[1\] of 2"):
@@ -60,7 +63,9 @@ def test_two_shards_fill_one_folder_and_merge(checkpoint, flat_source, tmp_path)
     second = predict_folder(predictor, flat_source, tmp_path, shard=Shard(1, 2), outputs=outputs)
     assert [r.case for r in first.results] == ["case_000", "case_002"]
     assert [r.case for r in second.results] == ["case_001"]
-    assert (tmp_path / "report.shard-0-of-2.json").is_file() and (tmp_path / "volumes.shard-1-of-2.csv").is_file()
+    assert (tmp_path / "report.shard-0-of-2.json").is_file() and (
+        tmp_path / "volumes.shard-1-of-2.csv"
+    ).is_file()
     assert not (tmp_path / "report.json").exists()
     merged = merge_shards(tmp_path)
     assert merged.counts() == {"ok": 3, "failed": 0, "skipped": 0}
@@ -68,18 +73,38 @@ def test_two_shards_fill_one_folder_and_merge(checkpoint, flat_source, tmp_path)
     assert [c["case"] for c in saved["cases"]] == ["case_000", "case_001", "case_002"]
     with (tmp_path / "volumes.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["case"], r["label"]) for r in rows] == [(f"case_00{i}", lab) for i in range(3) for lab in ("1", "2")]
+    assert [(r["case"], r["label"]) for r in rows] == [
+        (f"case_00{i}", lab) for i in range(3) for lab in ("1", "2")
+    ]
     rerun = predict_folder(predictor, flat_source, tmp_path, shard=Shard(1, 2), outputs=outputs)
     assert rerun.counts()["skipped"] == 1
-    redo = predict_folder(predictor, flat_source, tmp_path, shard=Shard(1, 2), outputs=outputs, overwrite=True)
+    redo = predict_folder(
+        predictor, flat_source, tmp_path, shard=Shard(1, 2), outputs=outputs, overwrite=True
+    )
     assert redo.counts()["ok"] == 1
     changed = predict_folder(predictor, flat_source, tmp_path, shard=Shard(1, 2), outputs=OutputOptions())
     assert changed.counts()["ok"] == 1  # other output settings: the finished case is redone
 
 
 def test_cli_predict_exit_codes(checkpoint, flat_source, tmp_path, capsys):
-    common = ["predict", str(BUNDLE), "--checkpoint", str(checkpoint), "--roi-size", "32", "32", "16",
-              "--device", "cpu", "--quiet", "--no-preview", "--keep-largest", "1", "--min-size-ml", "1=0.01"]
+    common = [
+        "predict",
+        str(BUNDLE),
+        "--checkpoint",
+        str(checkpoint),
+        "--roi-size",
+        "32",
+        "32",
+        "16",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--no-preview",
+        "--keep-largest",
+        "1",
+        "--min-size-ml",
+        "1=0.01",
+    ]
     source = tmp_path / "in"
     shutil.copytree(flat_source, source)
     assert main([*common, "--input", str(source), "--output", str(tmp_path / "ok")]) == 0
@@ -90,7 +115,9 @@ def test_cli_predict_exit_codes(checkpoint, flat_source, tmp_path, capsys):
     assert main([*common, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "x")]) == 2
     assert main([*common, "--input", str(source), "--output", str(tmp_path / "x"), "--shard", "2/2"]) == 2
     assert main([*common, "--output", str(tmp_path / "x")]) == 2
-    assert main(["predict", str(BUNDLE), "--output", str(tmp_path / "ok"), "--merge-shards"]) == 2  # none to merge
+    assert (
+        main(["predict", str(BUNDLE), "--output", str(tmp_path / "ok"), "--merge-shards"]) == 2
+    )  # none to merge
     with pytest.raises(SystemExit) as err:
         main([*common, "--input", str(source), "--output", str(tmp_path / "x"), "--mode", "median"])
     assert err.value.code == 2

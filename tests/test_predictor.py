@@ -12,7 +12,8 @@ import torch
 import networks
 from pipeline.batch import SEG_NAME, predict_folder
 from pipeline.checkpoint import NetworkSpec
-from pipeline.predictor import InferenceOptions, Predictor
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import Predictor
 from tests.conftest import BUNDLES
 from transforms.io import load_scan
 
