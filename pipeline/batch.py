@@ -118,13 +118,15 @@ def predict_folder(
     todo: list[Case] = []
     for case in cases:
         case_dir = output / case.case_id
+        # appended without a rewrite each: the report is written once after this loop
         if case.problem:
-            report.add(
+            logger.warning("case %s failed: %s", case.case_id, case.problem)
+            report.results.append(
                 CaseResult(case=case.case_id, status="failed", error=case.problem, input_kind=case.kind)
             )
         elif not options.overwrite and _finished(case_dir, options.outputs, settings):
             volumes[case.case_id] = json.loads((case_dir / VOLUMES_NAME).read_text())
-            report.add(
+            report.results.append(
                 CaseResult(
                     case=case.case_id,
                     status="skipped",
@@ -134,6 +136,7 @@ def predict_folder(
             )
         else:
             todo.append(case)
+    report.write()
     _write_volumes(output, options.shard, cases, volumes)
 
     bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", disable=not options.progress)
