@@ -40,6 +40,7 @@ PROBABILITIES_NAME = "probabilities.nii.gz"
 PREVIEW_NAME = "preview.png"
 VOLUMES_NAME = "volumes.json"
 _AFFINE_TOL_MM = 1e-3
+_SLAB = 32  # slices per slab for the volume statistics
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,32 @@ def _on_input_grid(seg: MetaTensor, image: MetaTensor) -> np.ndarray:
     return affine
 
 
+def _volumes_by_slab(
+    seg: MetaTensor, image: MetaTensor, affine: np.ndarray, labels: Mapping[int, str]
+) -> list[dict]:
+    """:func:`structure_volumes` over slabs of ``_SLAB`` slices, pooled exactly (count, mean, variance), so the
+    float64 working copies stay small for 512x512x300 CTs."""
+    if seg.ndim != 4 or seg.shape[-1] <= _SLAB:
+        return structure_volumes(seg, image, affine, labels)
+    parts = [
+        structure_volumes(seg[..., z : z + _SLAB], image[..., z : z + _SLAB], affine, labels)
+        for z in range(0, seg.shape[-1], _SLAB)
+    ]
+    rows = []
+    for slabs in zip(*parts, strict=True):
+        n = sum(r["voxels"] for r in slabs)
+        row = {**slabs[0], "voxels": n, "volume_ml": sum(r["volume_ml"] for r in slabs)}
+        if n and any(r["mean_intensity"] is not None for r in slabs):
+            filled = [r for r in slabs if r["voxels"]]
+            mean = sum(r["voxels"] * r["mean_intensity"] for r in filled) / n
+            second = sum(
+                r["voxels"] * (r["std_intensity"] ** 2 + (r["mean_intensity"] - mean) ** 2) for r in filled
+            )
+            row["mean_intensity"], row["std_intensity"] = mean, float(np.sqrt(second / n))
+        rows.append(row)
+    return rows
+
+
 def write_case_outputs(
     segmentation: Segmentation,
     image: MetaTensor,
@@ -113,7 +140,7 @@ def write_case_outputs(
     affine = _on_input_grid(seg, image)
     channel = image[:1]
     write_mask_nifti(seg, affine, case_dir / SEG_NAME)
-    rows = structure_volumes(seg, channel, affine, labels)
+    rows = _volumes_by_slab(seg, channel, affine, labels)
     atomic_write_json(case_dir / VOLUMES_NAME, rows)
     names = [SEG_NAME, VOLUMES_NAME]
     if options.preview:

@@ -269,3 +269,23 @@ def test_amp_keeps_shapes_and_mostly_the_same_labels(checkpoints, source):
     p, q = plain.probabilities(data), amp.probabilities(amp.load(source / "case_003" / "ct.nii.gz"))
     assert q.dtype == torch.float32 and q.shape == p.shape
     assert float((p - q).abs().max()) < 0.1 and amp.settings()["amp"] and not plain.settings()["amp"]
+
+
+def test_volumes_pooled_over_slabs_equal_the_whole_volume():
+    from monai.data import MetaTensor
+
+    from pipeline.case_outputs import _volumes_by_slab
+    from pipeline.volumetry import structure_volumes
+
+    rng = np.random.default_rng(0)
+    seg = MetaTensor(torch.from_numpy(rng.integers(0, 3, (1, 10, 12, 70)).astype(np.uint8)))
+    seg[..., 40:] = seg[..., 40:].clamp(max=1)  # label 2 absent from the last slabs
+    image = MetaTensor(torch.from_numpy(rng.normal(40, 30, (1, 10, 12, 70)).astype(np.float32)))
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    labels = {1: "organ", 2: "lesion", 3: "absent"}
+    whole = structure_volumes(seg, image, affine, labels)
+    pooled = _volumes_by_slab(seg, image, affine, labels)
+    for a, b in zip(whole, pooled, strict=True):
+        assert a["voxels"] == b["voxels"] and a["volume_ml"] == pytest.approx(b["volume_ml"])
+        for key in ("mean_intensity", "std_intensity"):
+            assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], rel=1e-9)
