@@ -54,14 +54,44 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.batch import predict_folder
-    from pipeline.predictor import InferenceOptions, Predictor
+    import os
 
+    from pipeline.batch import BatchOptions, merge_shards, predict_folder
+    from pipeline.case_outputs import OutputOptions
+    from pipeline.inference_options import InferenceOptions, PostprocessOptions
+    from pipeline.predictor import Predictor
+    from pipeline.shard import Shard, shard_from_env
+
+    if args.merge_shards:
+        report = merge_shards(args.output)
+        print(report.summary_line())
+        return report.exit_code()
+    if args.input is None:
+        raise ValueError("clinseg predict: --input is required (unless --merge-shards)")
+    shard = Shard.parse(args.shard) if args.shard else shard_from_env()
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per torchrun worker
     options = InferenceOptions(
-        roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, device=args.device
+        roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, mode=args.mode,
+        device=device, keep_volume_on_cpu=not args.volume_on_device, tta=args.tta,
+        crop_foreground=args.crop_foreground, foreground_hu=args.foreground_hu, crop_margin=args.crop_margin,
+        restore=args.restore, amp=args.amp,
     )
-    predictor = Predictor.from_bundle(args.bundle, args.checkpoint or None, options=options, **_overrides(args.set))
-    report = predict_folder(predictor, args.input, args.output, split=args.split, overwrite=args.overwrite)
+    postprocess = None
+    if args.keep_largest or args.min_size_ml or args.fill_holes:
+        sizes = PostprocessOptions.parse_min_size_ml(args.min_size_ml) if args.min_size_ml else 0.0
+        postprocess = PostprocessOptions(tuple(args.keep_largest), sizes, tuple(args.fill_holes))
+    predictor = Predictor.from_bundle(
+        args.bundle, args.checkpoint or None, options=options, postprocess=postprocess, **_overrides(args.set)
+    )
+    batch = BatchOptions(
+        split=args.split, overwrite=args.overwrite, prefetch=args.prefetch, workers=args.workers, shard=shard,
+        progress=not args.quiet,
+        outputs=OutputOptions(dicom_seg=not args.no_dicom_seg, probabilities=args.save_probabilities,
+                              preview=not args.no_preview),
+    )
+    report = predict_folder(predictor, args.input, args.output, options=batch)
     print(report.summary_line())
     return report.exit_code()
 
@@ -170,16 +200,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config id")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="segment a folder of patients (DICOM or NIfTI) or a datalist")
+    p = sub.add_parser(
+        "predict",
+        help="segment a folder of patients (DICOM or NIfTI) or a datalist",
+        description="Segment every case; outputs land in OUTPUT/<case>/ on each input's own grid.",
+        epilog="exit codes: 0 every case ok or skipped; 3 some cases failed (see report.json); "
+        "2 usage or setup error (bad arguments, bundle, checkpoint or input folder). "
+        "Sharded runs (--shard or torchrun RANK/WORLD_SIZE) write report.shard-i-of-n.json etc.; "
+        "when all shards are done, run with --merge-shards to write report.json, summary.csv and volumes.csv.",
+    )
     p.add_argument("bundle")
-    p.add_argument("--input", required=True, help="folder of patient folders, flat NIfTI folder or dataset.json")
+    p.add_argument("--input", help="folder of patient folders, flat NIfTI folder or dataset.json")
     p.add_argument("--output", required=True)
     p.add_argument("--checkpoint", action="append", default=[], help="weights (repeat for an ensemble)")
     p.add_argument("--split", default="test", help="datalist split when --input is a .json file")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--volume-on-device", action="store_true",
+                   help="keep the whole volume on the device (default: on CPU, only patches move)")
     p.add_argument("--roi-size", type=int, nargs="+")
     p.add_argument("--overlap", type=float)
     p.add_argument("--sw-batch-size", type=int)
+    p.add_argument("--mode", choices=("gaussian", "constant"), help="sliding-window blending")
+    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (flips of the spatial axes)")
+    p.add_argument("--crop-foreground", action="store_true", help="CT: infer only inside the body box")
+    p.add_argument("--foreground-hu", type=float, default=-500.0, help="body threshold in HU for --crop-foreground")
+    p.add_argument("--crop-margin", type=int, default=8, help="voxels kept around the body")
+    p.add_argument("--amp", action="store_true", help="autocast the network (bfloat16 on CPU, float16 on CUDA)")
+    p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
+                   help="labels back onto the input grid: per-class linear resampling, or argmax then nearest (faster)")
+    p.add_argument("--keep-largest", type=int, nargs="+", default=[], metavar="LABEL",
+                   help="labels keeping only their largest connected component")
+    p.add_argument("--min-size-ml", nargs="+", default=[], metavar="ML|LABEL=ML",
+                   help="remove components smaller than this (mL), for every label or per label")
+    p.add_argument("--fill-holes", type=int, nargs="+", default=[], metavar="LABEL", help="labels to fill holes in")
+    p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
+    p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    p.add_argument("--no-dicom-seg", action="store_true", help="skip seg.dcm for DICOM inputs")
+    p.add_argument("--prefetch", type=int, default=1, help="cases loaded ahead in the background (0: none)")
+    p.add_argument("--workers", type=int, default=1, help="loading threads")
+    p.add_argument("--shard", help="i/n: this process handles shard i of n (default: torchrun RANK/WORLD_SIZE)")
+    p.add_argument("--merge-shards", action="store_true", help="merge the shard reports in --output and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config id")
     p.set_defaults(func=cmd_predict)

@@ -5,49 +5,64 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import Compose, Invertd
+from monai.transforms import Compose, CropForegroundd, Invertd, LoadImaged
 from torch import nn
 
 from pipeline.bundle import Bundle
 from pipeline.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
+from pipeline.inference_options import InferenceOptions, PostprocessOptions
+from pipeline.postprocess import postprocess_mask
+from pipeline.tta import mirror_probabilities
+from transforms.io import LoadScand
+
+if TYPE_CHECKING:
+    from pipeline.report import BatchReport
 
 logger = logging.getLogger(__name__)
 
+INPUT_SUFFIX = "_input"
+"""``data[key + INPUT_SUFFIX]`` holds the loaded image of ``key`` on its own grid (HU for CT), before resampling."""
 
-@dataclass(frozen=True)
-class InferenceOptions:
-    """Sliding-window settings; ``None`` keeps the bundle's value.
+
+@dataclass
+class Segmentation:
+    """A case's result on its input grid.
 
     Attributes:
-        roi_size: patch size in voxels of the resampled image, e.g. ``(64, 64, 32)``.
-        overlap: fraction of overlap between patches.
-        sw_batch_size: patches per forward pass.
-        mode: ``"gaussian"`` or ``"constant"`` blending.
-        device: where the network runs (``"cpu"``, ``"cuda"``); ``None`` picks CUDA when present.
-        keep_volume_on_cpu: keep the whole volume and the stitching buffer on CPU, move only patches.
+        labels: label map ``(1, X, Y[, Z])`` uint8, affine equal to the input's.
+        probabilities: class probabilities ``(C, X, Y[, Z])`` float32 when asked for, else ``None``.
     """
 
-    roi_size: Sequence[int] | None = None
-    overlap: float | None = None
-    sw_batch_size: int | None = None
-    mode: str | None = None
-    device: str | None = None
-    keep_volume_on_cpu: bool = True
+    labels: MetaTensor
+    probabilities: MetaTensor | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _AboveHU:
+    """``select_fn`` for ``CropForegroundd``: voxels above ``threshold`` HU; everything when none is."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        mask = image > self.threshold
+        return mask if bool(mask.any()) else torch.ones_like(mask)
 
 
 class Predictor:
     """Segments cases with one network or an ensemble (probabilities averaged), returning label maps on the
     input's own grid (same shape and affine as the loaded input).
 
-    Build it once with :meth:`from_bundle`, then call :meth:`predict_case` per case or
-    ``pipeline.batch.predict_folder`` for a whole folder.
+    Build it once with :meth:`from_bundle`, then call :meth:`predict_case` per case or :meth:`predict_folder`.
+    The first preprocessing transform must be the loader (``LoadScand`` or ``LoadImaged``); the loaded images
+    are kept under ``<key>_input`` for previews and intensity statistics, so each case is read once.
     """
 
     def __init__(
@@ -61,18 +76,46 @@ class Predictor:
         device: torch.device | str = "cpu",
         bundle_name: str = "",
         checkpoint_names: Sequence[str] = (),
+        options: InferenceOptions | None = None,
+        postprocess: PostprocessOptions | None = None,
+        display_window: Sequence[float] | None = None,
     ) -> None:
         if not networks:
             raise ValueError("a Predictor needs at least one network")
+        transforms = list(preprocessing.transforms)
+        if not transforms or not isinstance(transforms[0], (LoadScand, LoadImaged)):
+            first = type(transforms[0]).__name__ if transforms else "nothing"
+            raise ValueError(f"preprocessing must start with LoadScand or LoadImaged, got {first}")
         self.device = torch.device(device)
         self.networks = [net.to(self.device).eval() for net in networks]
-        self.preprocessing = preprocessing
         self.inferer = inferer
         self.input_keys = tuple(input_keys)
         self.class_names = tuple(class_names)
         self.bundle_name = bundle_name
         self.checkpoint_names = list(checkpoint_names)
-        self._invert = Invertd(keys="pred", transform=preprocessing, orig_keys=self.input_keys[0], nearest_interp=True)
+        self.options = options or InferenceOptions()
+        self.postprocess = postprocess or PostprocessOptions()
+        self.display_window = None if display_window is None else tuple(float(v) for v in display_window)
+        self._loader = transforms[0]
+        crop = []
+        if self.options.crop_foreground:
+            crop = [
+                CropForegroundd(
+                    keys=list(self.input_keys),
+                    source_key=self.input_keys[0],
+                    margin=self.options.crop_margin,
+                    select_fn=_AboveHU(self.options.foreground_hu),
+                    allow_smaller=True,
+                )
+            ]
+        self.preprocessing = Compose([*crop, *transforms[1:]])
+        key = self.input_keys[0]
+        self._invert_nearest = Invertd(
+            keys="pred", transform=self.preprocessing, orig_keys=key, nearest_interp=True
+        )
+        self._invert_linear = Invertd(
+            keys="pred", transform=self.preprocessing, orig_keys=key, nearest_interp=False
+        )
 
     @classmethod
     def from_bundle(
@@ -81,6 +124,7 @@ class Predictor:
         checkpoints: str | Path | Sequence[str | Path] | None = None,
         *,
         options: InferenceOptions | None = None,
+        postprocess: PostprocessOptions | None = None,
         config: str = "inference",
         **overrides: Any,
     ) -> Predictor:
@@ -89,7 +133,8 @@ class Predictor:
         Args:
             bundle: bundle folder.
             checkpoints: one checkpoint or several (an ensemble, e.g. the folds of a cross-validation).
-            options: sliding-window and device settings overriding the bundle's.
+            options: sliding-window, TTA, cropping and device settings overriding the bundle's.
+            postprocess: label clean-up; default the bundle's ``label_postprocessing`` (none when absent).
             config: config name under ``configs/``.
             overrides: config ids to override (``spacing=[1, 1, 2]``).
         """
@@ -104,17 +149,20 @@ class Predictor:
         elif isinstance(checkpoints, (str, Path)):
             checkpoints = [checkpoints]
         nets = [_load_network(parser, Path(c), device) for c in checkpoints]
-        inferer = _build_inferer(parser, options, device)
-        input_keys = parser.get("input_keys", ["image"])
+        if postprocess is None:
+            postprocess = PostprocessOptions.from_config(parser.get("label_postprocessing", None))
         return cls(
             nets,
             parser.get_parsed_content("preprocessing"),
-            inferer,
-            input_keys=input_keys,
+            _build_inferer(parser, options, device),
+            input_keys=parser.get("input_keys", ["image"]),
             class_names=parser.get("class_names", []),
             device=device,
             bundle_name=bundle.name,
             checkpoint_names=[str(Path(c).resolve()) for c in checkpoints],
+            options=options,
+            postprocess=postprocess,
+            display_window=_window(parser.get("window", None)),
         )
 
     @property
@@ -122,33 +170,125 @@ class Predictor:
         """Label value -> structure name, background excluded."""
         return {i + 1: name for i, name in enumerate(self.class_names)}
 
+    def settings(self) -> dict[str, Any]:
+        """JSON-able facts that change the outputs (a rerun with other settings redoes finished cases)."""
+        inf = self.inferer
+        return {
+            "bundle": self.bundle_name,
+            "checkpoints": self.checkpoint_names,
+            "roi_size": [int(v) for v in inf.roi_size],
+            "overlap": float(inf.overlap)
+            if not isinstance(inf.overlap, Sequence)
+            else [float(v) for v in inf.overlap],
+            "mode": str(inf.mode),
+            "tta": self.options.tta,
+            "restore": self.options.restore,
+            "amp": self.options.amp,
+            "crop_foreground": [self.options.foreground_hu, self.options.crop_margin]
+            if self.options.crop_foreground
+            else None,
+            "postprocess": self.postprocess.as_dict() if self.postprocess.active else None,
+        }
+
     def load(self, inputs: str | Path | Mapping[str, str | Path]) -> dict[str, Any]:
-        """Run the deterministic preprocessing on one case; ``inputs`` is a path or ``{key: path}``."""
+        """Load and preprocess one case; ``inputs`` is a path or ``{key: path}``.
+
+        Returns the preprocessed dict; ``<key>_input`` holds each loaded image ``(1, X, Y[, Z])`` on its own grid.
+        """
         if not isinstance(inputs, Mapping):
             inputs = {self.input_keys[0]: inputs}
         missing = [k for k in self.input_keys if k not in inputs]
         if missing:
             raise KeyError(f"case inputs lack {missing}; the bundle needs {list(self.input_keys)}")
-        return self.preprocessing({k: str(v) for k, v in inputs.items()})
+        data = self._loader({k: str(v) for k, v in inputs.items()})
+        loaded = {k + INPUT_SUFFIX: data[k] for k in self.input_keys}
+        # a new MetaTensor over the same storage: the transforms record their operations on it, not on the kept one
+        data = self.preprocessing(
+            {**data, **{k: MetaTensor(data[k].as_tensor(), meta=dict(data[k].meta)) for k in self.input_keys}}
+        )
+        data.update(loaded)
+        return data
 
     @torch.no_grad()
     def probabilities(self, data: Mapping[str, Any]) -> torch.Tensor:
-        """Mean softmax of the ensemble on the preprocessed grid, (C, X, Y[, Z]) float32 on CPU."""
+        """Mean softmax of the ensemble (and mirror TTA) on the preprocessed grid, (C, X, Y[, Z]) float32 on CPU."""
         image = torch.cat([torch.as_tensor(data[k]) for k in self.input_keys], dim=0)[None]
         total = None
         for net in self.networks:
-            probs = torch.softmax(self.inferer(image, net).float(), dim=1)[0].cpu()
+            forward = self._forward(net)
+            if self.options.tta:
+                probs = mirror_probabilities(lambda x, f=forward: self.inferer(x, f), image)
+            else:
+                probs = torch.softmax(self.inferer(image, forward).float(), dim=1)[0].cpu()
             total = probs if total is None else total.add_(probs)
         return total.div_(len(self.networks))
 
+    def _forward(self, net: nn.Module):
+        """``net``, or ``net`` under autocast returning float32 logits (so stitching stays in float32)."""
+        if not self.options.amp:
+            return net
+        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=dtype):
+                out = net(x)
+            return out.float()
+
+        return forward
+
+    def segment(self, data: dict[str, Any], *, keep_probabilities: bool = False) -> Segmentation:
+        """Label map (and optionally probabilities) on the input's own grid from a case loaded by :meth:`load`.
+
+        Labels come back as ``options.restore`` says; probabilities are resampled linearly only when asked for.
+        """
+        start = time.perf_counter()
+        probs = self.probabilities(data)
+        infer_s = time.perf_counter() - start
+        labels = self._restore_labels(data, probs)
+        if self.postprocess.active:
+            labels = postprocess_mask(
+                labels,
+                keep_largest=self.postprocess.keep_largest,
+                min_size_ml=self.postprocess.min_size_ml,
+                fill_holes=self.postprocess.fill_holes,
+            )
+        prob_map = None
+        if keep_probabilities:
+            prob_map = self._to_input_grid(data, probs, self._invert_linear)
+            # cropped-away voxels come back as zeros in every class: they are background
+            prob_map[0] = (1 - prob_map[1:].sum(0)).clamp_(0, 1)
+        return Segmentation(
+            labels, prob_map, {"inference": infer_s, "restore": time.perf_counter() - start - infer_s}
+        )
+
+    def _restore_labels(self, data: Mapping[str, Any], probs: torch.Tensor) -> MetaTensor:
+        """Label map (1, X, Y[, Z]) uint8 on the input grid from network-grid probabilities (C, ...)."""
+        if self.options.restore == "nearest":
+            labels = self._to_input_grid(
+                data, probs.argmax(dim=0, keepdim=True).to(torch.uint8), self._invert_nearest
+            )
+            return MetaTensor(torch.as_tensor(labels).round().to(torch.uint8), meta=labels.meta)
+        best = labels = meta = None
+        for c in range(probs.shape[0]):  # one class at a time: two full-resolution float maps at most
+            p = self._to_input_grid(data, probs[c : c + 1], self._invert_linear)
+            meta = p.meta
+            p = torch.as_tensor(p)
+            if best is None:
+                best, labels = p, torch.zeros(p.shape, dtype=torch.uint8)
+            else:
+                better = p > best  # strict: ties keep the lower class, as argmax does
+                labels[better] = c
+                best = torch.maximum(best, p, out=best)
+        return MetaTensor(labels, meta=meta)
+
+    def _to_input_grid(self, data: Mapping[str, Any], pred: torch.Tensor, invert: Invertd) -> MetaTensor:
+        reference = data[self.input_keys[0]]
+        inverted = invert({**data, "pred": MetaTensor(pred, meta=dict(reference.meta))})["pred"]
+        return inverted if isinstance(inverted, MetaTensor) else MetaTensor(inverted)
+
     def predict_loaded(self, data: dict[str, Any]) -> MetaTensor:
         """Label map (1, X, Y[, Z]) uint8 on the input's own grid from a preprocessed case (see :meth:`load`)."""
-        labels = self.probabilities(data).argmax(dim=0, keepdim=True).to(torch.uint8)
-        reference = data[self.input_keys[0]]
-        data = dict(data)
-        data["pred"] = MetaTensor(labels, affine=reference.affine, meta=dict(reference.meta))
-        inverted = self._invert(data)["pred"]
-        return MetaTensor(torch.as_tensor(inverted).round().to(torch.uint8), affine=inverted.affine, meta=inverted.meta)
+        return self.segment(data).labels
 
     def predict_case(self, inputs: str | Path | Mapping[str, str | Path]) -> MetaTensor:
         """Segment one case: load, sliding window, argmax, back onto the input grid. Returns (1, X, Y[, Z])."""
@@ -156,6 +296,19 @@ class Predictor:
         result = self.predict_loaded(self.load(inputs))
         logger.debug("case predicted in %.1f s", time.perf_counter() - start)
         return result
+
+    def predict_folder(self, source: str | Path, output: str | Path, **options: Any) -> BatchReport:
+        """Segment every case of ``source`` into ``output``; see :func:`pipeline.batch.predict_folder`."""
+        from pipeline.batch import predict_folder
+
+        return predict_folder(self, source, output, **options)
+
+
+def _window(window: Any) -> tuple[float, float] | None:
+    """The bundle's ``window: {level, width}`` (HU) as ``(level, width)`` for previews, if it has one."""
+    if isinstance(window, Mapping) and {"level", "width"} <= set(window):
+        return float(window["level"]), float(window["width"])
+    return None
 
 
 def _load_network(parser, path: Path, device: torch.device) -> nn.Module:

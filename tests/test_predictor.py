@@ -12,7 +12,8 @@ import torch
 import networks
 from pipeline.batch import SEG_NAME, predict_folder
 from pipeline.checkpoint import NetworkSpec
-from pipeline.predictor import InferenceOptions, Predictor
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import Predictor
 from tests.conftest import BUNDLES
 from transforms.io import load_scan
 
@@ -20,13 +21,17 @@ BUNDLE = BUNDLES / "ct_organ_resunet3d"
 NET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16, 32]}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
+def random_checkpoint(path, seed: int = 0):
+    """A random-weight checkpoint of the tiny test network (records its network spec)."""
+    torch.manual_seed(seed)
     spec = NetworkSpec("res_unet", NET_ARGS)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save({"model": spec.build().state_dict(), "network": spec.state_dict()}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")

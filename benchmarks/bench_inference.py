@@ -1,0 +1,351 @@
+"""Batch inference: clinseg's ``predict_folder`` vs a naive per-case MONAI loop, same network, weights, roi, overlap.
+
+Naive loop (the MONAI tutorial pattern): ``LoadImaged -> EnsureChannelFirstd -> Orientationd -> Spacingd ->
+ScaleIntensityRanged`` (the bundle's CT window), ``sliding_window_inference``, then ``Activationsd(softmax) ->
+Invertd`` (probabilities resampled back linearly) ``-> AsDiscreted(argmax) -> SaveImaged``. Ours: the bundle's
+``Predictor`` + ``predict_folder`` (next case loaded in a background thread, argmax on the network grid and
+nearest-neighbour back, plus volumes.csv and preview.png that the naive loop does not write).
+
+Prints markdown rows: folder throughput (cases/min, ratio ours/naive, Dice between the two outputs) and the
+peak RSS of one large synthetic CT (each side in a fresh subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.batch import predict_folder
+from pipeline.bundle import Bundle
+from pipeline.case_outputs import SEG_NAME
+from pipeline.checkpoint import NetworkSpec
+from pipeline.inference_options import InferenceOptions
+from pipeline.predictor import Predictor
+
+BUNDLE = REPO / "bundles" / "ct_organ_resunet3d"
+
+
+def phantom(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic abdominal CT (int16 HU) in air: body ellipse, organ sphere, bone; affine with LPS-like flips."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(
+        *(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True
+    )
+    hu = np.full(shape, -1000, np.float32)
+    body = (x / 0.75) ** 2 + (y / 0.5) ** 2 < 1
+    hu[np.broadcast_to(body, shape)] = 30
+    cx, cy = rng.uniform(-0.2, 0.2, 2)
+    hu[(x - cx) ** 2 + (y - cy) ** 2 + (z * 0.6) ** 2 < 0.09] = 90
+    hu[np.broadcast_to((x**2 + (y + 0.35) ** 2 < 0.006), shape)] = 700
+    hu += rng.normal(0, 15, shape).astype(np.float32)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [spacing[0] * shape[0] / 2, spacing[1] * shape[1] / 2, -spacing[2] * shape[2] / 2]
+    return hu.astype(np.int16), affine
+
+
+def write_folder(folder: Path, cases: int, shape, spacing) -> list[Path]:
+    paths = []
+    for i in range(cases):
+        (folder / f"case_{i:03d}").mkdir(parents=True)
+        hu, affine = phantom(shape, spacing, seed=i)
+        path = folder / f"case_{i:03d}" / "ct.nii.gz"
+        nib.save(nib.Nifti1Image(hu, affine), path)
+        paths.append(path)
+    return paths
+
+
+def make_checkpoint(path: Path, *, seed: int = 0, fit_steps: int = 0, roi=(64, 64, 32)) -> Path:
+    """The bundle's network with random weights (fixed seed), optionally fitted for ``fit_steps`` Adam steps
+    to the phantom (organ sphere = 1, bone = 2) so its label maps are smooth, as a trained model's are."""
+    parser = Bundle.at(BUNDLE).parser("inference")
+    torch.manual_seed(seed)
+    spec = NetworkSpec(parser.get_parsed_content("network_name"), parser.get_parsed_content("network_args"))
+    net = spec.build()
+    if fit_steps:
+        _fit(net, parser, fit_steps, roi)
+    torch.save({"model": net.state_dict(), "network": spec.state_dict()}, path)
+    return path
+
+
+def _fit(net: torch.nn.Module, parser, steps: int, roi) -> None:
+    window = parser.get("window")
+    lo = window["level"] - window["width"] / 2
+    shape = tuple(max(r + 8, 2 * r) for r in roi)
+    rng = np.random.default_rng(1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net.train()
+    for step in range(steps):
+        hu, _ = phantom(shape, (1.6, 1.6, 2.5), seed=1000 + step)
+        label = np.where(hu > 400, 2, np.where((hu > 60) & (hu < 400), 1, 0))
+        corner = [int(rng.integers(0, s - r + 1)) for s, r in zip(shape, roi)]
+        box = tuple(slice(c, c + r) for c, r in zip(corner, roi))
+        image = torch.from_numpy(np.clip((hu[box] - lo) / window["width"], 0, 1).astype(np.float32))[
+            None, None
+        ]
+        target = torch.from_numpy(label[box].astype(np.int64))[None]
+        loss = torch.nn.functional.cross_entropy(net(image), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+
+
+class NaiveLoop:
+    """The per-case MONAI loop, with the bundle's spacing and window and the same network and sliding window."""
+
+    def __init__(
+        self, checkpoint: Path, roi, overlap: float, sw_batch_size: int, out: Path, root: Path
+    ) -> None:
+        from monai.transforms import (
+            Activationsd,
+            AsDiscreted,
+            Compose,
+            EnsureChannelFirstd,
+            Invertd,
+            LoadImaged,
+            Orientationd,
+            SaveImaged,
+            ScaleIntensityRanged,
+            Spacingd,
+        )
+
+        from pipeline.checkpoint import network_from_checkpoint
+
+        parser = Bundle.at(BUNDLE).parser("inference")
+        level, width = parser.get("window")["level"], parser.get("window")["width"]
+        self.pre = Compose(
+            [
+                LoadImaged("image"),
+                EnsureChannelFirstd("image"),
+                Orientationd("image", axcodes="RAS"),
+                Spacingd("image", pixdim=parser.get("spacing"), mode="bilinear"),
+                ScaleIntensityRanged(
+                    "image", a_min=level - width / 2, a_max=level + width / 2, b_min=0, b_max=1, clip=True
+                ),
+            ]
+        )
+        self.post = Compose(
+            [
+                Activationsd("pred", softmax=True),
+                Invertd("pred", transform=self.pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+                AsDiscreted("pred", argmax=True),
+                SaveImaged(
+                    "pred",
+                    output_dir=str(out),
+                    output_postfix="seg",
+                    output_dtype=np.uint8,
+                    resample=False,
+                    data_root_dir=str(root),
+                    separate_folder=False,
+                    print_log=False,
+                ),
+            ]
+        )
+        self.net = network_from_checkpoint(checkpoint)
+        self.roi, self.overlap, self.sw_batch_size = tuple(roi), overlap, sw_batch_size
+
+    @torch.no_grad()
+    def __call__(self, path: Path) -> None:
+        from monai.inferers import sliding_window_inference
+
+        data = self.pre({"image": str(path)})
+        logits = sliding_window_inference(
+            data["image"][None], self.roi, self.sw_batch_size, self.net, overlap=self.overlap, mode="gaussian"
+        )
+        data["pred"] = logits[0]
+        self.post(data)
+
+
+def dice(a: np.ndarray, b: np.ndarray, labels=(1, 2)) -> float:
+    """Mean over labels of 2|A and B| / (|A| + |B|) (labels absent from both count as 1)."""
+    scores = []
+    for lab in labels:
+        x, y = a == lab, b == lab
+        total = x.sum() + y.sum()
+        scores.append(1.0 if total == 0 else 2.0 * np.logical_and(x, y).sum() / total)
+    return float(np.mean(scores))
+
+
+def memory_child(side: str, path: Path, checkpoint: Path, args: argparse.Namespace) -> None:
+    """Run one case on one side and print its peak RSS in MB (this process only)."""
+    torch.set_num_threads(args.threads)
+    out = path.parent / f"out_{side}"
+    if side == "ours":
+        src = path.parent / "src"
+        src.mkdir(exist_ok=True)
+        (src / "big").mkdir(exist_ok=True)
+        shutil.copy(path, src / "big" / "ct.nii.gz")
+        options = InferenceOptions(
+            roi_size=args.roi, overlap=args.memory_overlap, sw_batch_size=args.sw_batch_size, device="cpu"
+        )
+        report = predict_folder(Predictor.from_bundle(BUNDLE, checkpoint, options=options), src, out)
+        if report.counts()["ok"] != 1:
+            raise RuntimeError(f"ours failed: {report.results}")
+    else:
+        NaiveLoop(checkpoint, args.roi, args.memory_overlap, args.sw_batch_size, out, path.parent)(path)
+    print(f"PEAK_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+
+
+def folder_rows(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> None:
+    paths = write_folder(tmp / "in", args.cases, tuple(args.shape), tuple(args.spacing))
+    naive = NaiveLoop(checkpoint, args.roi, args.overlap, args.sw_batch_size, tmp / "naive", tmp / "in")
+    runs = [
+        (
+            "ours",
+            InferenceOptions(
+                roi_size=args.roi, overlap=args.overlap, sw_batch_size=args.sw_batch_size, device="cpu"
+            ),
+        )
+    ]
+    if args.no_prefetch_row:
+        runs.append(("ours, no prefetch", runs[0][1]))
+    if args.amp:
+        runs.append(("ours + amp (bf16)", replace(runs[0][1], amp=True)))
+    if args.crop:
+        runs.append(
+            (
+                "ours + crop",
+                InferenceOptions(
+                    roi_size=args.roi,
+                    overlap=args.overlap,
+                    crop_foreground=True,
+                    sw_batch_size=args.sw_batch_size,
+                    device="cpu",
+                ),
+            )
+        )
+    naive(paths[0])  # warm-up: page cache, kernels
+    shutil.rmtree(tmp / "naive")
+    start = time.perf_counter()
+    for path in paths:
+        naive(path)
+    naive_s = time.perf_counter() - start
+    for name, options in runs:
+        predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=options)
+        out = tmp / "".join(ch if ch.isalnum() else "_" for ch in name)
+        start = time.perf_counter()
+        report = predict_folder(
+            predictor, tmp / "in", out, prefetch=0 if "no prefetch" in name else args.prefetch
+        )
+        ours_s = time.perf_counter() - start
+        if report.counts()["ok"] != len(paths):
+            raise RuntimeError(f"{name}: not every case succeeded: {report.results}")
+        scores = []
+        for path in paths:
+            case = path.parent.name
+            a = np.asarray(nib.load(out / case / SEG_NAME).dataobj)
+            b_img = nib.load(tmp / "naive" / case / "ct_seg.nii.gz")
+            np.testing.assert_allclose(b_img.affine, nib.load(path).affine, atol=1e-4)
+            scores.append(dice(a, np.asarray(b_img.dataobj).squeeze()))
+        per_min = lambda s: 60 * len(paths) / s
+        print(
+            f"| {name} vs naive, {len(paths)} CTs {'x'.join(map(str, args.shape))} | {per_min(ours_s):.2f} | "
+            f"{per_min(naive_s):.2f} | {naive_s / ours_s:.2f} | {min(scores):.4f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--shape", type=int, nargs=3, default=[320, 320, 64])
+    parser.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 3.0])
+    parser.add_argument("--roi", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--sw-batch-size", type=int, default=4)
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--crop", action="store_true", help="also time ours with --crop-foreground")
+    parser.add_argument(
+        "--amp", action="store_true", help="also time ours with --amp (bfloat16 autocast on CPU)"
+    )
+    parser.add_argument("--no-prefetch-row", action="store_true", help="also time ours without prefetching")
+    parser.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        help="Adam steps fitting the random network to the phantom (0: pure random weights)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--memory-shape", type=int, nargs=3, default=[512, 512, 300])
+    parser.add_argument("--memory-spacing", type=float, nargs=3, default=[0.8, 0.8, 1.5])
+    parser.add_argument(
+        "--memory-overlap", type=float, default=0.0, help="overlap for the memory run (speed)"
+    )
+    parser.add_argument("--skip-folder", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--memory-child", nargs=3, metavar=("SIDE", "CT", "CHECKPOINT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        side, path, checkpoint = args.memory_child
+        memory_child(side, Path(path), Path(checkpoint), args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        checkpoint = make_checkpoint(tmp / "model.pt", fit_steps=args.fit_steps, roi=args.roi)
+        if not args.skip_folder:
+            print(
+                "| run | ours (cases/min) | naive (cases/min) | ratio ours/naive | min Dice ours vs naive |"
+            )
+            print("|---|---|---|---|---|")
+            folder_rows(tmp, checkpoint, args)
+        if not args.skip_memory:
+            big = tmp / "big" / "ct.nii.gz"
+            big.parent.mkdir()
+            hu, affine = phantom(tuple(args.memory_shape), tuple(args.memory_spacing), seed=99)
+            nib.save(nib.Nifti1Image(hu, affine), big)
+            del hu
+            peaks = {}
+            for side in ("naive", "ours"):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    side,
+                    str(big),
+                    str(checkpoint),
+                    "--threads",
+                    str(args.threads),
+                    "--roi",
+                    *map(str, args.roi),
+                    "--memory-overlap",
+                    str(args.memory_overlap),
+                    "--sw-batch-size",
+                    str(args.sw_batch_size),
+                ]
+                start = time.perf_counter()
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                line = next(ln for ln in done.stdout.splitlines() if ln.startswith("PEAK_MB"))
+                peaks[side] = (float(line.split()[1]), time.perf_counter() - start)
+            shape = "x".join(map(str, args.memory_shape))
+            print(
+                "\n| one CT on CPU | ours peak RSS (MB) | naive peak RSS (MB) | ratio ours/naive | ours (s) | naive (s) |"
+            )
+            print("|---|---|---|---|---|---|")
+            print(
+                f"| {shape} int16 NIfTI | {peaks['ours'][0]:.0f} | {peaks['naive'][0]:.0f} | "
+                f"{peaks['ours'][0] / peaks['naive'][0]:.2f} | {peaks['ours'][1]:.0f} | {peaks['naive'][1]:.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

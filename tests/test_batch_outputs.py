@@ -1,0 +1,291 @@
+"""Per-case outputs of batch prediction: geometry, DICOM SEG read-back, volumes, previews, probabilities,
+postprocessing, TTA and ensembles."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.atomic import COMPLETE_MARKER
+from pipeline.batch import predict_folder
+from pipeline.case_outputs import (
+    DICOM_SEG_NAME,
+    PREVIEW_NAME,
+    PROBABILITIES_NAME,
+    SEG_NAME,
+    VOLUMES_NAME,
+    OutputOptions,
+)
+from pipeline.dicom_seg import read_dicom_seg
+from pipeline.inference_options import InferenceOptions, PostprocessOptions
+from pipeline.predictor import INPUT_SUFFIX, Predictor
+from pipeline.tta import flip_combinations, mirror_probabilities
+from tests.test_predictor import BUNDLE, random_checkpoint
+from transforms.io import load_scan
+
+ROI = (32, 32, 16)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpts")
+    return [random_checkpoint(folder / f"fold{i}.pt", seed=i) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoints):
+    return Predictor.from_bundle(BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def source(tiny_dataset, tmp_path_factory):
+    """case_000 as NIfTI, case_002 (oblique) as a DICOM series, case_003 as NIfTI."""
+    patients = tiny_dataset.parent / "patients"
+    src = tmp_path_factory.mktemp("src")
+    for name in ("case_000", "case_003"):
+        (src / name).mkdir()
+        shutil.copy(patients / name / "ct.nii.gz", src / name / "ct.nii.gz")
+    shutil.copytree(patients / "case_002" / "ct_dicom", src / "case_002")
+    return src
+
+
+@pytest.fixture(scope="module")
+def run(predictor, source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    report = predict_folder(predictor, source, out, outputs=OutputOptions(probabilities=True))
+    return out, report
+
+
+def test_every_case_is_ok_and_its_marker_lists_every_output(run):
+    out, report = run
+    assert report.counts() == {"ok": 3, "failed": 0, "skipped": 0}
+    for result in report.results:
+        listed = set(json.loads((out / result.case / COMPLETE_MARKER).read_text())["outputs"])
+        expected = {SEG_NAME, VOLUMES_NAME, PREVIEW_NAME, PROBABILITIES_NAME}
+        assert listed == expected | ({DICOM_SEG_NAME} if result.case == "case_002" else set())
+        assert set(result.outputs) == listed
+        assert not list((out / result.case).glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("case", ["case_000", "case_002"])
+def test_seg_and_probabilities_have_the_input_shape_and_affine(run, source, case):
+    out, _ = run
+    loaded = load_scan(source / case) if case == "case_002" else load_scan(source / case / "ct.nii.gz")
+    seg = nib.load(out / case / SEG_NAME)
+    assert seg.shape == tuple(loaded.shape[1:])
+    np.testing.assert_allclose(seg.affine, loaded.affine.numpy(), atol=1e-4)
+    probs = nib.load(out / case / PROBABILITIES_NAME)
+    assert probs.shape == (*loaded.shape[1:], 3)
+    np.testing.assert_allclose(probs.affine, loaded.affine.numpy(), atol=1e-4)
+    p = probs.get_fdata()
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=0.02)
+    agree = np.mean(np.argmax(p, axis=-1) == np.asarray(seg.dataobj))
+    assert agree > 0.8  # linear vs nearest resampling differ at boundaries (many, with random weights)
+
+
+def test_dicom_seg_reads_back_onto_the_source_files_equal_to_the_nifti(run, source, predictor):
+    out, _ = run
+    loaded = load_scan(source / "case_002")
+    from_seg = read_dicom_seg(
+        out / "case_002" / DICOM_SEG_NAME, loaded.meta["dicom_files"], predictor.label_names
+    )
+    mask = np.asarray(nib.load(out / "case_002" / SEG_NAME).dataobj)
+    assert mask.any()
+    np.testing.assert_array_equal(from_seg, mask)
+
+
+def test_volumes_are_voxel_count_times_voxel_volume_with_hu_statistics(run, source):
+    out, _ = run
+    with (out / "volumes.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["case"] for r in rows}) == ["case_000", "case_002", "case_003"]
+    assert [r["name"] for r in rows if r["case"] == "case_000"] == ["organ", "lesion"]
+    for case in ("case_000", "case_002"):
+        mask = np.asarray(nib.load(out / case / SEG_NAME).dataobj)
+        image = load_scan(source / case if case == "case_002" else source / case / "ct.nii.gz").numpy()[0]
+        voxel_ml = abs(np.linalg.det(nib.load(out / case / SEG_NAME).affine[:3, :3])) / 1000
+        for row in (r for r in rows if r["case"] == case):
+            inside = mask == int(row["label"])
+            assert int(row["voxels"]) == inside.sum()
+            assert float(row["volume_ml"]) == pytest.approx(inside.sum() * voxel_ml, abs=1e-4)
+            if inside.any():
+                assert float(row["mean_intensity"]) == pytest.approx(image[inside].mean(), abs=1e-2)
+        per_case = json.loads((out / case / VOLUMES_NAME).read_text())
+        assert [r["voxels"] for r in per_case] == [int(r["voxels"]) for r in rows if r["case"] == case]
+
+
+def test_preview_is_a_png(run):
+    out, _ = run
+    with Image.open(out / "case_000" / PREVIEW_NAME) as img:
+        assert img.format == "PNG" and img.size[0] > img.size[1]
+
+
+def test_loaded_hu_image_is_kept_unchanged_for_statistics(predictor, source):
+    data = predictor.load(source / "case_000" / "ct.nii.gz")
+    kept = data["image" + INPUT_SUFFIX]
+    np.testing.assert_array_equal(kept.numpy(), load_scan(source / "case_000" / "ct.nii.gz").numpy())
+    assert (
+        float(torch.as_tensor(data["image"]).max()) <= 1.0
+    )  # the network input is windowed, the kept one is HU
+    assert float(kept.max()) > 100
+
+
+def test_ensemble_averages_the_members_probabilities(checkpoints, source):
+    options = InferenceOptions(roi_size=ROI, device="cpu")
+    members = [Predictor.from_bundle(BUNDLE, c, options=options) for c in checkpoints]
+    ensemble = Predictor.from_bundle(BUNDLE, checkpoints, options=options)
+    data = ensemble.load(source / "case_003" / "ct.nii.gz")
+    probs = ensemble.probabilities(data)
+    assert probs.shape == (3, *data["image"].shape[1:])
+    expected = (members[0].probabilities(data) + members[1].probabilities(data)) / 2
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(members[0].probabilities(data), members[1].probabilities(data), atol=1e-3)
+    seg = ensemble.segment(data).labels
+    assert seg.shape == data["image" + INPUT_SUFFIX].shape
+
+
+def test_mirror_tta_averages_flipped_passes():
+    assert flip_combinations(3)[0] == () and len(flip_combinations(3)) == 8 and len(flip_combinations(2)) == 4
+    image = torch.rand(1, 1, 9, 10, 11)
+    # a flip-equivariant "network" gives the plain softmax back; an x-ramp one averages to its mirror mean
+    torch.testing.assert_close(
+        mirror_probabilities(lambda x: x.repeat(1, 2, 1, 1, 1), image), torch.full((2, 9, 10, 11), 0.5)
+    )
+    ramp = torch.linspace(0, 1, 9)[:, None, None].expand(9, 10, 11)
+
+    def biased(x):
+        return torch.cat([x * 0, ramp[None, None].expand_as(x)], dim=1)
+
+    out = mirror_probabilities(biased, image)
+    expected = (torch.sigmoid(ramp) + torch.sigmoid(ramp.flip(0))) / 2
+    torch.testing.assert_close(out[1], expected)
+    with pytest.raises(ValueError, match="must be"):
+        mirror_probabilities(biased, image[0, 0])
+
+
+def test_tta_and_crop_keep_the_input_grid(checkpoints, source):
+    options = InferenceOptions(roi_size=ROI, device="cpu", tta=True, crop_foreground=True, crop_margin=2)
+    predictor = Predictor.from_bundle(BUNDLE, checkpoints[0], options=options)
+    path = source / "case_002"
+    loaded = load_scan(path)
+    result = predictor.segment(predictor.load(path), keep_probabilities=True)
+    assert result.labels.shape == loaded.shape
+    np.testing.assert_allclose(result.labels.affine.numpy(), loaded.affine.numpy(), atol=1e-5)
+    assert result.probabilities.shape == (3, *loaded.shape[1:])
+    torch.testing.assert_close(result.probabilities.sum(0), torch.ones(loaded.shape[1:]), atol=1e-3, rtol=0)
+
+
+def test_crop_foreground_leaves_outside_the_body_as_background(checkpoints, tmp_path):
+    hu = np.full((40, 36, 20), -1000.0, np.float32)
+    hu[10:25, 8:20, 5:12] = 40.0
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 2.5, 1.0])), path)
+    options = InferenceOptions(roi_size=ROI, device="cpu", crop_foreground=True, crop_margin=1)
+    predictor = Predictor.from_bundle(BUNDLE, checkpoints[0], options=options)
+    data = predictor.load(path)
+    seg = predictor.segment(data).labels.numpy()[0]
+    assert seg.shape == hu.shape
+    box = np.zeros(hu.shape, bool)
+    box[9:26, 7:21, 4:13] = True
+    assert not seg[~box].any()
+    all_air = tmp_path / "air.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((20, 20, 8), -1000.0, np.float32), np.eye(4)), all_air)
+    assert predictor.predict_case(all_air).shape == (1, 20, 20, 8)  # no body: nothing cropped
+
+
+def test_postprocessing_keeps_the_largest_component(checkpoints, source):
+    post = PostprocessOptions(keep_largest=(1, 2), min_size_ml=0.0, fill_holes=(1,))
+    plain = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu")
+    )
+    cleaned = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu"), postprocess=post
+    )
+    assert cleaned.settings()["postprocess"] == post.as_dict() and plain.settings()["postprocess"] is None
+    from scipy import ndimage
+
+    seg = cleaned.predict_case(source / "case_000" / "ct.nii.gz").numpy()[0]
+    for label in (1, 2):
+        _, n = ndimage.label(seg == label, structure=np.ones((3, 3, 3)))
+        assert n <= 1
+
+
+def test_postprocess_options_parse_and_validate():
+    assert PostprocessOptions.parse_min_size_ml(["0.5"]) == 0.5
+    assert PostprocessOptions.parse_min_size_ml(["1=5", "2=0.2"]) == {1: 5.0, 2: 0.2}
+    with pytest.raises(ValueError, match="LABEL=ML"):
+        PostprocessOptions.parse_min_size_ml(["1=x"])
+    with pytest.raises(ValueError, match="unknown keys"):
+        PostprocessOptions.from_config({"keep_biggest": [1]})
+    assert PostprocessOptions.from_config({"min_size_ml": {1: 2}}).min_size_ml == {1: 2.0}
+    with pytest.raises(ValueError, match="overlap"):
+        InferenceOptions(overlap=1.0)
+
+
+def test_bundle_label_postprocessing_knob_is_read(checkpoints):
+    predictor = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], label_postprocessing={"keep_largest": [1], "min_size_ml": 0.5}
+    )
+    assert predictor.postprocess == PostprocessOptions(keep_largest=(1,), min_size_ml=0.5)
+    assert predictor.settings()["postprocess"]["keep_largest"] == [1]
+
+
+def test_linear_restore_equals_argmax_of_every_class_resampled(checkpoints, source):
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    options = InferenceOptions(roi_size=ROI, device="cpu")
+    linear = Predictor.from_bundle(BUNDLE, checkpoints[0], options=options)
+    data = linear.load(source / "case_002")  # oblique DICOM: resampling back is not a plain zoom
+    probs = linear.probabilities(data)
+    invert = Invertd(keys="pred", transform=linear.preprocessing, orig_keys="image", nearest_interp=False)
+    every = invert({**data, "pred": MetaTensor(probs, meta=dict(data["image"].meta))})["pred"]
+    expected = torch.as_tensor(every).argmax(0, keepdim=True).to(torch.uint8)
+    torch.testing.assert_close(torch.as_tensor(linear.segment(data).labels), expected, rtol=0, atol=0)
+    nearest = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", restore="nearest")
+    )
+    fast = nearest.segment(nearest.load(source / "case_002")).labels
+    assert fast.shape == expected.shape
+    np.testing.assert_allclose(fast.affine.numpy(), data["image" + INPUT_SUFFIX].affine.numpy(), atol=1e-5)
+    assert 0.5 < float((torch.as_tensor(fast) == expected).float().mean()) < 1.0
+
+
+def test_amp_keeps_shapes_and_mostly_the_same_labels(checkpoints, source):
+    plain = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu")
+    )
+    amp = Predictor.from_bundle(
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", amp=True)
+    )
+    data = plain.load(source / "case_003" / "ct.nii.gz")
+    p, q = plain.probabilities(data), amp.probabilities(amp.load(source / "case_003" / "ct.nii.gz"))
+    assert q.dtype == torch.float32 and q.shape == p.shape
+    assert float((p - q).abs().max()) < 0.1 and amp.settings()["amp"] and not plain.settings()["amp"]
+
+
+def test_volumes_pooled_over_slabs_equal_the_whole_volume():
+    from monai.data import MetaTensor
+
+    from pipeline.case_outputs import _volumes_by_slab
+    from pipeline.volumetry import structure_volumes
+
+    rng = np.random.default_rng(0)
+    seg = MetaTensor(torch.from_numpy(rng.integers(0, 3, (1, 10, 12, 70)).astype(np.uint8)))
+    seg[..., 40:] = seg[..., 40:].clamp(max=1)  # label 2 absent from the last slabs
+    image = MetaTensor(torch.from_numpy(rng.normal(40, 30, (1, 10, 12, 70)).astype(np.float32)))
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    labels = {1: "organ", 2: "lesion", 3: "absent"}
+    whole = structure_volumes(seg, image, affine, labels)
+    pooled = _volumes_by_slab(seg, image, affine, labels)
+    for a, b in zip(whole, pooled, strict=True):
+        assert a["voxels"] == b["voxels"] and a["volume_ml"] == pytest.approx(b["volume_ml"])
+        for key in ("mean_intensity", "std_intensity"):
+            assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], rel=1e-9)
