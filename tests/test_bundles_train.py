@@ -1,5 +1,7 @@
 """The 2D DenseUNet, 3D attention U-Net and CT+MR fusion bundles train through ``python -m monai.bundle run``.
 
+The fast tests at the end cover the fusion schedule's helpers (``pipeline.fusion_training``).
+
 Each run is 2 iterations (3 tiny training cases, batch 2) plus one validation, with SQLite tracking in tmp.
 The fusion bundle runs both stages (``fusion_pretrain.yaml`` overlay, then ``train.yaml`` from its best model)
 and its Predictor segments a CT + MR case onto the CT's grid.
@@ -19,11 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint, network_from_checkpoint
+from pipeline.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
+from pipeline.fusion_training import FusionSSIMMetric, PretrainedWeightsLoader
 from pipeline.predictor import InferenceOptions, Predictor
 from tests.conftest import BUNDLES, REPO
-
-pytestmark = pytest.mark.slow
 
 
 def _run_bundle(bundle: Path, configs: list[str], dataset_dir: Path, workdir: Path, *extra: str) -> str:
@@ -79,6 +80,7 @@ def tiny_dataset_2d(tmp_path_factory) -> Path:
     return synthesize(out, cases=6, seed=3, spatial_dims=2, shape=(64, 60), splits=(0.5, 0.2, 0.3))
 
 
+@pytest.mark.slow
 def test_dense_unet_2d_bundle_trains_two_iterations(tiny_dataset_2d, tmp_path):
     bundle = BUNDLES / "ct_lesion_denseunet2d"
     _run_bundle(bundle, ["train"], tiny_dataset_2d.parent, tmp_path, "--ckpt_dir", str(tmp_path / "ckpt"),
@@ -90,6 +92,7 @@ def test_dense_unet_2d_bundle_trains_two_iterations(tiny_dataset_2d, tmp_path):
     assert {k for k in run.data.params if k.startswith("clahe")}, "CLAHE settings are logged as parameters"
 
 
+@pytest.mark.slow
 def test_attention_unet_3d_bundle_trains_two_iterations(tiny_dataset, tmp_path):
     bundle = BUNDLES / "ct_organ_attentionunet3d"
     _run_bundle(bundle, ["train"], tiny_dataset.parent, tmp_path, "--ckpt_dir", str(tmp_path / "ckpt"),
@@ -113,6 +116,7 @@ def fusion_runs(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
     return {"workdir": workdir, "stage1": stage1, "stage2": stage2, "stage2_log": output}
 
 
+@pytest.mark.slow
 def test_fusion_pretrain_trains_only_the_fusion_network(fusion_runs):
     final = load_checkpoint(fusion_runs["stage1"] / "model_final.pt")
     assert final["trainer"]["iteration"] == 2
@@ -125,6 +129,7 @@ def test_fusion_pretrain_trains_only_the_fusion_network(fusion_runs):
     assert "val_mean_dice" not in run.data.metrics
 
 
+@pytest.mark.slow
 def test_fusion_joint_stage_starts_from_stage1(fusion_runs):
     assert f"loaded pretrained weights from {fusion_runs['stage1'] / 'model.pt'}" in fusion_runs["stage2_log"]
     _check_two_iterations(fusion_runs["stage2"], "fusion_seg_net", 2, (32, 32, 16))
@@ -135,6 +140,7 @@ def test_fusion_joint_stage_starts_from_stage1(fusion_runs):
     assert {"train_loss", "val_mean_dice", "val_dice_organ", "val_dice_lesion"} <= set(run.data.metrics)
 
 
+@pytest.mark.slow
 def test_fusion_predictor_segments_ct_and_mr_onto_the_ct_grid(fusion_runs, tiny_dataset, tmp_path):
     case = json.loads(tiny_dataset.read_text())["test"][0]
     ct_path = tiny_dataset.parent / case["image"]
@@ -159,3 +165,30 @@ def test_fusion_predictor_segments_ct_and_mr_onto_the_ct_grid(fusion_runs, tiny_
     assert set(torch.unique(seg).tolist()) <= {0, 1, 2}
     with pytest.raises(KeyError, match="mr"):
         predictor.load({"image": ct_path})
+
+
+def test_fusion_ssim_metric_is_one_for_identical_sources_and_lower_otherwise():
+    ct = torch.rand(2, 1, 24, 25, 11)
+    metric = FusionSSIMMetric(spatial_dims=3, win_size=7)
+    torch.testing.assert_close(metric(ct, torch.cat([ct, ct], dim=1)), torch.ones(2, 1))
+    metric.reset()
+    other = torch.rand(2, 1, 24, 25, 11)
+    halfway = metric(ct, torch.cat([ct, other], dim=1))
+    assert halfway.shape == (2, 1) and bool((halfway < 0.75).all()) and bool((halfway > 0.4).all())
+    with pytest.raises(ValueError, match=r"fused image \(B, 1, \*spatial\)"):
+        metric(torch.cat([ct, ct], dim=1), torch.cat([ct, ct], dim=1))
+
+
+def test_pretrained_weights_loader_loads_only_when_asked(tmp_path):
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.save({"model": source.state_dict()}, tmp_path / "model.pt")
+    before = target.weight.detach().clone()
+    PretrainedWeightsLoader(None, target)(engine=None)
+    PretrainedWeightsLoader(tmp_path / "model.pt", target, resume=True)(engine=None)
+    torch.testing.assert_close(target.weight, before)
+    PretrainedWeightsLoader(tmp_path / "model.pt", target)(engine=None)
+    torch.testing.assert_close(target.weight, source.weight)
+    with pytest.raises(CheckpointError, match="missing.pt is not a file"):
+        PretrainedWeightsLoader(tmp_path / "missing.pt", target)
+    with pytest.raises(CheckpointError, match="does not fit the network"):
+        PretrainedWeightsLoader(tmp_path / "model.pt", torch.nn.Linear(4, 2))(engine=None)
