@@ -26,14 +26,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.synthetic import synthesize
-from pipeline.training import TrainResult, train_bundle
 from pipeline.tracking import sqlite_uri
+from pipeline.training import TrainResult, train_bundle
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 REFERENCE = "ct_organ_resunet3d"
 
 
-def _train(bundle: str, config: str | list[str], dataset: Path, ckpt_dir: Path, args, **overrides) -> tuple[TrainResult, float]:
+def _train(
+    bundle: str, config: str | list[str], dataset: Path, ckpt_dir: Path, args, **overrides
+) -> tuple[TrainResult, float]:
     start = time.perf_counter()
     result = train_bundle(
         BUNDLES / bundle,
@@ -60,7 +62,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--val-interval", type=int, default=3)
-    parser.add_argument("--cases", type=int, default=10, help="synthetic patients per dataset (60/20/20 split)")
+    parser.add_argument(
+        "--cases", type=int, default=10, help="synthetic patients per dataset (60/20/20 split)"
+    )
     parser.add_argument("--shape3d", type=int, nargs=3, default=[64, 64, 24])
     parser.add_argument("--shape2d", type=int, nargs=2, default=[128, 128])
     parser.add_argument("--roi3d", type=int, nargs=3, default=[32, 32, 16])
@@ -91,7 +95,9 @@ def main() -> None:
                         fusion_pretrain_checkpoint=str(stage1.best_checkpoint))  # fmt: skip
     rows.append(_row("ctmr_fusion_seg3d stage 2 (joint)", stage2, s2, ref_s, "val_mean_dice"))
 
-    print(f"\n{args.epochs} epochs each, validation every {args.val_interval}; {args.cases} cases; work folder {work}\n")
+    print(
+        f"\n{args.epochs} epochs each, validation every {args.val_interval}; {args.cases} cases; work folder {work}\n"
+    )
     print("| bundle | key metric | best | per class at best | best epoch | wall s | time vs reference |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

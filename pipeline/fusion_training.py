@@ -40,7 +40,7 @@ class FusionSSIMMetric(SSIMMetric):
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Per-sample mean SSIM ``(B, 1)``."""
         if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise ValueError("FusionSSIMMetric: y_pred and y must be torch tensors.")
+            raise TypeError("FusionSSIMMetric: y_pred and y must be torch tensors.")
         if y_pred.dim() != y.dim() or y_pred.shape[1] != 1 or y_pred.shape[0] != y.shape[0]:
             raise ValueError(
                 "FusionSSIMMetric: y_pred must be the fused image (B, 1, *spatial) and y the sources "

@@ -46,7 +46,9 @@ def _run_bundle(bundle: Path, configs: list[str], dataset_dir: Path, workdir: Pa
     ]  # fmt: skip
     # this checkout's packages first, whichever checkout the environment was installed from
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(workdir), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=workdir, env=env, timeout=600)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, cwd=workdir, env=env, timeout=600
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     return output
@@ -55,7 +57,9 @@ def _run_bundle(bundle: Path, configs: list[str], dataset_dir: Path, workdir: Pa
 def _mlflow_run(workdir: Path, run_prefix: str) -> mlflow.entities.Run:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("clinseg").experiment_id])
-    matching = [r for r in runs if re.fullmatch(rf"{run_prefix}-\d{{8}}-\d{{6}}-[0-9a-f]{{4}}", r.info.run_name)]
+    matching = [
+        r for r in runs if re.fullmatch(rf"{run_prefix}-\d{{8}}-\d{{6}}-[0-9a-f]{{4}}", r.info.run_name)
+    ]
     assert len(matching) == 1, [r.info.run_name for r in runs]
     assert matching[0].info.status == "FINISHED"
     return matching[0]
@@ -110,7 +114,9 @@ def fusion_runs(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
     workdir = tmp_path_factory.mktemp("fusion_runs")
     stage1, stage2 = workdir / "stage1", workdir / "stage2"
     roi = ("--roi_size", "[32, 32, 16]")
-    _run_bundle(bundle, ["train", "fusion_pretrain"], tiny_dataset.parent, workdir, "--ckpt_dir", str(stage1), *roi)
+    _run_bundle(
+        bundle, ["train", "fusion_pretrain"], tiny_dataset.parent, workdir, "--ckpt_dir", str(stage1), *roi
+    )
     output = _run_bundle(bundle, ["train"], tiny_dataset.parent, workdir, "--ckpt_dir", str(stage2), *roi,
                          "--fusion_pretrain_checkpoint", str(stage1 / "model.pt"))  # fmt: skip
     return {"workdir": workdir, "stage1": stage1, "stage2": stage2, "stage2_log": output}
