@@ -32,15 +32,19 @@ def make_data(count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """``count`` cached samples: image ``(1, 64, 64, 32)`` float32 in [0, 1], label ``(1, 64, 64, 32)`` in {0, 1, 2}."""
     g = torch.Generator().manual_seed(seed)
     return [
-        {"image": torch.rand(1, *PATCH, generator=g), "label": torch.randint(0, 3, (1, *PATCH), generator=g).float()}
+        {
+            "image": torch.rand(1, *PATCH, generator=g),
+            "label": torch.randint(0, 3, (1, *PATCH), generator=g).float(),
+        }
         for _ in range(count)
     ]
 
 
 def build(state: dict) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
     """The bundle's network (weights from ``state``), loss and optimizer."""
-    import networks
     from monai.losses import DiceCELoss
+
+    import networks
 
     net = networks.build_network("res_unet", **NETWORK_ARGS)
     net.load_state_dict(state)
@@ -83,21 +87,34 @@ def make_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int):
         EpochSummaryHandler(),
         ProgressBar(persist=False),
         TrainingCheckpointSaver(
-            save_dir=str(work / f"ckpt{rep}"), save_dict={"model": net, "network": spec, "optimizer": opt},
-            save_final=True, final_filename="model_final.pt", save_interval=1, n_saved=2, epoch_level=True,
-        ),  # fmt: skip
+            save_dir=str(work / f"ckpt{rep}"),
+            save_dict={"model": net, "network": spec, "optimizer": opt},
+            save_final=True,
+            final_filename="model_final.pt",
+            save_interval=1,
+            n_saved=2,
+            epoch_level=True,
+        ),
         ResilientMLFlowHandler(
-            tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment_name="bench", run_name=f"ours-{rep}",
-            tag_name="train_loss", output_transform=from_engine(["loss"], first=True),
-            experiment_param={"network": "res_unet", "batch_size": str(BATCH)}, close_on_complete=True,
-        ),  # fmt: skip
+            tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+            experiment_name="bench",
+            run_name=f"ours-{rep}",
+            tag_name="train_loss",
+            output_transform=from_engine(["loss"], first=True),
+            experiment_param={"network": "res_unet", "batch_size": str(BATCH)},
+            close_on_complete=True,
+        ),
     ]
     return SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=DataLoader(data, batch_size=BATCH, shuffle=True),
-        network=net, optimizer=opt, loss_function=loss_fn,
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=DataLoader(data, batch_size=BATCH, shuffle=True),
+        network=net,
+        optimizer=opt,
+        loss_function=loss_fn,
         key_train_metric={"train_loss": Average(output_transform=from_engine(["loss"], first=True))},
         train_handlers=handlers,
-    )  # fmt: skip
+    )
 
 
 def run_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int) -> float:
@@ -117,12 +134,14 @@ def profile_ours(data: list[dict], state: dict, epochs: int, work: Path) -> str:
     profiler.attach(trainer)
     trainer.run()
     rows = profiler.get_results()
-    return "\n".join(f"    {str(r[0])[:60]:60s} {str(r[1]):22s} total {r[2]}" for r in rows)
+    return "\n".join(f"    {str(r[0])[:60]:60s} {r[1]!s:22s} total {r[2]}" for r in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5, help="measured repetitions of each loop (after a warm-up)")
+    parser.add_argument(
+        "--reps", type=int, default=5, help="measured repetitions of each loop (after a warm-up)"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--iters-per-epoch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
@@ -142,19 +161,29 @@ def main() -> None:
         for rep in range(args.reps + 1):
             order = ("plain", "ours") if rep % 2 == 0 else ("ours", "plain")
             for which in order:
-                seconds = run_plain(data, state, args.epochs) if which == "plain" else run_ours(data, state, args.epochs, work, rep)
+                seconds = (
+                    run_plain(data, state, args.epochs)
+                    if which == "plain"
+                    else run_ours(data, state, args.epochs, work, rep)
+                )
                 if rep > 0:
                     (plain if which == "plain" else ours).append(iterations / seconds)
         profile = profile_ours(data, state, args.epochs, work) if args.profile else ""
     ratios = [o / p for o, p in zip(ours, plain)]
-    print(f"| loop | iterations/run | it/s median | it/s all | ratio ours/plain (median of pairs) |")
+    print("| loop | iterations/run | it/s median | it/s all | ratio ours/plain (median of pairs) |")
     print("|---|---|---|---|---|")
-    print(f"| plain PyTorch (reference) | {iterations} | {statistics.median(plain):.3f} | "
-          f"{', '.join(f'{v:.3f}' for v in plain)} | 1.00 |")  # fmt: skip
-    print(f"| SupervisedTrainer + bundle handlers | {iterations} | {statistics.median(ours):.3f} | "
-          f"{', '.join(f'{v:.3f}' for v in ours)} | {statistics.median(ratios):.3f} |")  # fmt: skip
-    print(f"\nratio of medians: {statistics.median(ours) / statistics.median(plain):.3f}; "
-          f"pairwise ratios: {', '.join(f'{r:.3f}' for r in ratios)}")  # fmt: skip
+    print(
+        f"| plain PyTorch (reference) | {iterations} | {statistics.median(plain):.3f} | "
+        f"{', '.join(f'{v:.3f}' for v in plain)} | 1.00 |"
+    )
+    print(
+        f"| SupervisedTrainer + bundle handlers | {iterations} | {statistics.median(ours):.3f} | "
+        f"{', '.join(f'{v:.3f}' for v in ours)} | {statistics.median(ratios):.3f} |"
+    )
+    print(
+        f"\nratio of medians: {statistics.median(ours) / statistics.median(plain):.3f}; "
+        f"pairwise ratios: {', '.join(f'{r:.3f}' for r in ratios)}"
+    )
     if profile:
         print("\nHandlersTimeProfiler (one run of ours):\n" + profile)
 

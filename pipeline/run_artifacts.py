@@ -33,8 +33,15 @@ from torch import nn
 from pipeline.checkpoint import network_from_checkpoint
 from pipeline.preview import render_preview
 
-__all__ = ["RunArtifactsHandler", "epoch_loss_points", "export_torchscript", "find_run_id", "log_pytorch_model",
-           "plot_training_curves", "render_validation_overlays"]  # fmt: skip
+__all__ = [
+    "RunArtifactsHandler",
+    "epoch_loss_points",
+    "export_torchscript",
+    "find_run_id",
+    "log_pytorch_model",
+    "plot_training_curves",
+    "render_validation_overlays",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +53,18 @@ def find_run_id(client: Any, run_name: str, experiment_name: str | None = None) 
     if experiment_name is not None:
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is None:
-            raise LookupError(f"MLflow experiment {experiment_name!r} does not exist in {client.tracking_uri}")
+            raise LookupError(
+                f"MLflow experiment {experiment_name!r} does not exist in {client.tracking_uri}"
+            )
         experiment_ids = [experiment.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
-        experiment_ids, filter_string=f"attributes.run_name = '{run_name}'", order_by=["attributes.start_time DESC"],
+        experiment_ids,
+        filter_string=f"attributes.run_name = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
         max_results=1,
-    )  # fmt: skip
+    )
     if not runs:
         raise LookupError(f"no MLflow run named {run_name!r} in {client.tracking_uri}")
     return runs[0].info.run_id
@@ -140,23 +151,38 @@ def plot_training_curves(
     keys = set(client.get_run(run_id).data.metrics)
     written = []
     if loss_metric in keys:
-        points = epoch_loss_points(client.get_metric_history(run_id, loss_metric), epoch_length,
-                                   mixed=loss_metric == iteration_loss_metric)  # fmt: skip
+        points = epoch_loss_points(
+            client.get_metric_history(run_id, loss_metric),
+            epoch_length,
+            mixed=loss_metric == iteration_loss_metric,
+        )
         fig, ax = _figure()
         if points:
             ax.plot(*zip(*points), marker="o", label=loss_metric)
         ax.set(xlabel="epoch", ylabel="training loss", title="training loss per epoch")
         ax.grid(alpha=0.3)
         written.append(_save(fig, out_dir / "loss.png"))
-    dice_keys = sorted(k for k in keys if k.startswith(dice_prefix)) + sorted(k for k in keys if k == mean_dice_metric)
+    dice_keys = sorted(k for k in keys if k.startswith(dice_prefix)) + sorted(
+        k for k in keys if k == mean_dice_metric
+    )
     if dice_keys:
         fig, ax = _figure()
         for key in dice_keys:
             history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
             style = {"linestyle": "--", "color": "black"} if key == mean_dice_metric else {}
-            ax.plot([m.step for m in history], [m.value for m in history], marker="o",
-                    label=key.removeprefix(dice_prefix), **style)  # fmt: skip
-        ax.set(xlabel="epoch", ylabel="validation Dice", ylim=(0.0, 1.0), title="validation Dice and learning rate")
+            ax.plot(
+                [m.step for m in history],
+                [m.value for m in history],
+                marker="o",
+                label=key.removeprefix(dice_prefix),
+                **style,
+            )
+        ax.set(
+            xlabel="epoch",
+            ylabel="validation Dice",
+            ylim=(0.0, 1.0),
+            title="validation Dice and learning rate",
+        )
         ax.grid(alpha=0.3)
         if lr_metric in keys:
             lr = sorted(client.get_metric_history(run_id, lr_metric), key=lambda m: m.step)
@@ -231,10 +257,14 @@ def log_pytorch_model(
     import mlflow.pytorch
     import monai
 
-    requirements = list(pip_requirements or [f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"])
+    requirements = list(
+        pip_requirements or [f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / artifact_path
-        mlflow.pytorch.save_model(scripted, str(local), pip_requirements=requirements, serialization_format="pickle")
+        mlflow.pytorch.save_model(
+            scripted, str(local), pip_requirements=requirements, serialization_format="pickle"
+        )
         client.log_artifacts(run_id, str(local), artifact_path)
     uri = f"runs:/{run_id}/{artifact_path}"
     if registered_model_name:
@@ -301,18 +331,26 @@ class RunArtifactsHandler:
     def __call__(self, engine: Engine) -> None:
         try:
             self.log_artifacts(engine)
-        except Exception as error:  # the checkpoints are on disk already: never fail the training here
-            logger.warning("run artifacts were not logged to MLflow run %s (%s: %s)", self.run_name,
-                           type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - checkpoints are on disk already: never fail the training
+            logger.warning(
+                "run artifacts were not logged to MLflow run %s (%s: %s)",
+                self.run_name,
+                type(error).__name__,
+                str(error).splitlines()[0][:300] if str(error) else "",
+            )
 
     def log_artifacts(self, engine: Engine) -> str:
         """Log every artifact into the run; returns its id. Raises on any failure (``__call__`` catches)."""
         import mlflow
 
         if not self.best_checkpoint.is_file():
-            raise FileNotFoundError(f"best checkpoint {self.best_checkpoint} does not exist (no validation ran?)")
+            raise FileNotFoundError(
+                f"best checkpoint {self.best_checkpoint} does not exist (no validation ran?)"
+            )
         # as MONAI's MLFlowHandler: MLFLOW_TRACKING_URI, when set, wins over the argument
-        client = mlflow.MlflowClient(tracking_uri=None if os.environ.get("MLFLOW_TRACKING_URI") else self.tracking_uri)
+        client = mlflow.MlflowClient(
+            tracking_uri=None if os.environ.get("MLFLOW_TRACKING_URI") else self.tracking_uri
+        )
         run_id = find_run_id(client, self.run_name, self.experiment_name)
         device = getattr(self.validator, "device", None) or torch.device("cpu")
         network = network_from_checkpoint(self.best_checkpoint, map_location="cpu")
@@ -320,15 +358,25 @@ class RunArtifactsHandler:
             root = Path(tmp)
             scripted = export_torchscript(network, root / "model" / "model.ts")
             client.log_artifact(run_id, str(root / "model" / "model.ts"), "model")
-            log_pytorch_model(client, run_id, scripted, pip_requirements=self.pip_requirements,
-                              registered_model_name=self.registered_model_name)  # fmt: skip
+            log_pytorch_model(
+                client,
+                run_id,
+                scripted,
+                pip_requirements=self.pip_requirements,
+                registered_model_name=self.registered_model_name,
+            )
             epoch_length = int(engine.state.epoch_length or 1)
-            for path in plot_training_curves(client, run_id, root / "curves", epoch_length, **self.curve_kwargs):
+            for path in plot_training_curves(
+                client, run_id, root / "curves", epoch_length, **self.curve_kwargs
+            ):
                 client.log_artifact(run_id, str(path), "curves")
             if self.validator is not None and self.max_overlays:
-                overlays = render_validation_overlays(network.to(device), self.validator, root / "overlays",
-                                                      self.class_names, self.max_overlays)  # fmt: skip
+                overlays = render_validation_overlays(
+                    network.to(device), self.validator, root / "overlays", self.class_names, self.max_overlays
+                )
                 for path in overlays:
                     client.log_artifact(run_id, str(path), "overlays")
-        logger.info("logged TorchScript, PyTorch-flavour model, curves and overlays to MLflow run %s", self.run_name)
+        logger.info(
+            "logged TorchScript, PyTorch-flavour model, curves and overlays to MLflow run %s", self.run_name
+        )
         return run_id

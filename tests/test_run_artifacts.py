@@ -27,7 +27,10 @@ def test_epoch_loss_points_separates_epoch_means_from_iteration_losses():
     logged = [(1, 1.0), (2, 0.8), (1, 0.9), (3, 0.7), (3, 0.71), (4, 0.6), (2, 0.65)]
     history = [_metric(s, v, 1000 + i // 2) for i, (s, v) in enumerate(logged)]  # timestamp ties in pairs
     assert epoch_loss_points(history, epoch_length=2, mixed=True) == [(1.0, 0.9), (2.0, 0.65)]
-    assert epoch_loss_points([_metric(2, 0.5, 9), _metric(1, 0.6, 3)], 5, mixed=False) == [(1.0, 0.6), (2.0, 0.5)]
+    assert epoch_loss_points([_metric(2, 0.5, 9), _metric(1, 0.6, 3)], 5, mixed=False) == [
+        (1.0, 0.6),
+        (2.0, 0.5),
+    ]
     with pytest.raises(ValueError, match="epoch_length must be >= 1, got 0"):
         epoch_loss_points(history, epoch_length=0, mixed=True)
 
@@ -54,8 +57,14 @@ def _artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None =
 def test_training_logs_torchscript_pytorch_model_curves_and_overlays(tiny_dataset, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # resolves runs:/ URIs below; the handler honours it too
-    result = train_bundle(BUNDLE, dataset_dir=tiny_dataset.parent, ckpt_dir=tmp_path / "ckpt", tracking_uri=uri,
-                          max_epochs=1, overrides=SMALL)  # fmt: skip
+    result = train_bundle(
+        BUNDLE,
+        dataset_dir=tiny_dataset.parent,
+        ckpt_dir=tmp_path / "ckpt",
+        tracking_uri=uri,
+        max_epochs=1,
+        overrides=SMALL,
+    )
     client = mlflow.MlflowClient(tracking_uri=uri)
     paths = _artifact_paths(client, result.run_id)
     assert "model/model.ts" in paths
@@ -74,6 +83,8 @@ def test_training_logs_torchscript_pytorch_model_curves_and_overlays(tiny_datase
         torch.testing.assert_close(scripted(x), expected)
         torch.testing.assert_close(flavour(x), expected)
 
-    version = log_pytorch_model(client, result.run_id, scripted, "registered", registered_model_name="ct_organ")
+    version = log_pytorch_model(
+        client, result.run_id, scripted, "registered", registered_model_name="ct_organ"
+    )
     assert version == f"runs:/{result.run_id}/registered"
     assert [v.run_id for v in client.search_model_versions("name='ct_organ'")] == [result.run_id]
