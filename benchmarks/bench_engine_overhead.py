@@ -6,7 +6,8 @@ is ``SupervisedTrainer`` with the handlers the bundle runs every iteration or ep
 key metric, ``ResilientMLFlowHandler`` on SQLite (loss and lr per iteration, metrics per epoch), the progress
 bar, ``EpochSeedHandler``, ``GradientClipHandler`` (off, as shipped), ``EpochSummaryHandler`` and a
 ``TrainingCheckpointSaver`` every epoch, fed by MONAI's ``DataLoader``. "Plain" is a bare loop over
-``torch.utils.data.DataLoader``. Repetitions are interleaved (order alternating); the first pair is a warm-up.
+``torch.utils.data.DataLoader``. Repetitions are interleaved (order alternating); the first pair is a warm-up. Wall-clock and process CPU
+time are both reported: on a machine shared with other jobs, CPU time is less disturbed by waiting for a core.
 ``--profile`` adds ignite's ``HandlersTimeProfiler`` breakdown of one extra run of ours. Prints markdown rows.
 
     python benchmarks/bench_engine_overhead.py --reps 5
@@ -52,19 +53,28 @@ def build(state: dict) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Op
     return net, loss, torch.optim.AdamW(net.parameters(), lr=0.003, weight_decay=1e-5)
 
 
-def run_plain(data: list[dict], state: dict, epochs: int) -> float:
-    """Seconds for ``epochs`` epochs of a bare PyTorch loop."""
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def run_plain(data: list[dict], state: dict, epochs: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds for ``epochs`` epochs of a bare PyTorch loop."""
     net, loss_fn, opt = build(state)
     loader = torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=True)
     net.train()
-    t0 = time.perf_counter()
+    t0 = _clock()
     for _ in range(epochs):
         for batch in loader:
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(batch["image"]), batch["label"])
             loss.backward()
             opt.step()
-    return time.perf_counter() - t0
+    return _since(t0)
 
 
 def make_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int):
@@ -117,12 +127,12 @@ def make_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int):
     )
 
 
-def run_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int) -> float:
-    """Seconds of ``trainer.run()`` (MLflow run start and close included)."""
+def run_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``trainer.run()`` (MLflow run start and close included)."""
     trainer = make_ours(data, state, epochs, work, rep)
-    t0 = time.perf_counter()
+    t0 = _clock()
     trainer.run()
-    return time.perf_counter() - t0
+    return _since(t0)
 
 
 def profile_ours(data: list[dict], state: dict, epochs: int, work: Path) -> str:
@@ -155,35 +165,36 @@ def main() -> None:
     state = networks.build_network("res_unet", **NETWORK_ARGS).state_dict()
     data = make_data(args.iters_per_epoch * BATCH)
     iterations = args.epochs * args.iters_per_epoch
-    plain, ours = [], []
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "ours": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for rep in range(args.reps + 1):
             order = ("plain", "ours") if rep % 2 == 0 else ("ours", "plain")
             for which in order:
-                seconds = (
-                    run_plain(data, state, args.epochs)
-                    if which == "plain"
-                    else run_ours(data, state, args.epochs, work, rep)
-                )
+                if which == "plain":
+                    seconds = run_plain(data, state, args.epochs)
+                else:
+                    seconds = run_ours(data, state, args.epochs, work, rep)
                 if rep > 0:
-                    (plain if which == "plain" else ours).append(iterations / seconds)
+                    runs[which].append(seconds)
         profile = profile_ours(data, state, args.epochs, work) if args.profile else ""
-    ratios = [o / p for o, p in zip(ours, plain)]
-    print("| loop | iterations/run | it/s median | it/s all | ratio ours/plain (median of pairs) |")
-    print("|---|---|---|---|---|")
-    print(
-        f"| plain PyTorch (reference) | {iterations} | {statistics.median(plain):.3f} | "
-        f"{', '.join(f'{v:.3f}' for v in plain)} | 1.00 |"
-    )
-    print(
-        f"| SupervisedTrainer + bundle handlers | {iterations} | {statistics.median(ours):.3f} | "
-        f"{', '.join(f'{v:.3f}' for v in ours)} | {statistics.median(ratios):.3f} |"
-    )
-    print(
-        f"\nratio of medians: {statistics.median(ours) / statistics.median(plain):.3f}; "
-        f"pairwise ratios: {', '.join(f'{r:.3f}' for r in ratios)}"
-    )
+    print("| loop | clock | iterations/run | it/s median | it/s all | ratio ours/plain (median of pairs) |")
+    print("|---|---|---|---|---|---|")
+    notes = []
+    for clock, index in (("wall", 0), ("process CPU", 1)):
+        speeds = {k: [iterations / s[index] for s in v] for k, v in runs.items()}
+        ratios = [o / p for o, p in zip(speeds["ours"], speeds["plain"])]
+        for which, name in (
+            ("plain", "plain PyTorch (reference)"),
+            ("ours", "SupervisedTrainer + bundle handlers"),
+        ):
+            ratio = "1.00" if which == "plain" else f"{statistics.median(ratios):.3f}"
+            print(
+                f"| {name} | {clock} | {iterations} | {statistics.median(speeds[which]):.3f} | "
+                f"{', '.join(f'{v:.3f}' for v in speeds[which])} | {ratio} |"
+            )
+        notes.append(f"{clock} pairwise ratios ours/plain: {', '.join(f'{r:.3f}' for r in ratios)}")
+    print("\n" + "\n".join(notes))
     if profile:
         print("\nHandlersTimeProfiler (one run of ours):\n" + profile)
 
