@@ -17,10 +17,11 @@ Artifacts of a run::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,18 @@ def render_validation_overlays(
     return written
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Raise logger ``name`` to ERROR for the duration of the block."""
+    target = logging.getLogger(name)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
 def log_pytorch_model(
     client: Any,
     run_id: str,
@@ -262,9 +275,12 @@ def log_pytorch_model(
     )
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / artifact_path
-        mlflow.pytorch.save_model(
-            scripted, str(local), pip_requirements=requirements, serialization_format="pickle"
-        )
+        # "pickle" is MLflow's name for torch.jit.save of a ScriptModule (no pickled Python objects); its
+        # warning about unpickling does not apply, so it is silenced for this one call
+        with _quiet("mlflow.pytorch"):
+            mlflow.pytorch.save_model(
+                scripted, str(local), pip_requirements=requirements, serialization_format="pickle"
+            )
         client.log_artifacts(run_id, str(local), artifact_path)
     uri = f"runs:/{run_id}/{artifact_path}"
     if registered_model_name:
