@@ -73,9 +73,24 @@ class Bundle:
             **{"bundle_root": str(self.root), **overrides},
         )
 
-    def run(self, config: str | list[str] = "train", workflow_type: str = "train", **overrides: Any) -> ConfigWorkflow:
-        """Initialize, run and finalize a config; returns the workflow so callers can read engine state."""
+    def run(
+        self,
+        config: str | list[str] = "train",
+        workflow_type: str = "train",
+        export_config: str | Path | None = None,
+        **overrides: Any,
+    ) -> ConfigWorkflow:
+        """Initialize, run and finalize a config; returns the workflow so callers can read engine state.
+
+        ``export_config`` writes the config as run (files merged, overrides applied) to that JSON file first,
+        as MONAI's ``save_execute_config`` does, for MLflow params and artifacts.
+        """
         workflow = self.workflow(config, workflow_type, **overrides)
+        if export_config is not None:
+            from pipeline.atomic import atomic_write_json
+
+            Path(export_config).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(export_config, workflow.parser.get())
         workflow.initialize()
         missing = workflow.check_properties()
         if missing:

@@ -105,6 +105,17 @@ class ResilientMLFlowHandler(MLFlowHandler):
     def start(self, engine: Engine) -> None:
         self._guard(self._start_and_tag, engine)
 
+    def _log_params(self, params: dict[str, Any]) -> None:
+        """Params not yet on the run (a resumed run keeps its first values), at most 100 per request (MLflow's cap)."""
+        if self.cur_run is None:
+            raise ValueError("Current Run is not Active to log params")
+        logged = self.client.get_run(self.cur_run.info.run_id).data.params
+        from mlflow.entities import Param
+
+        new = [Param(k, str(v)) for k, v in params.items() if k not in logged]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=new[start : start + 100], tags=[])
+
     def iteration_completed(self, engine: Engine) -> None:
         self._guard(super().iteration_completed, engine)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -74,12 +75,36 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(list(value) if isinstance(value, tuple) else value)[:6000]
 
 
-def experiment_params(meta: Mapping[str, Any] | None = None, **knobs: Any) -> dict[str, str]:
-    """MLflow params: the bundle's name and version from its metadata plus the named config knobs, flattened."""
+def flatten_config(config: Mapping[str, Any], prefix: str = "config") -> dict[str, str]:
+    """A bundle config as flat MLflow params: ``config.train.handlers.3._target_`` -> value (``_meta_`` left out)."""
+    out: dict[str, str] = {}
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if k != "_meta_":
+                    walk(f"{key}.{k}", v)
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in value):
+            for i, v in enumerate(value):
+                walk(f"{key}.{i}", v)
+        else:
+            out[key] = str(list(value) if isinstance(value, tuple) else value)[:6000]
+
+    walk(prefix, config)
+    return out
+
+
+def experiment_params(
+    meta: Mapping[str, Any] | None = None, config_file: str | Path | None = None, **knobs: Any
+) -> dict[str, str]:
+    """MLflow params: the bundle's name and version, the whole config as run (``config.*``, when ``config_file``
+    exists: ``clinseg train`` writes it, with overrides applied) and the named knobs with resolved values."""
     params: dict[str, str] = {}
     if meta:
         params["bundle.name"] = str(meta.get("name", ""))
         params["bundle.version"] = str(meta.get("version", ""))
+    if config_file is not None and Path(config_file).is_file():
+        params.update(flatten_config(json.loads(Path(config_file).read_text())))
     _flatten("", knobs, params)
     return params
 

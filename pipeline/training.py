@@ -9,6 +9,8 @@ from typing import Any
 from pipeline.bundle import Bundle
 from pipeline.tracking import default_tracking_uri
 
+CONFIG_AS_RUN = "config_run.json"  # the config as run, written into the checkpoint folder (MLflow params, artifact)
+
 
 @dataclass
 class TrainResult:
@@ -80,7 +82,8 @@ def train_bundle(
             out_path=Path(ckpt_dir) / f"dataset_fold{fold}of{folds}.json",
         )  # fmt: skip
         settings.update(datalist_file=str(datalist.resolve()), fold=fold)
-    workflow = bundle.run(config, **settings)
+    run_dir = Path(settings["ckpt_dir"]) if "ckpt_dir" in settings else bundle.root / "models"
+    workflow = bundle.run(config, export_config=run_dir / CONFIG_AS_RUN, **settings)
     parser = workflow.parser
     evaluator = parser.get_parsed_content("validate#evaluator")
     trainer = parser.get_parsed_content("train#trainer")

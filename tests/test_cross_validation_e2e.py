@@ -35,6 +35,12 @@ def test_fold_training_and_pooled_out_of_fold_evaluation(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("clinseg").experiment_id])
     assert sorted(r.data.tags.get("fold") for r in runs) == ["0", "1"]
+    params = runs[0].data.params  # the whole config as run, overrides applied (more than MLflow's 100 per request)
+    assert len([k for k in params if k.startswith("config.")]) > 100
+    assert params["config.roi_size"] == "[32, 32, 16]" and params["config.fold"] in {"0", "1"}
+    assert params["config.train.trainer._target_"] == "SupervisedTrainer"
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert "config_run.json" in artifacts
 
     out = tmp_path / "oof"
     code = main(["evaluate", str(BUNDLE), "--dataset-dir", str(data), "--folds", "2",
