@@ -82,16 +82,17 @@ class Bundle:
     ) -> ConfigWorkflow:
         """Initialize, run and finalize a config; returns the workflow so callers can read engine state.
 
-        ``export_config`` writes the config as run (files merged, overrides applied) to that JSON file first,
-        as MONAI's ``save_execute_config`` does, for MLflow params and artifacts.
+        ``export_config`` writes the config as run (files merged, overrides applied) to that JSON file after
+        the config's ``initialize`` checks passed and before training, as MONAI's ``save_execute_config`` does,
+        for MLflow params and artifacts.
         """
         workflow = self.workflow(config, workflow_type, **overrides)
+        workflow.initialize()
         if export_config is not None:
             from pipeline.atomic import atomic_write_json
 
             Path(export_config).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(export_config, workflow.parser.get())
-        workflow.initialize()
         missing = workflow.check_properties()
         if missing:
             logger.warning("bundle %s lacks optional properties: %s", self.name, missing)
