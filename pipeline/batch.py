@@ -26,7 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.atomic import COMPLETE_MARKER, clear_complete, is_complete, mark_complete
 from pipeline.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, required_outputs, write_case_outputs
-from pipeline.discovery import Case, discover_cases
+from pipeline.discovery import DEFAULT_MODALITIES, Case, discover_cases
 from pipeline.predictor import INPUT_SUFFIX, Predictor
 from pipeline.prefetch import Prefetched, prefetch
 from pipeline.report import BatchReport, CaseResult
@@ -100,7 +100,7 @@ def predict_folder(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     found = discover_cases(
-        source, split=options.split, modalities={k: _stems(k) for k in predictor.input_keys}
+        source, split=options.split, modalities={k: DEFAULT_MODALITIES.get(k, (k,)) for k in predictor.input_keys}
     )
     cases = options.shard.select(found)
     settings = {**predictor.settings(), **_output_settings(options.outputs)}
@@ -277,7 +277,3 @@ def _output_settings(outputs: OutputOptions) -> dict[str, Any]:
 
 def _kind(source: str | Path) -> str:
     return "datalist" if str(source).endswith(".json") else "folder"
-
-
-def _stems(key: str) -> tuple[str, ...]:
-    return ("ct", "image", "img", "scan") if key == "image" else (key,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
-def network_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
+def network_from_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    default: Callable[[], nn.Module] | None = None,
+) -> nn.Module:
+    """Rebuild the network a checkpoint describes and load its weights (eval mode); the file is read once.
+
+    Args:
+        path: checkpoint file.
+        map_location: device for the weights and the returned network.
+        default: builds the network for checkpoints that do not record one (e.g. a bundle's ``network_def``).
+    """
     checkpoint = load_checkpoint(path, map_location)
-    if "network" not in checkpoint:
+    if "network" in checkpoint:
+        spec = checkpoint["network"]
+        network, described = NetworkSpec(spec["name"], spec.get("kwargs")).build(), f"network {spec['name']!r}"
+    elif default is not None:
+        network, described = default(), "the bundle's network_def"
+    else:
         raise CheckpointError(f"checkpoint {path} does not record its network (no 'network' entry)")
-    spec = checkpoint["network"]
-    network = NetworkSpec(spec["name"], spec.get("kwargs")).build()
     try:
         network.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit network {spec['name']!r}: {e}") from e
+        raise CheckpointError(f"checkpoint {path} does not fit {described}: {e}") from e
     return network.to(map_location).eval()
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 PATH_KEYS = ("image", "label", "mr", "ct", "ct_dicom")
-SPLITS = ("training", "validation", "test")
 
 
 class DatalistError(ValueError):

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
 
 from pipeline.batch import SEG_NAME, predict_folder
 from pipeline.bundle import Bundle
@@ -27,18 +30,18 @@ DEMO_OVERRIDES = {"val_interval": 4, "learning_rate": 0.005}
 
 def _test_dice(datalist: Path, predictions: Path, labels: dict[int, str]) -> dict[str, float]:
     """Mean Dice per structure of the predicted test cases against their reference labels (input grid)."""
-    scores: dict[str, list[float]] = {name: [] for name in labels.values()}
+    scores = []
+    classes = max(labels) + 1
     for entry in load_datalist(datalist, "test", required_keys=("image", "label")):
         seg_path = predictions / entry["case"] / SEG_NAME
-        if not seg_path.is_file():
-            continue
-        pred = np.asanyarray(nib.load(seg_path).dataobj)
-        ref = np.asanyarray(nib.load(entry["label"]).dataobj)
-        for value, name in labels.items():
-            p, r = pred == value, ref == value
-            denominator = p.sum() + r.sum()
-            scores[name].append(1.0 if denominator == 0 else 2.0 * (p & r).sum() / denominator)
-    return {name: float(np.mean(v)) for name, v in scores.items() if v}
+        if seg_path.is_file():
+            pred = one_hot(torch.as_tensor(np.asanyarray(nib.load(seg_path).dataobj)).long()[None, None], classes)
+            ref = one_hot(torch.as_tensor(np.asanyarray(nib.load(entry["label"]).dataobj)).long()[None, None], classes)
+            scores.append(compute_dice(pred, ref, include_background=False, ignore_empty=False)[0])
+    if not scores:
+        return {}
+    mean = torch.stack(scores).mean(dim=0)
+    return {labels[value]: float(mean[value - 1]) for value in sorted(labels)}
 
 
 def run_demo(

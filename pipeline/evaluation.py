@@ -36,7 +36,6 @@ from transforms.io import load_scan
 logger = logging.getLogger(__name__)
 
 METRICS = ("dice", "iou", "hd95_mm", "msd_mm", "surface_dice")
-DISTANCE_METRICS = ("hd95_mm", "msd_mm")
 
 
 def voxel_spacing(affine: torch.Tensor | np.ndarray, spatial_dims: int) -> list[float]:

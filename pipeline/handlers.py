@@ -49,7 +49,7 @@ class EpochSummaryHandler:
             key = self.validator.state.key_metric_name
             if key in metrics:
                 per_class = ", ".join(
-                    f"{name.split('_')[-1]} {float(v):.3f}"
+                    f"{name.removeprefix('val_dice_')} {float(v):.3f}"
                     for name, v in metrics.items()
                     if name.startswith("val_dice_") and not isinstance(v, dict)
                 )

@@ -16,7 +16,7 @@ from monai.transforms import Compose, CropForegroundd, Invertd, LoadImaged
 from torch import nn
 
 from pipeline.bundle import Bundle
-from pipeline.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
+from pipeline.checkpoint import network_from_checkpoint
 from pipeline.inference_options import InferenceOptions, PostprocessOptions
 from pipeline.postprocess import postprocess_mask
 from pipeline.tta import mirror_probabilities
@@ -312,15 +312,7 @@ def _window(window: Any) -> tuple[float, float] | None:
 
 
 def _load_network(parser, path: Path, device: torch.device) -> nn.Module:
-    checkpoint = load_checkpoint(path, map_location=device)
-    if "network" in checkpoint:
-        return network_from_checkpoint(path, map_location=device)
-    network = parser.get_parsed_content("network_def")
-    try:
-        network.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit the bundle's network_def: {e}") from e
-    return network.to(device).eval()
+    return network_from_checkpoint(path, map_location=device, default=lambda: parser.get_parsed_content("network_def"))
 
 
 def _build_inferer(parser, options: InferenceOptions, device: torch.device) -> SlidingWindowInferer:

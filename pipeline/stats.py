@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
-CI_METHOD = "t"
-
 
 @dataclass(frozen=True)
 class PairedStats:
