@@ -22,16 +22,18 @@ class InferenceOptions:
         keep_volume_on_cpu: keep the whole volume and the stitching buffer on CPU, move only patches.
         tta: mirror test-time augmentation: average the probabilities over flips of every subset of the
             spatial axes (2**spatial_dims passes).
-        crop_foreground: crop the loaded CT to the body (voxels above ``foreground_hu``) plus ``crop_margin``
-            before resampling, so air is not inferred; the crop is inverted (background) afterwards.
-        foreground_hu: body threshold in HU for ``crop_foreground``.
-        crop_margin: margin in voxels of the input grid kept around the body.
+        crop_foreground: run the sliding window only on the body's box (input voxels above ``foreground_hu``,
+            plus ``crop_margin``) of the resampled image, aligned with the patch grid so the patches inside are
+            those of the whole-grid run; the rest is background. On by default; an input with nothing below
+            the threshold (e.g. MR against the default -500) is inferred whole.
+        foreground_hu: body threshold in the input's intensity units (HU for CT).
+        crop_margin: network-grid voxels kept around the body.
         amp: run the network under autocast (bfloat16 on CPU, float16 on CUDA); patches are stitched in
             float32. Faster where the hardware supports it; probabilities differ slightly from float32.
-        restore: how labels return to the input grid: ``"linear"`` resamples each class probability linearly,
-            one class at a time with a running argmax (as MONAI's ``Invertd`` + ``AsDiscreted`` on all classes,
-            without holding every class at full resolution); ``"nearest"`` takes the argmax on the network grid
-            and resamples the label map by nearest neighbour (fastest, staircase boundaries).
+        restore: how labels return to the input grid: ``"linear"`` takes the argmax of the linearly resampled
+            class probabilities (as MONAI's ``Invertd`` + ``AsDiscreted``, slab by slab so no full-resolution
+            float map is held); ``"nearest"`` takes the argmax on the network grid and resamples the label map
+            by nearest neighbour (staircase boundaries).
     """
 
     roi_size: Sequence[int] | None = None
@@ -41,7 +43,7 @@ class InferenceOptions:
     device: str | None = None
     keep_volume_on_cpu: bool = True
     tta: bool = False
-    crop_foreground: bool = False
+    crop_foreground: bool = True
     foreground_hu: float = -500.0
     crop_margin: int = 8
     restore: str = "linear"

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import Compose, CropForegroundd, Invertd, LoadImaged
+from monai.transforms import Compose, LoadImaged
 from torch import nn
 
 from pipeline.bundle import Bundle
 from pipeline.checkpoint import network_from_checkpoint
+from pipeline.foreground_crop import body_box
+from pipeline.grid_restore import argmax_labels, resample_slabwise
 from pipeline.inference_options import InferenceOptions, PostprocessOptions
 from pipeline.postprocess import postprocess_mask
 from pipeline.tta import mirror_probabilities
@@ -43,17 +45,6 @@ class Segmentation:
     labels: MetaTensor
     probabilities: MetaTensor | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-class _AboveHU:
-    """``select_fn`` for ``CropForegroundd``: voxels above ``threshold`` HU; everything when none is."""
-
-    def __init__(self, threshold: float) -> None:
-        self.threshold = threshold
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        mask = image > self.threshold
-        return mask if bool(mask.any()) else torch.ones_like(mask)
 
 
 class Predictor:
@@ -97,25 +88,7 @@ class Predictor:
         self.postprocess = postprocess or PostprocessOptions()
         self.display_window = None if display_window is None else tuple(float(v) for v in display_window)
         self._loader = transforms[0]
-        crop = []
-        if self.options.crop_foreground:
-            crop = [
-                CropForegroundd(
-                    keys=list(self.input_keys),
-                    source_key=self.input_keys[0],
-                    margin=self.options.crop_margin,
-                    select_fn=_AboveHU(self.options.foreground_hu),
-                    allow_smaller=True,
-                )
-            ]
-        self.preprocessing = Compose([*crop, *transforms[1:]])
-        key = self.input_keys[0]
-        self._invert_nearest = Invertd(
-            keys="pred", transform=self.preprocessing, orig_keys=key, nearest_interp=True
-        )
-        self._invert_linear = Invertd(
-            keys="pred", transform=self.preprocessing, orig_keys=key, nearest_interp=False
-        )
+        self.preprocessing = Compose(transforms[1:])
 
     @classmethod
     def from_bundle(
@@ -209,10 +182,35 @@ class Predictor:
         data.update(loaded)
         return data
 
+    def crop_box(self, data: Mapping[str, Any]) -> tuple[slice, ...] | None:
+        """The body box on the network grid (see :func:`pipeline.foreground_crop.body_box`), or ``None`` when
+        cropping is off, nothing is above ``foreground_hu``, or the box is the whole grid."""
+        if not self.options.crop_foreground:
+            return None
+        key = self.input_keys[0]
+        grid = data[key]
+        return body_box(
+            data[key + INPUT_SUFFIX],
+            data[key + INPUT_SUFFIX].affine,
+            grid.affine,
+            grid.shape[1:],
+            threshold=self.options.foreground_hu,
+            margin=self.options.crop_margin,
+            roi_size=self.inferer.roi_size,
+            overlap=self.inferer.overlap,
+        )
+
     @torch.no_grad()
     def probabilities(self, data: Mapping[str, Any]) -> torch.Tensor:
-        """Mean softmax of the ensemble (and mirror TTA) on the preprocessed grid, (C, X, Y[, Z]) float32 on CPU."""
+        """Mean softmax of the ensemble (and mirror TTA) on the preprocessed grid, (C, X, Y[, Z]) float32 on CPU.
+
+        With ``crop_foreground`` only the body box is inferred; voxels outside it are background (probability 1).
+        """
         image = torch.cat([torch.as_tensor(data[k]) for k in self.input_keys], dim=0)[None]
+        grid_shape = image.shape[2:]
+        box = self.crop_box(data)
+        if box is not None:
+            image = image[(slice(None), slice(None), *box)]
         total = None
         for net in self.networks:
             forward = self._forward(net)
@@ -221,7 +219,13 @@ class Predictor:
             else:
                 probs = torch.softmax(self.inferer(image, forward).float(), dim=1)[0].cpu()
             total = probs if total is None else total.add_(probs)
-        return total.div_(len(self.networks))
+        total = total.div_(len(self.networks))
+        if box is None:
+            return total
+        full = torch.zeros((total.shape[0], *grid_shape), dtype=total.dtype)
+        full[0] = 1.0
+        full[(slice(None), *box)] = total
+        return full
 
     def _forward(self, net: nn.Module):
         """``net``, or ``net`` under autocast returning float32 logits (so stitching stays in float32)."""
@@ -254,37 +258,31 @@ class Predictor:
             )
         prob_map = None
         if keep_probabilities:
-            prob_map = self._to_input_grid(data, probs, self._invert_linear)
-            # cropped-away voxels come back as zeros in every class: they are background
-            prob_map[0] = (1 - prob_map[1:].sum(0)).clamp_(0, 1)
+            prob_map = self._to_input_grid(data, resample_slabwise(probs, *self._grids(data)))
         return Segmentation(
             labels, prob_map, {"inference": infer_s, "restore": time.perf_counter() - start - infer_s}
         )
 
-    def _restore_labels(self, data: Mapping[str, Any], probs: torch.Tensor) -> MetaTensor:
-        """Label map (1, X, Y[, Z]) uint8 on the input grid from network-grid probabilities (C, ...)."""
-        if self.options.restore == "nearest":
-            labels = self._to_input_grid(
-                data, probs.argmax(dim=0, keepdim=True).to(torch.uint8), self._invert_nearest
-            )
-            return MetaTensor(torch.as_tensor(labels).round().to(torch.uint8), meta=labels.meta)
-        best = labels = meta = None
-        for c in range(probs.shape[0]):  # one class at a time: two full-resolution float maps at most
-            p = self._to_input_grid(data, probs[c : c + 1], self._invert_linear)
-            meta = p.meta
-            p = torch.as_tensor(p)
-            if best is None:
-                best, labels = p, torch.zeros(p.shape, dtype=torch.uint8)
-            else:
-                better = p > best  # strict: ties keep the lower class, as argmax does
-                labels[better] = c
-                best = torch.maximum(best, p, out=best)
-        return MetaTensor(labels, meta=meta)
+    def _grids(self, data: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor]:
+        """(network-grid affine, input spatial shape, input affine) of the first input key."""
+        key = self.input_keys[0]
+        reference = data[key + INPUT_SUFFIX]
+        return data[key].affine, tuple(reference.shape[1:]), reference.affine
 
-    def _to_input_grid(self, data: Mapping[str, Any], pred: torch.Tensor, invert: Invertd) -> MetaTensor:
-        reference = data[self.input_keys[0]]
-        inverted = invert({**data, "pred": MetaTensor(pred, meta=dict(reference.meta))})["pred"]
-        return inverted if isinstance(inverted, MetaTensor) else MetaTensor(inverted)
+    def _restore_labels(self, data: Mapping[str, Any], probs: torch.Tensor) -> MetaTensor:
+        """Label map (1, X, Y[, Z]) uint8 on the input grid from network-grid probabilities (C, ...), slab by slab
+        (see :mod:`pipeline.grid_restore`): argmax of the linearly resampled probabilities, as MONAI's ``Invertd``
+        + ``AsDiscreted(argmax)``, or, with ``restore="nearest"``, the network-grid argmax resampled by nearest
+        neighbour."""
+        if self.options.restore == "nearest":
+            labels = resample_slabwise(argmax_labels(probs).float(), *self._grids(data), mode="nearest")
+            return self._to_input_grid(data, labels.to(torch.uint8))
+        return self._to_input_grid(data, resample_slabwise(probs, *self._grids(data), reduce=argmax_labels))
+
+    def _to_input_grid(self, data: Mapping[str, Any], values: torch.Tensor) -> MetaTensor:
+        """``values`` (C, X, Y[, Z]) on the input grid as a MetaTensor with the input's meta (affine included)."""
+        reference = data[self.input_keys[0] + INPUT_SUFFIX]
+        return MetaTensor(values, meta={**reference.meta, "affine": reference.affine.clone()})
 
     def predict_loaded(self, data: dict[str, Any]) -> MetaTensor:
         """Label map (1, X, Y[, Z]) uint8 on the input's own grid from a preprocessed case (see :meth:`load`)."""
