@@ -1,12 +1,14 @@
 """Preview PNG of a predicted mask: three orthogonal slices through the largest structure, radiological view.
 
-Volumes are first reoriented to RAS with ``nibabel.orientations`` (nearest axes for oblique grids), so an LPS
-and a RAS copy of the same data give the same picture. Display follows the radiological convention: axial
-and coronal views show the patient's right on the screen's left; anterior is up in axial views and on the left
-in sagittal views; superior is up. Pixel aspect follows the voxel spacing. A 2D input ``(X, Y)`` is shown as
-one axial panel by the same rule, so a 2D array without geometry (identity affine, e.g. loaded from a PNG as
-``(column, row)``) needs ``affine=diag(-1, -1, 1, 1)`` to appear as stored. Rendering uses matplotlib's Agg
-canvas directly (no pyplot, no display, no global backend change).
+Views are defined on the RAS-reoriented grid (``nibabel.orientations``, nearest axes for oblique grids), so an
+LPS and a RAS copy of the same data give the same picture; the volume itself is never copied or reoriented: the
+centre is found slab by slab on the original array and only the three slices are cut out and reoriented.
+Display follows the radiological convention: axial and coronal views show the patient's right on the screen's
+left; anterior is up in axial views and on the left in sagittal views; superior is up. Pixel aspect follows the
+voxel spacing. A 2D input ``(X, Y)`` is shown as one axial panel by the same rule, so a 2D array without
+geometry (identity affine, e.g. loaded from a PNG as ``(column, row)``) needs ``affine=diag(-1, -1, 1, 1)`` to
+appear as stored. Rendering uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend
+change).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -25,7 +27,6 @@ from matplotlib.patches import Patch
 from monai.data import MetaTensor
 from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
-from scipy import ndimage
 
 from pipeline.atomic import atomic_write_bytes
 from pipeline.writers import as_affine, label_array, spatial_array
@@ -47,25 +48,92 @@ def label_colour(label: int) -> tuple[float, float, float]:
     return tuple(matplotlib.colormaps["tab20"]((int(label) - 1) % 20)[:3])
 
 
-def _to_ras(image: np.ndarray, mask: np.ndarray, affine: np.ndarray):
-    to_ras = ornt_transform(io_orientation(affine), axcodes2ornt(("R", "A", "S")))
-    new_affine = affine @ inv_ornt_aff(to_ras, image.shape)
-    return apply_orientation(image, to_ras), apply_orientation(mask, to_ras), voxel_sizes(new_affine)
+SLAB_VOXELS = 1 << 20
+"""Voxels per slab when scanning a mask (4 slices of 512x512): temporaries stay near 20 MB."""
 
 
-def _centre(mask: np.ndarray) -> tuple[int, ...]:
-    counts = np.bincount(mask.ravel().astype(np.int64))
+def _slabs(arr: np.ndarray) -> Iterator[tuple[int, int, tuple[slice, ...]]]:
+    """Yield ``(axis, start, index)`` slabs of ``arr`` along its slowest-varying (largest stride) axis."""
+    axis = int(np.argmax(np.abs(arr.strides)))
+    step = max(1, SLAB_VOXELS // max(1, arr.size // max(1, arr.shape[axis])))
+    for start in range(0, arr.shape[axis], step):
+        index = [slice(None)] * arr.ndim
+        index[axis] = slice(start, start + step)
+        yield axis, start, tuple(index)
+
+
+def _to_ras_index(ornt: np.ndarray, shape: tuple[int, ...], index, axis: int):
+    """RAS index (int or array) along RAS axis ``int(ornt[axis, 0])`` of original ``index`` along ``axis``."""
+    return index if ornt[axis, 1] == 1 else shape[axis] - 1 - index
+
+
+def _centre(lab: np.ndarray, ornt: np.ndarray) -> tuple[int, ...]:
+    """RAS voxel ``(x, y, z)`` of the largest label nearest its centroid, computed on the original grid.
+
+    Picks the same voxel as reorienting ``lab`` to RAS and taking the first (C order) nearest voxel: the
+    centroid comes from exact integer coordinate sums, and distance ties go to the smallest RAS index.
+
+    Args:
+        lab: labels ``(X, Y, Z)`` (uint8 or uint16) on the original grid.
+        ornt: nibabel orientation transform from the original axes to RAS.
+    """
+    counts = np.zeros(np.iinfo(lab.dtype).max + 1, np.int64)
+    for _, _, index in _slabs(lab):
+        counts += np.bincount(lab[index].ravel(), minlength=counts.size)
     counts[0] = 0
+    ras_shape = [0, 0, 0]
+    for axis, size in enumerate(lab.shape):
+        ras_shape[int(ornt[axis, 0])] = size
     if not counts.any():
-        return tuple(s // 2 for s in mask.shape)
-    inside = mask == int(np.argmax(counts))
-    centroid = np.asarray(ndimage.center_of_mass(inside))
-    points = np.argwhere(inside)  # the structure's voxel nearest its centroid: in view even when not convex
-    return tuple(int(v) for v in points[np.argmin(((points - centroid) ** 2).sum(axis=1))])
+        return tuple(s // 2 for s in ras_shape)
+    label = int(np.argmax(counts))
+    total = int(counts[label])
+    sums = [0] * lab.ndim
+    for slab_axis, start, index in _slabs(lab):
+        inside = lab[index] == label
+        for axis in range(lab.ndim):
+            others = tuple(a for a in range(lab.ndim) if a != axis)
+            offset = start if axis == slab_axis else 0
+            per_index = inside.sum(axis=others, dtype=np.int64)
+            sums[axis] += int(per_index @ np.arange(offset, offset + per_index.size, dtype=np.int64))
+    centroid = np.zeros(3)
+    for axis, size in enumerate(lab.shape):
+        ras_sum = sums[axis] if ornt[axis, 1] == 1 else total * (size - 1) - sums[axis]
+        centroid[int(ornt[axis, 0])] = ras_sum / total
+    best: tuple[float, tuple[int, ...]] | None = None
+    for slab_axis, start, index in _slabs(lab):
+        found = np.nonzero(lab[index] == label)
+        if not found[0].size:
+            continue
+        points = np.empty((found[0].size, 3), np.int64)  # RAS indices, as np.argwhere on the RAS array
+        for axis, idx in enumerate(found):
+            idx = idx + start if axis == slab_axis else idx
+            points[:, int(ornt[axis, 0])] = _to_ras_index(ornt, lab.shape, idx, axis)
+        dist = ((points - centroid) ** 2).sum(axis=1)
+        nearest = float(dist.min())
+        voxel = min(tuple(int(v) for v in p) for p in points[dist == nearest])
+        if best is None or nearest < best[0] or (nearest == best[0] and voxel < best[1]):
+            best = (nearest, voxel)
+    return best[1]
+
+
+def _ras_plane(arr: np.ndarray, ornt: np.ndarray, ras_axis: int, ras_index: int) -> np.ndarray:
+    """The RAS plane at ``ras_index`` across ``ras_axis``, shown with row 0 at the top: ``(rows, cols)``.
+
+    Only that plane is read from ``arr`` (original grid): a thickness-1 view is reoriented to RAS.
+    """
+    axis = int(np.nonzero(ornt[:, 0] == ras_axis)[0][0])
+    index = _to_ras_index(ornt, arr.shape, ras_index, axis)
+    view = arr[tuple(slice(index, index + 1) if a == axis else slice(None) for a in range(arr.ndim))]
+    plane = np.take(apply_orientation(view, ornt), 0, axis=ras_axis)
+    # RAS planes: reversed x puts the patient's right on the left, reversed y/z puts anterior/superior on top
+    return plane[::-1, ::-1].T
 
 
 def orthogonal_slices(image, mask, affine) -> list[PanelSlice]:
     """Radiological-view slices through the centre of the largest structure.
+
+    Works on the original arrays without copying them: memory grows by a few slices, not by the volume.
 
     Args:
         image: intensities ``(X, Y[, Z])`` or ``(1, X, Y[, Z])``.
@@ -74,24 +142,33 @@ def orthogonal_slices(image, mask, affine) -> list[PanelSlice]:
 
     Returns:
         ``[axial, coronal, sagittal]`` for 3D, ``[axial]`` for 2D; each ``(name, image2d, mask2d, aspect)``
-        with row 0 at the top of the screen.
+        with row 0 at the top of the screen, image float32 and mask int32.
     """
-    img = spatial_array(image, "image").astype(np.float32)
-    lab = label_array(mask)
+    img = spatial_array(image, "image")
+    lab = spatial_array(mask)
+    if lab.dtype not in (np.uint8, np.uint16):  # unsigned labels are valid as they are; label_array copies
+        lab = label_array(mask)
     if img.shape != lab.shape:
         raise ValueError(f"image shape {img.shape} must equal mask shape {lab.shape}")
     aff = as_affine(affine, mask if isinstance(mask, MetaTensor) else image)
     flat = img.ndim == 2
     if flat:
         img, lab = img[:, :, None], lab[:, :, None]
-    img, lab, (sx, sy, sz) = _to_ras(img, lab.astype(np.int32), aff)
-    cx, cy, cz = _centre(lab)
-    # RAS arrays: reversed x puts the patient's right on the left, reversed y/z puts anterior/superior on top
-    panels = [("axial", img[::-1, ::-1, cz].T, lab[::-1, ::-1, cz].T, sy / sx)]
+    to_ras = ornt_transform(io_orientation(aff), axcodes2ornt(("R", "A", "S")))
+    sx, sy, sz = voxel_sizes(aff @ inv_ornt_aff(to_ras, img.shape))
+    centre = _centre(lab, to_ras)
+    views = [("axial", 2, sy / sx)]
     if not flat:
-        panels.append(("coronal", img[::-1, cy, ::-1].T, lab[::-1, cy, ::-1].T, sz / sx))
-        panels.append(("sagittal", img[cx, ::-1, ::-1].T, lab[cx, ::-1, ::-1].T, sz / sy))
-    return [(name, np.ascontiguousarray(i), np.ascontiguousarray(m), float(a)) for name, i, m, a in panels]
+        views += [("coronal", 1, sz / sx), ("sagittal", 0, sz / sy)]
+    return [
+        (
+            name,
+            np.ascontiguousarray(_ras_plane(img, to_ras, ras_axis, centre[ras_axis]), dtype=np.float32),
+            np.ascontiguousarray(_ras_plane(lab, to_ras, ras_axis, centre[ras_axis]), dtype=np.int32),
+            float(aspect),
+        )
+        for name, ras_axis, aspect in views
+    ]
 
 
 def _window(image: np.ndarray, window: tuple[float, float] | None) -> tuple[float, float]:

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from nibabel.affines import voxel_sizes
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from scipy import ndimage
 
 from pipeline.preview import OVERLAY_ALPHA, label_colour, orthogonal_slices, render_preview
 
@@ -41,7 +44,7 @@ def test_radiological_orientation_and_aspect():
     image, mask = _scene()
     panels = {name: (img, m, aspect) for name, img, m, aspect in orthogonal_slices(image, mask, RAS)}
     assert list(panels) == ["axial", "coronal", "sagittal"]
-    ax_img, ax_mask, ax_aspect = panels["axial"]
+    _, ax_mask, ax_aspect = panels["axial"]
     assert ax_mask.shape == (34, 33) and ax_aspect == pytest.approx(1.0)
     rows, cols = np.nonzero(ax_mask == 1)  # right on screen left, anterior on top
     assert cols.max() < 33 // 2 and rows.max() < 34 // 2
@@ -120,3 +123,80 @@ def test_input_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         render_preview(**args)
     assert not list(tmp_path.iterdir())
+
+
+def _old_orthogonal_slices(image: np.ndarray, mask: np.ndarray, affine: np.ndarray):
+    """The previous algorithm: reorient whole volumes to RAS, then the structure's voxel nearest its centroid."""
+    img, lab = image.astype(np.float32), mask.astype(np.int32)
+    flat = img.ndim == 2
+    if flat:
+        img, lab = img[:, :, None], lab[:, :, None]
+    to_ras = ornt_transform(io_orientation(affine), axcodes2ornt(("R", "A", "S")))
+    sx, sy, sz = voxel_sizes(affine @ inv_ornt_aff(to_ras, img.shape))
+    img, lab = apply_orientation(img, to_ras), apply_orientation(lab, to_ras)
+    counts = np.bincount(lab.ravel().astype(np.int64))
+    counts[0] = 0
+    if not counts.any():
+        cx, cy, cz = (s // 2 for s in lab.shape)
+    else:
+        inside = lab == int(np.argmax(counts))
+        centroid = np.asarray(ndimage.center_of_mass(inside))
+        points = np.argwhere(inside)
+        cx, cy, cz = points[np.argmin(((points - centroid) ** 2).sum(axis=1))]
+    panels = [("axial", img[::-1, ::-1, cz].T, lab[::-1, ::-1, cz].T, sy / sx)]
+    if not flat:
+        panels.append(("coronal", img[::-1, cy, ::-1].T, lab[::-1, cy, ::-1].T, sz / sx))
+        panels.append(("sagittal", img[cx, ::-1, ::-1].T, lab[cx, ::-1, ::-1].T, sz / sy))
+    return [(name, np.ascontiguousarray(i), np.ascontiguousarray(m), float(a)) for name, i, m, a in panels]
+
+
+def _oblique(degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return rot @ np.array([[0, 0, -2.0, 5], [0.7, 0, 0, -3], [0, -0.9, 0, 1], [0, 0, 0, 1]])
+
+
+AFFINES = {
+    "ras": RAS,
+    "lps": np.diag([-0.8, -0.8, 2.5, 1.0]),
+    "permuted": np.array([[0, 0, -2.0, 0], [0.7, 0, 0, 0], [0, -0.9, 0, 0], [0, 0, 0, 1]]),
+    "oblique": _oblique(35.0),
+    "oblique_flipped": _oblique(-50.0) @ np.diag([1, -1, 1, 1]),
+}
+
+
+def _label_volumes(shape):
+    """Random labels (C and Fortran order), two equal boxes (tie), a ring with its centroid outside, empty."""
+    rng = np.random.default_rng(7)
+    random = rng.integers(0, 4, shape, dtype=np.uint8) * (rng.random(shape) < 0.2)
+    tie = np.zeros(shape, np.uint8)
+    tie[tuple(slice(1, 5) for _ in shape)] = 2
+    tie[tuple(slice(n - 5, n - 1) for n in shape)] = 1  # same size as label 2: label 1 wins, as np.argmax
+    ring = np.zeros(shape, np.uint16)
+    x, y = np.ogrid[: shape[0], : shape[1]]
+    r2 = (x - shape[0] / 2) ** 2 + (y - shape[1] / 2) ** 2
+    ring[..., :] = ((r2 > 16) & (r2 < 64))[(...,) + (None,) * (len(shape) - 2)] * 300
+    return {
+        "random": random,
+        "random_fortran": np.asfortranarray(random),  # scanned in slabs along the last axis
+        "tie": tie,
+        "ring": ring,
+        "empty": np.zeros(shape, np.uint8),
+    }
+
+
+@pytest.mark.parametrize("affine_name", list(AFFINES))
+@pytest.mark.parametrize("shape", [(17, 19, 21), (19, 17)])
+def test_same_panels_as_whole_volume_reorientation(affine_name, shape, monkeypatch):
+    monkeypatch.setattr("pipeline.preview.SLAB_VOXELS", 700)  # several slabs even on tiny volumes
+    affine = AFFINES[affine_name]
+    image = np.random.default_rng(3).normal(0, 100, shape)  # float64: panels are float32 as before
+    for volume_name, mask in _label_volumes(shape).items():
+        new = orthogonal_slices(image, mask, affine)
+        old = _old_orthogonal_slices(image, mask, affine)
+        assert [p[0] for p in new] == [p[0] for p in old], volume_name
+        for (name, img, lab, aspect), (_, old_img, old_lab, old_aspect) in zip(new, old):
+            assert img.dtype == old_img.dtype and lab.dtype == old_lab.dtype, (volume_name, name)
+            np.testing.assert_array_equal(img, old_img, err_msg=f"{volume_name} {name}")
+            np.testing.assert_array_equal(lab, old_lab, err_msg=f"{volume_name} {name}")
+            assert aspect == old_aspect, (volume_name, name)
