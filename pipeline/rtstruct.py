@@ -189,12 +189,16 @@ def _encoded(rc: np.ndarray, sl: _Slice, what: str) -> list[str]:
     return values
 
 
+def _image_ref(sl: _Slice) -> Dataset:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = sl.sop_class
+    ref.ReferencedSOPInstanceUID = sl.uid
+    return ref
+
+
 def _contour_item(values: list[str], sl: _Slice, number: int) -> Dataset:
-    image = Dataset()
-    image.ReferencedSOPClassUID = sl.sop_class
-    image.ReferencedSOPInstanceUID = sl.uid
     item = Dataset()
-    item.ContourImageSequence = DicomSequence([image])
+    item.ContourImageSequence = DicomSequence([_image_ref(sl)])
     item.ContourGeometricType = "CLOSED_PLANAR"
     item.NumberOfContourPoints = len(values) // 3
     item.ContourNumber = number
@@ -221,15 +225,9 @@ def _references(slices: list[_Slice]) -> Dataset:
         by_series.setdefault(str(s.ds.get("SeriesInstanceUID", "")), []).append(s)
     series_items = []
     for uid, members in by_series.items():
-        images = []
-        for s in members:
-            image = Dataset()
-            image.ReferencedSOPClassUID = s.sop_class
-            image.ReferencedSOPInstanceUID = s.uid
-            images.append(image)
         series = Dataset()
         series.SeriesInstanceUID = uid
-        series.ContourImageSequence = DicomSequence(images)
+        series.ContourImageSequence = DicomSequence([_image_ref(s) for s in members])
         series_items.append(series)
     study = Dataset()
     study.ReferencedSOPClassUID = _STUDY_REF_CLASS
