@@ -222,12 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sw-batch-size", type=int)
     p.add_argument("--mode", choices=("gaussian", "constant"), help="sliding-window blending")
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (flips of the spatial axes)")
-    p.add_argument("--no-crop-foreground", dest="crop_foreground", action="store_false",
-                   help="infer the whole grid (default: only the body box, voxels above --foreground-hu; air is "
-                        "background)")
+    p.add_argument("--crop-foreground", action="store_true",
+                   help="CT: infer only the body box (voxels above --foreground-hu); the rest is background")
     p.add_argument("--foreground-hu", type=float, default=-500.0, help="body threshold of the crop, in HU")
     p.add_argument("--crop-margin", type=int, default=8, help="network-grid voxels kept around the body")
-    p.add_argument("--amp", action="store_true", help="autocast the network (bfloat16 on CPU, float16 on CUDA)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="autocast the network (bfloat16 on CPU, float16 on CUDA); default: on for CUDA and for "
+                        "CPUs with native bfloat16")
     p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
                    help="labels back onto the input grid: argmax of linearly resampled probabilities, or argmax "
                         "then nearest neighbour (staircase boundaries)")

@@ -43,7 +43,7 @@ def _aligned(start: int, stop: int, size: int, roi: int, stride: int) -> tuple[i
     start = (start // stride) * stride
     length = max(stop - start, roi)
     stop = start + roi + math.ceil((length - roi) / stride) * stride
-    if stop >= size:  # the last patch then sits at size - roi, as in the uncropped run
+    if stop > size - roi:  # reaches the uncropped run's last patch (at size - roi, off the stride grid): keep it
         return min(start, size - roi), size
     return start, stop
 

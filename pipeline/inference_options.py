@@ -24,12 +24,16 @@ class InferenceOptions:
             spatial axes (2**spatial_dims passes).
         crop_foreground: run the sliding window only on the body's box (input voxels above ``foreground_hu``,
             plus ``crop_margin``) of the resampled image, aligned with the patch grid so the patches inside are
-            those of the whole-grid run; the rest is background. On by default; an input with nothing below
-            the threshold (e.g. MR against the default -500) is inferred whole.
+            those of the whole-grid run; the rest is background. Voxels within one patch-minus-stride of the
+            box faces lose the patches that reached outside it, so labels there may differ slightly from the
+            whole-grid run; ``skip_uniform_patches`` is the exact (and default) way of not inferring air.
+        skip_uniform_patches: evaluate the network once per distinct single-valued patch (air clipped by the
+            CT window, padding) and reuse that output: same result, less work.
         foreground_hu: body threshold in the input's intensity units (HU for CT).
         crop_margin: network-grid voxels kept around the body.
         amp: run the network under autocast (bfloat16 on CPU, float16 on CUDA); patches are stitched in
-            float32. Faster where the hardware supports it; probabilities differ slightly from float32.
+            float32; probabilities differ slightly from float32 (labels agree to Dice > 0.999 in
+            benchmarks/RESULTS.md). ``None``: on for CUDA and for CPUs with native bfloat16 (AVX512-BF16, AMX).
         restore: how labels return to the input grid: ``"linear"`` takes the argmax of the linearly resampled
             class probabilities (as MONAI's ``Invertd`` + ``AsDiscreted``, slab by slab so no full-resolution
             float map is held); ``"nearest"`` takes the argmax on the network grid and resamples the label map
@@ -43,11 +47,12 @@ class InferenceOptions:
     device: str | None = None
     keep_volume_on_cpu: bool = True
     tta: bool = False
-    crop_foreground: bool = True
+    crop_foreground: bool = False
     foreground_hu: float = -500.0
     crop_margin: int = 8
+    skip_uniform_patches: bool = True
     restore: str = "linear"
-    amp: bool = False
+    amp: bool | None = None
 
     def __post_init__(self) -> None:
         if self.roi_size is not None and (not self.roi_size or any(int(v) < 1 for v in self.roi_size)):

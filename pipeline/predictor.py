@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from pipeline.grid_restore import argmax_labels, resample_slabwise
 from pipeline.inference_options import InferenceOptions, PostprocessOptions
 from pipeline.postprocess import postprocess_mask
 from pipeline.tta import mirror_probabilities
+from pipeline.uniform_patches import UniformPatchCache
 from transforms.io import LoadScand
 
 if TYPE_CHECKING:
@@ -79,12 +80,14 @@ class Predictor:
             raise ValueError(f"preprocessing must start with LoadScand or LoadImaged, got {first}")
         self.device = torch.device(device)
         self.networks = [net.to(self.device).eval() for net in networks]
+        self.options = options or InferenceOptions()
+        self.amp = _resolve_amp(self.options.amp, self.device)
+        self._forwards = [self._forward(net) for net in self.networks]
         self.inferer = inferer
         self.input_keys = tuple(input_keys)
         self.class_names = tuple(class_names)
         self.bundle_name = bundle_name
         self.checkpoint_names = list(checkpoint_names)
-        self.options = options or InferenceOptions()
         self.postprocess = postprocess or PostprocessOptions()
         self.display_window = None if display_window is None else tuple(float(v) for v in display_window)
         self._loader = transforms[0]
@@ -156,7 +159,7 @@ class Predictor:
             "mode": str(inf.mode),
             "tta": self.options.tta,
             "restore": self.options.restore,
-            "amp": self.options.amp,
+            "amp": self.amp,
             "crop_foreground": [self.options.foreground_hu, self.options.crop_margin]
             if self.options.crop_foreground
             else None,
@@ -212,8 +215,7 @@ class Predictor:
         if box is not None:
             image = image[(slice(None), slice(None), *box)]
         total = None
-        for net in self.networks:
-            forward = self._forward(net)
+        for forward in self._forwards:
             if self.options.tta:
                 probs = mirror_probabilities(lambda x, f=forward: self.inferer(x, f), image)
             else:
@@ -227,18 +229,23 @@ class Predictor:
         full[(slice(None), *box)] = total
         return full
 
-    def _forward(self, net: nn.Module):
-        """``net``, or ``net`` under autocast returning float32 logits (so stitching stays in float32)."""
-        if not self.options.amp:
-            return net
+    def _forward(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The sliding window's forward for ``net``: channels-last on CPU (oneDNN's fast convolutions, same
+        values), under autocast when ``amp`` (float32 logits out, so stitching stays in float32), and with
+        single-valued patches evaluated once (:class:`~pipeline.uniform_patches.UniformPatchCache`)."""
+        layout = _channels_last_format(net) if self.device.type == "cpu" else None
+        if layout is not None:
+            net.to(memory_format=layout)
         dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(self.device.type, dtype=dtype):
+            if layout is not None:
+                x = x.contiguous(memory_format=layout)
+            with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
                 out = net(x)
-            return out.float()
+            return out.float().contiguous()
 
-        return forward
+        return UniformPatchCache(forward) if self.options.skip_uniform_patches else forward
 
     def segment(self, data: dict[str, Any], *, keep_probabilities: bool = False) -> Segmentation:
         """Label map (and optionally probabilities) on the input's own grid from a case loaded by :meth:`load`.
@@ -300,6 +307,25 @@ class Predictor:
         from pipeline.batch import predict_folder
 
         return predict_folder(self, source, output, **options)
+
+
+def _channels_last_format(net: nn.Module) -> torch.memory_format | None:
+    """``channels_last_3d`` for a 3D network, ``channels_last`` for a 2D one (by its weights' rank), else None."""
+    rank = max((p.ndim for p in net.parameters()), default=0)
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(rank)
+
+
+def _resolve_amp(amp: bool | None, device: torch.device) -> bool:
+    """``amp`` as given, or, when ``None``: on for CUDA (float16) and for CPUs with native bfloat16 arithmetic
+    (AVX512-BF16 or AMX), off elsewhere (emulated bfloat16 is slower than float32)."""
+    if amp is not None:
+        return amp
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    native = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in native if check is not None)
 
 
 def _window(window: Any) -> tuple[float, float] | None:

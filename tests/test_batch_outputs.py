@@ -183,7 +183,7 @@ def test_tta_and_crop_keep_the_input_grid(checkpoints, source):
 
 
 def test_crop_foreground_infers_the_body_box_with_the_uncropped_patches(checkpoints, tmp_path):
-    hu = np.full((80, 72, 40), -1000.0, np.float32)  # already on the bundle's 1.6 x 1.6 x 2.5 mm grid
+    hu = np.full((100, 72, 40), -1000.0, np.float32)  # already on the bundle's 1.6 x 1.6 x 2.5 mm grid
     hu[30:46, 28:40, 14:22] = 40.0
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(hu, np.diag([1.6, 1.6, 2.5, 1.0])), path)
@@ -191,13 +191,16 @@ def test_crop_foreground_infers_the_body_box_with_the_uncropped_patches(checkpoi
         BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", crop_foreground=False)
     )
     cropped = Predictor.from_bundle(
-        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", crop_margin=2)
+        BUNDLE,
+        checkpoints[0],
+        options=InferenceOptions(roi_size=ROI, device="cpu", crop_foreground=True, crop_margin=2),
     )
     data = cropped.load(path)
     box = cropped.crop_box(data)
     assert whole.crop_box(data) is None
-    # body 30..45 / 28..39 / 14..21 plus 2 voxels, grown to the patch grid (stride 16, 16, 8; length roi + k stride)
-    assert [(s.start, s.stop) for s in box] == [(16, 64), (16, 48), (8, 32)]
+    # body 30..45 / 28..39 / 14..21 plus 2 voxels, grown to the patch grid (stride 16, 16, 8; length roi + k stride);
+    # a box reaching the whole-grid run's last patch (at size - roi: 68, 40, 24) runs to the end
+    assert [(s.start, s.stop) for s in box] == [(16, 64), (16, 72), (8, 40)]
     p_crop, p_whole = cropped.probabilities(data), whole.probabilities(data)
     outside = torch.ones(p_crop.shape[1:], dtype=torch.bool)
     outside[box] = False
@@ -277,7 +280,7 @@ def test_linear_restore_equals_monai_invertd_then_argmax(checkpoints, source):
 
 def test_amp_keeps_shapes_and_mostly_the_same_labels(checkpoints, source):
     plain = Predictor.from_bundle(
-        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu")
+        BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", amp=False)
     )
     amp = Predictor.from_bundle(
         BUNDLE, checkpoints[0], options=InferenceOptions(roi_size=ROI, device="cpu", amp=True)
