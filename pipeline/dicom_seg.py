@@ -11,12 +11,11 @@ otherwise, with the generic SNOMED CT pair category "Tissue" (85756007) / type "
 true, never misleading. Pass ``property_codes`` for specific anatomy (e.g. ``codes.SCT.Liver``).
 
 The SEG copies patient and study attributes from the source images, as the DICOM standard requires; nothing
-of them is logged. RTSTRUCT output is not provided (see the module's report).
+of them is logged. RTSTRUCT output: :mod:`pipeline.rtstruct`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import warnings
@@ -31,6 +30,13 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from pipeline.atomic import atomic_write
+from pipeline.dicom_output_common import (
+    check_ascending,
+    check_labels,
+    check_slice_grid,
+    package_version,
+    read_source_headers,
+)
 from pipeline.writers import label_array
 
 __all__ = ["DEFAULT_PROPERTY_CODES", "read_dicom_seg", "write_dicom_seg"]
@@ -38,25 +44,6 @@ __all__ = ["DEFAULT_PROPERTY_CODES", "read_dicom_seg", "write_dicom_seg"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROPERTY_CODES: tuple[Code, Code] = (codes.SCT.Tissue, codes.SCT.Tissue)
-_POSITION_TOL_MM = 1e-3
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("clinseg")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _read_headers(source_files: Sequence[str | os.PathLike]) -> list[pydicom.Dataset]:
-    headers = []
-    for f in source_files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        # an empty SpecificCharacterSet (seen in real data) means the default repertoire; highdicom rejects ''
-        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
-            del ds.SpecificCharacterSet
-        headers.append(ds)
-    return headers
 
 
 def _n_frames(ds: pydicom.Dataset) -> int:
@@ -142,21 +129,13 @@ def _source_headers(
     source_files: list[Path], frame_numbers: Sequence[int] | None, shape: tuple[int, int, int]
 ) -> tuple[list[pydicom.Dataset], list[int] | None]:
     """Read and check the source headers; returns them and the checked ``frame_numbers``."""
-    nx, ny, nz = shape
-    headers = _read_headers(source_files)
+    nz = shape[2]
+    headers = read_source_headers(source_files)
     _check_frame_source(headers, frame_numbers, source_files)
-    if frame_numbers is None and len(headers) != nz:
-        raise ValueError(
-            f"source_files must hold one file per slice: mask has Z={nz}, got {len(headers)} files"
-        )
-    for idx, ds in enumerate(headers):
-        if (int(ds.Rows), int(ds.Columns)) != (ny, nx):
-            raise ValueError(
-                f"source_files[{idx}] is {ds.Columns}x{ds.Rows} (columns x rows) but the mask slice is "
-                f"{nx}x{ny}: mask must be (X=columns, Y=rows, Z=slices)"
-            )
+    check_slice_grid(headers, shape, per_slice=frame_numbers is None)
+    for path, ds in zip(source_files, headers):
         if "PerFrameFunctionalGroupsSequence" in ds or _n_frames(ds) > 1:
-            _shared_geometry(ds, source_files[idx])
+            _shared_geometry(ds, path)
     if frame_numbers is not None:
         frame_numbers = _check_frame_numbers(frame_numbers, _n_frames(headers[0]), nz, source_files[0])
     if nz > 1:
@@ -173,29 +152,8 @@ def _source_headers(
             ipp = _frame_positions(headers[0], source_files[0])[np.asarray(frame_numbers) - 1]
         iop = np.asarray(iop, dtype=float)
         pos = np.asarray(ipp, dtype=float) @ np.cross(iop[:3], iop[3:])
-        if np.any(np.diff(pos) <= _POSITION_TOL_MM):
-            what = "source_files" if frame_numbers is None else "frame_numbers"
-            raise ValueError(
-                f"{what} must be sorted ascending along the slice normal cross(row_dir, col_dir); "
-                f"positions along it are {np.round(pos, 3).tolist()} mm"
-            )
+        check_ascending(pos, "source_files" if frame_numbers is None else "frame_numbers")
     return headers, frame_numbers
-
-
-def _check_labels(labels: Mapping[int, str]) -> list[int]:
-    ids = sorted(labels)
-    if not ids:
-        raise ValueError("labels must declare at least one foreground label, got an empty mapping")
-    for lid in ids:
-        if int(lid) != lid or lid <= 0:
-            raise ValueError(f"labels keys must be positive integer ids (0 is background), got {lid!r}")
-        name = labels[lid]
-        if not isinstance(name, str) or not name.strip() or len(name) > 64:
-            raise ValueError(f"labels[{lid}] must be a non-empty name of at most 64 characters, got {name!r}")
-    names = [labels[i] for i in ids]
-    if len(set(names)) != len(names):
-        raise ValueError(f"labels must have distinct names, got {names}")
-    return ids
 
 
 def write_dicom_seg(
@@ -241,15 +199,11 @@ def write_dicom_seg(
     arr = label_array(mask)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    ids = _check_labels(labels)
-    present = [int(v) for v in np.unique(arr) if v != 0]
-    undeclared = sorted(set(present) - set(ids))
-    if undeclared:
-        raise ValueError(f"mask holds labels {undeclared} that are not declared in labels {ids}")
+    ids = check_labels(labels, arr)
     source_files = [Path(f) for f in source_files]
     headers, frame_numbers = _source_headers(source_files, frame_numbers, arr.shape)
 
-    version = algorithm_version or _package_version()
+    version = algorithm_version or package_version()
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=version
     )
@@ -269,7 +223,7 @@ def write_dicom_seg(
                 tracking_uid=generate_uid(),
             )
         )
-    lut = np.zeros(max(max(ids), int(arr.max())) + 1, dtype=np.uint16 if len(ids) > 255 else np.uint8)
+    lut = np.zeros(max(max(ids), int(arr.max())) + 1, dtype=np.uint8)
     lut[ids] = np.arange(1, len(ids) + 1)
     frames = np.ascontiguousarray(lut[arr].transpose(2, 1, 0))  # (Z, rows=Y, columns=X)
     if frame_numbers is not None:  # highdicom wants one plane per source frame, in the file's frame order

@@ -9,7 +9,8 @@ Contours are traced per slice with ``skimage.measure.find_contours`` at level 0.
 slice, so every contour is closed and runs through the midpoints between inside and outside pixel centres;
 points on straight runs are dropped (lossless). Pixel ``(row, column)`` positions are placed in patient space
 (LPS, mm) from each slice's own ImagePositionPatient, ImageOrientationPatient and PixelSpacing, so oblique
-series are exact. Rasterising the contours back (even-odd rule, pixel centres inside) gives the mask again.
+series are exact. Rasterising the contours back (even-odd rule, pixel centres inside) with
+:func:`pipeline.rtstruct_read.rtstruct_to_mask` gives the mask again.
 
 The structure set copies patient and study attributes from the source images, as the DICOM standard requires;
 nothing of them is logged.
@@ -18,14 +19,12 @@ nothing of them is logged.
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
@@ -37,10 +36,17 @@ from pydicom.uid import (
 from skimage.measure import approximate_polygon, find_contours
 
 from pipeline.atomic import atomic_write
+from pipeline.dicom_output_common import (
+    check_ascending,
+    check_labels,
+    check_slice_grid,
+    package_version,
+    read_source_headers,
+)
 from pipeline.preview import label_colour
 from pipeline.writers import label_array
 
-__all__ = ["read_rtstruct", "rtstruct_to_mask", "write_rtstruct"]
+__all__ = ["write_rtstruct"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +67,9 @@ _PATIENT_STUDY_TAGS = (  # copied from the source images, as the standard requir
 _GEOMETRY_TAGS = ("SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient")
 _DECIMALS = 4  # 0.1 um: every coordinate below 1e10 mm fits a 16-character DS
 _MAX_DS_BYTES = 0xFFFE  # explicit VR little endian: 16-bit value length
-_POSITION_TOL_MM = 1e-3
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("clinseg")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-class _Slice:
+class SourceSlice:
     """Geometry and identity of one source image: ``point = ipp + col * dc * row_dir + row * dr * col_dir``."""
 
     def __init__(self, ds: Dataset, name: str):
@@ -106,58 +104,28 @@ class _Slice:
         return np.stack([d @ self.col_dir / self.dr, d @ self.row_dir / self.dc], axis=1)
 
 
-def _read_slices(source_files: Sequence[str | os.PathLike]) -> list[_Slice]:
-    slices = []
-    for f in source_files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
-            del ds.SpecificCharacterSet  # empty means the default repertoire
-        slices.append(_Slice(ds, str(f)))
+def read_source_slices(source_files: Sequence[str | os.PathLike]) -> list[SourceSlice]:
+    """Headers of the series' single-frame ``source_files`` as :class:`SourceSlice`, in the given order.
+
+    Raises:
+        ValueError: no files, or a file is multi-frame or lacks its identity or geometry.
+    """
+    files = list(source_files)
+    slices = [SourceSlice(ds, str(f)) for f, ds in zip(files, read_source_headers(files))]
     if not slices:
         raise ValueError("source_files must list the series' slice files, got none")
     return slices
 
 
-def _check_sources(slices: list[_Slice], shape: tuple[int, int, int]) -> None:
-    nx, ny, nz = shape
-    if len(slices) != nz:
-        raise ValueError(
-            f"source_files must hold one file per slice: mask has Z={nz}, got {len(slices)} files"
-        )
-    for idx, s in enumerate(slices):
-        if s.size != (ny, nx):
-            raise ValueError(
-                f"source_files[{idx}] is {s.size[1]}x{s.size[0]} (columns x rows) but the mask slice is "
-                f"{nx}x{ny}: mask must be (X=columns, Y=rows, Z=slices)"
-            )
+def _check_sources(slices: list[SourceSlice], shape: tuple[int, int, int]) -> None:
+    check_slice_grid([s.ds for s in slices], shape)
     for key in ("FrameOfReferenceUID", "StudyInstanceUID"):
         values = {str(s.ds.get(key, "")) for s in slices}
         if len(values) != 1 or "" in values:
             raise ValueError(
                 f"source_files must share one non-empty {key}, found {len(values - {''})} distinct"
             )
-    pos = np.array([slices[0].normal @ s.ipp for s in slices])
-    if np.any(np.diff(pos) <= _POSITION_TOL_MM):
-        raise ValueError(
-            "source_files must be sorted ascending along the slice normal cross(row_dir, col_dir); "
-            f"positions along it are {np.round(pos, 3).tolist()} mm"
-        )
-
-
-def _check_labels(labels: Mapping[int, str]) -> list[int]:
-    ids = sorted(labels)
-    if not ids:
-        raise ValueError("labels must declare at least one foreground label, got an empty mapping")
-    for lid in ids:
-        if int(lid) != lid or not 1 <= lid <= 255:
-            raise ValueError(f"labels keys must be integer ids 1..255 (0 is background), got {lid!r}")
-        name = labels[lid]
-        if not isinstance(name, str) or not name.strip() or len(name) > 64:
-            raise ValueError(f"labels[{lid}] must be a non-empty name of at most 64 characters, got {name!r}")
-    names = [labels[i] for i in ids]
-    if len(set(names)) != len(names):
-        raise ValueError(f"labels must have distinct names, got {names}")
-    return [int(i) for i in ids]
+    check_ascending(np.array([slices[0].normal @ s.ipp for s in slices]), "source_files")
 
 
 def _drop_straight(rc: np.ndarray) -> np.ndarray:
@@ -177,7 +145,7 @@ def _ds_values(xyz: np.ndarray) -> list[str]:
     return out
 
 
-def _encoded(rc: np.ndarray, sl: _Slice, what: str) -> list[str]:
+def _encoded(rc: np.ndarray, sl: SourceSlice, what: str) -> list[str]:
     """ContourData for pixel contour ``rc`` ``(N, 2)``; simplified (with a warning) if it cannot fit 64 kB."""
     values = _ds_values(sl.to_patient(rc))
     tolerance = 0.0
@@ -189,14 +157,14 @@ def _encoded(rc: np.ndarray, sl: _Slice, what: str) -> list[str]:
     return values
 
 
-def _image_ref(sl: _Slice) -> Dataset:
+def _image_ref(sl: SourceSlice) -> Dataset:
     ref = Dataset()
     ref.ReferencedSOPClassUID = sl.sop_class
     ref.ReferencedSOPInstanceUID = sl.uid
     return ref
 
 
-def _contour_item(values: list[str], sl: _Slice, number: int) -> Dataset:
+def _contour_item(values: list[str], sl: SourceSlice, number: int) -> Dataset:
     item = Dataset()
     item.ContourImageSequence = DicomSequence([_image_ref(sl)])
     item.ContourGeometricType = "CLOSED_PLANAR"
@@ -206,7 +174,7 @@ def _contour_item(values: list[str], sl: _Slice, number: int) -> Dataset:
     return item
 
 
-def _contours(arr: np.ndarray, lid: int, slices: list[_Slice], name: str) -> list[Dataset]:
+def _contours(arr: np.ndarray, lid: int, slices: list[SourceSlice], name: str) -> list[Dataset]:
     """ContourSequence items of label ``lid`` on every slice of ``arr`` ``(X, Y, Z)``."""
     items = []
     for k in np.flatnonzero(np.any(arr == lid, axis=(0, 1))):
@@ -218,9 +186,9 @@ def _contours(arr: np.ndarray, lid: int, slices: list[_Slice], name: str) -> lis
     return items
 
 
-def _references(slices: list[_Slice]) -> Dataset:
+def _references(slices: list[SourceSlice]) -> Dataset:
     """ReferencedFrameOfReferenceSequence item listing every source image by series."""
-    by_series: dict[str, list[_Slice]] = {}
+    by_series: dict[str, list[SourceSlice]] = {}
     for s in slices:
         by_series.setdefault(str(s.ds.get("SeriesInstanceUID", "")), []).append(s)
     series_items = []
@@ -264,7 +232,7 @@ def _base_dataset(source: Dataset, series_description: str, series_number: int) 
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.OperatorsName = ""
     ds.Manufacturer = "clinseg"
-    ds.SoftwareVersions = _package_version()
+    ds.SoftwareVersions = package_version()
     ds.InstanceNumber = 1
     ds.StructureSetDate, ds.StructureSetTime = date, time
     return ds
@@ -304,15 +272,12 @@ def write_rtstruct(
     arr = label_array(mask)
     if arr.ndim != 3:
         raise ValueError(f"mask must be (X, Y, Z) or (1, X, Y, Z), got shape {arr.shape}")
-    ids = _check_labels(labels)
-    undeclared = sorted({int(v) for v in np.unique(arr) if v != 0} - set(ids))
-    if undeclared:
-        raise ValueError(f"mask holds labels {undeclared} that are not declared in labels {ids}")
+    ids = check_labels(labels, arr)
     if not structure_set_label.strip() or len(structure_set_label) > 16:
         raise ValueError(f"structure_set_label must be 1..16 characters, got {structure_set_label!r}")
     if not algorithm_name.strip() or len(algorithm_name) > 64:
         raise ValueError(f"algorithm_name must be 1..64 characters, got {algorithm_name!r}")
-    slices = _read_slices(source_files)
+    slices = read_source_slices(source_files)
     _check_sources(slices, arr.shape)
 
     ds = _base_dataset(slices[0].ds, series_description, series_number)
@@ -354,124 +319,3 @@ def write_rtstruct(
         "wrote RTSTRUCT %s: %d ROIs, %d contours on %d slices", path.name, len(ids), n_contours, len(slices)
     )
     return path
-
-
-def _read_structure_set(path: str | os.PathLike) -> Dataset:
-    ds = pydicom.dcmread(path)
-    if str(ds.get("SOPClassUID", "")) != RTStructureSetStorage:
-        raise ValueError(f"{str(path)!r} is not an RT Structure Set (SOP Class {ds.get('SOPClassUID')!r})")
-    return ds
-
-
-def read_rtstruct(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
-    """Read the contours of an RT Structure Set.
-
-    Args:
-        path: the RTSTRUCT file.
-
-    Returns:
-        ROI name -> list of closed planar contours, each ``(N, 3)`` in patient LPS mm (an ROI without
-        contours maps to an empty list).
-
-    Raises:
-        ValueError: the file is not an RT Structure Set.
-    """
-    ds = _read_structure_set(path)
-    names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
-    out: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
-    for roi in ds.get("ROIContourSequence", []):
-        name = names.get(int(roi.ReferencedROINumber), f"ROI {int(roi.ReferencedROINumber)}")
-        for item in roi.get("ContourSequence", []):
-            points = np.asarray(item.ContourData, dtype=np.float64).reshape(-1, 3)
-            out.setdefault(name, []).append(points)
-    return out
-
-
-def _fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """``(rows, columns)`` mask of the pixel centres inside an odd number of closed ``(N, 2)`` (row, column)
-    polygons, by scanlines: the same pixels as XOR-ing ``skimage.draw.polygon`` fills, without its cost per
-    vertex and pixel."""
-    start = np.concatenate(polygons)
-    end = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])
-    out = np.zeros(shape, dtype=bool)
-    lo, hi = max(0, int(np.ceil(start[:, 0].min()))), min(shape[0] - 1, int(np.floor(start[:, 0].max())))
-    if hi < lo:
-        return out
-    y = np.arange(lo, hi + 1, dtype=np.float64)[:, None]
-    (r0, c0), (r1, c1) = start.T, end.T
-    spans = (r0 <= y) != (r1 <= y)  # half-open in y, so a vertex on a scanline counts once
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(spans, c0 + (y - r0) * (c1 - c0) / (r1 - r0), np.inf)
-    x = np.sort(x, axis=1)[:, : x.shape[1] // 2 * 2]  # an even count of finite crossings per row
-    pairs = np.isfinite(x[:, 1::2])  # crossings come in pairs: inside from x[0] to x[1], x[2] to x[3] ...
-    rows = np.broadcast_to(np.arange(hi - lo + 1)[:, None], pairs.shape)[pairs]
-    diff = np.zeros((hi - lo + 1, shape[1] + 1), dtype=np.int32)
-    np.add.at(diff, (rows, np.clip(np.ceil(x[:, 0::2][pairs]), 0, shape[1]).astype(int)), 1)
-    np.add.at(diff, (rows, np.clip(np.ceil(x[:, 1::2][pairs]), 0, shape[1]).astype(int)), -1)
-    out[lo : hi + 1] = np.cumsum(diff[:, :-1], axis=1) > 0
-    return out
-
-
-def _slice_of(item: Dataset, points: np.ndarray, slices: list[_Slice], by_uid: dict[str, int]) -> int:
-    """Index of the source slice a contour lies on: its referenced image, else the nearest plane."""
-    for image in item.get("ContourImageSequence", []):
-        k = by_uid.get(str(image.ReferencedSOPInstanceUID))
-        if k is not None:
-            return k
-    normal = slices[0].normal
-    pos = np.array([normal @ s.ipp for s in slices])
-    dist = np.abs(pos - float(np.mean(points @ normal)))
-    k = int(np.argmin(dist))
-    tol = 0.5 * float(np.min(np.diff(pos))) if len(pos) > 1 else 0.5
-    if dist[k] > tol:
-        raise ValueError(
-            f"a contour lies {dist[k]:.3f} mm from the nearest source slice (tolerance {tol:.3f} mm)"
-        )
-    return k
-
-
-def rtstruct_to_mask(
-    path: str | os.PathLike,
-    source_files: Sequence[str | os.PathLike],
-    labels: Mapping[int, str] | None = None,
-) -> np.ndarray:
-    """Rasterise an RT Structure Set onto its source slices as an ``(X, Y, Z)`` label map.
-
-    A pixel belongs to an ROI when its centre lies inside an odd number of the ROI's contours on that slice
-    (even-odd rule, so holes come back as holes). Contours are matched to slices by their referenced SOP
-    Instance UID, else by the nearest slice plane. Where ROIs overlap, the higher ROI number wins.
-
-    Args:
-        path: the RTSTRUCT file.
-        source_files: the referenced single-frame images, in the wanted slice order.
-        labels: label id -> ROI name; when given, ROIs are mapped to ids by name (ROIs whose name is not listed
-            are skipped); otherwise values are the ROI numbers.
-
-    Returns:
-        ``(X, Y, Z)`` label map, uint8 (uint16 when a value exceeds 255).
-
-    Raises:
-        ValueError: the file is not an RT Structure Set, or a contour without a known referenced image lies
-            more than half a slice gap from every source slice.
-    """
-    slices = _read_slices(source_files)
-    rows, cols = slices[0].size
-    by_uid = {s.uid: k for k, s in enumerate(slices)}
-    ds = _read_structure_set(path)
-    numbers = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
-    by_name = {name: int(lid) for lid, name in (labels or {}).items()}
-    values = {n: (by_name.get(name) if labels is not None else n) for n, name in numbers.items()}
-    top = max([0, *(v for v in values.values() if v is not None)])
-    out = np.zeros((cols, rows, len(slices)), dtype=np.uint16 if top > 255 else np.uint8)
-    for roi in sorted(ds.get("ROIContourSequence", []), key=lambda r: int(r.ReferencedROINumber)):
-        value = values.get(int(roi.ReferencedROINumber))
-        if not value:
-            continue
-        on_slice: dict[int, list[np.ndarray]] = {}
-        for item in roi.get("ContourSequence", []):
-            points = np.asarray(item.ContourData, dtype=np.float64).reshape(-1, 3)
-            k = _slice_of(item, points, slices, by_uid)
-            on_slice.setdefault(k, []).append(slices[k].to_pixel(points))
-        for k, polygons in on_slice.items():
-            out[:, :, k][_fill_even_odd(polygons, (rows, cols)).T] = value
-    return out

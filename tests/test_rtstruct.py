@@ -16,7 +16,8 @@ from skimage.draw import polygon
 
 from pipeline.dicom_series import write_dicom_series
 from pipeline.preview import label_colour
-from pipeline.rtstruct import _fill_even_odd, read_rtstruct, rtstruct_to_mask, write_rtstruct
+from pipeline.rtstruct import write_rtstruct
+from pipeline.rtstruct_read import _fill_even_odd, read_rtstruct, rtstruct_to_mask
 from transforms.dicom import load_dicom
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
