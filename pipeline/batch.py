@@ -46,7 +46,9 @@ class BatchOptions:
         split: datalist split when the source is a JSON file.
         overwrite: redo cases whose outputs are already complete.
         outputs: optional per-case files (DICOM SEG, probabilities, preview).
-        prefetch: cases loaded and preprocessed ahead in background threads (0: none).
+        prefetch: cases loaded and preprocessed ahead in background threads (0: none). ``None``: one when the
+            network runs on a GPU; none on CPU, where loading would compete with the network for the same cores
+            (measured slower on 2 cores, benchmarks/RESULTS.md).
         workers: loading threads.
         shard: the part of the sorted cases this process handles.
         progress: show a progress bar (cases done, failures, cases/min) on stderr.
@@ -55,7 +57,7 @@ class BatchOptions:
     split: str = "test"
     overwrite: bool = False
     outputs: OutputOptions = field(default_factory=OutputOptions)
-    prefetch: int = 1
+    prefetch: int | None = None
     workers: int = 1
     shard: Shard = field(default_factory=Shard)
     progress: bool = False
@@ -143,7 +145,7 @@ def predict_folder(
     start = time.perf_counter()
     with bar, logging_redirect_tqdm() if options.progress else nullcontext():
         loaded = prefetch(
-            todo, lambda c: predictor.load(c.inputs), ahead=options.prefetch, workers=options.workers
+            todo, lambda c: predictor.load(c.inputs), ahead=_prefetch(options, predictor), workers=options.workers
         )
         for done, item in enumerate(loaded, 1):
             case = item.item
@@ -244,6 +246,12 @@ def _finish_case(
         outputs=_relative(case, names),
     )
     return result, rows
+
+
+def _prefetch(options: BatchOptions, predictor: Predictor) -> int:
+    if options.prefetch is not None:
+        return options.prefetch
+    return 1 if predictor.device.type != "cpu" else 0
 
 
 def _finished(case_dir: Path, outputs: OutputOptions, settings: dict[str, Any]) -> bool:

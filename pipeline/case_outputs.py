@@ -1,4 +1,4 @@
-"""The files written for one segmented case: NIfTI mask, DICOM SEG, probabilities, preview and volumes.
+"""The files written for one segmented case: NIfTI mask, DICOM SEG, RTSTRUCT, probabilities, preview, volumes.
 
 Every file is written atomically (``pipeline.atomic``); the caller marks the case complete only after all of
 them exist, so a killed run never leaves a case that looks finished.
@@ -18,6 +18,7 @@ from pipeline.atomic import atomic_write_json
 from pipeline.dicom_seg import write_dicom_seg
 from pipeline.predictor import Segmentation
 from pipeline.preview import render_preview
+from pipeline.rtstruct import write_rtstruct
 from pipeline.volumetry import structure_volumes
 from pipeline.writers import write_mask_nifti, write_probabilities_nifti
 
@@ -25,6 +26,7 @@ __all__ = [
     "DICOM_SEG_NAME",
     "PREVIEW_NAME",
     "PROBABILITIES_NAME",
+    "RTSTRUCT_NAME",
     "SEG_NAME",
     "VOLUMES_NAME",
     "OutputOptions",
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 SEG_NAME = "seg.nii.gz"
 DICOM_SEG_NAME = "seg.dcm"
+RTSTRUCT_NAME = "rtstruct.dcm"
 PROBABILITIES_NAME = "probabilities.nii.gz"
 PREVIEW_NAME = "preview.png"
 VOLUMES_NAME = "volumes.json"
@@ -48,18 +51,23 @@ class OutputOptions:
     """Which optional files a case gets.
 
     Attributes:
-        dicom_seg: a DICOM SEG ``seg.dcm`` when the input is a single-frame DICOM series.
+        dicom_seg: a DICOM SEG ``seg.dcm`` when the input is DICOM (a single-frame series or one enhanced
+            multi-frame file).
+        rtstruct: an RT Structure Set ``rtstruct.dcm`` (contours per slice, for radiotherapy systems) when the
+            input is a single-frame DICOM series.
         probabilities: ``probabilities.nii.gz`` (classes on the last axis, quantised to uint8).
         preview: ``preview.png``, three orthogonal slices with the mask overlaid.
     """
 
     dicom_seg: bool = True
+    rtstruct: bool = False
     probabilities: bool = False
     preview: bool = True
 
 
 def required_outputs(options: OutputOptions) -> list[str]:
-    """Files every finished case has under these options (``seg.dcm`` comes on top for DICOM inputs)."""
+    """Files every finished case has under these options (``seg.dcm``, ``rtstruct.dcm`` come on top for DICOM
+    inputs)."""
     names = [SEG_NAME, VOLUMES_NAME]
     if options.preview:
         names.append(PREVIEW_NAME)
@@ -108,6 +116,44 @@ def _volumes_by_slab(
     return rows
 
 
+def _write_dicom_outputs(
+    seg: MetaTensor,
+    meta: Mapping,
+    case_dir: Path,
+    labels: Mapping[int, str],
+    options: OutputOptions,
+    algorithm_name: str,
+) -> list[str]:
+    """``seg.dcm`` and/or ``rtstruct.dcm`` referencing the source DICOM (``meta["dicom_files"]`` in slice order,
+    ``meta["frame_numbers"]`` for a multi-frame source); the names written."""
+    files = list(meta.get("dicom_files", []))
+    frames = meta.get("frame_numbers")
+    frames = None if frames is None else [int(f) for f in frames]
+    slices = seg.shape[-1] if seg.ndim == 4 else 0
+    multi_frame = frames is not None and len(files) == 1 and len(frames) == slices
+    if not labels or not slices or not (multi_frame or (frames is None and len(files) == slices)):
+        logger.warning(
+            "%s: no DICOM SEG/RTSTRUCT: they need a 3D series with one source file per slice or one multi-frame "
+            "file (%d files for %d slices)",
+            case_dir.name,
+            len(files),
+            slices,
+        )
+        return []
+    names = []
+    if options.dicom_seg:
+        write_dicom_seg(
+            seg, files, labels, case_dir / DICOM_SEG_NAME, algorithm_name=algorithm_name, frame_numbers=frames
+        )
+        names.append(DICOM_SEG_NAME)
+    if options.rtstruct and multi_frame:
+        logger.warning("%s: no RTSTRUCT: its contours reference single-frame images, the source is multi-frame", case_dir.name)
+    elif options.rtstruct:
+        write_rtstruct(seg, files, labels, case_dir / RTSTRUCT_NAME, algorithm_name=algorithm_name)
+        names.append(RTSTRUCT_NAME)
+    return names
+
+
 def write_case_outputs(
     segmentation: Segmentation,
     image: MetaTensor,
@@ -151,16 +197,6 @@ def write_case_outputs(
             raise ValueError("probabilities were asked for but the segmentation holds none")
         write_probabilities_nifti(segmentation.probabilities, affine, case_dir / PROBABILITIES_NAME)
         names.append(PROBABILITIES_NAME)
-    if options.dicom_seg and kind == "dicom":
-        files = list(image.meta.get("dicom_files", []))
-        if seg.ndim == 4 and len(files) == seg.shape[-1] and labels:
-            write_dicom_seg(seg, files, labels, case_dir / DICOM_SEG_NAME, algorithm_name=algorithm_name)
-            names.append(DICOM_SEG_NAME)
-        else:
-            logger.warning(
-                "%s: no DICOM SEG: it needs one single-frame source file per slice (%d files for %d slices)",
-                case_dir.name,
-                len(files),
-                seg.shape[-1],
-            )
+    if kind == "dicom" and (options.dicom_seg or options.rtstruct):
+        names += _write_dicom_outputs(seg, image.meta, case_dir, labels, options, algorithm_name)
     return names, rows

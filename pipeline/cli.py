@@ -88,8 +88,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     batch = BatchOptions(
         split=args.split, overwrite=args.overwrite, prefetch=args.prefetch, workers=args.workers, shard=shard,
         progress=not args.quiet,
-        outputs=OutputOptions(dicom_seg=not args.no_dicom_seg, probabilities=args.save_probabilities,
-                              preview=not args.no_preview),
+        outputs=OutputOptions(dicom_seg=not args.no_dicom_seg, rtstruct=args.rtstruct,
+                              probabilities=args.save_probabilities, preview=not args.no_preview),
     )
     report = predict_folder(predictor, args.input, args.output, options=batch)
     print(report.summary_line())
@@ -240,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
     p.add_argument("--no-dicom-seg", action="store_true", help="skip seg.dcm for DICOM inputs")
-    p.add_argument("--prefetch", type=int, default=1, help="cases loaded ahead in the background (0: none)")
+    p.add_argument("--rtstruct", action="store_true",
+                   help="also write rtstruct.dcm (RT Structure Set) for single-frame DICOM series")
+    p.add_argument("--prefetch", type=int,
+                   help="cases loaded ahead in the background (0: none; default 1 on a GPU, 0 on CPU)")
     p.add_argument("--workers", type=int, default=1, help="loading threads")
     p.add_argument("--shard", help="i/n: this process handles shard i of n (default: torchrun RANK/WORLD_SIZE)")
     p.add_argument("--merge-shards", action="store_true", help="merge the shard reports in --output and exit")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +20,7 @@ from pipeline.case_outputs import (
     DICOM_SEG_NAME,
     PREVIEW_NAME,
     PROBABILITIES_NAME,
+    RTSTRUCT_NAME,
     SEG_NAME,
     VOLUMES_NAME,
     OutputOptions,
@@ -26,7 +28,9 @@ from pipeline.case_outputs import (
 from pipeline.dicom_seg import read_dicom_seg
 from pipeline.inference_options import InferenceOptions, PostprocessOptions
 from pipeline.predictor import INPUT_SUFFIX, Predictor
+from pipeline.rtstruct_read import rtstruct_to_mask
 from pipeline.tta import flip_combinations, mirror_probabilities
+from tests.test_dicom_seg_multiframe import _to_enhanced
 from tests.test_predictor import BUNDLE, random_checkpoint
 from transforms.io import load_scan
 
@@ -59,7 +63,7 @@ def source(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(predictor, source, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    report = predict_folder(predictor, source, out, outputs=OutputOptions(probabilities=True))
+    report = predict_folder(predictor, source, out, outputs=OutputOptions(probabilities=True, rtstruct=True))
     return out, report
 
 
@@ -69,7 +73,7 @@ def test_every_case_is_ok_and_its_marker_lists_every_output(run):
     for result in report.results:
         listed = set(json.loads((out / result.case / COMPLETE_MARKER).read_text())["outputs"])
         expected = {SEG_NAME, VOLUMES_NAME, PREVIEW_NAME, PROBABILITIES_NAME}
-        assert listed == expected | ({DICOM_SEG_NAME} if result.case == "case_002" else set())
+        assert listed == expected | ({DICOM_SEG_NAME, RTSTRUCT_NAME} if result.case == "case_002" else set())
         assert set(result.outputs) == listed
         assert not list((out / result.case).glob(".tmp-*"))
 
@@ -97,6 +101,33 @@ def test_dicom_seg_reads_back_onto_the_source_files_equal_to_the_nifti(run, sour
         out / "case_002" / DICOM_SEG_NAME, loaded.meta["dicom_files"], predictor.label_names
     )
     mask = np.asarray(nib.load(out / "case_002" / SEG_NAME).dataobj)
+    assert mask.any()
+    np.testing.assert_array_equal(from_seg, mask)
+
+
+def test_rtstruct_contours_fill_back_to_the_nifti_mask(run, source, predictor):
+    out, _ = run
+    files = load_scan(source / "case_002").meta["dicom_files"]
+    mask = np.asarray(nib.load(out / "case_002" / SEG_NAME).dataobj)
+    filled = rtstruct_to_mask(out / "case_002" / RTSTRUCT_NAME, files, predictor.label_names)
+    np.testing.assert_array_equal(filled, mask)
+
+
+def test_multiframe_input_gets_a_dicom_seg_on_its_frames(predictor, source, tmp_path):
+    files = load_scan(source / "case_002").meta["dicom_files"]
+    order = list(range(len(files)))[::-1]  # frames stored in reverse slice order
+    (tmp_path / "src" / "mf").mkdir(parents=True)
+    _to_enhanced([Path(f) for f in files], tmp_path / "src" / "mf" / "ct.dcm", order)
+    report = predict_folder(predictor, tmp_path / "src", tmp_path / "out", outputs=OutputOptions(rtstruct=True))
+    assert report.counts()["ok"] == 1 and not (tmp_path / "out" / "mf" / RTSTRUCT_NAME).exists()
+    loaded = load_scan(tmp_path / "src" / "mf")
+    from_seg = read_dicom_seg(
+        tmp_path / "out" / "mf" / DICOM_SEG_NAME,
+        loaded.meta["dicom_files"],
+        predictor.label_names,
+        frame_numbers=loaded.meta["frame_numbers"],
+    )
+    mask = np.asarray(nib.load(tmp_path / "out" / "mf" / SEG_NAME).dataobj)
     assert mask.any()
     np.testing.assert_array_equal(from_seg, mask)
 
