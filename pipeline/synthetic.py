@@ -33,7 +33,7 @@ import numpy as np
 from pipeline.dicom_series import write_dicom_series
 from pipeline.synthetic_anatomy import draw_tissues, label_from_tissues, render_ct, render_mr
 
-__all__ = ["LABELS", "Phantom", "make_phantom", "write_case", "synthesize"]
+__all__ = ["LABELS", "Phantom", "make_phantom", "synthesize", "write_case"]
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["TISSUES", "draw_tissues", "render_ct", "render_mr", "label_from_tissues"]
+__all__ = ["TISSUES", "draw_tissues", "label_from_tissues", "render_ct", "render_mr"]
 
 logger = logging.getLogger(__name__)
 

@@ -35,18 +35,16 @@ def test_temp_name_is_hidden_in_same_folder_and_keeps_suffixes(tmp_path):
 def test_failure_keeps_old_file_and_removes_temp(tmp_path):
     target = tmp_path / "report.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 
 def test_block_that_writes_nothing_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing was written"):
-        with atomic_write(tmp_path / "x.txt"):
-            pass
+    with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_write(tmp_path / "x.txt"):
+        pass
     assert not list(tmp_path.iterdir())
 
 

@@ -30,7 +30,7 @@ from pipeline.inference_options import InferenceOptions, PostprocessOptions
 from pipeline.predictor import INPUT_SUFFIX, Predictor
 from pipeline.rtstruct_read import rtstruct_to_mask
 from pipeline.tta import flip_combinations, mirror_probabilities
-from tests.test_dicom_seg_multiframe import _to_enhanced
+from tests.dicom_builders import to_enhanced
 from tests.test_predictor import BUNDLE, random_checkpoint
 from transforms.io import load_scan
 
@@ -117,7 +117,7 @@ def test_multiframe_input_gets_a_dicom_seg_on_its_frames(predictor, source, tmp_
     files = load_scan(source / "case_002").meta["dicom_files"]
     order = list(range(len(files)))[::-1]  # frames stored in reverse slice order
     (tmp_path / "src" / "mf").mkdir(parents=True)
-    _to_enhanced([Path(f) for f in files], tmp_path / "src" / "mf" / "ct.dcm", order)
+    to_enhanced([Path(f) for f in files], tmp_path / "src" / "mf" / "ct.dcm", order)
     report = predict_folder(predictor, tmp_path / "src", tmp_path / "out", outputs=OutputOptions(rtstruct=True))
     assert report.counts()["ok"] == 1 and not (tmp_path / "out" / "mf" / RTSTRUCT_NAME).exists()
     loaded = load_scan(tmp_path / "src" / "mf")

@@ -11,12 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from pipeline.dicom_series import write_dicom_series
+from tests.dicom_builders import to_enhanced
 from transforms.dicom_discovery import SeriesRule
 from transforms.io import ScanLoadError, load_scan
 
@@ -305,47 +304,12 @@ def test_tie_on_most_slices_is_ambiguous(two_series):
         load_scan(two_series)
 
 
-def _to_enhanced(paths: list[Path], out: Path, order: list[int]) -> None:
-    """Merge single-slice files into one enhanced CT multi-frame file with frames in ``order``."""
-    slices = [pydicom.dcmread(p) for p in paths]
-    ds = slices[0].copy()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
-    ds.NumberOfFrames = len(order)
-    shared = Dataset()
-    shared.PixelMeasuresSequence = DicomSequence([Dataset()])
-    shared.PixelMeasuresSequence[0].PixelSpacing = ds.PixelSpacing
-    shared.PixelMeasuresSequence[0].SliceThickness = ds.SliceThickness
-    shared.PlaneOrientationSequence = DicomSequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = ds.ImageOrientationPatient
-    shared.PixelValueTransformationSequence = DicomSequence([Dataset()])
-    shared.PixelValueTransformationSequence[0].RescaleSlope = 1
-    shared.PixelValueTransformationSequence[0].RescaleIntercept = -1024
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    frames = []
-    for k in order:
-        group = Dataset()
-        group.PlanePositionSequence = DicomSequence([Dataset()])
-        group.PlanePositionSequence[0].ImagePositionPatient = slices[k].ImagePositionPatient
-        frames.append(group)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    for key in (
-        "ImagePositionPatient",
-        "ImageOrientationPatient",
-        "PixelSpacing",
-        "RescaleSlope",
-        "RescaleIntercept",
-    ):
-        delattr(ds, key)
-    ds.PixelData = b"".join(slices[k].PixelData for k in order)
-    ds.save_as(out)
-
-
 @pytest.mark.parametrize("compress", [False, True])
 def test_enhanced_multiframe_loads_as_volume(tmp_path, compress):
     vol, affine = _vol(), AFFINES["oblique"]
     paths = _series(tmp_path / "series", vol, affine)
     order = [3, 0, 5, 1, 4, 2]
-    _to_enhanced(paths, tmp_path / "enhanced", order)
+    to_enhanced(paths, tmp_path / "enhanced", order)
     if compress:
         ds = pydicom.dcmread(tmp_path / "enhanced")
         ds.compress(RLELossless)
@@ -358,7 +322,7 @@ def test_enhanced_multiframe_loads_as_volume(tmp_path, compress):
 
 def test_multiframe_without_functional_groups_is_refused(tmp_path):
     paths = _series(tmp_path / "series")
-    _to_enhanced(paths, tmp_path / "mf", list(range(SHAPE[2])))
+    to_enhanced(paths, tmp_path / "mf", list(range(SHAPE[2])))
     ds = pydicom.dcmread(tmp_path / "mf")
     del ds.PerFrameFunctionalGroupsSequence
     ds.save_as(tmp_path / "mf")

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.dicom_seg import read_dicom_seg, write_dicom_seg
 from pipeline.dicom_series import write_dicom_series
+from tests.dicom_builders import oblique_affine
 
 LIVER_SPINE = {1: "Liver", 2: "Spine"}
 
@@ -75,18 +76,8 @@ def test_own_seg_round_trip_on_real_ct(shared_data, ct3, tmp_path, caplog):
     assert refs == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in ct3}
 
 
-def _oblique_affine() -> np.ndarray:
-    a, b = np.deg2rad(25), np.deg2rad(-15)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    aff = np.eye(4)
-    aff[:3, :3] = rz @ rx @ np.diag([0.7, 0.9, 2.5])
-    aff[:3, 3] = [10.0, -20.0, 30.0]
-    return aff
-
-
 def test_oblique_synthetic_series_round_trip_and_patient_space(tmp_path):
-    aff = _oblique_affine()
+    aff = oblique_affine()
     shape = (33, 34, 5)
     hu = np.random.default_rng(0).integers(-1000, 1000, shape)
     files = write_dicom_series(hu, aff, tmp_path / "ct", uid_seed="seg-test")

@@ -4,8 +4,6 @@ file's frame order differs from the volume's slice order), read back onto the vo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -15,62 +13,12 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from pipeline.dicom_seg import read_dicom_seg, write_dicom_seg
 from pipeline.dicom_series import write_dicom_series
+from tests.dicom_builders import oblique_affine, to_enhanced
 from transforms.io import load_scan
 
 SHAPE = (9, 8, 5)
 SHUFFLED = [3, 0, 4, 1, 2]  # file frame f + 1 holds volume slice SHUFFLED[f]
 LABELS = {2: "liver", 7: "spleen", 9: "absent organ"}
-
-
-def _oblique_affine() -> np.ndarray:
-    a, b = np.deg2rad(25), np.deg2rad(-15)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    aff = np.eye(4)
-    aff[:3, :3] = rz @ rx @ np.diag([0.7, 0.9, 2.5])
-    aff[:3, 3] = [10.0, -20.0, 30.0]
-    return aff
-
-
-def _to_enhanced(paths: list[Path], out: Path, order: list[int], per_frame_geometry: bool = False) -> Path:
-    """Merge single-slice files into one enhanced CT file with frames in ``order`` (as in test_dicom_loading);
-    ``per_frame_geometry`` stores orientation and pixel spacing per frame instead of shared."""
-    slices = [pydicom.dcmread(p) for p in paths]
-    ds = slices[0].copy()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
-    ds.NumberOfFrames = len(order)
-    geometry = Dataset()
-    geometry.PixelMeasuresSequence = DicomSequence([Dataset()])
-    geometry.PixelMeasuresSequence[0].PixelSpacing = ds.PixelSpacing
-    geometry.PixelMeasuresSequence[0].SliceThickness = ds.SliceThickness
-    geometry.PlaneOrientationSequence = DicomSequence([Dataset()])
-    geometry.PlaneOrientationSequence[0].ImageOrientationPatient = ds.ImageOrientationPatient
-    shared = Dataset() if per_frame_geometry else geometry
-    shared.PixelValueTransformationSequence = DicomSequence([Dataset()])
-    shared.PixelValueTransformationSequence[0].RescaleSlope = 1
-    shared.PixelValueTransformationSequence[0].RescaleIntercept = -1024
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    frames = []
-    for k in order:
-        group = Dataset()
-        group.PlanePositionSequence = DicomSequence([Dataset()])
-        group.PlanePositionSequence[0].ImagePositionPatient = slices[k].ImagePositionPatient
-        if per_frame_geometry:
-            group.PixelMeasuresSequence = geometry.PixelMeasuresSequence
-            group.PlaneOrientationSequence = geometry.PlaneOrientationSequence
-        frames.append(group)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    for key in (
-        "ImagePositionPatient",
-        "ImageOrientationPatient",
-        "PixelSpacing",
-        "RescaleSlope",
-        "RescaleIntercept",
-    ):
-        delattr(ds, key)
-    ds.PixelData = b"".join(slices[k].PixelData for k in order)
-    ds.save_as(out)
-    return out
 
 
 def _mask() -> np.ndarray:
@@ -85,13 +33,13 @@ def _mask() -> np.ndarray:
 def series(tmp_path_factory):
     folder = tmp_path_factory.mktemp("series")
     hu = np.random.default_rng(0).integers(-1000, 1000, SHAPE)
-    return write_dicom_series(hu, _oblique_affine(), folder, uid_seed="seg-mf")
+    return write_dicom_series(hu, oblique_affine(), folder, uid_seed="seg-mf")
 
 
 @pytest.fixture(scope="module")
 def enhanced(series, tmp_path_factory):
     """``(path, frame_numbers)`` of the shuffled enhanced file, as the loader reports them."""
-    path = _to_enhanced(series, tmp_path_factory.mktemp("mf") / "ct.dcm", SHUFFLED)
+    path = to_enhanced(series, tmp_path_factory.mktemp("mf") / "ct.dcm", SHUFFLED)
     image = load_scan(path)
     assert image.meta["dicom_files"] == [str(path)]
     assert image.meta["frame_numbers"] == [SHUFFLED.index(k) + 1 for k in range(SHAPE[2])]
@@ -100,7 +48,7 @@ def enhanced(series, tmp_path_factory):
 
 @pytest.mark.parametrize("order", [list(range(SHAPE[2])), SHUFFLED], ids=["file-order", "shuffled"])
 def test_round_trip_and_patient_space(tmp_path, series, order):
-    path = _to_enhanced(series, tmp_path / "ct.dcm", order)
+    path = to_enhanced(series, tmp_path / "ct.dcm", order)
     image = load_scan(path)
     frame_numbers = image.meta["frame_numbers"]
     mask = _mask()
@@ -159,7 +107,7 @@ def test_seg_frames_reference_and_sit_on_their_source_frames(tmp_path, enhanced)
 
 
 def test_per_frame_geometry_and_subset_of_frames(tmp_path, series):
-    path = _to_enhanced(series, tmp_path / "ct.dcm", SHUFFLED, per_frame_geometry=True)
+    path = to_enhanced(series, tmp_path / "ct.dcm", SHUFFLED, per_frame_geometry=True)
     frame_numbers = load_scan(path).meta["frame_numbers"]
     mask = _mask()
     out = write_dicom_seg(
@@ -207,7 +155,7 @@ def test_write_errors(tmp_path, series, enhanced, shape, files, numbers, match):
 
 
 def test_per_frame_orientations_that_differ_are_refused(tmp_path, series):
-    path = _to_enhanced(series, tmp_path / "ct.dcm", SHUFFLED, per_frame_geometry=True)
+    path = to_enhanced(series, tmp_path / "ct.dcm", SHUFFLED, per_frame_geometry=True)
     ds = pydicom.dcmread(path)
     tilted = Dataset()
     tilted.ImageOrientationPatient = [1, 0, 0, 0, 0.8, 0.6]
@@ -231,7 +179,7 @@ def test_read_errors(tmp_path, series, enhanced):
 
 
 def test_multiframe_without_functional_groups_is_refused(tmp_path, series):
-    path = _to_enhanced(series, tmp_path / "ct.dcm", SHUFFLED)
+    path = to_enhanced(series, tmp_path / "ct.dcm", SHUFFLED)
     ds = pydicom.dcmread(path)
     del ds.PerFrameFunctionalGroupsSequence
     ds.save_as(path)

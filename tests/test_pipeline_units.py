@@ -11,7 +11,12 @@ import torch
 from pipeline.checkpoint import CheckpointError, NetworkSpec, load_checkpoint, network_from_checkpoint
 from pipeline.datalist import DatalistError, load_datalist
 from pipeline.discovery import discover_cases, sanitize_case_id
-from pipeline.tracking import TrackingUnavailableError, default_tracking_uri, experiment_params, require_tracking_server
+from pipeline.tracking import (
+    TrackingUnavailableError,
+    default_tracking_uri,
+    experiment_params,
+    require_tracking_server,
+)
 
 
 @pytest.mark.parametrize(
