@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -276,11 +276,7 @@ def _write_volumes(output: Path, shard: Shard, cases: list[Case], volumes: dict[
 
 
 def _output_settings(outputs: OutputOptions) -> dict[str, Any]:
-    return {
-        "dicom_seg": outputs.dicom_seg,
-        "probabilities": outputs.probabilities,
-        "preview": outputs.preview,
-    }
+    return asdict(outputs)
 
 
 def _kind(source: str | Path) -> str:

@@ -147,7 +147,9 @@ def _write_dicom_outputs(
         )
         names.append(DICOM_SEG_NAME)
     if options.rtstruct and multi_frame:
-        logger.warning("%s: no RTSTRUCT: its contours reference single-frame images, the source is multi-frame", case_dir.name)
+        logger.warning(
+            "%s: no RTSTRUCT: its contours reference single-frame images, the source is multi-frame", case_dir.name
+        )
     elif options.rtstruct:
         write_rtstruct(seg, files, labels, case_dir / RTSTRUCT_NAME, algorithm_name=algorithm_name)
         names.append(RTSTRUCT_NAME)
