@@ -27,22 +27,35 @@ def dataset8(tmp_path_factory) -> Path:
     return synthesize(out, cases=8, seed=5, shape=TINY_SHAPE, splits=(0.5, 0.25, 0.25)).parent
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_give_one_mlflow_run_and_one_checkpoint_set(dataset8, tmp_path):
+TEARDOWN_ABORT = "terminate called without an active exception"
+"""What a rank prints when gloo's threads are torn down in a race at process exit (seen once in 16 runs here,
+after training, checkpoints and MLflow logging had all finished): an upstream flake, retried once below."""
+
+
+def _torchrun(dataset: Path, folder: Path) -> subprocess.CompletedProcess:
+    folder.mkdir()
     torchrun = Path(sys.executable).parent / "torchrun"
-    db = tmp_path / "mlflow.db"
-    ckpt = tmp_path / "ckpt"
     command = [
         str(torchrun), "--nproc_per_node", "2", "-m", "monai.bundle", "run",
         "--config_file", str([str(CONFIGS / "train.yaml"), str(CONFIGS / "multi_gpu_train.yaml")]),
         "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset8), "--ckpt_dir", str(ckpt),
-        "--tracking_uri", f"sqlite:///{db}", "--max_epochs", "2",
+        "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset), "--ckpt_dir", str(folder / "ckpt"),
+        "--tracking_uri", f"sqlite:///{folder / 'mlflow.db'}", "--max_epochs", "2",
         *[a for k, v in SMALL.items() for a in (f"--{k}", str(v))],
     ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(folder)}
+    return subprocess.run(command, check=False, capture_output=True, text=True, cwd=folder, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_one_mlflow_run_and_one_checkpoint_set(dataset8, tmp_path):
+    folder = tmp_path / "try1"
+    done = _torchrun(dataset8, folder)
+    if done.returncode != 0 and TEARDOWN_ABORT in done.stderr and (folder / "ckpt" / "model_final.pt").is_file():
+        folder = tmp_path / "try2"  # the known exit-time abort after a finished run: once more, from scratch
+        done = _torchrun(dataset8, folder)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    db, ckpt = folder / "mlflow.db", folder / "ckpt"
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt", "model_final.pt", "run_name.txt"
     ]  # fmt: skip
