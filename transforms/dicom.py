@@ -155,8 +155,12 @@ def _named(names: list[str]) -> str:
 
 
 def _check_consistent(planes: list[_Plane], label: str) -> None:
-    """Same image size, orientation and pixel spacing on every plane; finite rescale values."""
+    """Positive pixel spacing, and the same image size, orientation and pixel spacing on every plane; finite
+    rescale values."""
     ref = planes[0]
+    bad = [f"{p.name} has {_plain(p.spacing)}" for p in planes if np.any(p.spacing <= 0)]
+    if bad:
+        raise ScanLoadError(f"series {label}: degenerate PixelSpacing (must be positive): {_named(bad)}.")
     checks = [
         ("image sizes (rows, columns)", lambda p: p.size != ref.size, lambda p: p.size),
         (
