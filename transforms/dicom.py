@@ -265,7 +265,7 @@ def series_to_volume(
             inconsistent, has gaps, duplicates, gantry tilt, non-finite voxels, a degenerate orientation, an
             undecodable transfer syntax, or its slice count does not fit ``spatial_dims``.
     """
-    label = series.uid  # never SeriesDescription: free text that can identify the patient
+    label = series.uid or "(no SeriesInstanceUID)"  # never SeriesDescription: free text that may identify
     files = series.files
     if series.broken:
         raise ScanLoadError(

@@ -20,7 +20,7 @@ __all__ = ["DicomFile", "SeriesInfo", "SeriesRule", "discover_series", "read_hea
 logger = logging.getLogger(__name__)
 
 NON_IMAGE_MODALITIES = frozenset(
-    {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "DOC", "PLAN"}
+    {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SR", "PR", "KO", "REG", "DOC", "PLAN"}
 )
 PIXEL_DATA_TAG = 0x7FE00010
 _PIXEL_TAGS = (PIXEL_DATA_TAG, 0x7FE00008, 0x7FE00009)
@@ -139,7 +139,8 @@ def _candidate_files(folder: Path) -> list[Path]:
 def discover_series(folder: Path) -> list[SeriesInfo]:
     """Group the DICOM image files under ``folder`` (recursive) by SeriesInstanceUID, reading headers only.
 
-    Files that are not DICOM (no ``DICM`` marker, not named ``*.dcm``) are skipped with one warning naming them;
+    Files that are not DICOM (no ``DICM`` marker, not named ``*.dcm``) are skipped with one warning naming them
+    (NIfTI files silently: they are images, found by NIfTI discovery);
     DICOMDIR files, hidden files and non-image objects (SEG, RTSTRUCT, SR, ...) are skipped. Files that look like
     part of a series but cannot be used are recorded in :attr:`SeriesInfo.broken` so loading the series fails
     naming them (never a silently shorter volume): an image file of the series without pixel data (truncated),
@@ -167,10 +168,10 @@ def discover_series(folder: Path) -> list[SeriesInfo]:
         item = read_header(path)
         if item is None:
             reason = _broken_reason(path)
-            if reason is None:
-                skipped.append(path)
-            else:
+            if reason is not None:
                 orphans.append(f"{path} {reason}")
+            elif not path.name.lower().endswith((".nii", ".nii.gz")):  # NIfTI files are images, not strays
+                skipped.append(path)
             continue
         hdr = item.header
         modality = str(hdr.get("Modality", ""))
