@@ -139,7 +139,7 @@ def predict_folder(
                     status="skipped",
                     input_kind=case.kind,
                     inputs=case.inputs,
-                    warnings=list(case.warnings),
+                    warnings=_marker(case_dir).get("warnings", list(case.warnings)),
                     outputs=_relative(case, _listed_outputs(case_dir)),
                 )
             )
@@ -243,7 +243,7 @@ def _finish_case(
             display_window=predictor.display_window,
             algorithm_name=predictor.bundle_name or "clinseg",
         )
-        mark_complete(case_dir, names, info=settings)
+        mark_complete(case_dir, names, info=settings, warnings=warnings)
     except Exception as e:  # one bad case must never stop the batch; the reason goes to the report
         logger.debug("case %s failed", case.case_id, exc_info=True)
         return CaseResult.failed(
@@ -274,10 +274,19 @@ def _finished(case_dir: Path, outputs: OutputOptions, settings: dict[str, Any]) 
     return is_complete(case_dir, sorted(names), info=settings)
 
 
+def _marker(case_dir: Path) -> dict[str, Any]:
+    """The case's completion marker, ``{}`` when absent or unreadable."""
+    try:
+        record = json.loads((case_dir / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _listed_outputs(case_dir: Path) -> list[str]:
     try:
-        return list(json.loads((case_dir / COMPLETE_MARKER).read_text())["outputs"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return list(_marker(case_dir)["outputs"])
+    except (KeyError, TypeError):
         return []
 
 

@@ -333,3 +333,7 @@ def test_batch_records_every_bad_case_and_goes_on(tmp_path, caplog):
     text = (tmp_path / "out" / "report.json").read_text() + (tmp_path / "out" / "summary.csv").read_text()
     assert SECRET not in text and "np.float" not in text and SECRET not in caplog.text
     assert "README.txt" in caplog.text and "notes.txt" in caplog.text  # skipped files are named in the log
+
+    again = {r.case: r for r in predict_folder(predictor, source, tmp_path / "out").results}
+    for name in ("dicom_mr_in_ct_bundle", "mr_nifti_in_ct_bundle", "nifti_and_dicom"):
+        assert again[name].status == "skipped" and again[name].warnings == cases[name]["warnings"]
