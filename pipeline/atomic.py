@@ -129,7 +129,12 @@ def mark_complete(
         if not file.is_file():
             raise FileNotFoundError(f"mark_complete: output {name!r} does not exist in {str(case_dir)!r}")
         sizes[name] = file.stat().st_size
-    record = {"version": _MARKER_VERSION, "outputs": sizes, "info": dict(info or {}), "warnings": list(warnings)}
+    record = {
+        "version": _MARKER_VERSION,
+        "outputs": sizes,
+        "info": dict(info or {}),
+        "warnings": list(warnings),
+    }
     return atomic_write_json(case_dir / COMPLETE_MARKER, record)
 
 

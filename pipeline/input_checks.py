@@ -38,7 +38,9 @@ def bundle_modalities(meta: Mapping[str, Any], input_keys: Sequence[str]) -> dic
     return found
 
 
-def modality_warnings(images: Mapping[str, torch.Tensor], expected: Mapping[str, str], bundle: str) -> list[str]:
+def modality_warnings(
+    images: Mapping[str, torch.Tensor], expected: Mapping[str, str], bundle: str
+) -> list[str]:
     """Warnings for images (``key -> (C, X, Y[, Z])`` MetaTensor as loaded, CT in HU) that do not look like the
     modality ``expected[key]`` of ``bundle``."""
     warnings = []

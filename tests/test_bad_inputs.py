@@ -176,8 +176,16 @@ def _empty(case: Path) -> Path:
 
 # case -> (builder, status, regex on the error (failed) or on the warning (ok))
 CORPUS = {
-    "nifti_posinf": (_with_voxel(np.inf), "failed", r"ct\.nii\.gz: image contains non-finite voxels \(1 \+inf\)"),
-    "nifti_neginf": (_with_voxel(-np.inf), "failed", r"ct\.nii\.gz: image contains non-finite voxels \(1 -inf\)"),
+    "nifti_posinf": (
+        _with_voxel(np.inf),
+        "failed",
+        r"ct\.nii\.gz: image contains non-finite voxels \(1 \+inf\)",
+    ),
+    "nifti_neginf": (
+        _with_voxel(-np.inf),
+        "failed",
+        r"ct\.nii\.gz: image contains non-finite voxels \(1 -inf\)",
+    ),
     "nifti_nan": (_with_voxel(np.nan), "failed", r"ct\.nii\.gz: image contains non-finite voxels \(1 NaN\)"),
     "nifti_singular_affine": (
         _bad_affine(np.diag([1.0, 1.0, 0.0, 1.0])),
@@ -192,11 +200,17 @@ CORPUS = {
     "nifti_huge_header": (
         _huge_header,
         "failed",
-        r"ct\.nii\.gz: header declares shape \(30000, 30000, 30000\) of int16 \(54000\.0 GB\) but the file holds "
-        r"448 bytes of voxel data",
+        (
+            r"ct\.nii\.gz: header declares shape \(30000, 30000, 30000\) of int16 \(54000\.0 GB\) but the file "
+            r"holds 448 bytes of voxel data"
+        ),
     ),
     "nifti_truncated": (_truncated_gz, "failed", r"ct\.nii\.gz: cannot read as NIfTI: Compressed file ended"),
-    "nifti_2d": (_two_d, "failed", r"ct\.nii\.gz: 2D image of shape \(8, 7\) given to a 3D loader.*2D bundle"),
+    "nifti_2d": (
+        _two_d,
+        "failed",
+        r"ct\.nii\.gz: 2D image of shape \(8, 7\) given to a 3D loader.*2D bundle",
+    ),
     "dicom_last_file_header_only": (
         _dicom_cut(None),
         "failed",
@@ -230,23 +244,35 @@ CORPUS = {
     "dicom_inconsistent_orientation": (
         _dicom_edit(2, ImageOrientationPatient=[0, 1, 0, 0, 0, -1]),
         "failed",
-        r"inconsistent orientation \(ImageOrientationPatient\): .*slice_0000\.dcm has \[-1, 0, 0, 0, -1, 0\] "
-        r"but .*slice_0002\.dcm has \[0, 1, 0, 0, 0, -1\]",
+        (
+            r"inconsistent orientation \(ImageOrientationPatient\): .*slice_0000\.dcm has \[-1, 0, 0, 0, -1, 0\] "
+            r"but .*slice_0002\.dcm has \[0, 1, 0, 0, 0, -1\]"
+        ),
     ),
     "dicom_single_slice": (
         _dicom_single,
         "failed",
         r"a single slice \(.*slice_0000\.dcm\) cannot form a 3D volume: segment it with a 2D bundle.*clinseg convert",
     ),
-    "dicom_missing_slice": (_dicom_gap, "failed", r"missing slices: gap > 1\.5x .*slice_0001\.dcm and .*slice_0003\.dcm"),
-    "dicom_mr_in_ct_bundle": (_dicom_mr, "ok", r"the DICOM series is MR but bundle ct_organ_resunet3d expects CT"),
+    "dicom_missing_slice": (
+        _dicom_gap,
+        "failed",
+        r"missing slices: gap > 1\.5x .*slice_0001\.dcm and .*slice_0003\.dcm",
+    ),
+    "dicom_mr_in_ct_bundle": (
+        _dicom_mr,
+        "ok",
+        r"the DICOM series is MR but bundle ct_organ_resunet3d expects CT",
+    ),
     "mr_nifti_in_ct_bundle": (_mr_nifti, "ok", r"lowest intensity \d+ is above -500 HU \(no air\)"),
     "nifti_and_dicom": (_nifti_and_dicom, "ok", r"holds NIfTI and DICOM files; read the NIfTI ct\.nii\.gz"),
     "dicom_with_readme": (_dicom_with_readme, "ok", None),
     "self_link": (_self_link, "failed", r"self_link: broken or self-referencing symbolic link"),
     "empty_folder": (_empty, "failed", r"no NIfTI image or DICOM files found in .*empty_folder"),
 }
-LOADER_CASES = [name for name, (_, status, _) in CORPUS.items() if status == "failed" and name[:4] in ("nift", "dico")]
+LOADER_CASES = [
+    name for name, (_, status, _) in CORPUS.items() if status == "failed" and name[:4] in ("nift", "dico")
+]
 
 
 @pytest.mark.parametrize("name", LOADER_CASES)
@@ -259,7 +285,9 @@ def test_loader_names_the_file_and_the_cause(tmp_path, name):
     assert SECRET not in message and "np.float" not in message and "np.int" not in message
 
 
-@pytest.mark.parametrize("name", ["nifti_posinf", "nifti_singular_affine", "nifti_huge_header", "dicom_last_file_header_only"])
+@pytest.mark.parametrize(
+    "name", ["nifti_posinf", "nifti_singular_affine", "nifti_huge_header", "dicom_last_file_header_only"]
+)
 def test_inspect_reports_the_problem_and_exits_3(tmp_path, capsys, name):
     build, _, match = CORPUS[name]
     build(tmp_path / name)
@@ -274,7 +302,9 @@ def test_inspect_lists_nifti_notes_oblique_and_exits_0(tmp_path, capsys):
     _nifti(tmp_path / "case" / "ct.nii.gz", _ct())
     angle = np.deg2rad(18)
     oblique = np.eye(4)
-    oblique[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    oblique[:3, :3] = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
     _series(tmp_path / "case" / "dicom", affine=oblique @ AFFINE)
     rows = {r["path"]: r for r in inspect_path(tmp_path / "case")}
     assert rows["ct.nii.gz"]["kind"] == "nifti" and rows["ct.nii.gz"]["orientation"] == "RAS"
@@ -302,7 +332,10 @@ def test_bundle_modalities_from_metadata():
     assert bundle_modalities(meta, ["image", "mr"]) == {"image": "CT", "mr": "MR"}
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     assert bundle_modalities(meta, ["image"]) == {"image": "CT"}
-    assert bundle_modalities({"network_data_format": {"inputs": {"image": {"modality": "CT+MR"}}}}, ["image"]) == {}
+    assert (
+        bundle_modalities({"network_data_format": {"inputs": {"image": {"modality": "CT+MR"}}}}, ["image"])
+        == {}
+    )
 
 
 @pytest.mark.slow
@@ -313,7 +346,9 @@ def test_batch_records_every_bad_case_and_goes_on(tmp_path, caplog):
         build(source / name)
     (source / "notes.txt").write_text("not a case\n")
     predictor = Predictor.from_bundle(
-        BUNDLE, random_checkpoint(tmp_path / "model.pt"), options=InferenceOptions(roi_size=(32, 32, 16), device="cpu")
+        BUNDLE,
+        random_checkpoint(tmp_path / "model.pt"),
+        options=InferenceOptions(roi_size=(32, 32, 16), device="cpu"),
     )
     report = predict_folder(predictor, source, tmp_path / "out")
     assert report.exit_code() == 3

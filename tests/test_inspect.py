@@ -63,7 +63,7 @@ def test_convert_writes_same_geometry_atomically(folder, tmp_path):
 
 def test_single_dicom_file_is_a_one_slice_volume(folder, tmp_path):
     root, vol = folder
-    path = sorted((root / "good").iterdir())[0]
+    path = min((root / "good").iterdir())
     assert pydicom.dcmread(path).Modality == "CT"
     (row,) = inspect_path(path)
     assert row["problems"] == [] and row["size"] == (9, 8, 1) and row["spacing"] == (0.7, 0.8, 2.0)

@@ -86,7 +86,9 @@ def test_2d_files(tmp_path, shape):
     if len(shape) == 3:
         assert load_scan(path).shape == (1, 9, 8, 1)  # a one-slice volume
     else:
-        with pytest.raises(ScanLoadError, match=r"2d\.nii\.gz: 2D image of shape \(9, 8\) given to a 3D loader.*2D bundle"):
+        with pytest.raises(
+            ScanLoadError, match=r"2d\.nii\.gz: 2D image of shape \(9, 8\) given to a 3D loader.*2D bundle"
+        ):
             load_scan(path)
 
 

@@ -193,9 +193,7 @@ def discover_series(folder: Path) -> list[SeriesInfo]:
     if skipped:
         named = ", ".join(str(p.relative_to(folder)) for p in skipped[:_MAX_NAMED])
         more = f" and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED else ""
-        logger.warning(
-            "%s: skipped %d file(s) that are not DICOM: %s%s", folder, len(skipped), named, more
-        )
+        logger.warning("%s: skipped %d file(s) that are not DICOM: %s%s", folder, len(skipped), named, more)
     for uid, problems in no_pixels.items():
         if uid in groups:
             groups[uid].broken.extend(problems)

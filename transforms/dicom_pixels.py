@@ -101,7 +101,9 @@ def _read_raw(item: DicomFile, dtype: np.dtype, n_values: int) -> np.ndarray | N
             )
         data = fp.read(needed)
     if len(data) < needed:
-        raise ScanLoadError(f"{item.path}: pixel data truncated: the file ends after {len(data)} of {needed} bytes.")
+        raise ScanLoadError(
+            f"{item.path}: pixel data truncated: the file ends after {len(data)} of {needed} bytes."
+        )
     return np.frombuffer(data, dtype=dtype)
 
 

@@ -78,7 +78,9 @@ def check_affine(affine: np.ndarray, path: Path) -> None:
         ScanLoadError: naming ``path`` and the cause (e.g. ``voxel axis 2 has zero length``).
     """
     if not np.all(np.isfinite(affine)):
-        raise ScanLoadError(f"{path}: degenerate affine: it holds NaN or infinite values (corrupt sform/qform).")
+        raise ScanLoadError(
+            f"{path}: degenerate affine: it holds NaN or infinite values (corrupt sform/qform)."
+        )
     columns = affine[:3, :3]
     lengths = np.linalg.norm(columns, axis=0)
     zero = [i for i, n in enumerate(lengths) if n < 1e-6]
@@ -99,9 +101,15 @@ def check_finite(data: np.ndarray, path: Path | str) -> None:
     """Raise when float ``data`` holds NaN or infinite voxels (counts of each in the message)."""
     if data.dtype.kind not in "fc" or np.isfinite(data).all():
         return
-    counts = {"NaN": int(np.isnan(data).sum()), "+inf": int(np.isposinf(data).sum()), "-inf": int(np.isneginf(data).sum())}
+    counts = {
+        "NaN": int(np.isnan(data).sum()),
+        "+inf": int(np.isposinf(data).sum()),
+        "-inf": int(np.isneginf(data).sum()),
+    }
     found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
-    raise ScanLoadError(f"{path}: image contains non-finite voxels ({found}); only finite intensities are accepted.")
+    raise ScanLoadError(
+        f"{path}: image contains non-finite voxels ({found}); only finite intensities are accepted."
+    )
 
 
 def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
@@ -109,7 +117,9 @@ def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
     if data.dtype.kind in "iub":
         return data
     if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-        raise ScanLoadError(f"{path}: label image must hold integer values, found non-integer or non-finite voxels.")
+        raise ScanLoadError(
+            f"{path}: label image must hold integer values, found non-integer or non-finite voxels."
+        )
     return data.astype(np.int32)
 
 
