@@ -101,7 +101,11 @@ def _check_name(case_dir: Path, name: str) -> Path:
 
 
 def mark_complete(
-    case_dir: str | os.PathLike, outputs: Iterable[str], *, info: Mapping[str, Any] | None = None
+    case_dir: str | os.PathLike,
+    outputs: Iterable[str],
+    *,
+    info: Mapping[str, Any] | None = None,
+    warnings: Iterable[str] = (),
 ) -> Path:
     """Write ``case_dir/.complete.json`` recording each output's size; call it after the last output.
 
@@ -110,6 +114,7 @@ def mark_complete(
         outputs: file names relative to ``case_dir`` (e.g. ``["seg.nii.gz", "volumes.csv"]``), all existing.
         info: optional JSON-serialisable facts that a rerun must match to reuse the outputs
             (e.g. ``{"bundle": "spleen_ct", "version": "0.2.0"}``); see :func:`is_complete`.
+        warnings: the case's warnings, kept so a rerun that skips the case still reports them.
 
     Returns:
         The marker's path.
@@ -124,7 +129,12 @@ def mark_complete(
         if not file.is_file():
             raise FileNotFoundError(f"mark_complete: output {name!r} does not exist in {str(case_dir)!r}")
         sizes[name] = file.stat().st_size
-    record = {"version": _MARKER_VERSION, "outputs": sizes, "info": dict(info or {})}
+    record = {
+        "version": _MARKER_VERSION,
+        "outputs": sizes,
+        "info": dict(info or {}),
+        "warnings": list(warnings),
+    }
     return atomic_write_json(case_dir / COMPLETE_MARKER, record)
 
 

@@ -121,10 +121,15 @@ def predict_folder(
     for case in cases:
         case_dir = output / case.case_id
         # appended without a rewrite each: the report is written once after this loop
+        for warning in case.warnings:
+            logger.warning("case %s: %s", case.case_id, warning)
         if case.problem:
             logger.warning("case %s failed: %s", case.case_id, case.problem)
             report.results.append(
-                CaseResult(case=case.case_id, status="failed", error=case.problem, input_kind=case.kind)
+                CaseResult(
+                    case=case.case_id, status="failed", error=case.problem, input_kind=case.kind,
+                    inputs=case.inputs, warnings=list(case.warnings),
+                )
             )
         elif not options.overwrite and _finished(case_dir, options.outputs, settings):
             volumes[case.case_id] = json.loads((case_dir / VOLUMES_NAME).read_text())
@@ -133,6 +138,8 @@ def predict_folder(
                     case=case.case_id,
                     status="skipped",
                     input_kind=case.kind,
+                    inputs=case.inputs,
+                    warnings=_marker(case_dir).get("warnings", list(case.warnings)),
                     outputs=_relative(case, _listed_outputs(case_dir)),
                 )
             )
@@ -211,11 +218,18 @@ def _finish_case(
         clear_complete(case_dir)  # before anything is rewritten: an interrupted redo must not look finished
         for stale in case_dir.glob(".tmp-*"):  # left by a killed run; only this process writes this case
             stale.unlink()
+    known = {"input_kind": case.kind, "inputs": case.inputs}
     if item.error is not None:
         logger.debug("case %s failed to load", case.case_id, exc_info=item.error)
-        return CaseResult.failed(case.case_id, item.error, input_kind=case.kind, seconds=item.seconds), None
+        return CaseResult.failed(
+            case.case_id, item.error, warnings=list(case.warnings), seconds=item.seconds, **known
+        ), None
     data = item.value
+    warnings = list(case.warnings)
     try:
+        for warning in predictor.input_warnings(data):
+            logger.warning("case %s: %s", case.case_id, warning)
+            warnings.append(warning)
         segmentation = predictor.segment(data, keep_probabilities=outputs.probabilities)
         image = data[predictor.input_keys[0] + INPUT_SUFFIX]
         case_dir.mkdir(parents=True, exist_ok=True)
@@ -229,21 +243,22 @@ def _finish_case(
             display_window=predictor.display_window,
             algorithm_name=predictor.bundle_name or "clinseg",
         )
-        mark_complete(case_dir, names, info=settings)
+        mark_complete(case_dir, names, info=settings, warnings=warnings)
     except Exception as e:  # one bad case must never stop the batch; the reason goes to the report
         logger.debug("case %s failed", case.case_id, exc_info=True)
         return CaseResult.failed(
-            case.case_id, e, input_kind=case.kind, seconds=item.seconds + time.perf_counter() - start
+            case.case_id, e, warnings=warnings, seconds=item.seconds + time.perf_counter() - start, **known
         ), None
     seg = segmentation.labels
     result = CaseResult(
         case=case.case_id,
         status="ok",
-        input_kind=case.kind,
+        warnings=warnings,
         shape=list(seg.shape[1:]),
         spacing=[float(v) for v in image.pixdim],
         seconds=item.seconds + time.perf_counter() - start,
         outputs=_relative(case, names),
+        **known,
     )
     return result, rows
 
@@ -259,10 +274,19 @@ def _finished(case_dir: Path, outputs: OutputOptions, settings: dict[str, Any]) 
     return is_complete(case_dir, sorted(names), info=settings)
 
 
+def _marker(case_dir: Path) -> dict[str, Any]:
+    """The case's completion marker, ``{}`` when absent or unreadable."""
+    try:
+        record = json.loads((case_dir / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _listed_outputs(case_dir: Path) -> list[str]:
     try:
-        return list(json.loads((case_dir / COMPLETE_MARKER).read_text())["outputs"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return list(_marker(case_dir)["outputs"])
+    except (KeyError, TypeError):
         return []
 
 

@@ -159,11 +159,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from transforms.inspect import format_inspection, inspect_path
+    from pipeline.report import EXIT_OK, EXIT_SOME_FAILED
+    from transforms.inspect import format_inspection, has_problems, inspect_path
 
     rows = inspect_path(args.path)
     print(json.dumps(rows, indent=2, default=str) if args.json else format_inspection(rows))
-    return 0
+    return EXIT_SOME_FAILED if has_problems(rows) else EXIT_OK
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -292,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("inspect", help="list the DICOM series / NIfTI images under a path and their problems")
+    p = sub.add_parser("inspect", help="list the DICOM series / NIfTI images under a path and their problems",
+                       epilog="exit codes: 0 every image loads cleanly; 3 some image has problems or none was found; "
+                       "2 the path does not exist.")
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)

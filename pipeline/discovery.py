@@ -1,13 +1,20 @@
-"""Find the cases of a batch: patient sub-folders (DICOM or NIfTI), a flat folder of NIfTI, or a datalist."""
+"""Find the cases of a batch: patient sub-folders (DICOM or NIfTI), a flat folder of NIfTI, or a datalist.
+
+Every entry of the source becomes a case or is named in a warning: patient folders and top-level NIfTI files
+are cases, broken or self-referencing symbolic links are failed cases, other files are listed as ignored.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.datalist import load_datalist
+
+logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # file stems that are never model inputs
@@ -17,13 +24,18 @@ DEFAULT_MODALITIES: Mapping[str, Sequence[str]] = {"image": ("ct", "image", "img
 
 @dataclass(frozen=True)
 class Case:
-    """One case of a batch: a sanitized id and its input paths per modality key (``{"image": path}``)."""
+    """One case of a batch: a sanitized id and its input paths per modality key (``{"image": path}``).
+
+    ``problem`` makes the case fail before loading; ``warnings`` go to the log and the report (e.g. a folder
+    holding both NIfTI and DICOM, of which only the NIfTI is read).
+    """
 
     case_id: str
     inputs: dict[str, str]
     kind: str  # "nifti" | "dicom" | "missing"
     problem: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 def sanitize_case_id(name: str, max_length: int = 64) -> str:
@@ -69,17 +81,34 @@ def _match_modalities(files: list[Path], modalities: Mapping[str, Sequence[str]]
     return inputs, None
 
 
+def _broken_link(path: Path) -> bool:
+    """A symbolic link whose target is missing or loops back on itself."""
+    return path.is_symlink() and not path.exists()
+
+
+def _broken_link_case(path: Path) -> Case:
+    return Case(
+        sanitize_case_id(_stem(path)), {}, "missing", f"{path}: broken or self-referencing symbolic link"
+    )
+
+
 def _case_from_folder(folder: Path, modalities: Mapping[str, Sequence[str]]) -> Case:
     case_id = sanitize_case_id(folder.name)
     niftis = sorted(p for p in folder.iterdir() if _is_nifti(p))
     if niftis:
         inputs, problem = _match_modalities(niftis, modalities)
-        return Case(case_id, inputs, "nifti", problem)
+        warnings = ()
+        if not problem and _looks_like_dicom(folder):
+            read = ", ".join(Path(v).name for v in inputs.values())
+            warnings = (f"{folder} holds NIfTI and DICOM files; read the NIfTI {read}, not the DICOM files",)
+        return Case(case_id, inputs, "nifti", problem, warnings=warnings)
     if _looks_like_dicom(folder):
         if len(modalities) > 1:
             return Case(case_id, {}, "dicom", f"DICOM folder {folder} holds one modality; the bundle needs {sorted(modalities)}")
         return Case(case_id, {next(iter(modalities)): str(folder)}, "dicom")
-    return Case(case_id, {}, "missing", f"no NIfTI image or DICOM files found in {folder}")
+    links = [p.name for p in folder.iterdir() if _broken_link(p)]
+    detail = f" (broken or self-referencing symbolic links: {', '.join(links)})" if links else ""
+    return Case(case_id, {}, "missing", f"no NIfTI image or DICOM files found in {folder}{detail}")
 
 
 def discover_cases(
@@ -89,8 +118,8 @@ def discover_cases(
 
     Args:
         source: a folder of patient sub-folders (each a DICOM series tree or NIfTI files matched by name,
-            e.g. ``ct.nii.gz`` + ``mr.nii.gz``), a flat folder of ``*.nii.gz`` (one case per file), or a
-            datalist JSON (entries of ``split``).
+            e.g. ``ct.nii.gz`` + ``mr.nii.gz``), ``*.nii.gz`` files (one case per file, beside the folders
+            or alone), or a datalist JSON (entries of ``split``). Broken symbolic links are failed cases.
         split: datalist split to read when ``source`` is a JSON file.
         modalities: input key -> accepted file stems, e.g. ``{"ct": ["ct"], "mr": ["mr", "t1"]}``.
     """
@@ -107,13 +136,17 @@ def discover_cases(
             for e in entries
         ]
     elif source.is_dir():
-        flat = sorted(p for p in source.iterdir() if _is_nifti(p))
-        folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if flat and not folders:
-            key = next(iter(modalities))
-            cases = [Case(sanitize_case_id(_stem(p)), {key: str(p)}, "nifti") for p in flat if not NON_INPUT.match(_stem(p))]
-        else:
-            cases = [_case_from_folder(f, modalities) for f in folders]
+        entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
+        flat = [p for p in entries if _is_nifti(p) and not NON_INPUT.match(_stem(p))]
+        folders = [p for p in entries if p.is_dir()]
+        links = [p for p in entries if _broken_link(p)]
+        ignored = [p.name for p in entries if p not in flat and p not in folders and p not in links]
+        if ignored:
+            logger.warning("%s: ignored %d entries that are neither case folders nor NIfTI images: %s",
+                           source, len(ignored), ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
+        key = next(iter(modalities))
+        cases = [Case(sanitize_case_id(_stem(p)), {key: str(p)}, "nifti") for p in flat]
+        cases += [_case_from_folder(f, modalities) for f in folders] + [_broken_link_case(p) for p in links]
     else:
         raise FileNotFoundError(f"input {source} is neither a folder nor a datalist .json file")
     if not cases:
@@ -128,6 +161,6 @@ def _unique_ids(cases: list[Case]) -> list[Case]:
         count = seen.get(case.case_id, 0)
         seen[case.case_id] = count + 1
         if count:
-            case = Case(f"{case.case_id}_{count + 1}", case.inputs, case.kind, case.problem, case.extra)
+            case = replace(case, case_id=f"{case.case_id}_{count + 1}")
         unique.append(case)
     return unique

@@ -20,6 +20,7 @@ from pipeline.checkpoint import network_from_checkpoint
 from pipeline.foreground_crop import body_box
 from pipeline.grid_restore import argmax_labels, resample_slabwise
 from pipeline.inference_options import InferenceOptions, PostprocessOptions
+from pipeline.input_checks import bundle_modalities, modality_warnings
 from pipeline.postprocess import postprocess_mask
 from pipeline.tta import mirror_probabilities
 from pipeline.uniform_patches import UniformPatchCache
@@ -71,6 +72,7 @@ class Predictor:
         options: InferenceOptions | None = None,
         postprocess: PostprocessOptions | None = None,
         display_window: Sequence[float] | None = None,
+        input_modalities: Mapping[str, str] | None = None,
     ) -> None:
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -90,6 +92,7 @@ class Predictor:
         self.checkpoint_names = list(checkpoint_names)
         self.postprocess = postprocess or PostprocessOptions()
         self.display_window = None if display_window is None else tuple(float(v) for v in display_window)
+        self.input_modalities = dict(input_modalities or {})
         self._loader = transforms[0]
         self.preprocessing = Compose(transforms[1:])
 
@@ -139,6 +142,7 @@ class Predictor:
             options=options,
             postprocess=postprocess,
             display_window=_window(parser.get("window", None)),
+            input_modalities=bundle_modalities(parser.get("_meta_", {}), parser.get("input_keys", ["image"])),
         )
 
     @property
@@ -184,6 +188,12 @@ class Predictor:
         )
         data.update(loaded)
         return data
+
+    def input_warnings(self, data: Mapping[str, Any]) -> list[str]:
+        """Warnings for a case loaded by :meth:`load` whose images do not look like the bundle's modalities
+        (:func:`pipeline.input_checks.modality_warnings`); the case is still segmented."""
+        images = {k: data[k + INPUT_SUFFIX] for k in self.input_keys if k + INPUT_SUFFIX in data}
+        return modality_warnings(images, self.input_modalities, self.bundle_name or "clinseg")
 
     def crop_box(self, data: Mapping[str, Any]) -> tuple[slice, ...] | None:
         """The body box on the network grid (see :func:`pipeline.foreground_crop.body_box`), or ``None`` when
@@ -298,7 +308,10 @@ class Predictor:
     def predict_case(self, inputs: str | Path | Mapping[str, str | Path]) -> MetaTensor:
         """Segment one case: load, sliding window, argmax, back onto the input grid. Returns (1, X, Y[, Z])."""
         start = time.perf_counter()
-        result = self.predict_loaded(self.load(inputs))
+        data = self.load(inputs)
+        for warning in self.input_warnings(data):
+            logger.warning("%s", warning)
+        result = self.predict_loaded(data)
         logger.debug("case predicted in %.1f s", time.perf_counter() - start)
         return result
 

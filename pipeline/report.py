@@ -25,7 +25,7 @@ EXIT_SOME_FAILED = 3
 """At least one case failed; the others were still processed (2 is left to argparse/usage errors)."""
 
 STATUSES = ("ok", "failed", "skipped")
-SUMMARY_COLUMNS = ("case", "status", "input_kind", "shape", "spacing", "seconds", "error")
+SUMMARY_COLUMNS = ("case", "status", "input_kind", "shape", "spacing", "seconds", "error", "warnings")
 
 
 def error_text(exc: BaseException) -> str:
@@ -50,6 +50,8 @@ class CaseResult:
         status: ``"ok"``, ``"failed"`` or ``"skipped"``.
         error: :func:`error_text` of the failure, ``None`` unless failed.
         input_kind: e.g. ``"dicom"``, ``"nifti"``.
+        inputs: input key -> the path read (a NIfTI file or a DICOM folder), so a folder holding both says which.
+        warnings: problems that did not stop the case (e.g. the scan's modality differs from the bundle's).
         shape: spatial shape of the input ``(X, Y[, Z])``.
         spacing: voxel sizes in mm.
         seconds: wall time spent on the case.
@@ -60,6 +62,8 @@ class CaseResult:
     status: str
     error: str | None = None
     input_kind: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     shape: Sequence[int] | None = None
     spacing: Sequence[float] | None = None
     seconds: float | None = None
@@ -75,6 +79,8 @@ class CaseResult:
         self.shape = None if self.shape is None else [int(v) for v in self.shape]
         self.spacing = None if self.spacing is None else [float(v) for v in self.spacing]
         self.outputs = {str(k): str(v) for k, v in self.outputs.items()}
+        self.inputs = {str(k): str(v) for k, v in self.inputs.items()}
+        self.warnings = [str(w) for w in self.warnings]
 
     @classmethod
     def failed(cls, case: str, exc: BaseException, **kwargs: Any) -> CaseResult:
@@ -158,6 +164,7 @@ class BatchReport:
                     _fmt_list(r.spacing, ".4g"),
                     seconds,
                     r.error or "",
+                    " | ".join(r.warnings),
                 ]
             )
         atomic_write_text(self.csv_path, buf.getvalue())

@@ -67,7 +67,7 @@ def mixed_source(tiny_dataset, tmp_path_factory):
 
 
 REASONS = {
-    "truncated_dicom": "cannot decode pixel data",
+    "truncated_dicom": "pixel data truncated",
     "empty": "no NIfTI image or DICOM files",
     "mixed_series": "ambiguous choice, 2 series",
     "broken_nifti": "ct.nii.gz",

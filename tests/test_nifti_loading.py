@@ -83,13 +83,19 @@ def test_2d_files(tmp_path, shape):
     image = load_scan(path, spatial_dims=2)
     assert image.shape == (1, 9, 8)
     np.testing.assert_array_equal(image.numpy()[0], data.reshape(9, 8))
-    assert load_scan(path).shape == (1, 9, 8, 1)
+    if len(shape) == 3:
+        assert load_scan(path).shape == (1, 9, 8, 1)  # a one-slice volume
+    else:
+        with pytest.raises(
+            ScanLoadError, match=r"2d\.nii\.gz: 2D image of shape \(9, 8\) given to a 3D loader.*2D bundle"
+        ):
+            load_scan(path)
 
 
 @pytest.mark.parametrize(
     "make, kwargs, match",
     [
-        (lambda p: _save(p, np.zeros((3, 4, 5), np.float32) + np.nan), {}, "NaN voxels"),
+        (lambda p: _save(p, np.zeros((3, 4, 5), np.float32) + np.nan), {}, r"non-finite voxels \(60 NaN\)"),
         (
             lambda p: _save(p, np.zeros((3, 4, 5), np.float32)),
             {"spatial_dims": 2},

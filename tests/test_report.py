@@ -31,6 +31,8 @@ def test_report_is_rewritten_after_each_case(tmp_path):
             spacing=(0.977, 0.977, 2.0),
             seconds=3.14159,
             outputs={"mask": "case_a/seg.nii.gz"},
+            inputs={"image": "in/case_a"},
+            warnings=["input 'image': odd", "second"],
         )
     )
     data, rows = _read(report)
@@ -44,7 +46,9 @@ def test_report_is_rewritten_after_each_case(tmp_path):
         "spacing": "0.977x0.977x2",
         "seconds": "3.14",
         "error": "",
+        "warnings": "input 'image': odd | second",
     }
+    assert data["cases"][0]["inputs"] == {"image": "in/case_a"}
 
     try:
         raise ValueError("series in 'case_b/ct' has 2 orientations;\n pass series_rule")

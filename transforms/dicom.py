@@ -31,7 +31,7 @@ from transforms.dicom_discovery import (
 from transforms.dicom_pixels import check_decoder, read_planes
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["GAP_FACTOR", "TILT_TOLERANCE_DEG", "load_dicom", "series_to_volume"]
+__all__ = ["GAP_FACTOR", "TILT_TOLERANCE_DEG", "find_series", "load_dicom", "series_to_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,20 @@ def _first(ds: Dataset | None, seq: str, key: str):
     return ds[seq].value[0].get(key)
 
 
+def _plain(values) -> str:
+    """Numbers as plain text ``[0.7, 0.8]`` (no numpy reprs such as ``np.float64(0.7)``)."""
+    return "[" + ", ".join(f"{float(v):.6g}" for v in np.ravel(values)) + "]"
+
+
 def _floats(value, n: int, what: str, name: str) -> np.ndarray:
     if value is None:
         raise ScanLoadError(f"{name}: missing {what}; cannot place the image in space.")
-    arr = np.array([float(v) for v in value], dtype=np.float64)
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ScanLoadError(f"{name}: {what} is not a list of numbers ({err}).") from err
     if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise ScanLoadError(f"{name}: {what} must hold {n} finite numbers, got {list(value)}.")
+        raise ScanLoadError(f"{name}: {what} must hold {n} finite numbers, got {_plain(arr)}.")
     return arr
 
 
@@ -147,19 +155,23 @@ def _named(names: list[str]) -> str:
 
 
 def _check_consistent(planes: list[_Plane], label: str) -> None:
-    """Same image size, orientation and pixel spacing on every plane; finite rescale values."""
+    """Positive pixel spacing, and the same image size, orientation and pixel spacing on every plane; finite
+    rescale values."""
     ref = planes[0]
+    bad = [f"{p.name} has {_plain(p.spacing)}" for p in planes if np.any(p.spacing <= 0)]
+    if bad:
+        raise ScanLoadError(f"series {label}: degenerate PixelSpacing (must be positive): {_named(bad)}.")
     checks = [
         ("image sizes (rows, columns)", lambda p: p.size != ref.size, lambda p: p.size),
         (
             "orientation (ImageOrientationPatient)",
             lambda p: np.max(np.abs(p.iop - ref.iop)) > 1e-4,
-            lambda p: list(np.round(p.iop, 5)),
+            lambda p: _plain(np.round(p.iop, 5)),
         ),
         (
             "pixel spacing (PixelSpacing)",
             lambda p: np.max(np.abs(p.spacing / ref.spacing - 1)) > 1e-4,
-            lambda p: list(p.spacing),
+            lambda p: _plain(p.spacing),
         ),
     ]
     for what, differs, show in checks:
@@ -249,11 +261,17 @@ def series_to_volume(
         ``(array, affine_ras (4, 4), meta)``; ``meta`` holds geometry and non-identifying header fields only.
 
     Raises:
-        ScanLoadError: the series is inconsistent, has gaps, duplicates, gantry tilt, NaN, an undecodable
-            transfer syntax, or its slice count does not fit ``spatial_dims``.
+        ScanLoadError: the series has unreadable files (:attr:`SeriesInfo.broken`, truncated pixel data), is
+            inconsistent, has gaps, duplicates, gantry tilt, non-finite voxels, a degenerate orientation, an
+            undecodable transfer syntax, or its slice count does not fit ``spatial_dims``.
     """
-    label = f"{series.uid} ({series.description!r})"
+    label = series.uid or "(no SeriesInstanceUID)"  # never SeriesDescription: free text that may identify
     files = series.files
+    if series.broken:
+        raise ScanLoadError(
+            f"series {label}: {len(series.broken)} file(s) of the series cannot be read: {_named(series.broken)}; "
+            "repair or remove them (a volume without them would silently miss slices)."
+        )
     multi = [f for f in files if int(f.header.get("NumberOfFrames", 1) or 1) > 1]
     if multi and len(files) > 1:
         raise ScanLoadError(
@@ -267,11 +285,14 @@ def series_to_volume(
     normal = np.cross(ref.iop[:3], ref.iop[3:])
     if abs(np.linalg.norm(normal) - 1) > 1e-3:
         raise ScanLoadError(
-            f"series {label}: ImageOrientationPatient {list(ref.iop)} of {ref.name} is not two orthonormal vectors."
+            f"series {label}: ImageOrientationPatient {_plain(ref.iop)} of {ref.name} is not two orthonormal "
+            "vectors (degenerate orientation)."
         )
     if spatial_dims == 3 and len(planes) == 1:
         raise ScanLoadError(
-            f"series {label}: a single slice ({ref.name}) cannot form a 3D volume; pass spatial_dims=2 to load it as 2D."
+            f"series {label}: a single slice ({ref.name}) cannot form a 3D volume: segment it with a 2D bundle "
+            "(e.g. bundles/ct_lesion_denseunet2d), or write it as a one-slice volume with `clinseg convert` "
+            "(slice thickness as the z spacing) and use that file."
         )
     if spatial_dims == 2 and len(planes) != 1:
         raise ScanLoadError(
@@ -293,9 +314,9 @@ def series_to_volume(
         workers=workers,
     )
     if any(f.pixel_tag != PIXEL_DATA_TAG for f in files):
-        nan = [planes[z].name for z in np.flatnonzero(np.isnan(buf).any(axis=(1, 2)))]
-        if nan:
-            raise ScanLoadError(f"series {label}: NaN voxels in {_named(nan)}.")
+        bad = [planes[z].name for z in np.flatnonzero(~np.isfinite(buf).all(axis=(1, 2)))]
+        if bad:
+            raise ScanLoadError(f"series {label}: non-finite voxels (NaN or infinite) in {_named(bad)}.")
     vol = buf.transpose(2, 1, 0)
     if spatial_dims == 2:
         vol = vol[:, :, 0]
@@ -343,6 +364,16 @@ def load_dicom(
     Raises:
         ScanLoadError: nothing loadable at ``path`` or the chosen series is broken (the message says which).
     """
+    chosen = find_series(path, series_uid=series_uid, rule=rule)
+    return series_to_volume(chosen, spatial_dims=spatial_dims, dtype=dtype, workers=workers)
+
+
+def find_series(path: Path, *, series_uid: str | None = None, rule: SeriesRule | None = None) -> SeriesInfo:
+    """The series to load at ``path``: one (multi-frame) DICOM file, or the series a folder's rule chooses.
+
+    Raises:
+        ScanLoadError: nothing loadable at ``path``, or no / an ambiguous series choice.
+    """
     path = Path(path)
     if path.is_file():
         item = read_header(path)
@@ -359,5 +390,4 @@ def load_dicom(
         ]
     else:
         series = discover_series(path)
-    chosen = select_series(series, path, series_uid=series_uid, rule=rule)
-    return series_to_volume(chosen, spatial_dims=spatial_dims, dtype=dtype, workers=workers)
+    return select_series(series, path, series_uid=series_uid, rule=rule)

@@ -20,7 +20,7 @@ __all__ = ["DicomFile", "SeriesInfo", "SeriesRule", "discover_series", "read_hea
 logger = logging.getLogger(__name__)
 
 NON_IMAGE_MODALITIES = frozenset(
-    {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "DOC", "PLAN"}
+    {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SR", "PR", "KO", "REG", "DOC", "PLAN"}
 )
 PIXEL_DATA_TAG = 0x7FE00010
 _PIXEL_TAGS = (PIXEL_DATA_TAG, 0x7FE00008, 0x7FE00009)
@@ -52,6 +52,8 @@ class SeriesInfo:
     modality: str
     description: str
     files: list[DicomFile] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    """Files that belong (or may belong) to the series but cannot be read: ``"<path>: <cause>"`` each."""
 
     @property
     def n_slices(self) -> int:
@@ -59,8 +61,8 @@ class SeriesInfo:
         return sum(int(f.header.get("NumberOfFrames", 1) or 1) for f in self.files)
 
     def summary(self) -> str:
-        """``uid (modality, "description", N slices)`` for messages."""
-        return f"{self.uid} ({self.modality}, {self.description!r}, {self.n_slices} slices)"
+        """``uid (modality, N slices)`` for messages (no free-text header fields such as SeriesDescription)."""
+        return f"{self.uid} ({self.modality or 'no modality'}, {self.n_slices} slices)"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,23 @@ def read_header(path: Path) -> DicomFile | None:
     return DicomFile(Path(path), header, offset, value)
 
 
+def _broken_reason(path: Path) -> str | None:
+    """Why a file that :func:`read_header` rejected still looks like part of a series (``None``: not DICOM).
+
+    A file with the ``DICM`` marker, or named ``*.dcm``, that cannot be read is a damaged slice, not a stray file.
+    """
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(132)
+    except OSError as err:
+        return f"cannot be opened ({err.strerror or type(err).__name__})"
+    if head[128:132] == b"DICM":
+        return "has the DICOM marker but its header cannot be parsed (truncated or corrupt file)"
+    if path.suffix.lower() == ".dcm":
+        return f"named .dcm but is not a DICOM file ({len(head) if len(head) < 132 else 'over 131'} bytes, no DICM marker)"
+    return None
+
+
 def _candidate_files(folder: Path) -> list[Path]:
     return sorted(
         p
@@ -120,8 +139,13 @@ def _candidate_files(folder: Path) -> list[Path]:
 def discover_series(folder: Path) -> list[SeriesInfo]:
     """Group the DICOM image files under ``folder`` (recursive) by SeriesInstanceUID, reading headers only.
 
-    Files that are not DICOM or cannot be read are skipped with one warning naming them; DICOMDIR files,
-    hidden files, non-image objects (SEG, RTSTRUCT, SR, ...) and files without pixel data are skipped.
+    Files that are not DICOM (no ``DICM`` marker, not named ``*.dcm``) are skipped with one warning naming them
+    (NIfTI files silently: they are images, found by NIfTI discovery);
+    DICOMDIR files, hidden files and non-image objects (SEG, RTSTRUCT, SR, ...) are skipped. Files that look like
+    part of a series but cannot be used are recorded in :attr:`SeriesInfo.broken` so loading the series fails
+    naming them (never a silently shorter volume): an image file of the series without pixel data (truncated),
+    and DICOM-marked or ``*.dcm`` files that cannot be parsed (their series is unknown, so every series of the
+    folder records them).
 
     Args:
         folder: a folder holding DICOM files at any depth, with any file names.
@@ -130,35 +154,57 @@ def discover_series(folder: Path) -> list[SeriesInfo]:
         One :class:`SeriesInfo` per series, sorted by UID.
 
     Raises:
-        ScanLoadError: ``folder`` is not a folder.
+        ScanLoadError: ``folder`` is not a folder, or it holds damaged DICOM files and no readable series.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ScanLoadError(f"{folder}: not a folder.")
     skipped: list[Path] = []
+    orphans: list[str] = []
+    no_pixels: dict[str, list[str]] = defaultdict(list)
     groups: dict[str, SeriesInfo] = {}
     counts: dict[str, int] = defaultdict(int)
     for path in _candidate_files(folder):
         item = read_header(path)
         if item is None:
-            skipped.append(path)
+            reason = _broken_reason(path)
+            if reason is not None:
+                orphans.append(f"{path} {reason}")
+            elif not path.name.lower().endswith((".nii", ".nii.gz")):  # NIfTI files are images, not strays
+                skipped.append(path)
             continue
         hdr = item.header
         modality = str(hdr.get("Modality", ""))
         if hdr.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
             continue
-        if modality in NON_IMAGE_MODALITIES or item.pixel_offset < 0 or "SeriesInstanceUID" not in hdr:
-            counts[modality or "no pixel data"] += 1
+        if modality in NON_IMAGE_MODALITIES:
+            counts[modality] += 1
+            continue
+        if "SeriesInstanceUID" not in hdr:
+            orphans.append(f"{path} has no SeriesInstanceUID (truncated or corrupt header)")
             continue
         uid = str(hdr.SeriesInstanceUID)
+        if item.pixel_offset < 0:
+            no_pixels[uid].append(f"{path} has no pixel data (truncated file?)")
+            continue
         if uid not in groups:
             groups[uid] = SeriesInfo(uid, modality, str(hdr.get("SeriesDescription", "")))
         groups[uid].files.append(item)
     if skipped:
         named = ", ".join(str(p.relative_to(folder)) for p in skipped[:_MAX_NAMED])
         more = f" and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED else ""
-        logger.warning(
-            "%s: skipped %d file(s) that are not readable DICOM: %s%s", folder, len(skipped), named, more
+        logger.warning("%s: skipped %d file(s) that are not DICOM: %s%s", folder, len(skipped), named, more)
+    for uid, problems in no_pixels.items():
+        if uid in groups:
+            groups[uid].broken.extend(problems)
+        else:
+            counts["no pixel data"] += len(problems)
+    for series in groups.values():
+        series.broken.extend(orphans)
+    if orphans and not groups:
+        more = f" and {len(orphans) - _MAX_NAMED} more" if len(orphans) > _MAX_NAMED else ""
+        raise ScanLoadError(
+            f"{folder}: no readable DICOM image series; damaged file(s): {'; '.join(orphans[:_MAX_NAMED])}{more}."
         )
     for kind, n in counts.items():
         logger.info("%s: ignored %d non-image DICOM object(s) (%s)", folder, n, kind)

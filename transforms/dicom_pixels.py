@@ -79,7 +79,12 @@ def _raw_dtype(item: DicomFile) -> np.dtype | None:
 
 
 def _read_raw(item: DicomFile, dtype: np.dtype, n_values: int) -> np.ndarray | None:
-    """Stored values read straight from the file after the pixel data tag; ``None`` if the element is unusual."""
+    """Stored values read straight from the file after the pixel data tag; ``None`` if the element is unusual
+    (undefined length).
+
+    Raises:
+        ScanLoadError: the element or the file is shorter than the image needs (truncated file).
+    """
     explicit = item.header.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     with open(item.path, "rb") as fp:
         fp.seek(item.pixel_offset)
@@ -87,11 +92,18 @@ def _read_raw(item: DicomFile, dtype: np.dtype, n_values: int) -> np.ndarray | N
         if head[:4] != b"\xe0\x7f\x10\x00":
             return None
         length = int.from_bytes(head[8:12] if explicit else head[4:8], "little")
-        if length == 0xFFFFFFFF or length < n_values * dtype.itemsize:
+        needed = n_values * dtype.itemsize
+        if length == 0xFFFFFFFF:
             return None
-        data = fp.read(n_values * dtype.itemsize)
-    if len(data) < n_values * dtype.itemsize:
-        return None
+        if length < needed:
+            raise ScanLoadError(
+                f"{item.path}: pixel data holds {length} bytes but Rows x Columns x frames needs {needed}."
+            )
+        data = fp.read(needed)
+    if len(data) < needed:
+        raise ScanLoadError(
+            f"{item.path}: pixel data truncated: the file ends after {len(data)} of {needed} bytes."
+        )
     return np.frombuffer(data, dtype=dtype)
 
 

@@ -75,7 +75,8 @@ def load_scan(
         MetaTensor ``(C, X, Y[, Z])`` (C = 1 except for 4D NIfTI with ``channel_axis``), affine RAS in mm.
 
     Raises:
-        ScanLoadError: missing path, empty folder, no DICOM image series, broken series, NaN voxels ...
+        ScanLoadError: missing path, empty folder, no DICOM image series, broken or truncated series files,
+            non-finite voxels, degenerate affines, oversized headers, 2D files for spatial_dims=3 ...
             The message names the path and the problem.
         ValueError: invalid arguments.
     """

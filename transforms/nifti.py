@@ -1,4 +1,9 @@
-"""NIfTI loading with nibabel: affine as nibabel chooses it (sform, else qform), float images, exact labels."""
+"""NIfTI loading with nibabel: affine as nibabel chooses it (sform, else qform), float images, exact labels.
+
+Refused with a :class:`ScanLoadError` naming the file and the cause: unreadable files, headers declaring more
+voxel data than the file holds, degenerate affines (non-finite, or a zero or collinear voxel axis), non-finite
+voxels (NaN, +inf, -inf), 2D images given to a 3D loader.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import numpy as np
 
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["is_nifti_path", "load_nifti"]
+__all__ = ["check_affine", "check_finite", "is_nifti_path", "load_nifti"]
 
 
 def is_nifti_path(path: Path) -> bool:
@@ -28,18 +33,83 @@ def _read_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     proxy = img.dataobj
     dtype = img.get_data_dtype()
     offset = int(proxy.offset)
-    nbytes = int(np.prod(img.shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = int(np.prod(img.shape, dtype=object)) * dtype.itemsize
+    gz = path.name.lower().endswith(".gz")
+    if not gz:
+        _check_size(img, path, path.stat().st_size - offset, nbytes)
     if float(proxy.slope) != 1.0 or float(proxy.inter) != 0.0:
         return np.asarray(proxy)
     raw = path.read_bytes()
-    if path.name.lower().endswith(".gz"):
+    if gz:
         try:
             raw = zlib.decompress(raw, 31)
         except zlib.error:
             return np.asarray(proxy)
-    if len(raw) < offset + nbytes:
-        return np.asarray(proxy)
+        _check_size(img, path, len(raw) - offset, nbytes)
     return np.ndarray(img.shape, dtype=dtype, buffer=raw, offset=offset, order="F")
+
+
+def _reason(err: BaseException) -> str:
+    """The error's message on one line, or its type name when the message is empty."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_size(img: nib.Nifti1Image, path: Path, available: int, needed: int) -> None:
+    """Raise when the header declares more voxel bytes than the file holds (truncated file or corrupt header)."""
+    if available < needed:
+        raise ScanLoadError(
+            f"{path}: header declares shape {tuple(int(s) for s in img.shape)} of {img.get_data_dtype()} "
+            f"({_size_text(needed)}) but the file holds {_size_text(max(available, 0))} of voxel data "
+            "(truncated file or corrupt header)."
+        )
+
+
+def _size_text(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def check_affine(affine: np.ndarray, path: Path) -> None:
+    """Raise when ``affine`` cannot place voxels in space: non-finite, a zero-length or collinear voxel axis.
+
+    Raises:
+        ScanLoadError: naming ``path`` and the cause (e.g. ``voxel axis 2 has zero length``).
+    """
+    if not np.all(np.isfinite(affine)):
+        raise ScanLoadError(
+            f"{path}: degenerate affine: it holds NaN or infinite values (corrupt sform/qform)."
+        )
+    columns = affine[:3, :3]
+    lengths = np.linalg.norm(columns, axis=0)
+    zero = [i for i, n in enumerate(lengths) if n < 1e-6]
+    if zero:
+        raise ScanLoadError(
+            f"{path}: degenerate affine: voxel axis {', '.join(map(str, zero))} has zero length "
+            "(singular matrix, a voxel size of 0 mm in the sform/qform or pixdim)."
+        )
+    det = abs(float(np.linalg.det(columns / lengths)))
+    if det < 1e-6:
+        raise ScanLoadError(
+            f"{path}: degenerate affine: the voxel axes are collinear (singular matrix, determinant {det:.3g}); "
+            "fix the sform/qform."
+        )
+
+
+def check_finite(data: np.ndarray, path: Path | str) -> None:
+    """Raise when float ``data`` holds NaN or infinite voxels (counts of each in the message)."""
+    if data.dtype.kind not in "fc" or np.isfinite(data).all():
+        return
+    counts = {
+        "NaN": int(np.isnan(data).sum()),
+        "+inf": int(np.isposinf(data).sum()),
+        "-inf": int(np.isneginf(data).sum()),
+    }
+    found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    raise ScanLoadError(
+        f"{path}: image contains non-finite voxels ({found}); only finite intensities are accepted."
+    )
 
 
 def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
@@ -47,7 +117,9 @@ def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
     if data.dtype.kind in "iub":
         return data
     if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-        raise ScanLoadError(f"{path}: label image must hold integer values, found non-integer or NaN voxels.")
+        raise ScanLoadError(
+            f"{path}: label image must hold integer values, found non-integer or non-finite voxels."
+        )
     return data.astype(np.int32)
 
 
@@ -63,8 +135,8 @@ def load_nifti(
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
-        spatial_dims: 3 -> ``(X, Y, Z)`` (a 2D file becomes ``(X, Y, 1)``); 2 -> ``(X, Y)`` from ``(X, Y)`` or
-            ``(X, Y, 1)`` files.
+        spatial_dims: 3 -> ``(X, Y, Z)`` (a 2D ``(X, Y)`` file is refused; ``(X, Y, 1)`` is a one-slice
+            volume); 2 -> ``(X, Y)`` from ``(X, Y)`` or ``(X, Y, 1)`` files.
         channel_axis: axis holding channels in a 4D file; the channels are moved first -> ``(C, X, Y, Z)``.
             Without it 4D files are refused.
         label: keep integer values exact (stored integer dtype, or int32 for integer-valued float storage).
@@ -75,20 +147,37 @@ def load_nifti(
         ``channel_axis`` is given.
 
     Raises:
-        ScanLoadError: unreadable file, 4D without ``channel_axis``, a shape that does not fit ``spatial_dims``,
-            NaN voxels, or non-integer labels.
+        ScanLoadError: unreadable file, a header declaring more data than the file holds, a degenerate affine,
+            4D without ``channel_axis``, a shape that does not fit ``spatial_dims``, non-finite voxels, or
+            non-integer labels.
     """
     path = Path(path)
     try:
         img = nib.load(str(path))
-        raw_kind = img.get_data_dtype().kind
-        data = _read_data(img, path)
-    except Exception as err:  # nibabel raises many types for broken files; name the file
-        raise ScanLoadError(f"{path}: cannot read as NIfTI: {err}") from err
+    except Exception as err:  # nibabel raises many types for broken files; name the file and the reason
+        raise ScanLoadError(f"{path}: cannot read as NIfTI: {_reason(err)}") from err
     affine = np.asarray(img.affine, dtype=np.float64)
+    check_affine(affine, path)
+    try:
+        data = _read_data(img, path)
+    except ScanLoadError:
+        raise
+    except MemoryError as err:
+        raise ScanLoadError(
+            f"{path}: cannot read as NIfTI: the header's shape {tuple(int(s) for s in img.shape)} needs more "
+            "memory than this machine has (corrupt header?)."
+        ) from err
+    except Exception as err:
+        raise ScanLoadError(f"{path}: cannot read as NIfTI: {_reason(err)}") from err
     while data.ndim > 3 and data.shape[-1] == 1 and not (channel_axis is not None and data.ndim == 4):
         data = data[..., 0]
     if data.ndim == 2:
+        if spatial_dims == 3:
+            raise ScanLoadError(
+                f"{path}: 2D image of shape {data.shape} given to a 3D loader: segment it with a 2D bundle "
+                "(spatial_dims 2, e.g. bundles/ct_lesion_denseunet2d), or save it as (X, Y, 1) to treat it as a "
+                "one-slice volume."
+            )
         data = data[..., None]
     if data.ndim == 4:
         if channel_axis is None:
@@ -112,8 +201,7 @@ def load_nifti(
     if label:
         data = _label_array(data, path)
     else:
-        if raw_kind == "f" and np.isnan(data).any():
-            raise ScanLoadError(f"{path}: image contains {int(np.isnan(data).sum())} NaN voxels.")
+        check_finite(data, path)
         data = data.astype(dtype or np.float32, copy=False)
     if not data.flags.writeable or not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
