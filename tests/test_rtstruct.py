@@ -12,12 +12,14 @@ import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 from skimage.draw import polygon
 
 from pipeline.dicom_series import write_dicom_series
 from pipeline.preview import label_colour
 from pipeline.rtstruct import write_rtstruct
 from pipeline.rtstruct_read import _fill_even_odd, read_rtstruct, rtstruct_to_mask
+from tests.dicom_checks import dice, fill_each_contour
 from transforms.dicom import load_dicom
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -162,9 +164,11 @@ def test_box_is_exact_and_ring_keeps_its_hole(oblique_series, tmp_path):
     tensor = MetaTensor(torch.from_numpy(mask)[None])
     out = write_rtstruct(tensor, files, labels, tmp_path / "rs.dcm")
     np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
+    for lid, filled in zip(labels, fill_each_contour(out, files).values(), strict=True):
+        np.testing.assert_array_equal(filled, mask == lid)
 
     contours = read_rtstruct(out)
-    assert [len(c) for c in contours["ring"]] and len(contours["ring"]) == 2  # outer boundary and hole
+    (ring,) = contours["ring"]  # one keyhole contour: outer boundary, cut, hole, back along the cut
     vox_from_lps = np.linalg.inv(_LPS @ affine)
     for k, box in zip((1, 2, 3), contours["box"], strict=True):
         ijk = box @ vox_from_lps[:3, :3].T + vox_from_lps[:3, 3]
@@ -172,12 +176,65 @@ def test_box_is_exact_and_ring_keeps_its_hole(oblique_series, tmp_path):
         np.testing.assert_allclose(ijk[:, 2], k, atol=1e-3)
         np.testing.assert_allclose(ijk[:, :2].min(axis=0), [4.5, 2.5], atol=1e-3)
         np.testing.assert_allclose(ijk[:, :2].max(axis=0), [19.5, 9.5], atol=1e-3)
-    hole = min(contours["ring"], key=len)
-    ijk = hole @ vox_from_lps[:3, :3].T + vox_from_lps[:3, 3]
-    assert np.all(np.hypot(ijk[:, 0] - 16, ijk[:, 1] - 17) < 6.5)
+    ijk = ring @ vox_from_lps[:3, :3].T + vox_from_lps[:3, 3]
+    radius = np.hypot(ijk[:, 0] - 16, ijk[:, 1] - 17)
+    assert radius.min() < 6.5 and radius.max() > 11  # passes along the hole and the outer boundary
+    (island,) = contours["island"]
+    assert len(island) == 8
 
     by_name = rtstruct_to_mask(out, files, {20: "box", 30: "ring"})  # island not listed: skipped
     np.testing.assert_array_equal(by_name, np.select([mask == 2, mask == 3], [20, 30], 0))
+
+
+def _rings(shape, centre, radii) -> np.ndarray:
+    """Concentric annuli ``radii[0] > r > radii[1]``, ``radii[2] > r > radii[3]``, ... (odd count: a disc)."""
+    ii, jj = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(ii - centre[0], jj - centre[1])
+    edges = [*radii, -1.0] if len(radii) % 2 else list(radii)
+    return np.any([(r < hi) & (r > lo) for hi, lo in zip(edges[::2], edges[1::2])], axis=0)
+
+
+def _shapes(name: str) -> np.ndarray:
+    """``(33, 34, 5)`` label maps with holes, nested islands and several components."""
+    mask = np.zeros((33, 34, 5), np.uint8)
+    if name == "nested":  # ring, ring inside its hole, disc inside that: three levels of islands
+        mask[:, :, 2][_rings((33, 34), (16, 17), (15, 12, 9, 6, 3))] = 1
+        mask[:, :, 3][_rings((33, 34), (10.3, 20.6), (9.5, 6.2, 4.1))] = 1
+    elif name == "holes_on_one_row":  # holes side by side: a cut runs from one hole to the next
+        mask[2:31, 2:32, 1:4] = 1
+        for c0 in (5, 12, 19, 26):
+            mask[10:20, c0 : c0 + 4, 1:4] = 0
+        mask[6:9, 6:28, 2] = 0  # and a hole above them, touching no other
+        mask[14:16, 13:15, 3] = 2  # another label's island in a hole
+    elif name == "border":  # touches the image border, hole included
+        mask[:, :, 0] = 1
+        mask[10:20, 10:20, 0] = 0
+        mask[0:12, 0:6, 4] = 2
+    else:  # random blobs: many components, holes, islands in holes, diagonal contacts
+        rng = np.random.default_rng(int(name[-1]))
+        noise = ndimage.gaussian_filter(rng.normal(size=(33, 34, 5)), (1.2, 1.2, 0))
+        mask[noise > 0.05] = 1
+        mask[noise < -0.12] = 2
+    return mask
+
+
+@pytest.mark.parametrize("name", ["nested", "holes_on_one_row", "border", "random_0", "random_1"])
+def test_holes_and_islands_read_back_both_ways(oblique_series, tmp_path, name):
+    """Even-odd over all contours and each contour filled on its own (union) both give every structure back."""
+    files, _ = oblique_series
+    mask = _shapes(name)
+    labels = {1: "organ", 2: "lesion"}
+    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm")
+    even_odd = rtstruct_to_mask(out, files)
+    union = fill_each_contour(out, files)
+    for lid, roi in labels.items():
+        assert dice(even_odd == lid, mask == lid) >= 0.99, (name, roi)
+        assert dice(union[roi], mask == lid) >= 0.99, (name, roi)
+    np.testing.assert_array_equal(even_odd, mask)  # exact, in fact
+    for lid, roi in labels.items():
+        np.testing.assert_array_equal(union[roi], mask == lid)
+    components = sum(ndimage.label(mask[:, :, k] == lid)[1] for lid in labels for k in range(5))
+    assert sum(len(c) for c in read_rtstruct(out).values()) == components  # one contour per component
 
 
 def test_contours_without_image_references_go_to_the_nearest_slice(oblique_series, tmp_path):
