@@ -20,7 +20,7 @@ def dciodvfy_errors(path) -> list[str]:
     exe = shutil.which("dciodvfy")
     if exe is None:
         pytest.skip("dciodvfy not installed (Debian/Ubuntu package dicom3tools)")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120, check=False)
     lines = (result.stdout + result.stderr).splitlines()
     assert any(line.strip() for line in lines), f"dciodvfy printed nothing for {path}"  # it names the IOD
     errors = [line for line in lines if line.startswith("Error")]

@@ -237,6 +237,21 @@ def test_holes_and_islands_read_back_both_ways(oblique_series, tmp_path, name):
     assert sum(len(c) for c in read_rtstruct(out).values()) == components  # one contour per component
 
 
+@pytest.mark.parametrize("name", ["nested", "holes_on_one_row", "random_0"])
+def test_contours_cut_into_bands_still_read_back_both_ways(oblique_series, tmp_path, monkeypatch, name):
+    monkeypatch.setattr("pipeline.rtstruct._MAX_DS_BYTES", 600)  # about 20 points a contour: many cuts
+    files, _ = oblique_series
+    mask = _shapes(name)
+    out = write_rtstruct(mask, files, {1: "organ", 2: "lesion"}, tmp_path / "rs.dcm")
+    for roi in pydicom.dcmread(out).ROIContourSequence:
+        for item in roi.get("ContourSequence", []):
+            assert len("\\".join(v.original_string for v in item.ContourData)) <= 600
+    np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
+    union = fill_each_contour(out, files)
+    np.testing.assert_array_equal(union["organ"], mask == 1)
+    np.testing.assert_array_equal(union["lesion"], mask == 2)
+
+
 def test_contours_without_image_references_go_to_the_nearest_slice(oblique_series, tmp_path):
     files, _ = oblique_series
     mask = np.zeros((33, 34, 5), np.uint8)
@@ -250,20 +265,24 @@ def test_contours_without_image_references_go_to_the_nearest_slice(oblique_serie
     np.testing.assert_array_equal(rtstruct_to_mask(tmp_path / "bare.dcm", files), mask)
 
 
-def test_huge_contour_is_simplified_to_fit_a_ds_element(tmp_path, caplog):
+def test_huge_contour_is_cut_into_bands_that_fit_a_ds_element(tmp_path, caplog):
     affine = np.diag([0.7317, 0.3719, 1.0, 1.0])
     affine[:3, 3] = [-123.4567, 234.5678, 17.3147]
     files = write_dicom_series(np.zeros((64, 1400, 1)), affine, tmp_path / "ct", uid_seed="h")
     mask = np.zeros((64, 1400, 1), np.uint8)
     for j in range(1400):
         mask[10 + j % 2 : 50 - j % 2, j, 0] = 1  # both sides zig-zag: 2800 corners, ~74 kB of ContourData
+    mask[20:40, 300:1100, 0] = 0  # and a hole: one keyhole polygon would be longer still
     with caplog.at_level(logging.WARNING):
         out = write_rtstruct(mask, files, {1: "comb"}, tmp_path / "rs.dcm")
-    assert "simplified" in caplog.text
-    item = pydicom.dcmread(out).ROIContourSequence[0].ContourSequence[0]
-    assert item["ContourData"].VR == "DS"
-    back = rtstruct_to_mask(out, files)
-    assert 2 * np.sum(back & mask) / (back.sum() + mask.sum()) > 0.95
+    assert not caplog.records
+    items = pydicom.dcmread(out).ROIContourSequence[0].ContourSequence
+    assert len(items) > 1
+    for item in items:
+        assert item["ContourData"].VR == "DS"
+        assert len("\\".join(v.original_string for v in item.ContourData)) <= 0xFFFE
+    np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
+    np.testing.assert_array_equal(fill_each_contour(out, files)["comb"], mask == 1)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -357,3 +376,30 @@ def test_read_rejects_other_objects(small_series):
         read_rtstruct(small_series[0])
     with pytest.raises(ValueError, match="not an RT Structure Set"):
         rtstruct_to_mask(small_series[0], small_series)
+
+
+@pytest.mark.realdata
+def test_planning_ct_structures_read_back_both_ways(shared_data, tmp_path):
+    """A treatment-planning system's own ROIs as a label map (the body has the lungs, cord and tumour as holes)
+    come back from our RTSTRUCT both ways."""
+    folder = shared_data / "nsclc" / "LUNG1-001"
+    _, _, meta = load_dicom(folder)
+    files = meta["dicom_files"]
+    (planned,) = [
+        f for f in folder.iterdir() if pydicom.dcmread(f, stop_before_pixels=True).Modality == "RTSTRUCT"
+    ]
+    labels = {1: "Patient", 2: "Lung L", 3: "Lung R", 4: "Spinal cord", 5: "GTV-1"}
+    mask = rtstruct_to_mask(planned, files, labels)
+    tumour = np.flatnonzero(np.any(mask == 5, axis=(0, 1)))
+    keep = slice(int(tumour.min()), int(tumour.max()) + 1)  # the tumour's slices: every structure is there
+    mask, files = mask[:, :, keep], files[keep]
+    assert len(files) >= 5 and set(np.unique(mask)) == {0, *labels}
+    body = mask[:, :, 0] == 1
+    assert ndimage.label(ndimage.binary_fill_holes(body) & ~body)[1] >= 2  # lungs and more: holes in the body
+    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm")
+    even_odd = rtstruct_to_mask(out, files, labels)
+    union = fill_each_contour(out, files)
+    for lid, roi in labels.items():
+        assert dice(even_odd == lid, mask == lid) >= 0.99, roi
+        assert dice(union[roi], mask == lid) >= 0.99, roi
+    np.testing.assert_array_equal(even_odd, mask)
