@@ -342,7 +342,7 @@ def write_rtstruct(
         roi.ROIGenerationDescription = algorithm_name
         rois.append(roi)
         contour = Dataset()
-        contour.ROIDisplayColor = [round(c * 255) for c in label_colour(lid)]
+        contour.ROIDisplayColor = [round(c * 255) for c in label_colour(lid, labels)]
         items = _contours(arr, lid, slices)
         if items:
             contour.ContourSequence = DicomSequence(items)

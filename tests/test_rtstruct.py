@@ -95,7 +95,9 @@ def test_iod_references_and_patient_study(tiny_dataset, tmp_path, caplog):
     ] == [(i, i, "ORGAN", "") for i in ids]
     assert [r.ReferencedROINumber for r in ds.ROIContourSequence] == ids
     for roi in ds.ROIContourSequence:
-        assert list(roi.ROIDisplayColor) == [round(c * 255) for c in label_colour(roi.ReferencedROINumber)]
+        assert list(roi.ROIDisplayColor) == [
+            round(c * 255) for c in label_colour(roi.ReferencedROINumber, ids)
+        ]
     assert "ContourSequence" not in ds.ROIContourSequence[-1]  # the absent organ keeps its ROI, no contours
 
     uid_slice = {h.SOPInstanceUID: k for k, h in enumerate(src)}
