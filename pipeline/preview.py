@@ -9,7 +9,8 @@ left; anterior is up in axial views and on the left in sagittal views; superior 
 voxel spacing. A 2D input ``(X, Y)`` is shown as one axial panel by the same rule, so a 2D array without
 geometry (identity affine, e.g. loaded from a PNG as ``(column, row)``) needs ``affine=diag(-1, -1, 1, 1)`` to
 appear as stored. Structures are filled and outlined in colours of the Okabe-Ito palette (distinct under the
-common colour-vision deficiencies), by rank among the declared labels. Rendering uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend change).
+common colour-vision deficiencies), by rank among the declared labels. Rendering uses matplotlib's Agg canvas
+directly (no pyplot, no display, no global backend change).
 """
 
 from __future__ import annotations
@@ -273,8 +274,8 @@ def _rows(grid: _Grid) -> list[tuple[int | None, list[PanelSlice]]]:
 
 
 def _overlay(mask: np.ndarray, labels: Mapping[int, str]) -> np.ndarray:
-    """RGBA ``(rows, cols, 4)``: each structure of ``mask`` filled at :data:`OVERLAY_ALPHA` and its edge pixels
-    (a 4-neighbour differs) opaque, in its :func:`label_colour`."""
+    """RGBA ``(rows, cols, 4)``: each structure of ``mask`` filled at :data:`OVERLAY_ALPHA` and its edge
+    pixels (a 4-neighbour differs) opaque, in its :func:`label_colour`."""
     padded = np.pad(mask, 1, mode="edge")
     edge = np.zeros(mask.shape, bool)
     for dr, dc in ((0, 1), (2, 1), (1, 0), (1, 2)):

@@ -9,12 +9,12 @@ Contours are traced per slice with ``skimage.measure.find_contours`` at level 0.
 slice, so every contour is closed and runs through the midpoints between inside and outside pixel centres;
 points on straight runs are dropped (lossless). Each connected component is one contour with its holes joined
 to it by zero-width cuts ("keyholes", as treatment-planning systems write them), so readers that fill every
-contour on its own (e.g. rt-utils) and readers using the even-odd rule both get the holes back; an island
-inside a hole is a contour of its own; a component too long for one ContourData element (64 kB) is cut
-into bands of rows, which keeps both readings exact. Pixel ``(row, column)`` positions are placed in patient space (LPS, mm)
-from each slice's own ImagePositionPatient, ImageOrientationPatient and PixelSpacing, so oblique series are
-exact. Rasterising the contours back (pixel centres inside) with :func:`pipeline.rtstruct_read.rtstruct_to_mask`
-gives the mask again.
+contour on its own and readers that apply the even-odd rule across contours both get the holes back; an
+island inside a hole is a contour of its own. A component too long for one ContourData element (64 kB) is cut
+into bands of rows, which keeps both readings exact. Pixel ``(row, column)`` positions are placed in patient
+space (LPS, mm) from each slice's own ImagePositionPatient, ImageOrientationPatient and PixelSpacing, so
+oblique series are exact. Rasterising the contours back (pixel centres inside) with
+:func:`pipeline.rtstruct_read.rtstruct_to_mask` gives the mask again.
 
 The structure set copies patient and study attributes from the source images, as the DICOM standard requires;
 nothing of them is logged.
@@ -173,12 +173,12 @@ def _keyhole_polygons(binary: np.ndarray, components: np.ndarray) -> dict[int, n
     ("keyholes").
 
     Contours are traced at level 0.5 on the zero-padded slice (foreground 4-connected, background
-    8-connected), so vertices sit halfway between pixel centres. A hole's rightmost vertex ``M = (r, c + 0.5)``
-    is joined along pixel row ``r`` to the first boundary vertex to its right, on the enclosing outer contour
-    or on a hole already joined (holes are joined rightmost first); the pixel centres along the cut are all
-    foreground, and a cut along a pixel row adds no scanline crossings. So each polygon rasterises to its
-    component both when every contour is filled on its own (union) and by the even-odd rule over all
-    contours; islands inside holes are components of their own.
+    8-connected), so vertices sit halfway between pixel centres. A hole's rightmost vertex
+    ``M = (r, c + 0.5)`` is joined along pixel row ``r`` to the first boundary vertex to its right, on the
+    enclosing outer contour or on a hole already joined (holes are joined rightmost first); the pixel centres
+    along the cut are all foreground, and a cut along a pixel row adds no scanline crossings. So each polygon
+    rasterises to its component both when every contour is filled on its own (union) and by the even-odd
+    rule over all contours; islands inside holes are components of their own.
     """
     outers: dict[int, np.ndarray] = {}
     holes = []  # (rightmost column, row, enclosing component, contour starting at its rightmost vertex)

@@ -1,4 +1,4 @@
-"""Test helpers for written DICOM objects: the dicom3tools validator and a contour-by-contour RTSTRUCT reader."""
+"""Test helpers for written DICOM objects: the dicom3tools validator, a contour-by-contour RTSTRUCT reader."""
 
 from __future__ import annotations
 

@@ -222,7 +222,7 @@ def _shapes(name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["nested", "holes_on_one_row", "border", "random_0", "random_1"])
 def test_holes_and_islands_read_back_both_ways(oblique_series, tmp_path, name):
-    """Even-odd over all contours and each contour filled on its own (union) both give every structure back."""
+    """Even-odd across all contours and each contour filled on its own (union) both give every structure."""
     files, _ = oblique_series
     mask = _shapes(name)
     labels = {1: "organ", 2: "lesion"}
@@ -382,7 +382,7 @@ def test_read_rejects_other_objects(small_series):
 
 @pytest.mark.realdata
 def test_planning_ct_structures_read_back_both_ways(shared_data, tmp_path):
-    """A treatment-planning system's own ROIs as a label map (the body has the lungs, cord and tumour as holes)
+    """A treatment-planning system's own ROIs as a label map (the body has lungs, cord and tumour as holes)
     come back from our RTSTRUCT both ways."""
     folder = shared_data / "nsclc" / "LUNG1-001"
     _, _, meta = load_dicom(folder)
