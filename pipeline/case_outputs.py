@@ -192,7 +192,9 @@ def write_case_outputs(
     atomic_write_json(case_dir / VOLUMES_NAME, rows)
     names = [SEG_NAME, VOLUMES_NAME]
     if options.preview:
-        render_preview(channel, seg, affine, labels, case_dir / PREVIEW_NAME, window=display_window)
+        render_preview(
+            channel, seg, affine, labels, case_dir / PREVIEW_NAME, window=display_window, title=case_dir.name
+        )
         names.append(PREVIEW_NAME)
     if options.probabilities:
         if segmentation.probabilities is None:

@@ -16,10 +16,11 @@ of them is logged. RTSTRUCT output: :mod:`pipeline.rtstruct`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -44,6 +45,27 @@ __all__ = ["DEFAULT_PROPERTY_CODES", "read_dicom_seg", "write_dicom_seg"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROPERTY_CODES: tuple[Code, Code] = (codes.SCT.Tissue, codes.SCT.Tissue)
+
+
+@contextlib.contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    """Within the block, keep highdicom to warnings and errors (it logs every module it copies at INFO, nine
+    lines a SEG over the progress bar) and drop its person-name warnings (they quote the patient's name).
+
+    The ``highdicom`` logger's level is raised only while it inherits one (NOTSET), so a level a user set
+    on purpose stands; it is restored on exit.
+    """
+    hd_logger = logging.getLogger("highdicom")
+    inherits = hd_logger.level == logging.NOTSET
+    if inherits:
+        hd_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*person name.*", category=UserWarning)
+            yield
+    finally:
+        if inherits:
+            hd_logger.setLevel(logging.NOTSET)
 
 
 def _n_frames(ds: pydicom.Dataset) -> int:
@@ -231,9 +253,7 @@ def write_dicom_seg(
         planes[np.asarray(frame_numbers) - 1] = frames
         frames = planes
 
-    with warnings.catch_warnings():
-        # highdicom warns about single-component person names and quotes the patient's name: keep it out
-        warnings.filterwarnings("ignore", message=r".*person name.*", category=UserWarning)
+    with _quiet_highdicom():
         seg = hd.seg.Segmentation(
             source_images=headers,
             pixel_array=frames,

@@ -7,9 +7,13 @@ ROI numbers are stable across cases; a label absent from the mask keeps its ROI 
 
 Contours are traced per slice with ``skimage.measure.find_contours`` at level 0.5 on the zero-padded binary
 slice, so every contour is closed and runs through the midpoints between inside and outside pixel centres;
-points on straight runs are dropped (lossless). Pixel ``(row, column)`` positions are placed in patient space
-(LPS, mm) from each slice's own ImagePositionPatient, ImageOrientationPatient and PixelSpacing, so oblique
-series are exact. Rasterising the contours back (even-odd rule, pixel centres inside) with
+points on straight runs are dropped (lossless). Each connected component is one contour with its holes joined
+to it by zero-width cuts ("keyholes", as treatment-planning systems write them), so readers that fill every
+contour on its own and readers that apply the even-odd rule across contours both get the holes back; an
+island inside a hole is a contour of its own. A component too long for one ContourData element (64 kB) is cut
+into bands of rows, which keeps both readings exact. Pixel ``(row, column)`` positions are placed in patient
+space (LPS, mm) from each slice's own ImagePositionPatient, ImageOrientationPatient and PixelSpacing, so
+oblique series are exact. Rasterising the contours back (pixel centres inside) with
 :func:`pipeline.rtstruct_read.rtstruct_to_mask` gives the mask again.
 
 The structure set copies patient and study attributes from the source images, as the DICOM standard requires;
@@ -33,7 +37,8 @@ from pydicom.uid import (
     RTStructureSetStorage,
     generate_uid,
 )
-from skimage.measure import approximate_polygon, find_contours
+from scipy import ndimage
+from skimage.measure import find_contours
 
 from pipeline.atomic import atomic_write
 from pipeline.dicom_output_common import (
@@ -145,18 +150,6 @@ def _ds_values(xyz: np.ndarray) -> list[str]:
     return out
 
 
-def _encoded(rc: np.ndarray, sl: SourceSlice, what: str) -> list[str]:
-    """ContourData for pixel contour ``rc`` ``(N, 2)``; simplified (with a warning) if it cannot fit 64 kB."""
-    values = _ds_values(sl.to_patient(rc))
-    tolerance = 0.0
-    while len("\\".join(values)) > _MAX_DS_BYTES:
-        tolerance = tolerance * 2 or 0.1
-        values = _ds_values(sl.to_patient(approximate_polygon(np.vstack([rc, rc[:1]]), tolerance)[:-1]))
-    if tolerance:
-        logger.warning("%s: contour of %d points simplified with tolerance %.1f px", what, len(rc), tolerance)
-    return values
-
-
 def _image_ref(sl: SourceSlice) -> Dataset:
     ref = Dataset()
     ref.ReferencedSOPClassUID = sl.sop_class
@@ -174,14 +167,66 @@ def _contour_item(values: list[str], sl: SourceSlice, number: int) -> Dataset:
     return item
 
 
-def _contours(arr: np.ndarray, lid: int, slices: list[SourceSlice], name: str) -> list[Dataset]:
+def _keyhole_polygons(binary: np.ndarray, components: np.ndarray) -> dict[int, np.ndarray]:
+    """Component label -> closed ``(N, 2)`` pixel ``(row, column)`` polygon of that 4-connected component of
+    ``binary`` ``(rows, columns)`` (labelled in ``components``), its holes joined to it by zero-width cuts
+    ("keyholes").
+
+    Contours are traced at level 0.5 on the zero-padded slice (foreground 4-connected, background
+    8-connected), so vertices sit halfway between pixel centres. A hole's rightmost vertex
+    ``M = (r, c + 0.5)`` is joined along pixel row ``r`` to the first boundary vertex to its right, on the
+    enclosing outer contour or on a hole already joined (holes are joined rightmost first); the pixel centres
+    along the cut are all foreground, and a cut along a pixel row adds no scanline crossings. So each polygon
+    rasterises to its component both when every contour is filled on its own (union) and by the even-odd
+    rule over all contours; islands inside holes are components of their own.
+    """
+    outers: dict[int, np.ndarray] = {}
+    holes = []  # (rightmost column, row, enclosing component, contour starting at its rightmost vertex)
+    for contour in find_contours(np.pad(binary, 1).astype(np.float32), 0.5):
+        contour = contour[:-1] - 1.0  # closed: last point repeats the first
+        i = int(np.argmax(contour[:, 1]))  # always (row, column + 0.5): foreground on one side
+        row, col = int(contour[i, 0]), int(contour[i, 1] - 0.5)
+        if binary[row, col]:
+            outers[int(components[row, col])] = contour
+        else:
+            holes.append((contour[i, 1], row, int(components[row, col + 1]), np.roll(contour, -i, axis=0)))
+    for column, row, component, hole in sorted(holes, key=lambda h: -h[0]):
+        run = binary[row, int(column + 0.5) :]
+        stop = int(column + 0.5) + (int(np.argmin(run)) if not run.all() else run.size)  # first background
+        polygon = outers[component]
+        at = int(np.flatnonzero((polygon[:, 0] == row) & (polygon[:, 1] == stop - 0.5))[0])
+        outers[component] = np.concatenate([polygon[: at + 1], hole, hole[:1], polygon[at:]])
+    return {c: _drop_straight(outers[c]) for c in sorted(outers)}
+
+
+def _contour_values(binary: np.ndarray, sl: SourceSlice, origin: tuple[int, int] = (0, 0)) -> list[list[str]]:
+    """ContourData of every component of ``binary`` ``(rows, columns)`` whose pixel ``(0, 0)`` is pixel
+    ``origin`` of slice ``sl``: one keyhole polygon per component. A component whose ContourData would not fit
+    one DS element is cut into two bands of rows traced apart: the cut runs between pixel rows, so both fill
+    rules still give the component, and a one-row band (a run of 4 points) always fits."""
+    components, _ = ndimage.label(binary)  # 4-connected, as find_contours' foreground
+    boxes = ndimage.find_objects(components)
+    out = []
+    for label, polygon in _keyhole_polygons(binary, components).items():
+        values = _ds_values(sl.to_patient(polygon + origin))
+        if len("\\".join(values)) <= _MAX_DS_BYTES:
+            out.append(values)
+            continue
+        rows, cols = boxes[label - 1]
+        part = components[rows, cols] == label
+        half = part.shape[0] // 2
+        logger.debug("a contour of %d points is cut into two bands of rows to fit a DS element", len(polygon))
+        for start, stop in ((0, half), (half, part.shape[0])):
+            corner = (origin[0] + rows.start + start, origin[1] + cols.start)
+            out += _contour_values(part[start:stop], sl, corner)
+    return out
+
+
+def _contours(arr: np.ndarray, lid: int, slices: list[SourceSlice]) -> list[Dataset]:
     """ContourSequence items of label ``lid`` on every slice of ``arr`` ``(X, Y, Z)``."""
     items = []
     for k in np.flatnonzero(np.any(arr == lid, axis=(0, 1))):
-        binary = np.pad((arr[:, :, k] == lid).T, 1).astype(np.float32)  # (rows + 2, columns + 2)
-        for rc in find_contours(binary, 0.5):
-            rc = _drop_straight(rc[:-1] - 1.0)  # closed: last point repeats the first
-            values = _encoded(rc, slices[k], f"ROI {name!r} slice {k}")
+        for values in _contour_values((arr[:, :, k] == lid).T, slices[k]):  # (rows, columns)
             items.append(_contour_item(values, slices[k], len(items) + 1))
     return items
 
@@ -284,6 +329,8 @@ def write_rtstruct(
     ds.StructureSetLabel = structure_set_label
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([_references(slices)])
     frame_uid = slices[0].ds.FrameOfReferenceUID
+    ds.FrameOfReferenceUID = frame_uid  # Frame of Reference module, as the source images
+    ds.PositionReferenceIndicator = slices[0].ds.get("PositionReferenceIndicator", "")
     rois, roi_contours, observations = [], [], []
     n_contours = 0
     for lid in ids:
@@ -295,8 +342,8 @@ def write_rtstruct(
         roi.ROIGenerationDescription = algorithm_name
         rois.append(roi)
         contour = Dataset()
-        contour.ROIDisplayColor = [round(c * 255) for c in label_colour(lid)]
-        items = _contours(arr, lid, slices, labels[lid])
+        contour.ROIDisplayColor = [round(c * 255) for c in label_colour(lid, labels)]
+        items = _contours(arr, lid, slices)
         if items:
             contour.ContourSequence = DicomSequence(items)
         contour.ReferencedROINumber = lid

@@ -231,7 +231,9 @@ def render_validation_overlays(
         images = batch["image"].to(device)
         pred = validator.inferer(images, network).argmax(dim=1, keepdim=True)
         for name, image, mask in zip(_case_names(batch, len(images), len(written)), images, pred):
-            written.append(render_preview(image.cpu(), mask.cpu(), None, labels, out_dir / f"{name}.png"))
+            written.append(
+                render_preview(image.cpu(), mask.cpu(), None, labels, out_dir / f"{name}.png", title=name)
+            )
             if len(written) >= max_cases:
                 return written
     return written

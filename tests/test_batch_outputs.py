@@ -31,6 +31,7 @@ from pipeline.predictor import INPUT_SUFFIX, Predictor
 from pipeline.rtstruct_read import rtstruct_to_mask
 from pipeline.tta import flip_combinations, mirror_probabilities
 from tests.dicom_builders import to_enhanced
+from tests.dicom_checks import dciodvfy_errors, dice, fill_each_contour
 from tests.test_predictor import BUNDLE, random_checkpoint
 from transforms.io import load_scan
 
@@ -111,6 +112,15 @@ def test_rtstruct_contours_fill_back_to_the_nifti_mask(run, source, predictor):
     mask = np.asarray(nib.load(out / "case_002" / SEG_NAME).dataobj)
     filled = rtstruct_to_mask(out / "case_002" / RTSTRUCT_NAME, files, predictor.label_names)
     np.testing.assert_array_equal(filled, mask)
+    union = fill_each_contour(out / "case_002" / RTSTRUCT_NAME, files)  # each contour filled on its own
+    for lid, name in predictor.label_names.items():
+        assert dice(union[name], mask == lid) >= 0.99, name
+
+
+@pytest.mark.parametrize("name", [RTSTRUCT_NAME, DICOM_SEG_NAME])
+def test_dicom_outputs_pass_dciodvfy(run, name):
+    out, _ = run
+    assert dciodvfy_errors(out / "case_002" / name) == []
 
 
 def test_multiframe_input_gets_a_dicom_seg_on_its_frames(predictor, source, tmp_path):

@@ -110,6 +110,26 @@ def test_empty_mask_writes_a_valid_seg(tmp_path):
     assert read_dicom_seg(out, files, {1: "lesion"}).sum() == 0
 
 
+@pytest.mark.parametrize("preset", [logging.NOTSET, logging.DEBUG])
+def test_highdicom_logs_only_warnings_while_writing_unless_set_otherwise(tmp_path, caplog, preset):
+    """highdicom's INFO lines (one per copied module) stay out of the batch output; a level set on purpose
+    stands, and the logger is left as it was."""
+    files = write_dicom_series(
+        np.zeros((9, 8, 3)), np.diag([1.0, 1.0, 2.0, 1.0]), tmp_path / "ct", uid_seed="q"
+    )
+    hd_logger = logging.getLogger("highdicom")
+    hd_logger.setLevel(preset)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            write_dicom_seg(np.ones((9, 8, 3), np.uint8), files, {1: "a"}, tmp_path / "seg.dcm")
+        assert hd_logger.level == preset
+    finally:
+        hd_logger.setLevel(logging.NOTSET)
+    chatter = [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno < logging.WARNING]
+    assert (len(chatter) > 0) == (preset == logging.DEBUG)
+    assert any(r.name == "pipeline.dicom_seg" for r in caplog.records)  # our own INFO line still comes
+
+
 @pytest.fixture(scope="module")
 def small_series(tmp_path_factory):
     folder = tmp_path_factory.mktemp("series")

@@ -1,9 +1,11 @@
-"""Preview PNG: size, overlay colours where the mask is, radiological orientation, LPS == RAS picture."""
+"""Preview PNG: size, overlay colours where the mask is, a second row through a small structure the first row
+misses, radiological orientation, slice indices, LPS == RAS picture, colour-blind-safe distinct colours."""
 
 from __future__ import annotations
 
 import struct
 
+import matplotlib
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from pipeline.preview import OVERLAY_ALPHA, label_colour, orthogonal_slices, render_preview
+from pipeline.preview import OKABE_ITO, OVERLAY_ALPHA, label_colour, orthogonal_slices, render_preview
 
 SHAPE = (33, 34, 35)
 RAS = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -42,7 +44,7 @@ def _lps_copy(array: np.ndarray, affine: np.ndarray):
 
 def test_radiological_orientation_and_aspect():
     image, mask = _scene()
-    panels = {name: (img, m, aspect) for name, img, m, aspect in orthogonal_slices(image, mask, RAS)}
+    panels = {p.name: (p.image, p.mask, p.aspect) for p in orthogonal_slices(image, mask, RAS)}
     assert list(panels) == ["axial", "coronal", "sagittal"]
     _, ax_mask, ax_aspect = panels["axial"]
     assert ax_mask.shape == (34, 33) and ax_aspect == pytest.approx(1.0)
@@ -57,10 +59,30 @@ def test_radiological_orientation_and_aspect():
     assert (ax_mask == 1).sum() == 49  # the slices pass through the largest structure (label 1)
 
 
-def test_lps_and_ras_inputs_give_the_same_picture(tmp_path):
+@pytest.mark.parametrize("affine_name", ["ras", "lps", "permuted", "oblique_flipped"])
+def test_panels_name_their_slice_of_the_stored_array(affine_name):
+    image, mask = _scene()
+    affine = AFFINES[affine_name]
+    for label, centre in ((None, (27, 27, 27)), (2, (3, 3, 3))):  # label 1 is the largest
+        panels = orthogonal_slices(image, mask, affine, label=label)
+        assert sorted(p.axis for p in panels) == [0, 1, 2]
+        for p in panels:
+            assert p.size == SHAPE[p.axis] and p.index == centre[p.axis]
+            cut = np.take(mask, p.index, axis=p.axis)  # the stored slice, whatever the orientation
+            np.testing.assert_array_equal(
+                np.bincount(cut.ravel(), minlength=3), np.bincount(p.mask.ravel(), minlength=3)
+            )
+
+
+def test_lps_and_ras_inputs_give_the_same_picture(tmp_path, monkeypatch):
     image, mask = _scene()
     lps_image, lps_affine = _lps_copy(image, RAS)
     lps_mask, _ = _lps_copy(mask, RAS)
+    ras = orthogonal_slices(image, mask, RAS)
+    lps = orthogonal_slices(lps_image, lps_mask, lps_affine)
+    assert [p.index for p in ras] == [27, 27, 27] and [p.index for p in lps] == [27, 34 - 1 - 27, 33 - 1 - 27]
+    # the stored slice numbers in the panel titles differ (the LPS copy's x and y run backwards); all else not
+    monkeypatch.setattr("pipeline.preview._panel_title", lambda panel, structure: panel.name)
     a = render_preview(image, mask, RAS, {1: "liver", 2: "spleen"}, tmp_path / "ras.png", window=(0, 400))
     b = render_preview(
         lps_image, lps_mask, lps_affine, {1: "liver", 2: "spleen"}, tmp_path / "lps.png", window=(0, 400)
@@ -68,25 +90,46 @@ def test_lps_and_ras_inputs_give_the_same_picture(tmp_path):
     np.testing.assert_array_equal(mpimg.imread(a), mpimg.imread(b))
 
 
-def _coloured(pixels: np.ndarray, rgb, tol=0.03) -> int:
-    expected = np.asarray(rgb) * OVERLAY_ALPHA  # blended over a black image (window puts it at 0)
+def _coloured(pixels: np.ndarray, rgb, alpha: float = OVERLAY_ALPHA, tol=0.03) -> int:
+    expected = np.asarray(rgb) * alpha  # blended over a black image (window puts it at 0)
     return int((np.abs(pixels[..., :3] - expected).max(-1) < tol).sum())
 
 
-def test_png_size_and_overlay_colours(tmp_path):
+def test_png_size_overlay_colours_and_a_row_through_the_smallest_structure(tmp_path):
     image = np.full(SHAPE, -1000.0, np.float32)  # below the window: black
-    _, mask = _scene()
-    out = render_preview(image, mask, RAS, {1: "liver", 2: "spleen"}, tmp_path / "p.png", window=(40, 400))
-    assert _png_size(out) == (1400, 400)
+    _, mask = _scene()  # label 2 is small and far from label 1: the first row misses it
+    labels = {1: "liver", 2: "lesion"}
+    out = render_preview(image, mask, RAS, labels, tmp_path / "p.png", window=(40, 400), title="case_7")
+    assert _png_size(out) == (1500, 850)  # two rows of three 4-inch panels, a 3-inch legend, a title band
     pixels = mpimg.imread(out)
-    assert _coloured(pixels, label_colour(1)) > 100
-    empty = render_preview(
-        image, np.zeros_like(mask), RAS, {1: "liver"}, tmp_path / "e.png", window=(40, 400)
-    )
-    assert _coloured(mpimg.imread(empty), label_colour(1)) == 0
+    assert _coloured(pixels, label_colour(1, labels)) > 50  # filled
+    assert _coloured(pixels, label_colour(1, labels), alpha=1.0) > 50  # outlined
+    first, second = pixels[:450, :1200], pixels[450:, :1200]  # title band and rows; the legend to the right
+    assert _coloured(second, label_colour(2, labels), alpha=1.0) > 10
+    assert _coloured(first, label_colour(2, labels), alpha=1.0) == 0
+
+    near = mask.copy()
+    near[2:5, 2:5, 2:5] = 0
+    near[24:27, 21:24, 27] = 2  # beside label 1, in its axial slice: one row shows both
+    one_row = render_preview(image, near, RAS, labels, tmp_path / "n.png", window=(40, 400))
+    assert _png_size(one_row) == (1500, 450)
+    assert _coloured(mpimg.imread(one_row)[:, :1200], label_colour(2, labels), alpha=1.0) > 0
+
+    empty = render_preview(image, np.zeros_like(mask), RAS, labels, tmp_path / "e.png", window=(40, 400))
+    assert _png_size(empty) == (1500, 450)
     chroma = np.ptp(mpimg.imread(empty)[..., :3], axis=-1)
     assert chroma.max() < 0.02  # nothing coloured at all without a mask
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png", "p.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png", "n.png", "p.png"]
+
+
+def test_colours_are_okabe_ito_by_rank_and_distinct():
+    assert [label_colour(i) for i in range(1, 8)] == [matplotlib.colors.to_rgb(c) for c in OKABE_ITO]
+    assert label_colour(5, {5: "liver", 9: "lesion"}) == label_colour(1)  # rank among the declared labels
+    assert label_colour(9, [5, 9]) == label_colour(2)
+    assert label_colour(3, [5, 9]) == label_colour(3)  # undeclared: by id
+    rgb = np.array([label_colour(i) for i in range(1, 12)])
+    gaps = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + np.eye(len(rgb))
+    assert gaps.min() > 0.2  # no two of the first eleven labels look alike
 
 
 def test_2d_single_panel_and_metatensor(tmp_path):
@@ -100,10 +143,11 @@ def test_2d_single_panel_and_metatensor(tmp_path):
         tmp_path / "p2d.png",
         window=(40, 400),
     )
-    assert _png_size(out) == (600, 400)
+    assert _png_size(out) == (700, 450)
     assert _coloured(mpimg.imread(out), label_colour(1)) > 20
     panels = orthogonal_slices(image[:, :, 27], mask[:, :, 27], np.diag([0.5, 0.7, 1.0, 1.0]))
-    assert [p[0] for p in panels] == ["axial"] and panels[0][3] == pytest.approx(0.7 / 0.5)
+    assert [p.name for p in panels] == ["axial"] and panels[0].aspect == pytest.approx(0.7 / 0.5)
+    assert (panels[0].axis, panels[0].index, panels[0].size) == (2, 0, 1)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +157,7 @@ def test_2d_single_panel_and_metatensor(tmp_path):
         ({"window": (40, 0)}, "width > 0"),
         ({"mask": np.zeros((3, 3, 3), np.uint8)}, "must equal mask shape"),
         ({"mask": np.full(SHAPE, 0.5, np.float32)}, "integer labels"),
+        ({"label": 3}, "label 3 is not in the mask"),
     ],
 )
 def test_input_errors(tmp_path, kwargs, match):
@@ -121,12 +166,15 @@ def test_input_errors(tmp_path, kwargs, match):
     args.update(kwargs)
     args["path"] = tmp_path / args["path"]
     with pytest.raises(ValueError, match=match):
+        if "label" in args:
+            orthogonal_slices(args["image"], args["mask"], args["affine"], label=args["label"])
         render_preview(**args)
     assert not list(tmp_path.iterdir())
 
 
-def _old_orthogonal_slices(image: np.ndarray, mask: np.ndarray, affine: np.ndarray):
-    """The previous algorithm: reorient whole volumes to RAS, then the structure's voxel nearest its centroid."""
+def _old_orthogonal_slices(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, label: int | None = None):
+    """The previous algorithm: reorient whole volumes to RAS, then the structure's voxel nearest its centroid
+    (``label``, default the largest)."""
     img, lab = image.astype(np.float32), mask.astype(np.int32)
     flat = img.ndim == 2
     if flat:
@@ -139,7 +187,7 @@ def _old_orthogonal_slices(image: np.ndarray, mask: np.ndarray, affine: np.ndarr
     if not counts.any():
         cx, cy, cz = (s // 2 for s in lab.shape)
     else:
-        inside = lab == int(np.argmax(counts))
+        inside = lab == (int(np.argmax(counts)) if label is None else label)
         centroid = np.asarray(ndimage.center_of_mass(inside))
         points = np.argwhere(inside)
         cx, cy, cz = points[np.argmin(((points - centroid) ** 2).sum(axis=1))]
@@ -187,16 +235,26 @@ def _label_volumes(shape):
 
 @pytest.mark.parametrize("affine_name", list(AFFINES))
 @pytest.mark.parametrize("shape", [(17, 19, 21), (19, 17)])
-def test_same_panels_as_whole_volume_reorientation(affine_name, shape, monkeypatch):
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_same_panels_as_whole_volume_reorientation(affine_name, shape, which, monkeypatch):
     monkeypatch.setattr("pipeline.preview.SLAB_VOXELS", 700)  # several slabs even on tiny volumes
     affine = AFFINES[affine_name]
     image = np.random.default_rng(3).normal(0, 100, shape)  # float64: panels are float32 as before
     for volume_name, mask in _label_volumes(shape).items():
-        new = orthogonal_slices(image, mask, affine)
-        old = _old_orthogonal_slices(image, mask, affine)
-        assert [p[0] for p in new] == [p[0] for p in old], volume_name
-        for (name, img, lab, aspect), (_, old_img, old_lab, old_aspect) in zip(new, old):
-            assert img.dtype == old_img.dtype and lab.dtype == old_lab.dtype, (volume_name, name)
-            np.testing.assert_array_equal(img, old_img, err_msg=f"{volume_name} {name}")
-            np.testing.assert_array_equal(lab, old_lab, err_msg=f"{volume_name} {name}")
-            assert aspect == old_aspect, (volume_name, name)
+        counts = np.bincount(mask.ravel().astype(np.int64))
+        present = np.flatnonzero(counts[1:]) + 1
+        if which == "smallest" and not present.size:
+            continue
+        label = None if which == "largest" else int(present[np.argmin(counts[present])])
+        new = orthogonal_slices(image, mask, affine, label=label)
+        old = _old_orthogonal_slices(image, mask, affine, label=label)
+        assert [p.name for p in new] == [p[0] for p in old], volume_name
+        for panel, (_, old_img, old_lab, old_aspect) in zip(new, old, strict=True):
+            name = panel.name
+            assert panel.image.dtype == old_img.dtype and panel.mask.dtype == old_lab.dtype, (
+                volume_name,
+                name,
+            )
+            np.testing.assert_array_equal(panel.image, old_img, err_msg=f"{volume_name} {name}")
+            np.testing.assert_array_equal(panel.mask, old_lab, err_msg=f"{volume_name} {name}")
+            assert panel.aspect == old_aspect, (volume_name, name)

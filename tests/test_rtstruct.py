@@ -12,12 +12,14 @@ import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 from skimage.draw import polygon
 
 from pipeline.dicom_series import write_dicom_series
 from pipeline.preview import label_colour
 from pipeline.rtstruct import write_rtstruct
 from pipeline.rtstruct_read import _fill_even_odd, read_rtstruct, rtstruct_to_mask
+from tests.dicom_checks import dice, fill_each_contour
 from transforms.dicom import load_dicom
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -93,7 +95,9 @@ def test_iod_references_and_patient_study(tiny_dataset, tmp_path, caplog):
     ] == [(i, i, "ORGAN", "") for i in ids]
     assert [r.ReferencedROINumber for r in ds.ROIContourSequence] == ids
     for roi in ds.ROIContourSequence:
-        assert list(roi.ROIDisplayColor) == [round(c * 255) for c in label_colour(roi.ReferencedROINumber)]
+        assert list(roi.ROIDisplayColor) == [
+            round(c * 255) for c in label_colour(roi.ReferencedROINumber, ids)
+        ]
     assert "ContourSequence" not in ds.ROIContourSequence[-1]  # the absent organ keeps its ROI, no contours
 
     uid_slice = {h.SOPInstanceUID: k for k, h in enumerate(src)}
@@ -162,9 +166,11 @@ def test_box_is_exact_and_ring_keeps_its_hole(oblique_series, tmp_path):
     tensor = MetaTensor(torch.from_numpy(mask)[None])
     out = write_rtstruct(tensor, files, labels, tmp_path / "rs.dcm")
     np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
+    for lid, filled in zip(labels, fill_each_contour(out, files).values(), strict=True):
+        np.testing.assert_array_equal(filled, mask == lid)
 
     contours = read_rtstruct(out)
-    assert [len(c) for c in contours["ring"]] and len(contours["ring"]) == 2  # outer boundary and hole
+    (ring,) = contours["ring"]  # one keyhole contour: outer boundary, cut, hole, back along the cut
     vox_from_lps = np.linalg.inv(_LPS @ affine)
     for k, box in zip((1, 2, 3), contours["box"], strict=True):
         ijk = box @ vox_from_lps[:3, :3].T + vox_from_lps[:3, 3]
@@ -172,12 +178,80 @@ def test_box_is_exact_and_ring_keeps_its_hole(oblique_series, tmp_path):
         np.testing.assert_allclose(ijk[:, 2], k, atol=1e-3)
         np.testing.assert_allclose(ijk[:, :2].min(axis=0), [4.5, 2.5], atol=1e-3)
         np.testing.assert_allclose(ijk[:, :2].max(axis=0), [19.5, 9.5], atol=1e-3)
-    hole = min(contours["ring"], key=len)
-    ijk = hole @ vox_from_lps[:3, :3].T + vox_from_lps[:3, 3]
-    assert np.all(np.hypot(ijk[:, 0] - 16, ijk[:, 1] - 17) < 6.5)
+    ijk = ring @ vox_from_lps[:3, :3].T + vox_from_lps[:3, 3]
+    radius = np.hypot(ijk[:, 0] - 16, ijk[:, 1] - 17)
+    assert radius.min() < 6.5 and radius.max() > 11  # passes along the hole and the outer boundary
+    (island,) = contours["island"]
+    assert len(island) == 8
 
     by_name = rtstruct_to_mask(out, files, {20: "box", 30: "ring"})  # island not listed: skipped
     np.testing.assert_array_equal(by_name, np.select([mask == 2, mask == 3], [20, 30], 0))
+
+
+def _rings(shape, centre, radii) -> np.ndarray:
+    """Concentric annuli ``radii[0] > r > radii[1]``, ``radii[2] > r > radii[3]``, ... (odd count: a disc)."""
+    ii, jj = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(ii - centre[0], jj - centre[1])
+    edges = [*radii, -1.0] if len(radii) % 2 else list(radii)
+    return np.any([(r < hi) & (r > lo) for hi, lo in zip(edges[::2], edges[1::2])], axis=0)
+
+
+def _shapes(name: str) -> np.ndarray:
+    """``(33, 34, 5)`` label maps with holes, nested islands and several components."""
+    mask = np.zeros((33, 34, 5), np.uint8)
+    if name == "nested":  # ring, ring inside its hole, disc inside that: three levels of islands
+        mask[:, :, 2][_rings((33, 34), (16, 17), (15, 12, 9, 6, 3))] = 1
+        mask[:, :, 3][_rings((33, 34), (10.3, 20.6), (9.5, 6.2, 4.1))] = 1
+    elif name == "holes_on_one_row":  # holes side by side: a cut runs from one hole to the next
+        mask[2:31, 2:32, 1:4] = 1
+        for c0 in (5, 12, 19, 26):
+            mask[10:20, c0 : c0 + 4, 1:4] = 0
+        mask[6:9, 6:28, 2] = 0  # and a hole above them, touching no other
+        mask[14:16, 13:15, 3] = 2  # another label's island in a hole
+    elif name == "border":  # touches the image border, hole included
+        mask[:, :, 0] = 1
+        mask[10:20, 10:20, 0] = 0
+        mask[0:12, 0:6, 4] = 2
+    else:  # random blobs: many components, holes, islands in holes, diagonal contacts
+        rng = np.random.default_rng(int(name[-1]))
+        noise = ndimage.gaussian_filter(rng.normal(size=(33, 34, 5)), (1.2, 1.2, 0))
+        mask[noise > 0.05] = 1
+        mask[noise < -0.12] = 2
+    return mask
+
+
+@pytest.mark.parametrize("name", ["nested", "holes_on_one_row", "border", "random_0", "random_1"])
+def test_holes_and_islands_read_back_both_ways(oblique_series, tmp_path, name):
+    """Even-odd across all contours and each contour filled on its own (union) both give every structure."""
+    files, _ = oblique_series
+    mask = _shapes(name)
+    labels = {1: "organ", 2: "lesion"}
+    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm")
+    even_odd = rtstruct_to_mask(out, files)
+    union = fill_each_contour(out, files)
+    for lid, roi in labels.items():
+        assert dice(even_odd == lid, mask == lid) >= 0.99, (name, roi)
+        assert dice(union[roi], mask == lid) >= 0.99, (name, roi)
+    np.testing.assert_array_equal(even_odd, mask)  # exact, in fact
+    for lid, roi in labels.items():
+        np.testing.assert_array_equal(union[roi], mask == lid)
+    components = sum(ndimage.label(mask[:, :, k] == lid)[1] for lid in labels for k in range(5))
+    assert sum(len(c) for c in read_rtstruct(out).values()) == components  # one contour per component
+
+
+@pytest.mark.parametrize("name", ["nested", "holes_on_one_row", "random_0"])
+def test_contours_cut_into_bands_still_read_back_both_ways(oblique_series, tmp_path, monkeypatch, name):
+    monkeypatch.setattr("pipeline.rtstruct._MAX_DS_BYTES", 600)  # about 20 points a contour: many cuts
+    files, _ = oblique_series
+    mask = _shapes(name)
+    out = write_rtstruct(mask, files, {1: "organ", 2: "lesion"}, tmp_path / "rs.dcm")
+    for roi in pydicom.dcmread(out).ROIContourSequence:
+        for item in roi.get("ContourSequence", []):
+            assert len("\\".join(v.original_string for v in item.ContourData)) <= 600
+    np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
+    union = fill_each_contour(out, files)
+    np.testing.assert_array_equal(union["organ"], mask == 1)
+    np.testing.assert_array_equal(union["lesion"], mask == 2)
 
 
 def test_contours_without_image_references_go_to_the_nearest_slice(oblique_series, tmp_path):
@@ -193,20 +267,24 @@ def test_contours_without_image_references_go_to_the_nearest_slice(oblique_serie
     np.testing.assert_array_equal(rtstruct_to_mask(tmp_path / "bare.dcm", files), mask)
 
 
-def test_huge_contour_is_simplified_to_fit_a_ds_element(tmp_path, caplog):
+def test_huge_contour_is_cut_into_bands_that_fit_a_ds_element(tmp_path, caplog):
     affine = np.diag([0.7317, 0.3719, 1.0, 1.0])
     affine[:3, 3] = [-123.4567, 234.5678, 17.3147]
     files = write_dicom_series(np.zeros((64, 1400, 1)), affine, tmp_path / "ct", uid_seed="h")
     mask = np.zeros((64, 1400, 1), np.uint8)
     for j in range(1400):
         mask[10 + j % 2 : 50 - j % 2, j, 0] = 1  # both sides zig-zag: 2800 corners, ~74 kB of ContourData
+    mask[20:40, 300:1100, 0] = 0  # and a hole: one keyhole polygon would be longer still
     with caplog.at_level(logging.WARNING):
         out = write_rtstruct(mask, files, {1: "comb"}, tmp_path / "rs.dcm")
-    assert "simplified" in caplog.text
-    item = pydicom.dcmread(out).ROIContourSequence[0].ContourSequence[0]
-    assert item["ContourData"].VR == "DS"
-    back = rtstruct_to_mask(out, files)
-    assert 2 * np.sum(back & mask) / (back.sum() + mask.sum()) > 0.95
+    assert not caplog.records
+    items = pydicom.dcmread(out).ROIContourSequence[0].ContourSequence
+    assert len(items) > 1
+    for item in items:
+        assert item["ContourData"].VR == "DS"
+        assert len("\\".join(v.original_string for v in item.ContourData)) <= 0xFFFE
+    np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
+    np.testing.assert_array_equal(fill_each_contour(out, files)["comb"], mask == 1)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -300,3 +378,30 @@ def test_read_rejects_other_objects(small_series):
         read_rtstruct(small_series[0])
     with pytest.raises(ValueError, match="not an RT Structure Set"):
         rtstruct_to_mask(small_series[0], small_series)
+
+
+@pytest.mark.realdata
+def test_planning_ct_structures_read_back_both_ways(shared_data, tmp_path):
+    """A treatment-planning system's own ROIs as a label map (the body has lungs, cord and tumour as holes)
+    come back from our RTSTRUCT both ways."""
+    folder = shared_data / "nsclc" / "LUNG1-001"
+    _, _, meta = load_dicom(folder)
+    files = meta["dicom_files"]
+    (planned,) = [
+        f for f in folder.iterdir() if pydicom.dcmread(f, stop_before_pixels=True).Modality == "RTSTRUCT"
+    ]
+    labels = {1: "Patient", 2: "Lung L", 3: "Lung R", 4: "Spinal cord", 5: "GTV-1"}
+    mask = rtstruct_to_mask(planned, files, labels)
+    tumour = np.flatnonzero(np.any(mask == 5, axis=(0, 1)))
+    keep = slice(int(tumour.min()), int(tumour.max()) + 1)  # the tumour's slices: every structure is there
+    mask, files = mask[:, :, keep], files[keep]
+    assert len(files) >= 5 and set(np.unique(mask)) == {0, *labels}
+    body = mask[:, :, 0] == 1
+    assert ndimage.label(ndimage.binary_fill_holes(body) & ~body)[1] >= 2  # lungs and more: holes in the body
+    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm")
+    even_odd = rtstruct_to_mask(out, files, labels)
+    union = fill_each_contour(out, files)
+    for lid, roi in labels.items():
+        assert dice(even_odd == lid, mask == lid) >= 0.99, roi
+        assert dice(union[roi], mask == lid) >= 0.99, roi
+    np.testing.assert_array_equal(even_odd, mask)
