@@ -1,5 +1,5 @@
 """Our own calls raise no FutureWarning: every bundle's preprocessing (inference and training) applied to a tiny
-image, and a tiny prediction with each bundle.
+image, a tiny prediction with each bundle, and the evaluation metrics.
 
 pyproject's ``filterwarnings`` ignores FutureWarning for the rest of the suite; these tests record every warning
 themselves (``catch_warnings(record=True)`` with ``simplefilter("always")`` overrides the ini filters), so an
@@ -89,3 +89,18 @@ def test_prediction_raises_no_future_warning(bundle_dir, datasets, tmp_path):
 
     assert list(_future_warnings(run)) == []
     assert len(shapes[0]) == spatial_dims + 1
+
+
+def test_evaluation_metrics_raise_no_future_warning():
+    from pipeline.evaluation import case_metrics
+
+    pred = torch.zeros(1, 12, 13, 9, dtype=torch.uint8)
+    pred[0, 2:8, 3:9, 2:7] = 1
+    label = torch.roll(pred, 1, dims=1)
+    rows = []
+
+    def score() -> None:
+        rows.extend(case_metrics(pred, label, [1.0, 1.0, 2.5], {1: "organ"}))
+
+    assert list(_future_warnings(score)) == []
+    assert 0 < rows[0]["dice"] < 1 and rows[0]["hd95_mm"] > 0
