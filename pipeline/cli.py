@@ -302,13 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     p.set_defaults(func=cmd_evaluate)
 
-    p = _command(sub, "compare", "compare MLflow runs: differing params, metrics, paired statistics")
+    p = _command(
+        sub, "compare", "compare MLflow runs: differing params, metrics, paired statistics",
+        description="Compare MLflow runs: one table per run type (training, evaluation) with the params that "
+        "differ among its runs, best and final metric, duration; validation curves; paired per-case statistics.",
+    )  # fmt: skip
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--experiment", help="compare every run of this experiment")
     group.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="compare these runs")
     p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--metric", help="metric for best/final and --plot (default: val_mean_dice for training runs, "
-                                    "eval_mean_dice for evaluation runs)")
+    p.add_argument("--metric", help="metric for best/final and --plot (default: val_mean_dice for training runs "
+                                    "and --plot, eval_mean_dice for evaluation runs)")
     p.add_argument("--sort", help="column to sort by, '-' prefix for descending (default: best metric)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs whose param, tag or attribute matches (KEY!=VALUE excludes), e.g. "

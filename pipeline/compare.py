@@ -296,9 +296,10 @@ def plot_curves(
     client = _client(tracking_uri)
     histories = {r: sorted(client.get_metric_history(r, metric), key=lambda m: m.step) for r in run_ids}
     if not any(histories.values()):
+        logged = sorted({k for r in run_ids for k in client.get_run(r).data.metrics})
         raise ValueError(
-            f"nothing to plot: none of the {len(run_ids)} runs logged {metric!r}; choose a metric they have "
-            "with --metric (e.g. val_mean_dice of training runs)"
+            f"nothing to plot: none of the {len(run_ids)} runs logged {metric!r}; choose a metric with --metric "
+            f"(they logged {logged})"
         )
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run_id, history in histories.items():
