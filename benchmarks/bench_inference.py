@@ -135,7 +135,7 @@ class NaiveLoop:
             [
                 LoadImaged("image"),
                 EnsureChannelFirstd("image"),
-                Orientationd("image", axcodes="RAS"),
+                Orientationd("image", axcodes="RAS", labels=None),
                 Spacingd("image", pixdim=parser.get("spacing"), mode="bilinear"),
                 ScaleIntensityRanged(
                     "image", a_min=level - width / 2, a_max=level + width / 2, b_min=0, b_max=1, clip=True

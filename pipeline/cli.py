@@ -99,8 +99,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.bundle import Bundle
     from pipeline.evaluation import EvaluationOptions, evaluate_checkpoint, evaluate_folds
+    from pipeline.evaluation_io import evaluation_store
     from pipeline.predictor import InferenceOptions
-    from pipeline.tracking import default_tracking_uri
 
     bundle = Bundle.at(args.bundle)
     dataset_dir = args.dataset_dir or bundle.parser("inference").get_parsed_content("dataset_dir")
@@ -110,18 +110,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         inference=InferenceOptions(roi_size=args.roi_size, device=args.device),
         train_run_id=args.train_run_id,
         experiment_name=args.experiment_name,
+        progress=not args.quiet,
     )
-    tracking_uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
+    if args.folds and (not args.checkpoint_pattern or args.checkpoint):
+        raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
+    if not args.folds and not args.checkpoint:
+        raise SystemExit("give --checkpoint (repeat for an ensemble) or --folds and --checkpoint-pattern")
+    tracking_uri = None
+    if not args.no_tracking:
+        first = args.checkpoint_pattern.format(fold=0) if args.folds else args.checkpoint[0]
+        tracking_uri, reason = evaluation_store(first, args.tracking_uri)
+        print(f"MLflow store: {tracking_uri} ({reason})")
     if args.folds:
-        if not args.checkpoint_pattern or args.checkpoint:
-            raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
         result = evaluate_folds(
             bundle, args.checkpoint_pattern, datalist, args.folds, args.fold_seed, args.output, tracking_uri,
             options=options,
         )  # fmt: skip
     else:
-        if not args.checkpoint:
-            raise SystemExit("give --checkpoint (repeat for an ensemble) or --folds and --checkpoint-pattern")
         result = evaluate_checkpoint(
             bundle, args.checkpoint, datalist, args.split, args.output, tracking_uri, options=options
         )
@@ -132,14 +137,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import compare_runs, paired_comparison, plot_curves
 
-    table = compare_runs(
+    comparison = compare_runs(
         args.tracking_uri, experiment=args.experiment, run_ids=args.runs, metric=args.metric, sort=args.sort,
         filters=args.filter,
     )  # fmt: skip
-    print(table.format(args.format))
+    print(comparison.format(args.format))
     if args.plot:
-        run_ids = [row["run_id"] for row in table.rows]
-        print(f"wrote {plot_curves(args.tracking_uri, run_ids, args.plot, args.metric)}")
+        metric = args.metric or "val_mean_dice"
+        print(f"wrote {plot_curves(args.tracking_uri, comparison.run_ids, args.plot, metric)}")
     if args.paired:
         if len(args.runs) != 2:
             raise SystemExit("--paired needs exactly two --runs (reference first)")
@@ -175,53 +180,76 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clinseg", description="MONAI-based clinical segmentation pipeline.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after an option's help when X is a value (not None, False or empty) and the help
+    does not state its default itself."""
 
-    p = sub.add_parser("synth", help="write deterministic synthetic CT/MR patients and a dataset.json")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default in ([], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _command(sub: argparse._SubParsersAction, name: str, summary: str, **kwargs: object) -> argparse.ArgumentParser:
+    """A sub-command with ``summary`` as its help and (unless given) its description."""
+    kwargs.setdefault("description", summary[0].upper() + summary[1:] + ".")
+    return sub.add_parser(name, help=summary, formatter_class=_HelpFormatter, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clinseg", description="MONAI-based clinical segmentation pipeline.", formatter_class=_HelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+
+    p = _command(sub, "synth", "write deterministic synthetic CT/MR patients and a dataset.json")
     p.add_argument("out", help="output folder (patients/ and dataset.json are written inside)")
-    p.add_argument("--cases", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dims", type=int, choices=(2, 3), default=3)
-    p.add_argument("--format", choices=("nifti", "dicom", "both"), default="nifti")
+    p.add_argument("--cases", type=int, default=10, help="number of patients")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same patients")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=3, help="3: volumes, 2: single slices")
+    p.add_argument("--format", choices=("nifti", "dicom", "both"), default="nifti",
+                   help="CT as NIfTI, as DICOM series, or both (MR and labels are always NIfTI)")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train a bundle (same as python -m monai.bundle run on its train config)")
+    p = _command(sub, "train", "train a bundle (same as python -m monai.bundle run on its train config)")
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
     p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
     p.add_argument("--ckpt-dir", help="where checkpoints go (default: <bundle>/models)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--epochs", type=int, help="override max_epochs")
+    p.add_argument("--epochs", type=int, help="override max_epochs (default: the bundle's max_epochs)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir")
     p.add_argument("--fold", type=int, help="train this cross-validation fold (0-based) of a patient-level split")
     p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold split (use the same for evaluate)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config id")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config id, e.g. --set roi_size=[96,96,48] (repeatable)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "predict",
-        help="segment a folder of patients (DICOM or NIfTI) or a datalist",
+    p = _command(
+        sub, "predict", "segment a folder of patients (DICOM or NIfTI) or a datalist",
         description="Segment every case; outputs land in OUTPUT/<case>/ on each input's own grid.",
         epilog="exit codes: 0 every case ok or skipped; 3 some cases failed (see report.json); "
         "2 usage or setup error (bad arguments, bundle, checkpoint or input folder). "
         "Sharded runs (--shard or torchrun RANK/WORLD_SIZE) write report.shard-i-of-n.json etc.; "
         "when all shards are done, run with --merge-shards to write report.json, summary.csv and volumes.csv.",
-    )
-    p.add_argument("bundle")
+    )  # fmt: skip
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
     p.add_argument("--input", help="folder of patient folders, flat NIfTI folder or dataset.json")
-    p.add_argument("--output", required=True)
-    p.add_argument("--checkpoint", action="append", default=[], help="weights (repeat for an ensemble)")
+    p.add_argument("--output", required=True, help="output folder (one sub-folder per case, batch reports)")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="weights, repeat for an ensemble (default: <bundle>/models/model.pt)")
     p.add_argument("--split", default="test", help="datalist split when --input is a .json file")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--volume-on-device", action="store_true",
                    help="keep the whole volume on the device (default: on CPU, only patches move)")
-    p.add_argument("--roi-size", type=int, nargs="+")
-    p.add_argument("--overlap", type=float)
-    p.add_argument("--sw-batch-size", type=int)
-    p.add_argument("--mode", choices=("gaussian", "constant"), help="sliding-window blending")
+    p.add_argument("--roi-size", type=int, nargs="+", help="sliding-window patch, voxels (default: the bundle's)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap, 0-1 (default: the bundle's)")
+    p.add_argument("--sw-batch-size", type=int, help="patches per network call (default: the bundle's)")
+    p.add_argument("--mode", choices=("gaussian", "constant"),
+                   help="sliding-window blending (default: the bundle's)")
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (flips of the spatial axes)")
     p.add_argument("--crop-foreground", action="store_true",
                    help="CT: infer only the body box (voxels above --foreground-hu); the rest is background")
@@ -250,58 +278,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-shards", action="store_true", help="merge the shard reports in --output and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an inference config id")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an inference config id (repeatable)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="score checkpoints per case: Dice, IoU, HD95, surface distance")
-    p.add_argument("bundle")
+    p = _command(sub, "evaluate", "score checkpoints per case: Dice, IoU, HD95, surface distance")
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
     p.add_argument("--checkpoint", action="append", default=[], help="weights (repeat for an ensemble)")
     p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
     p.add_argument("--split", default="validation", help="datalist split to evaluate")
     p.add_argument("--output", default="evaluation", help="folder for per_case.csv and summary.csv/.json")
-    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow store (default: MLFLOW_TRACKING_URI, else the store the checkpoint's training run "
+                        "logged to, else ./mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="write the tables only, log no MLflow run")
-    p.add_argument("--experiment-name", default="clinseg")
+    p.add_argument("--experiment-name", default="clinseg", help="MLflow experiment of the evaluation run")
     p.add_argument("--train-run-id", help="MLflow run that trained the checkpoint (default: by its folder)")
-    p.add_argument("--folds", type=int, help="pool out-of-fold predictions of a cross-validation")
+    p.add_argument("--folds", type=int, help="pool out-of-fold predictions of a cross-validation with this many folds")
     p.add_argument("--checkpoint-pattern", help="fold checkpoints, e.g. 'runs/fold{fold}/model.pt'")
     p.add_argument("--fold-seed", type=int, default=0, help="seed the folds were split with")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance, mm")
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
-    p.add_argument("--roi-size", type=int, nargs="+")
+    p.add_argument("--roi-size", type=int, nargs="+", help="sliding-window patch, voxels (default: the bundle's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="compare MLflow runs: differing params, metrics, paired statistics")
+    p = _command(
+        sub, "compare", "compare MLflow runs: differing params, metrics, paired statistics",
+        description="Compare MLflow runs: one table per run type (training, evaluation) with the params that "
+        "differ among its runs, best and final metric, duration; validation curves; paired per-case statistics.",
+    )  # fmt: skip
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--experiment", help="compare every run of this experiment")
-    group.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID")
+    group.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="compare these runs")
     p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--metric", default="val_mean_dice")
+    p.add_argument("--metric", help="metric for best/final and --plot (default: val_mean_dice for training runs "
+                                    "and --plot, eval_mean_dice for evaluation runs)")
     p.add_argument("--sort", help="column to sort by, '-' prefix for descending (default: best metric)")
-    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="params.network=unet")
-    p.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table")
-    p.add_argument("--plot", help="PNG overlaying the metric's curves of the runs")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs whose param, tag or attribute matches (KEY!=VALUE excludes), e.g. "
+                        "network=unet, clinseg.run_type=training (repeatable)")
+    p.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table", help="output format")
+    p.add_argument("--plot", metavar="PNG", help="write a PNG overlaying the metric's curves of the runs")
     p.add_argument("--paired", action="store_true", help="paired per-case statistics of two evaluation runs")
-    p.add_argument("--paired-metric", nargs="+", default=["dice", "hd95_mm"])
+    p.add_argument("--paired-metric", nargs="+", default=["dice", "hd95_mm"],
+                   help="per-case metrics compared by --paired")
     p.add_argument("--worse-threshold", type=float, default=0.05, help="list cases worse by more than this")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="synthesize, train, validate and predict end to end on CPU")
-    p.add_argument("--workdir", default="clinseg-demo")
-    p.add_argument("--cases", type=int, default=20)
+    p = _command(sub, "demo", "synthesize, train, validate and predict end to end on CPU")
+    p.add_argument("--workdir", default="clinseg-demo", help="folder for data, runs, MLflow store and predictions")
+    p.add_argument("--cases", type=int, default=20, help="synthetic patients")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's tuned value)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the training run")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("inspect", help="list the DICOM series / NIfTI images under a path and their problems",
-                       epilog="exit codes: 0 every image loads cleanly; 3 some image has problems or none was found; "
-                       "2 the path does not exist.")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "inspect", "list the DICOM series / NIfTI images under a path and their problems",
+                 epilog="exit codes: 0 every image loads cleanly; 3 some image has problems or none was found; "
+                 "2 the path does not exist.")
+    p.add_argument("path", help="file or folder to inspect")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("convert", help="write a DICOM series (or any loadable scan) as NIfTI with its geometry")
-    p.add_argument("path")
+    p = _command(sub, "convert", "write a DICOM series (or any loadable scan) as NIfTI with its geometry")
+    p.add_argument("path", help="DICOM series folder or scan file")
     p.add_argument("out", help="output .nii.gz")
     p.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
     p.set_defaults(func=cmd_convert)

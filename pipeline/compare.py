@@ -1,5 +1,6 @@
-"""Compare MLflow runs: a table of the params that differ, best and final metric values, duration and status;
-validation curves overlaid in one PNG; paired per-case statistics between two evaluation runs.
+"""Compare MLflow runs: per run type (training, evaluation), a table of the params that differ, best and final
+metric values, duration and status; validation curves overlaid in one PNG; paired per-case statistics between two
+evaluation runs.
 
 Works against any MLflow store (SQLite file or tracking server) through ``MlflowClient``.
 """
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evaluation_io import TABLE_ARTIFACT
+from pipeline.run_tags import RUN_TYPE_TAG
 from pipeline.stats import paired_stats
 
 FORMATS = ("table", "csv", "markdown", "json")
 _FILTER = re.compile(r"^\s*([\w.\-]+)\s*(!=|=)\s*(.*?)\s*$")
 _LOWER_IS_BETTER = ("loss", "hd95", "msd", "distance")
+UNTAGGED = "untagged"
 
 
 @dataclass
@@ -88,13 +91,35 @@ def _flat(run: Any) -> dict[str, str]:
     return facts
 
 
-def _matches(run: Any, filters: Sequence[tuple[str, str, str]]) -> bool:
-    facts = _flat(run)
-    for key, op, value in filters:
-        actual = facts.get(key, facts.get(f"params.{key}"))
-        if (actual == value) != (op == "="):
-            return False
-    return True
+def _lookup(facts: Mapping[str, str], key: str) -> str | None:
+    """A fact by its full key, else as a param, else as a tag (``clinseg.run_type`` finds the tag)."""
+    for candidate in (key, f"params.{key}", f"tags.{key}"):
+        if candidate in facts:
+            return facts[candidate]
+    return None
+
+
+def _matches(facts: Mapping[str, str], key: str, op: str, value: str) -> bool:
+    return (_lookup(facts, key) == value) == (op == "=")
+
+
+def _apply_filters(runs: Sequence[Any], filters: Sequence[str]) -> list[Any]:
+    """The runs every filter keeps; a filter that keeps none of them is an error naming the values that exist."""
+    parsed = [parse_filter(f) for f in filters]
+    facts = [_flat(r) for r in runs]
+    for expr, (key, op, value) in zip(filters, parsed, strict=True):
+        if runs and not any(_matches(f, key, op, value) for f in facts):
+            values = sorted({v for f in facts if (v := _lookup(f, key)) is not None})
+            if not values:
+                raise ValueError(
+                    f"--filter {expr!r}: none of the {len(runs)} runs has {key!r} "
+                    f"(looked for {key}, params.{key} and tags.{key})"
+                )
+            raise ValueError(f"--filter {expr!r} matches none of the {len(runs)} runs; values of {key}: {values}")
+    kept = [r for r, f in zip(runs, facts, strict=True) if all(_matches(f, *p) for p in parsed)]
+    if runs and parsed and not kept:
+        raise ValueError(f"the filters {list(filters)} together match none of the {len(runs)} runs")
+    return kept
 
 
 def _client(tracking_uri: str | None) -> Any:
@@ -117,9 +142,56 @@ def find_runs(client: Any, *, experiment: str | None = None, run_ids: Sequence[s
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
         raise ValueError(f"experiment {experiment!r} does not exist; experiments: {names}")
-    return list(
+    runs = list(
         client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=5000)
     )
+    if not runs:
+        raise ValueError(f"experiment {experiment!r} holds no runs")
+    return runs
+
+
+def run_type(run: Any) -> str:
+    """The run's ``clinseg.run_type`` tag (``training``, ``evaluation``), or ``untagged``."""
+    return run.data.tags.get(RUN_TYPE_TAG, UNTAGGED)
+
+
+@dataclass
+class Comparison:
+    """One :class:`ComparisonTable` per run type (training and evaluation runs log different things)."""
+
+    tables: dict[str, ComparisonTable]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [row["run_id"] for table in self.tables.values() for row in table.rows]
+
+    def format(self, fmt: str = "table") -> str:
+        """``table``/``markdown``: a titled section per run type; ``json``: one list, each row with its
+        ``run_type``; ``csv``: one run type only (choose with ``--filter clinseg.run_type=...``)."""
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if fmt == "json":
+            rows = [
+                {"run_type": kind, **{c: _json_value(r.get(c)) for c in table.columns}}
+                for kind, table in self.tables.items()
+                for r in table.rows
+            ]
+            return json.dumps(rows, indent=2)
+        if len(self.tables) == 1:
+            return next(iter(self.tables.values())).format(fmt)
+        if fmt == "csv":
+            raise ValueError(
+                f"the runs are of several types {sorted(self.tables)} with different columns; CSV holds one: "
+                "add --filter clinseg.run_type=TYPE"
+            )
+        title = "## {} runs ({})" if fmt == "markdown" else "{} runs ({}):"
+        return "\n\n".join(
+            title.format(kind, len(table.rows)) + "\n" + table.format(fmt) for kind, table in self.tables.items()
+        )
+
+
+def _default_metric(kind: str) -> str:
+    return "eval_mean_dice" if kind == "evaluation" else "val_mean_dice"
 
 
 def compare_runs(
@@ -127,27 +199,53 @@ def compare_runs(
     *,
     experiment: str | None = None,
     run_ids: Sequence[str] = (),
-    metric: str = "val_mean_dice",
+    metric: str | None = None,
     sort: str | None = None,
     filters: Sequence[str] = (),
-) -> ComparisonTable:
-    """A table of runs: run id and name, status, duration (s), best/final ``metric`` and the differing params.
+) -> Comparison:
+    """Tables of runs grouped by run type: run id and name, status, duration (s), best/final ``metric`` and the
+    params that differ among the runs of the group.
+
+    A named knob logged with its evaluated value (``batch_size``, ``network_args.spatial_dims``) hides its raw
+    config twin (``config.batch_size``, ``config.network_args.spatial_dims`` = ``@spatial_dims``).
 
     Args:
         tracking_uri: MLflow store (default: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
         experiment: compare all runs of this experiment...
         run_ids: ...or these runs.
-        metric: metric whose history gives ``best`` (max, or min for losses and distances) and ``final`` (last).
+        metric: metric whose history gives ``best`` (max, or min for losses and distances) and ``final`` (last);
+            default ``val_mean_dice`` for training runs, ``eval_mean_dice`` for evaluation runs.
         sort: column to sort by; a leading ``-`` sorts descending (default: best metric, best first).
-        filters: ``KEY=VALUE`` / ``KEY!=VALUE`` on ``params.*``, ``tags.*``, ``run_name``, ``status``.
+        filters: ``KEY=VALUE`` / ``KEY!=VALUE`` on ``params.*``, ``tags.*``, ``run_name``, ``status`` (a bare
+            key is looked up as given, then as a param, then as a tag); one that matches no run is an error.
     """
     client = _client(tracking_uri)
-    parsed = [parse_filter(f) for f in filters]
-    runs = [r for r in find_runs(client, experiment=experiment, run_ids=run_ids) if _matches(r, parsed)]
+    runs = _apply_filters(find_runs(client, experiment=experiment, run_ids=run_ids), filters)
+    groups: dict[str, list[Any]] = {}
+    for run in runs:
+        groups.setdefault(run_type(run), []).append(run)
+    tables = {
+        kind: _table(client, members, metric or _default_metric(kind)) for kind, members in sorted(groups.items())
+    }
+    if sort and not any(sort.lstrip("-") in t.columns for t in tables.values()):
+        columns = sorted({c for t in tables.values() for c in t.columns})
+        raise ValueError(f"--sort {sort.lstrip('-')!r} is not a column; columns: {columns}")
+    for table in tables.values():
+        if sort and sort.lstrip("-") in table.columns:
+            _sort(table, sort)
+    return Comparison(tables)
+
+
+def _differing_params(runs: Sequence[Any]) -> list[str]:
     keys = sorted({k for r in runs for k in r.data.params})
-    differing = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+    twins = {f"config.{k}" for k in keys}  # a knob logged evaluated beside its raw config entry
+    return [k for k in keys if k not in twins and len({r.data.params.get(k) for r in runs}) > 1]
+
+
+def _table(client: Any, runs: Sequence[Any], metric: str) -> ComparisonTable:
     lower = any(word in metric for word in _LOWER_IS_BETTER)
     best_col, final_col = f"{metric}_best", f"{metric}_final"
+    differing = _differing_params(runs)
     columns = ["run_id", "run_name", "status", "duration_s", best_col, "best_step", final_col]
     columns += [f"params.{k}" for k in differing]
     table = ComparisonTable(columns)
@@ -165,14 +263,12 @@ def compare_runs(
         }  # fmt: skip
         row.update({f"params.{k}": run.data.params.get(k) for k in differing})
         table.rows.append(row)
-    _sort(table, sort or (best_col if lower else f"-{best_col}"))
+    _sort(table, best_col if lower else f"-{best_col}")  # best first
     return table
 
 
 def _sort(table: ComparisonTable, sort: str) -> None:
     descending, column = sort.startswith("-"), sort.lstrip("-")
-    if column not in table.columns:
-        raise ValueError(f"--sort {column!r} is not a column; columns: {table.columns}")
 
     def missing(row: dict[str, Any]) -> bool:
         value = row.get(column)
@@ -185,7 +281,11 @@ def _sort(table: ComparisonTable, sort: str) -> None:
 def plot_curves(
     tracking_uri: str | None, run_ids: Sequence[str], out: str | Path, metric: str = "val_mean_dice"
 ) -> Path:
-    """Overlay the ``metric`` history (vs step, i.e. epoch) of the runs in one PNG; returns its path."""
+    """Overlay the ``metric`` history (vs step, i.e. epoch) of the runs in one PNG; returns its path.
+
+    Raises:
+        ValueError: none of the runs logged ``metric`` (nothing is written).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,17 +294,22 @@ def plot_curves(
     from pipeline.atomic import atomic_write
 
     client = _client(tracking_uri)
+    histories = {r: sorted(client.get_metric_history(r, metric), key=lambda m: m.step) for r in run_ids}
+    if not any(histories.values()):
+        logged = sorted({k for r in run_ids for k in client.get_run(r).data.metrics})
+        raise ValueError(
+            f"nothing to plot: none of the {len(run_ids)} runs logged {metric!r}; choose a metric with --metric "
+            f"(they logged {logged})"
+        )
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run_id in run_ids:
-        history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+    for run_id, history in histories.items():
         if history:
             name = client.get_run(run_id).info.run_name or run_id[:8]
             ax.plot([m.step for m in history], [m.value for m in history], marker="o", label=name)
     ax.set_xlabel("step (epoch)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp:

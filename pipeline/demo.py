@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def _test_dice(datalist: Path, predictions: Path, labels: dict[int, str]) -> dic
     return {labels[value]: float(mean[value - 1]) for value in sorted(labels)}
 
 
+def venv_command(name: str, module: str | None = None) -> str:
+    """The full path of console script ``name`` installed beside this interpreter (``.venv/bin/mlflow``), so a
+    printed command runs without activating the environment; ``<python> -m <module>`` when it is not there."""
+    script = Path(sys.executable).parent / name  # not resolved: a venv's python is a link to the base one
+    if script.is_file():
+        return str(script)
+    return f"{sys.executable} -m {module or name}"
+
+
 def run_demo(
     workdir: Path,
     *,
@@ -80,6 +90,10 @@ def run_demo(
     report = predict_folder(predictor, data_dir / "dataset.json", predictions, split="test", overwrite=True)
     test_dice = _test_dice(data_dir / "dataset.json", predictions, predictor.label_names)
     minutes = (time.perf_counter() - start) / 60
+    evaluate = (
+        f"{venv_command('clinseg', 'pipeline.cli')} evaluate {bundle_obj.root} --checkpoint {result.best_checkpoint} "
+        f"--dataset-dir {data_dir} --split test --output {workdir / 'evaluation'}"
+    )
     lines = [
         "",
         f"clinseg demo finished in {minutes:.1f} min",
@@ -90,7 +104,8 @@ def run_demo(
         f"  checkpoints: {result.ckpt_dir}",
         f"  predictions: {predictions} ({report.summary_line()})",
         f"  MLflow run:  {result.run_name} ({result.run_id})",
-        f"  open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri}",
+        f"  open the MLflow UI: {venv_command('mlflow')} ui --backend-store-uri {tracking_uri}",
+        f"  evaluate the test cases: {evaluate}",
     ]
     print("\n".join(lines))
     return result

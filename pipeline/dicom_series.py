@@ -229,5 +229,5 @@ def write_dicom_series(
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T, dtype="<i2").tobytes()
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
-    logger.info("wrote %d-slice %s series %s to %s", n_z, modality, series_uid, out_dir)
+    logger.debug("wrote %d-slice %s series %s to %s", n_z, modality, series_uid, out_dir)  # callers may move it
     return paths

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from monai.metrics import (
     SurfaceDiceMetric,
     SurfaceDistanceMetric,
 )
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.bundle import Bundle
 from pipeline.cross_validation import fold_of_entries
@@ -38,12 +42,22 @@ logger = logging.getLogger(__name__)
 METRICS = ("dice", "iou", "hd95_mm", "msd_mm", "surface_dice")
 
 
+@contextmanager
+def _monai_surface_warning_silenced() -> Iterator[None]:
+    """MONAI 1.5-1.6's own surface-distance code calls ``get_mask_edges(always_return_as_numpy=False)``, an
+    argument it deprecated itself, so each HD95/MSD/surface Dice raised a FutureWarning no caller can avoid."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*always_return_as_numpy.*", category=FutureWarning)
+        yield
+
+
 def voxel_spacing(affine: torch.Tensor | np.ndarray, spatial_dims: int) -> list[float]:
     """Voxel size in mm along each array axis: the column norms of the affine's rotation-scale block."""
     matrix = np.asarray(affine, dtype=np.float64)[:spatial_dims, :spatial_dims]
     return [float(v) for v in np.linalg.norm(matrix, axis=0)]
 
 
+@_monai_surface_warning_silenced()
 def case_metrics(
     pred: torch.Tensor,
     label: torch.Tensor,
@@ -128,6 +142,7 @@ class EvaluationResult:
     summary: list[dict[str, Any]]
     out_dir: Path
     run_id: str | None = None
+    tracking_uri: str | None = None
 
     def mean(self, metric: str = "dice", name: str | None = None) -> float:
         """Mean of a metric over cases for one structure, or over structures when ``name`` is None."""
@@ -140,7 +155,7 @@ class EvaluationResult:
     def summary_line(self) -> str:
         cases = len({r["case"] for r in self.rows})
         per_label = ", ".join(f"{s['name']} {s['mean']:.4f}" for s in self.summary if s["metric"] == "dice")
-        run = f"; MLflow run {self.run_id}" if self.run_id else ""
+        run = f"; MLflow run {self.run_id} in {self.tracking_uri}" if self.run_id else ""
         return f"{cases} cases, mean Dice {self.mean():.4f} ({per_label}); tables in {self.out_dir}{run}"
 
 
@@ -154,6 +169,7 @@ class EvaluationOptions:
         label_key: datalist key of the reference label map.
         experiment_name: MLflow experiment of the evaluation run.
         train_run_id: MLflow run that trained the checkpoint (found by its checkpoint folder tag when None).
+        progress: show a progress bar (cases done, last case's mean Dice) on stderr.
     """
 
     surface_tolerance_mm: float = 1.0
@@ -161,6 +177,7 @@ class EvaluationOptions:
     label_key: str = "label"
     experiment_name: str = "clinseg"
     train_run_id: str | None = None
+    progress: bool = False
 
 
 def evaluate_entries(
@@ -173,22 +190,32 @@ def evaluate_entries(
     """Predict and score each datalist entry (absolute paths) on its input grid; one row per case and label."""
     rows = []
     names = predictor.label_names
-    for entry in entries:
-        if options.label_key not in entry:
-            raise ValueError(f"case {entry.get('case')!r} has no {options.label_key!r} to evaluate against")
-        pred = predictor.predict_case({k: entry[k] for k in predictor.input_keys})
-        label = load_scan(entry[options.label_key], label=True, spatial_dims=pred.ndim - 1)
-        if tuple(label.shape) != tuple(pred.shape) or not np.allclose(label.affine, pred.affine, atol=1e-3):
-            raise ValueError(
-                f"case {entry['case']!r}: label grid {tuple(label.shape)} does not match the image grid "
-                f"{tuple(pred.shape)} (shape or affine differ)"
-            )
-        spacing = voxel_spacing(pred.affine, pred.ndim - 1)
-        for row in case_metrics(
-            pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm
-        ):
-            rows.append({"case": entry["case"], **({"fold": fold} if fold is not None else {}), **row})
-        logger.info("evaluated %s", entry["case"])
+    bar = tqdm(entries, unit="case", desc=None if fold is None else f"fold {fold}", disable=not options.progress)
+    with bar, logging_redirect_tqdm() if options.progress else nullcontext():
+        for entry in bar:
+            case_rows = _evaluate_entry(predictor, entry, names, options)
+            extra = {"case": entry["case"], **({"fold": fold} if fold is not None else {})}
+            rows.extend({**extra, **row} for row in case_rows)
+            bar.set_postfix(dice=f"{np.mean([r['dice'] for r in case_rows]):.3f}")
+    return rows
+
+
+def _evaluate_entry(
+    predictor: Predictor, entry: Mapping[str, Any], names: Mapping[int, str], options: EvaluationOptions
+) -> list[dict[str, Any]]:
+    """Predict one datalist entry and score it on its input grid: one row per label."""
+    if options.label_key not in entry:
+        raise ValueError(f"case {entry.get('case')!r} has no {options.label_key!r} to evaluate against")
+    pred = predictor.predict_case({k: entry[k] for k in predictor.input_keys})
+    label = load_scan(entry[options.label_key], label=True, spatial_dims=pred.ndim - 1)
+    if tuple(label.shape) != tuple(pred.shape) or not np.allclose(label.affine, pred.affine, atol=1e-3):
+        raise ValueError(
+            f"case {entry['case']!r}: label grid {tuple(label.shape)} does not match the image grid "
+            f"{tuple(pred.shape)} (shape or affine differ)"
+        )
+    spacing = voxel_spacing(pred.affine, pred.ndim - 1)
+    rows = case_metrics(pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm)
+    logger.info("evaluated %s", entry["case"])
     return rows
 
 
@@ -275,6 +302,7 @@ def _finish(
     result = EvaluationResult(rows, summarize(rows), Path(out_dir))
     files = write_tables(result.rows, result.summary, result.out_dir)
     if tracking_uri:
+        result.tracking_uri = tracking_uri
         params = {**params, "surface_tolerance_mm": options.surface_tolerance_mm}
         result.run_id = log_evaluation(
             bundle, result, files, tracking_uri, datalist=datalist, checkpoints=checkpoints, params=params,

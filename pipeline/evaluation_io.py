@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,40 @@ def write_tables(
         "summary": atomic_write_text(out_dir / SUMMARY_CSV, _csv_text(summary)),
         "summary_json": atomic_write_json(out_dir / SUMMARY_JSON, _json_safe({"summary": list(summary)})),
     }
+
+
+def training_store(checkpoint: str | Path) -> str | None:
+    """The MLflow store the checkpoint's training run logged to, as ``clinseg train`` recorded it in the
+    checkpoint folder's config as run (``config_run.json``); None when there is no such record."""
+    from pipeline.training import CONFIG_AS_RUN
+
+    record = Path(checkpoint).resolve().parent / CONFIG_AS_RUN
+    try:
+        uri = json.loads(record.read_text()).get("tracking_uri")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return uri if isinstance(uri, str) and uri and not uri.startswith(("$", "@")) else None
+
+
+def evaluation_store(checkpoint: str | Path, tracking_uri: str | None = None) -> tuple[str, str]:
+    """The store an evaluation logs to and why: ``tracking_uri`` when given, else ``MLFLOW_TRACKING_URI``, else
+    the store of the checkpoint's training run (:func:`training_store`), else ``./mlflow.db``.
+
+    Returns:
+        ``(uri, reason)``, e.g. ``("sqlite:////work/demo/mlflow.db", "the training run's store, from ...")``.
+    """
+    from pipeline.tracking import default_tracking_uri
+
+    if tracking_uri:
+        return tracking_uri, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    trained = training_store(checkpoint)
+    if trained:
+        from pipeline.training import CONFIG_AS_RUN
+
+        return trained, f"the training run's store, from {Path(checkpoint).resolve().parent / CONFIG_AS_RUN}"
+    return default_tracking_uri(), "the default store in the working directory"
 
 
 def find_training_run(client: Any, checkpoint: str | Path) -> str | None:

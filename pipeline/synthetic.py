@@ -309,7 +309,8 @@ def synthesize(
         if "ct_dicom" in paths:
             entry["ct_dicom"] = paths["ct_dicom"]
         entries.append(entry)
-        logger.info("synthesized %s (%d/%d) in %s", case, index + 1, cases, out)
+        logger.info("synthesized %s (%d/%d) in %s: %s", case, index + 1, cases, out / "patients" / case,
+                    ", ".join(written.values()))  # fmt: skip
 
     n_train, n_val, _ = _split_counts(cases, splits)
     order = np.random.default_rng(seed).permutation(cases)

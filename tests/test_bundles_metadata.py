@@ -39,14 +39,16 @@ def test_metadata_has_every_required_key(bundle):
 
 @pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
 @pytest.mark.parametrize("config", ["train", "inference"])
-def test_verify_net_in_out(bundle, config):
+@pytest.mark.parametrize("n", [None, 3], ids=["defaults", "n3"])
+def test_verify_net_in_out(bundle, config, n):
+    """``python -m monai.bundle verify_net_in_out network_def --meta_file ... --config_file ...`` as MONAI runs
+    it: default ``n``/``p``/``any`` (1) and device, so the smallest shape of ``spatial_shape`` must fit the net."""
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(bundle / "configs" / "metadata.json"),
         config_file=str(bundle / "configs" / f"{config}.yaml"),
-        device="cpu",
-        n=4,
         bundle_root=str(bundle),
+        **({} if n is None else {"n": n}),
     )
 
 

@@ -38,3 +38,36 @@ def test_errors_are_reported_with_exit_code_2(tmp_path, caplog, capsys):
                  "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2  # fmt: skip
     # a bundle's logging.conf sends the log to stdout (replacing the root handler pytest's caplog uses)
     assert "dataset.json does not exist" in caplog.text + capsys.readouterr().out
+
+
+def _commands():
+    """``(name, parser)`` of the top-level parser and every sub-command."""
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [("clinseg", parser), *sub.choices.items()]
+
+
+def test_every_argument_has_help_and_every_command_a_description():
+    import argparse
+
+    missing = []
+    for name, parser in _commands():
+        if not (parser.description or "").strip():
+            missing.append(f"{name}: description")
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+                missing.append(f"{name}: {action.option_strings or action.dest}")
+    assert missing == []
+
+
+def test_help_shows_defaults_once():
+    help_text = {name: parser.format_help() for name, parser in _commands()}
+    assert "(default: 10)" in help_text["synth"]  # --cases
+    assert "(default: validation)" in help_text["evaluate"]  # --split
+    assert "(default: None)" not in "".join(help_text.values())
+    assert "(default: False)" not in "".join(help_text.values())
+    assert "(default: cuda when present) (default" not in help_text["predict"]

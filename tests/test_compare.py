@@ -1,4 +1,5 @@
-"""clinseg compare: differing params, best/final metrics, sort/filter/formats, curve plot, paired statistics."""
+"""clinseg compare: runs grouped by type, differing params, best/final metrics, sort/filter/formats, curve plot,
+paired statistics, and clear refusals (filters matching nothing, plots without curves)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import json
 
 import mlflow
 import pytest
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.cli import main
 from pipeline.compare import compare_runs, paired_comparison, parse_filter, plot_curves
+from pipeline.run_tags import RUN_TYPE_TAG
 
 CURVES = {"a": [0.2, 0.6, 0.5], "b": [0.3, 0.4, 0.7], "c": [0.1, 0.2, 0.3]}
 NETWORK = {"a": "res_unet", "b": "res_unet", "c": "unet"}
@@ -17,7 +19,8 @@ NETWORK = {"a": "res_unet", "b": "res_unet", "c": "unet"}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Three training runs with val_mean_dice curves and two evaluation runs with per-case tables."""
+    """Three training runs with val_mean_dice curves and their config as run (raw, as MLflow stores it) and two
+    evaluation runs with per-case tables, each tagged with its run type."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -29,9 +32,13 @@ def store(tmp_path_factory):
             Param("network", NETWORK[name]),
             Param("seed", "0"),
             Param("lr", "0.003" if name != "b" else "0.01"),
+            Param("config.lr", "0.003" if name != "b" else "0.01"),  # raw twin of the evaluated knob
+            Param("config.amp", "$torch.cuda.is_available()"),  # same expression everywhere: not a difference
+            Param("config.max_epochs", "3"),
         ]
         metrics = [Metric("val_mean_dice", v, 1000 + i, i + 1) for i, v in enumerate(curve)]
-        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        tags = [RunTag(RUN_TYPE_TAG, "training")]
+        client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
         client.set_terminated(run.info.run_id)
         ids[name] = run.info.run_id
     dice_a = [0.80, 0.70, 0.90, 0.60, 0.85, 0.75]
@@ -41,6 +48,12 @@ def store(tmp_path_factory):
         cases = [f"case_{i}" for i in range(6)]
         table = {"case": cases, "label": [1] * 6, "name": ["organ"] * 6, "dice": dice, "hd95_mm": [2.0] * 6}
         client.log_table(run.info.run_id, data=table, artifact_file="evaluation/per_case.json")
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric("eval_mean_dice", sum(dice) / 6, 1000, 0)],
+            params=[Param("split", "test"), Param("checkpoints", f"/runs/{name}/model.pt")],
+            tags=[RunTag(RUN_TYPE_TAG, "evaluation")],
+        )
         client.set_terminated(run.info.run_id)
         ids[name] = run.info.run_id
     return uri, ids
@@ -48,8 +61,8 @@ def store(tmp_path_factory):
 
 def test_table_lists_differing_params_best_and_final(store):
     uri, ids = store
-    table = compare_runs(uri, run_ids=[ids["a"], ids["b"], ids["c"]])
-    assert {"params.network", "params.lr"} <= set(table.columns) and "params.seed" not in table.columns
+    table = compare_runs(uri, run_ids=[ids["a"], ids["b"], ids["c"]]).tables["training"]
+    assert [c for c in table.columns if c.startswith("params.")] == ["params.lr", "params.network"]
     assert [r["run_name"] for r in table.rows] == ["b", "a", "c"]  # best val_mean_dice first
     by_name = {r["run_name"]: r for r in table.rows}
     assert by_name["a"]["val_mean_dice_best"] == 0.6 and by_name["a"]["best_step"] == 2
@@ -59,15 +72,15 @@ def test_table_lists_differing_params_best_and_final(store):
 
 def test_filter_sort_and_formats(store):
     uri, ids = store
-    table = compare_runs(
+    comparison = compare_runs(
         uri, run_ids=[ids["a"], ids["b"], ids["c"]], filters=["params.network=res_unet"], sort="run_name"
     )
+    table = comparison.tables["training"]
     assert [r["run_name"] for r in table.rows] == ["a", "b"]
     assert "params.network" not in table.columns  # equal in what is left
-    assert [
-        r["run_name"] for r in compare_runs(uri, run_ids=[ids["a"], ids["c"]], sort="-run_name").rows
-    ] == ["c", "a"]
-    assert [r["run_name"] for r in json.loads(table.format("json"))] == ["a", "b"]
+    descending = compare_runs(uri, run_ids=[ids["a"], ids["c"]], sort="-run_name").tables["training"]
+    assert [r["run_name"] for r in descending.rows] == ["c", "a"]
+    assert [r["run_name"] for r in json.loads(comparison.format("json"))] == ["a", "b"]
     assert table.format("csv").splitlines()[0].startswith("run_id,run_name,status")
     assert table.format("markdown").splitlines()[1].startswith("|---|")
     assert "0.7" in table.format("table")
@@ -86,6 +99,60 @@ def test_bad_requests_name_the_problem(store, kwargs, match):
     kwargs = {"run_ids": [ids["a"]], **kwargs} if "experiment" not in kwargs else kwargs
     with pytest.raises(ValueError, match=match):
         compare_runs(uri, **kwargs)
+
+
+def test_training_and_evaluation_runs_are_compared_apart(store):
+    uri, _ = store
+    comparison = compare_runs(uri, experiment="cmp")
+    assert sorted(comparison.tables) == ["evaluation", "training"]
+    training, evaluation = comparison.tables["training"], comparison.tables["evaluation"]
+    assert [c for c in training.columns if c.startswith("params.")] == ["params.lr", "params.network"]
+    assert [c for c in evaluation.columns if c.startswith("params.")] == ["params.checkpoints"]
+    assert "eval_mean_dice_best" in evaluation.columns  # each type with its own default metric
+    assert [r["run_name"] for r in evaluation.rows] == ["eval_b", "eval_a"]
+    text = comparison.format("table")
+    assert "training runs (3):" in text and "evaluation runs (2):" in text and "config.amp" not in text
+    rows = json.loads(comparison.format("json"))
+    assert {(r["run_type"], r["run_name"]) for r in rows} >= {("training", "a"), ("evaluation", "eval_a")}
+    with pytest.raises(ValueError, match="clinseg.run_type"):
+        comparison.format("csv")  # one CSV holds one column set
+
+
+@pytest.mark.parametrize(
+    ("filters", "match"),
+    [
+        (["clinseg.run_type=evalution"], r"matches none of the 5 runs; values of clinseg.run_type: \[.evaluation"),
+        (["clinseg.runtype=training"], "none of the 5 runs has 'clinseg.runtype'"),
+        (["network=unet", "lr=0.01"], "together match none"),
+    ],
+)  # fmt: skip
+def test_a_filter_matching_nothing_is_an_error_listing_the_values(store, filters, match):
+    uri, _ = store
+    with pytest.raises(ValueError, match=match):
+        compare_runs(uri, experiment="cmp", filters=filters)
+
+
+def test_a_bare_key_filters_on_the_run_type_tag(store):
+    uri, _ = store
+    comparison = compare_runs(uri, experiment="cmp", filters=["clinseg.run_type=evaluation"])
+    assert list(comparison.tables) == ["evaluation"]
+    assert comparison.format("csv").splitlines()[0].startswith("run_id,run_name,status")
+
+
+def test_plot_without_curves_is_refused_and_writes_nothing(store, tmp_path):
+    uri, ids = store
+    with pytest.raises(ValueError, match="nothing to plot: none of the 2 runs logged 'val_mean_dice'"):
+        plot_curves(uri, [ids["eval_a"], ids["eval_b"]], tmp_path / "curves.png")
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_cli_refusals_exit_non_zero(store, tmp_path, caplog):
+    uri, _ = store
+    args = ["compare", "--experiment", "cmp", "--tracking-uri", uri]
+    assert main([*args, "--filter", "clinseg.run_type=train"]) == 2
+    assert "values of clinseg.run_type: ['evaluation', 'training']" in caplog.text
+    assert main([*args, "--filter", "clinseg.run_type=evaluation", "--plot", str(tmp_path / "c.png")]) == 2
+    assert "nothing to plot" in caplog.text and not (tmp_path / "c.png").exists()
 
 
 def test_parse_filter():

@@ -168,3 +168,71 @@ def test_evaluate_checkpoint_writes_tables_and_logs_a_linked_mlflow_run(tiny_dat
     local = client.download_artifacts(result.run_id, "evaluation/per_case.json", str(tmp_path))
     logged = json.loads(Path(local).read_text())
     assert {"case", "name", "dice", "hd95_mm"} <= set(logged["columns"]) and len(logged["data"]) == 4
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_counts_cases_unless_quiet(tiny_dataset, checkpoint, monkeypatch, capsys, progress):
+    predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=INFERENCE)
+    entries = load_datalist(tiny_dataset, "test")
+    by_image = {e["image"]: e["label"] for e in entries}
+    monkeypatch.setattr(predictor, "predict_case", lambda inputs: load_scan(by_image[inputs["image"]], label=True))
+    evaluate_entries(predictor, entries, options=EvaluationOptions(progress=progress))
+    err = capsys.readouterr().err
+    assert (f"{len(entries)}/{len(entries)}" in err and "dice=1.000" in err) == progress
+
+
+def _trained_checkpoint(folder: Path, checkpoint: Path, tracking_uri: str) -> Path:
+    """A checkpoint folder as ``clinseg train`` leaves it: weights and the config as run naming its store."""
+    from pipeline.training import CONFIG_AS_RUN
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_AS_RUN).write_text(json.dumps({"tracking_uri": tracking_uri, "max_epochs": 1}))
+    (folder / "model.pt").write_bytes(checkpoint.read_bytes())
+    return folder / "model.pt"
+
+
+@pytest.mark.parametrize(
+    ("explicit", "env", "recorded", "expected", "reason"),
+    [
+        ("sqlite:///x.db", "sqlite:///env.db", "sqlite:///train.db", "sqlite:///x.db", "--tracking-uri"),
+        (None, "sqlite:///env.db", "sqlite:///train.db", "sqlite:///env.db", "MLFLOW_TRACKING_URI"),
+        (None, None, "sqlite:///train.db", "sqlite:///train.db", "training run's store"),
+        (None, None, "$pipeline.tracking.default_tracking_uri()", "cwd", "default store"),
+        (None, None, None, "cwd", "default store"),
+    ],
+)  # fmt: skip
+def test_evaluation_store_prefers_flag_env_then_the_training_store(
+    tmp_path, checkpoint, monkeypatch, explicit, env, recorded, expected, reason
+):
+    from pipeline.evaluation_io import evaluation_store
+
+    monkeypatch.chdir(tmp_path)
+    if env:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ckpt = _trained_checkpoint(tmp_path / "run", checkpoint, recorded) if recorded else checkpoint
+    uri, why = evaluation_store(ckpt, explicit)
+    assert uri == (f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}" if expected == "cwd" else expected)
+    assert reason in why
+
+
+def test_cli_evaluate_logs_into_the_training_runs_store_and_says_so(
+    tiny_dataset, checkpoint, tmp_path, monkeypatch, capsys
+):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}"
+    ckpt = _trained_checkpoint(tmp_path / "demo" / "runs" / "r1", checkpoint, store)
+    code = main(["evaluate", str(BUNDLE), "--checkpoint", str(ckpt), "--dataset-dir", str(tiny_dataset.parent),
+                 "--split", "test", "--roi-size", "32", "32", "16", "--device", "cpu", "--quiet",
+                 "--output", str(tmp_path / "eval")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and f"MLflow store: {store} (the training run's store" in out and f"in {store}" in out
+    assert not (tmp_path / "mlflow.db").exists()
+    runs = mlflow.MlflowClient(tracking_uri=store).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(tracking_uri=store).search_experiments()]
+    )
+    assert [r.data.tags[RUN_TYPE_TAG] for r in runs] == ["evaluation"]
