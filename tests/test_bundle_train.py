@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.checkpoint import load_checkpoint, network_from_checkpoint
-from tests.conftest import BUNDLES
+from tests.conftest import BUNDLES, REPO
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
 
@@ -35,7 +35,7 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
         "--samples_per_volume", "1",
         "--roi_size", "[32, 32, 16]",
     ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     # MONAI's --tracking mlflow appends its own MLFlowHandler (same store and run): ours detaches it
     tracking = ["--tracking", "mlflow", "--output_dir", str(tmp_path / "monai_out")]
     done = subprocess.run(command + tracking, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
