@@ -37,7 +37,10 @@ def _owner(func: Any) -> Any:
 
 def _sigterm_as_interrupt() -> Any:
     """Make SIGTERM raise ``KeyboardInterrupt`` (so the run ends KILLED); returns the previous handler or None."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
         return None
 
     def interrupt(signum: int, frame: Any) -> None:

@@ -245,7 +245,9 @@ def save_pytorch_model(
     # "pickle" is MLflow's name for torch.jit.save of a ScriptModule (no pickled Python objects); its
     # warning about unpickling does not apply, so it is silenced for this one call
     with _quiet("mlflow.pytorch"):
-        mlflow.pytorch.save_model(scripted, str(path), pip_requirements=requirements, serialization_format="pickle")
+        mlflow.pytorch.save_model(
+            scripted, str(path), pip_requirements=requirements, serialization_format="pickle"
+        )
     return Path(path)
 
 
@@ -361,7 +363,9 @@ class RunArtifactsHandler:
             if self.registered_model_name:
                 journal.register_model(self.registered_model_name, "pytorch_model")
             epoch_length = int(engine.state.epoch_length or 1)
-            curves = plot_training_curves(journal.metric_histories(), root / "curves", epoch_length, **self.curve_kwargs)
+            curves = plot_training_curves(
+                journal.metric_histories(), root / "curves", epoch_length, **self.curve_kwargs
+            )
             for path in curves:
                 journal.log_artifact(path, "curves")
             if self.validator is not None and self.max_overlays:

@@ -70,7 +70,9 @@ class TrackingJournal:
         self._lock = threading.RLock()
         self._records: list[dict[str, Any]] = self._load()
         state_file = self.folder / _STATE
-        self.state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.is_file() else {"synced": 0}
+        self.state: dict[str, Any] = (
+            json.loads(state_file.read_text()) if state_file.is_file() else {"synced": 0}
+        )
         self._last_step: dict[str, int] = {}
         self._params: set[str] = set()
         for record in self._records:
@@ -132,7 +134,9 @@ class TrackingJournal:
             else:
                 self.append("run", tracking_uri=tracking_uri, experiment=experiment, run_name=run_name)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int | None = None) -> int | None:
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int, timestamp: int | None = None
+    ) -> int | None:
         """Journal the metrics whose key has no value at ``step`` or later yet; returns the record's seq."""
         with self._lock:
             new = [
@@ -161,7 +165,9 @@ class TrackingJournal:
             copy = self.folder / _FILES / str(seq) / local.name
             copy.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if local.is_dir() else shutil.copy2)(local, copy)
-            return self.append("artifact", local=str(copy.relative_to(self.folder)), artifact_path=artifact_path)
+            return self.append(
+                "artifact", local=str(copy.relative_to(self.folder)), artifact_path=artifact_path
+            )
 
     def register_model(self, name: str, artifact_path: str) -> int:
         return self.append("register", name=name, artifact_path=artifact_path)

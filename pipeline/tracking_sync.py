@@ -37,7 +37,10 @@ class TrackingOutage(RuntimeError):
 @contextlib.contextmanager
 def http_limits(max_retries: int, timeout: float) -> Iterator[None]:
     """Bound MLflow's HTTP retries/timeout (read per request) unless the user set them in the environment."""
-    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout))}
+    names = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)),
+    }
     added = [name for name in names if name not in os.environ]
     os.environ.update({name: names[name] for name in added})
     try:
@@ -218,7 +221,9 @@ class JournalReplayer:
             else:
                 client.set_terminated(self._run_id(), record["status"], end_time=record["end_time"])
         else:
-            raise ValueError(f"{self.journal.folder}: unknown journal op {op!r} in record {records[0]['seq']}")
+            raise ValueError(
+                f"{self.journal.folder}: unknown journal op {op!r} in record {records[0]['seq']}"
+            )
 
     def _open_run(self, record: dict[str, Any]) -> None:
         """Find or create the experiment and the run (found by name first, so a lost answer makes no twin)."""
@@ -229,13 +234,19 @@ class JournalReplayer:
         experiment_id = (
             experiment.experiment_id
             if experiment is not None
-            else client.create_experiment(record["experiment"], artifact_location=_artifact_location(self.tracking_uri))
+            else client.create_experiment(
+                record["experiment"], artifact_location=_artifact_location(self.tracking_uri)
+            )
         )
         found = client.search_runs(
             [experiment_id], filter_string=f"attributes.run_name = '{record['run_name']}'",
             order_by=["attributes.start_time DESC"], max_results=1,
         )  # fmt: skip
-        run = found[0] if found else client.create_run(experiment_id, start_time=record["time"], run_name=record["run_name"])
+        run = (
+            found[0]
+            if found
+            else client.create_run(experiment_id, start_time=record["time"], run_name=record["run_name"])
+        )
         self.journal.state.update(run_id=run.info.run_id, experiment_id=experiment_id)
 
 
@@ -273,7 +284,9 @@ class SyncReport:
         return f"{self.journal_dir}: replayed {self.replayed} records, MLflow run {self.run_id} in {self.tracking_uri} is up to date"
 
 
-def sync_run(run_dir: str | Path, tracking_uri: str | None = None, policy: SyncPolicy | None = None) -> SyncReport:
+def sync_run(
+    run_dir: str | Path, tracking_uri: str | None = None, policy: SyncPolicy | None = None
+) -> SyncReport:
     """Replay what a run's journal still holds (``run_dir``: the checkpoint folder or the journal itself)."""
     folder = journal_dir_of(run_dir)
     if not (folder / "journal.jsonl").is_file():

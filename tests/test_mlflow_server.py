@@ -248,7 +248,9 @@ def _check_run(client: mlflow.MlflowClient, run_id: str, epochs: int, iterations
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     expected = {("train_loss", e) for e in range(1, epochs + 1)}
-    expected |= {(k, e) for k in ("val_mean_dice", "val_dice_organ", "val_dice_lesion") for e in range(1, epochs + 1)}
+    expected |= {
+        (k, e) for k in ("val_mean_dice", "val_dice_organ", "val_dice_lesion") for e in range(1, epochs + 1)
+    }
     expected |= {(k, i) for k in ("train_loss_iter", "lr_group_0") for i in range(1, iterations + 1)}
     logged = [(m.key, m.step) for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
     assert expected <= set(logged), f"missing: {sorted(expected - set(logged))}"
@@ -264,7 +266,9 @@ def _check_run(client: mlflow.MlflowClient, run_id: str, epochs: int, iterations
     }  # fmt: skip
 
 
-def test_server_killed_after_epoch_1_and_restarted_in_epoch_4_loses_nothing(tiny_dataset, tmp_path, monkeypatch):
+def test_server_killed_after_epoch_1_and_restarted_in_epoch_4_loses_nothing(
+    tiny_dataset, tmp_path, monkeypatch
+):
     server = MlflowServer(tmp_path)
     _on_epoch_end(monkeypatch, {1: server.kill, 3: server.start})
     try:
@@ -274,7 +278,9 @@ def test_server_killed_after_epoch_1_and_restarted_in_epoch_4_loses_nothing(tiny
             max_epochs=5, overrides=SMALL,
         )  # fmt: skip
         # the bundle's logging.conf replaces the root handlers (caplog's too): the replayer tells of the outage
-        assert shared_replayer(tmp_path / "ckpt" / "mlflow_journal").last_error, "the outage must have been met"
+        assert shared_replayer(tmp_path / "ckpt" / "mlflow_journal").last_error, (
+            "the outage must have been met"
+        )
         assert result.unsynced == "" and "tracking sync" not in result.summary()
         client = mlflow.MlflowClient(tracking_uri=server.uri)
         counts = _check_run(client, result.run_id, epochs=5, iterations=10)
@@ -289,7 +295,9 @@ def test_server_killed_after_epoch_1_and_restarted_in_epoch_4_loses_nothing(tiny
         server.kill()
 
 
-def test_server_gone_after_the_last_epoch_then_tracking_sync_completes_the_run(tiny_dataset, tmp_path, monkeypatch, capsys):
+def test_server_gone_after_the_last_epoch_then_tracking_sync_completes_the_run(
+    tiny_dataset, tmp_path, monkeypatch, capsys
+):
     server = MlflowServer(tmp_path)
     _on_epoch_end(monkeypatch, {2: server.kill})
     try:

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections import Counter
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -75,7 +76,7 @@ def test_replay_is_in_order_and_exactly_once(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["fold"] == "1"
     assert _steps(client, run.info.run_id, "loss") == [1, 2, 3, 4, 5]
     local = client.download_artifacts(run.info.run_id, "cfg.yaml", str(tmp_path / "down"))
-    assert open(local).read() == "a: 1\n"
+    assert Path(local).read_text() == "a: 1\n"
 
 
 def test_unreachable_server_leaves_records_pending_backs_off_and_gives_up(tmp_path):
@@ -96,7 +97,9 @@ def test_unreachable_server_leaves_records_pending_backs_off_and_gives_up(tmp_pa
     assert main(["tracking", "sync", str(tmp_path / "j")]) == 3
 
 
-def _trainer(iterations: int = 3, fail_at: int | None = None, error: type[BaseException] = RuntimeError) -> Engine:
+def _trainer(
+    iterations: int = 3, fail_at: int | None = None, error: type[BaseException] = RuntimeError
+) -> Engine:
     net = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
 
@@ -151,8 +154,11 @@ def test_resumed_run_logs_no_step_twice_and_monai_handler_is_detached(tmp_path):
 
     resumed = _trainer()
     _handler(tmp_path, uri).attach(resumed)
-    MLFlowHandler(tracking_uri=uri, experiment_name="journal", run_name="run-d", tag_name="train_loss_iter",
-                  output_transform=lambda loss: loss).attach(resumed)  # fmt: skip  (as --tracking mlflow adds it)
+    # as MONAI's --tracking mlflow adds it: same store, same run
+    MLFlowHandler(
+        tracking_uri=uri, experiment_name="journal", run_name="run-d", tag_name="train_loss_iter",
+        output_transform=lambda loss: loss,
+    ).attach(resumed)  # fmt: skip
 
     @resumed.on(Events.STARTED)
     def _from_epoch_1(engine: Engine) -> None:  # as ResumeHandler: restart from the epoch-1 checkpoint
@@ -165,5 +171,6 @@ def test_resumed_run_logs_no_step_twice_and_monai_handler_is_detached(tmp_path):
     steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, "train_loss_iter"))
     assert sorted(steps) == list(range(1, 10)) and set(steps.values()) == {1}
     assert Counter(m.step for m in client.get_metric_history(run.info.run_id, "lr_group_0"))[4] == 1
-    records = [json.loads(line) for line in open(tmp_path / "ckpt" / "mlflow_journal" / "journal.jsonl")]
+    lines = (tmp_path / "ckpt" / "mlflow_journal" / "journal.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     assert [r["status"] for r in records if r["op"] == "status"] == ["KILLED", "RUNNING", "FINISHED"]
