@@ -62,13 +62,15 @@ class TrackingJournal:
 
     Args:
         folder: the journal folder (created); an existing journal is continued (a resumed run).
+        readonly: only read it (e.g. while its run may still be writing): no folder created, nothing repaired.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, readonly: bool = False) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._records: list[dict[str, Any]] = self._load()
+        self._records: list[dict[str, Any]] = self._load(repair=not readonly)
         state_file = self.folder / _STATE
         self.state: dict[str, Any] = (
             json.loads(state_file.read_text()) if state_file.is_file() else {"synced": 0}
@@ -78,14 +80,15 @@ class TrackingJournal:
         for record in self._records:
             self._index(record)
 
-    def _load(self) -> list[dict[str, Any]]:
-        """Records on disk; a last line cut by a crash mid-write is dropped (and cut from the file)."""
+    def _load(self, repair: bool) -> list[dict[str, Any]]:
+        """Records on disk; a last line cut by a crash mid-write is dropped (and, with ``repair``, cut from the
+        file)."""
         path = self.folder / _RECORDS
         if not path.is_file():
             return []
         raw = path.read_bytes()
         good = raw[: raw.rfind(b"\n") + 1]
-        if len(good) != len(raw):
+        if repair and len(good) != len(raw):
             with open(path, "r+b") as f:
                 f.truncate(len(good))
         records = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections import Counter
@@ -15,7 +16,9 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
 from pipeline.cli import main
+from pipeline.compare import compare_runs
 from pipeline.resilient_mlflow import ResilientMLFlowHandler
+from pipeline.run_tags import CKPT_DIR_TAG
 from pipeline.tracking_journal import TrackingJournal, open_journal
 from pipeline.tracking_sync import JournalReplayer, SyncPolicy, sync_run
 
@@ -174,3 +177,22 @@ def test_resumed_run_logs_no_step_twice_and_monai_handler_is_detached(tmp_path):
     lines = (tmp_path / "ckpt" / "mlflow_journal" / "journal.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["status"] for r in records if r["op"] == "status"] == ["KILLED", "RUNNING", "FINISHED"]
+
+
+def test_compare_warns_about_unsynced_records_and_sees_the_best_dice_once_synced(tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    journal = TrackingJournal(tmp_path / "ckpt" / "mlflow_journal")
+    journal.open_run(uri, "journal", "run-e")
+    journal.log_tags({CKPT_DIR_TAG: str(tmp_path / "ckpt")})
+    journal.log_metrics({"val_mean_dice": 0.5}, step=1)
+    assert JournalReplayer(journal).flush()
+    journal.log_metrics({"val_mean_dice": 0.9}, step=2)  # journaled while the store was away
+    with caplog.at_level(logging.WARNING, logger="pipeline.compare"):
+        row = compare_runs(uri, experiment="journal").rows[0]
+    assert (row["val_mean_dice_best"], row["best_step"]) == (0.5, 1)
+    assert f"clinseg tracking sync {tmp_path / 'ckpt'}" in caplog.text and "1 metrics records" in caplog.text
+    assert JournalReplayer(journal).flush()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.compare"):
+        row = compare_runs(uri, experiment="journal").rows[0]
+    assert (row["val_mean_dice_best"], row["best_step"]) == (0.9, 2) and not caplog.text
