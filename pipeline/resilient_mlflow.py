@@ -82,6 +82,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self.run_name = self.run_name or new_run_name("run")
         self._replayer: JournalReplayer | None = None
         self._previous_sigterm: Any = None
+        self._in_event = False
 
     @property
     def journal(self) -> TrackingJournal:
@@ -147,6 +148,22 @@ class ResilientMLFlowHandler(MLFlowHandler):
             except (TypeError, ValueError):
                 logger.debug("metric %s is not a number (%r), not logged", key, value)
         self.journal.log_metrics(values, step or 0)
+        if not self._in_event:
+            self.replayer.flush()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self._flush_after(super().iteration_completed, engine)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        self._flush_after(super().epoch_completed, engine)
+
+    def _flush_after(self, log: Any, engine: Engine) -> None:
+        """Journal all values of one event (loss, lr, ...), then replay them in one request."""
+        self._in_event = True
+        try:
+            log(engine)
+        finally:
+            self._in_event = False
         self.replayer.flush()
 
     def complete(self) -> None:

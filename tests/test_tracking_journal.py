@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
 import time
 from collections import Counter
@@ -196,3 +198,18 @@ def test_compare_warns_about_unsynced_records_and_sees_the_best_dice_once_synced
     with caplog.at_level(logging.WARNING, logger="pipeline.compare"):
         row = compare_runs(uri, experiment="journal").rows[0]
     assert (row["val_mean_dice_best"], row["best_step"]) == (0.9, 2) and not caplog.text
+
+
+def test_sigterm_ends_the_run_killed_and_the_previous_handler_comes_back(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    trainer = _trainer()
+    _handler(tmp_path, uri).attach(trainer)
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=2))
+    def _terminate(engine: Engine) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run([torch.ones(1, 2)] * 3, max_epochs=2)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert _run(mlflow.MlflowClient(tracking_uri=uri)).info.status == "KILLED"
