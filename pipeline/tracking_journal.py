@@ -6,7 +6,7 @@ Every call is written here first (append-only, fsync'd) and replayed to MLflow b
 
     journal.jsonl   one record per call, in order: {"seq": 7, "op": "metrics", "metrics": [[key, value, ms, step]]}
     state.json      {"synced": 6, "run_id": "...", "experiment_id": "..."}: replaced atomically after each replay
-    files/<seq>/    copies of artifacts taken when they were logged (model.pt changes after that)
+    files/<seq>/    copies of artifacts taken when they were logged (model.pt changes later); deleted once uploaded
 
 Ops: ``run`` (tracking_uri, experiment, run_name), ``params``, ``tags``, ``metrics``, ``artifact`` (a file or a
 folder under ``files/``, artifact_path), ``register`` (registered model name, artifact_path), ``status``
@@ -171,6 +171,10 @@ class TrackingJournal:
             return self.append(
                 "artifact", local=str(copy.relative_to(self.folder)), artifact_path=artifact_path
             )
+
+    def drop_copy(self, record: Mapping[str, Any]) -> None:
+        """Delete the copy of a synced artifact record (its folder ``files/<seq>``)."""
+        shutil.rmtree(self.folder / _FILES / str(record["seq"]), ignore_errors=True)
 
     def register_model(self, name: str, artifact_path: str) -> int:
         return self.append("register", name=name, artifact_path=artifact_path)

@@ -7,7 +7,8 @@ the run is found by its name before one is created.
 
 While the server is unreachable a replayer waits a growing back-off (2 s doubling to 30 s) between attempts,
 each bounded by ``request_timeout`` and no HTTP retries, and stops trying once failed attempts have cost
-``outage_budget_s`` in total; what is left stays in the journal for the next run or ``clinseg tracking sync``.
+``outage_budget_s`` in total; what is left stays in the journal for the end of training, a resumed run or
+``clinseg tracking sync``. A copy of an artifact is deleted once it has been uploaded.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class JournalReplayer:
 
     @property
     def gave_up(self) -> bool:
-        """Whether failed attempts used up the outage budget (no more attempts from this replayer)."""
+        """Whether failed attempts of the current outage used up its budget (no more attempts from this
+        replayer; a refused connection costs milliseconds, a server that accepts and never answers a timeout)."""
         return self.outage_spent >= self.policy.outage_budget_s
 
     def flush(self, wait: bool = False) -> bool:
@@ -120,6 +122,7 @@ class JournalReplayer:
                 return False
             self._backoff = self.policy.first_backoff
             self._retry_at = 0.0
+            self.outage_spent = 0.0  # the budget is per outage
             return True
 
     def _failed(self, error: Exception, spent: float) -> None:
@@ -183,6 +186,8 @@ class JournalReplayer:
                 str(error).splitlines()[0][:300],
             )  # fmt: skip
         self.journal.mark_synced(records[-1]["seq"])
+        if records[0]["op"] == "artifact":
+            self.journal.drop_copy(records[0])
 
     def _run_id(self) -> str:
         run_id = self.journal.state.get("run_id")
@@ -208,6 +213,11 @@ class JournalReplayer:
             client.log_batch(self._run_id(), tags=[RunTag(k, v) for k, v in records[0]["tags"].items()])
         elif op == "artifact":
             local = self.journal.folder / records[0]["local"]
+            if not local.exists():  # deleted after its upload; the mark of that upload was lost
+                logger.warning(
+                    "journal record %d: %s is gone (uploaded before?), skipped", records[0]["seq"], local
+                )
+                return
             upload = client.log_artifacts if local.is_dir() else client.log_artifact
             upload(self._run_id(), str(local), records[0]["artifact_path"])
         elif op == "register":

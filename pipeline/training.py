@@ -9,7 +9,9 @@ from typing import Any
 from pipeline.bundle import Bundle
 from pipeline.tracking import default_tracking_uri
 
-CONFIG_AS_RUN = "config_run.json"  # the config as run, written into the checkpoint folder (MLflow params, artifact)
+CONFIG_AS_RUN = (
+    "config_run.json"  # the config as run, written into the checkpoint folder (MLflow params, artifact)
+)
 
 
 @dataclass
@@ -36,7 +38,8 @@ class TrainResult:
         return (
             f"{self.bundle}: best val_mean_dice {self.best_metric:.4f} at epoch {self.best_epoch}/{self.epochs}"
             + (f" ({per_class})" if per_class else "")
-            + f"\ncheckpoints: {self.ckpt_dir}\nMLflow run {self.run_name} ({self.run_id}) in {self.tracking_uri}"
+            + f"\ncheckpoints: {self.ckpt_dir}\nMLflow run {self.run_name} ({self.run_id or 'not created yet'}) "
+            + f"in {self.tracking_uri}"
             + (
                 f"\nwarning: not yet in MLflow: {self.unsynced}; replay with: clinseg tracking sync {self.ckpt_dir}"
                 if self.unsynced

@@ -73,6 +73,7 @@ def test_replay_is_in_order_and_exactly_once(tmp_path):
     (tmp_path / "cfg.yaml").write_text("a: 2\n")  # later changes do not reach the logged copy
     journal.set_status("FINISHED")
     assert JournalReplayer(journal).flush()
+    assert not list((tmp_path / "j" / "files").rglob("cfg.yaml"))  # the copy goes once uploaded
     journal.mark_synced(2)  # as if the answers to everything after the tags were lost: replayed again
     assert JournalReplayer(journal).flush() and not journal.pending()
 
