@@ -94,9 +94,14 @@ class TrackingJournal:
         records = []
         for number, line in enumerate(good.decode().splitlines(), 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}: line {number} is not a journal record ({error})") from error
+            if record.get("seq") != number:
+                raise ValueError(
+                    f"{path}: line {number} holds record seq {record.get('seq')}, expected {number}"
+                )
+            records.append(record)
         return records
 
     def _index(self, record: Mapping[str, Any]) -> None:
@@ -119,7 +124,7 @@ class TrackingJournal:
     def append(self, op: str, **fields: Any) -> int:
         """Write one record (fsync'd before returning); returns its sequence number."""
         with self._lock:
-            seq = (self._records[-1]["seq"] if self._records else 0) + 1
+            seq = len(self._records) + 1
             record = {"seq": seq, "op": op, "time": now_ms(), **fields}
             with open(self.folder / _RECORDS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -164,7 +169,7 @@ class TrackingJournal:
         if not local.exists():
             raise FileNotFoundError(f"artifact {local} does not exist")
         with self._lock:
-            seq = (self._records[-1]["seq"] if self._records else 0) + 1
+            seq = len(self._records) + 1
             copy = self.folder / _FILES / str(seq) / local.name
             copy.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if local.is_dir() else shutil.copy2)(local, copy)
@@ -182,11 +187,14 @@ class TrackingJournal:
     def set_status(self, status: str) -> int:
         return self.append("status", status=status, end_time=now_ms())
 
-    def pending(self) -> list[dict[str, Any]]:
-        """Records not yet replayed to MLflow, in order."""
+    def first_record(self) -> dict[str, Any] | None:
         with self._lock:
-            synced = int(self.state.get("synced", 0))
-            return [r for r in self._records if r["seq"] > synced]
+            return self._records[0] if self._records else None
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Records not yet replayed to MLflow, in order (record ``seq`` n is the n-th line)."""
+        with self._lock:
+            return self._records[int(self.state.get("synced", 0)) :]
 
     def mark_synced(self, seq: int, **state: Any) -> None:
         """Record that everything up to ``seq`` reached MLflow (and e.g. the run id); written atomically."""

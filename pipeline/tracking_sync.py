@@ -92,10 +92,10 @@ class JournalReplayer:
 
     @property
     def tracking_uri(self) -> str | None:
-        if self._uri:
-            return self._uri
-        runs = [r for r in self.journal.records if r["op"] == "run"]
-        return runs[0]["tracking_uri"] if runs else None
+        if not self._uri:  # the URI the run was journaled with (its first record)
+            first = self.journal.first_record()
+            self._uri = first["tracking_uri"] if first and first["op"] == "run" else None
+        return self._uri
 
     @property
     def gave_up(self) -> bool:
