@@ -216,7 +216,35 @@ def test_server_dying_mid_run_warns_once_and_sync_completes_the_run(tmp_path, ca
         client = mlflow.MlflowClient(tracking_uri=uri)
         run = client.get_run(run.info.run_id)
         assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "Loss")] == list(range(1, 13))
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "Loss")) == list(range(1, 13))
+
+
+def test_records_are_replayed_as_soon_as_the_server_answers_again(tmp_path):
+    trainer = Engine(lambda engine, batch: 0.5)
+    server = MlflowServer(tmp_path)
+    pending_after_restart = []
+    try:
+        server.start()
+        handler = ResilientMLFlowHandler(
+            journal_dir=str(tmp_path / "mlflow_journal"), tracking_uri=server.uri, experiment_name="back",
+            run_name="back", output_transform=lambda loss: loss, close_on_complete=True,
+        )  # fmt: skip
+        handler.policy.first_backoff = handler.policy.max_backoff = 0.0  # attempt at every event
+        handler.attach(trainer)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda _: server.kill())
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda _: server.start())
+        trainer.add_event_handler(  # the handler logged iteration 6 (attached first): all replayed by then
+            Events.ITERATION_COMPLETED(once=6),
+            lambda _: pending_after_restart.append(handler.journal.pending()),
+        )
+        trainer.run([0] * 3, max_epochs=3)
+        assert handler.replayer.last_error and pending_after_restart == [[]]
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
+        run = client.search_runs([client.get_experiment_by_name("back").experiment_id])[0]
+        assert run.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "Loss")) == list(range(1, 10))
+    finally:
+        server.kill()
 
 
 SMALL = {"val_interval": 1, "batch_size": 2, "samples_per_volume": 1, "roi_size": [32, 32, 16]}
