@@ -216,7 +216,8 @@ def test_server_dying_mid_run_warns_once_and_sync_completes_the_run(tmp_path, ca
         client = mlflow.MlflowClient(tracking_uri=uri)
         run = client.get_run(run.info.run_id)
         assert run.info.status == "FINISHED"
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "Loss")) == list(range(1, 13))
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "Loss"))
+        assert steps == list(range(1, 13))
 
 
 def test_records_are_replayed_as_soon_as_the_server_answers_again(tmp_path):
@@ -242,7 +243,8 @@ def test_records_are_replayed_as_soon_as_the_server_answers_again(tmp_path):
         client = mlflow.MlflowClient(tracking_uri=server.uri)
         run = client.search_runs([client.get_experiment_by_name("back").experiment_id])[0]
         assert run.info.status == "FINISHED"
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "Loss")) == list(range(1, 10))
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "Loss"))
+        assert steps == list(range(1, 10))
     finally:
         server.kill()
 
