@@ -106,10 +106,11 @@ def make_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int):
             epoch_level=True,
         ),
         ResilientMLFlowHandler(
+            journal_dir=str(work / f"ckpt{rep}" / "mlflow_journal"),
             tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
             experiment_name="bench",
             run_name=f"ours-{rep}",
-            tag_name="train_loss",
+            tag_name="train_loss_iter",
             output_transform=from_engine(["loss"], first=True),
             experiment_param={"network": "res_unet", "batch_size": str(BATCH)},
             close_on_complete=True,

@@ -156,6 +156,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tracking_sync(args: argparse.Namespace) -> int:
+    from pipeline.tracking_sync import sync_run
+
+    report = sync_run(args.run_dir, tracking_uri=args.tracking_uri)
+    print(report.summary_line())
+    return 3 if report.left else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
@@ -325,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-case metrics compared by --paired")
     p.add_argument("--worse-threshold", type=float, default=0.05, help="list cases worse by more than this")
     p.set_defaults(func=cmd_compare)
+
+    p = _command(sub, "tracking", "MLflow tracking kept on disk while the server was unreachable")
+    tracking = p.add_subparsers(dest="tracking_command", required=True, metavar="ACTION", help="one of:")
+    p = _command(tracking, "sync", "replay a run's journaled MLflow calls (exit 3 when some are still unsynced)")
+    p.add_argument("run_dir", help="the run's checkpoint folder (--ckpt-dir of clinseg train) or its mlflow_journal")
+    p.add_argument("--tracking-uri", help="MLflow store to replay to (default: the one the run was started with)")
+    p.set_defaults(func=cmd_tracking_sync)
 
     p = _command(sub, "demo", "synthesize, train, validate and predict end to end on CPU")
     p.add_argument("--workdir", default="clinseg-demo", help="folder for data, runs, MLflow store and predictions")

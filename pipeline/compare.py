@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import re
 import tempfile
@@ -21,6 +22,8 @@ from typing import Any
 from pipeline.evaluation_io import TABLE_ARTIFACT
 from pipeline.run_tags import RUN_TYPE_TAG
 from pipeline.stats import paired_stats
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "markdown", "json")
 _FILTER = re.compile(r"^\s*([\w.\-]+)\s*(!=|=)\s*(.*?)\s*$")
@@ -264,7 +267,26 @@ def _table(client: Any, runs: Sequence[Any], metric: str) -> ComparisonTable:
         row.update({f"params.{k}": run.data.params.get(k) for k in differing})
         table.rows.append(row)
     _sort(table, best_col if lower else f"-{best_col}")  # best first
+    _warn_unsynced(runs)
     return table
+
+
+def _warn_unsynced(runs: Sequence[Any]) -> None:
+    """Warn about runs whose checkpoint folder (on this machine) holds MLflow records not yet replayed."""
+    from pipeline.run_tags import CKPT_DIR_TAG
+    from pipeline.tracking_journal import JOURNAL_DIRNAME, TrackingJournal
+
+    for run in runs:
+        ckpt_dir = run.data.tags.get(CKPT_DIR_TAG)
+        folder = Path(ckpt_dir) / JOURNAL_DIRNAME if ckpt_dir else None
+        if folder is None or not (folder / "journal.jsonl").is_file():
+            continue
+        pending = TrackingJournal(folder, readonly=True).describe_pending()
+        if pending:
+            logger.warning(
+                "run %s is incomplete in MLflow (%s still in %s); replay with: clinseg tracking sync %s",
+                run.info.run_name, pending, folder, ckpt_dir,
+            )  # fmt: skip
 
 
 def _sort(table: ComparisonTable, sort: str) -> None:

@@ -1,133 +1,195 @@
-"""An ``MLFlowHandler`` that survives a tracking server dropping mid-run: training goes on, the failure is logged
-once, every later MLflow call becomes a no-op; checkpoints and the rest of the training are untouched.
+"""An ``MLFlowHandler`` whose tracking survives the server going away: every call is journaled on disk beside the
+run's checkpoints first (:mod:`pipeline.tracking_journal`), then replayed to MLflow in order and exactly once
+(:mod:`pipeline.tracking_sync`) as soon as the server answers, at the end of training, or by
+``clinseg tracking sync RUN_DIR``. The run's final status (FINISHED, FAILED, KILLED) is always journaled.
 
-Use it in a bundle exactly like MONAI's handler (``_target_: pipeline.resilient_mlflow.ResilientMLFlowHandler``);
-it also accepts ``tags`` (e.g. from :func:`pipeline.run_tags.run_tags`), set on the run when it starts.
+Use it in a bundle like MONAI's handler (``_target_: pipeline.resilient_mlflow.ResilientMLFlowHandler``) with a
+``journal_dir``; it also accepts ``tags`` (e.g. from :func:`pipeline.run_tags.run_tags`), set when the run starts.
+
+With ``python -m monai.bundle run ... --tracking mlflow`` MONAI appends its own ``MLFlowHandler`` to the same
+engines (same store and run): this handler detaches it, so every value is logged once, and logs its artifacts
+(the executed config) itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from collections.abc import Callable, Iterator, Mapping
+import signal
+import threading
+from collections.abc import Mapping
 from typing import Any
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
+from monai.utils import flatten_dict
 
-from pipeline.tracking import TrackingUnavailableError, require_tracking_server
+from pipeline.tracking import new_run_name
+from pipeline.tracking_journal import TrackingJournal, open_run_journal
+from pipeline.tracking_sync import JournalReplayer, SyncPolicy, shared_replayer
 
 logger = logging.getLogger(__name__)
 
-# Stores found dead in this process, keyed by (tracking URI, run name): the trainer's and the validator's handlers
-# share a run, so whichever meets the failure first silences the other and the warning is logged once.
-_BROKEN: set[tuple[str, str]] = set()
+
+def _owner(func: Any) -> Any:
+    parent = getattr(func, "_parent", None)  # ignite wraps handlers of filtered events and keeps a weakref
+    return getattr(parent() if parent is not None else func, "__self__", None)
 
 
-@contextlib.contextmanager
-def _http_limits(max_retries: int, timeout: int) -> Iterator[None]:
-    """Bound MLflow's HTTP retries/timeout for one call (MLflow reads these per request) unless the user set them."""
-    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
-    added = [name for name in names if name not in os.environ]
-    os.environ.update({name: names[name] for name in added})
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM raise ``KeyboardInterrupt`` (so the run ends KILLED); returns the previous handler or None."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 class ResilientMLFlowHandler(MLFlowHandler):
-    """MONAI's ``MLFlowHandler`` whose MLflow calls stop, after one warning, once the tracking server is gone.
+    """MONAI's ``MLFlowHandler`` writing to a durable journal that is replayed to MLflow (see module docstring).
 
-    A failed call is attributed to the server when its ``/health`` endpoint no longer answers; then the handler
-    (and any other handler of the same run in this process) logs one warning and does nothing more. Errors with a
-    reachable server or a SQLite store are raised as usual.
+    The handler with ``close_on_complete`` owns the run: it ends it FINISHED at ``COMPLETED``, FAILED on an
+    exception and KILLED on ``KeyboardInterrupt`` or SIGTERM, and then waits for the replay (bounded by the
+    outage budget); what is still unsynced is named in a warning. Handlers of one run (trainer, validator)
+    share the journal. A metric (key, step) is logged once, so a resumed run logs no step twice.
 
     Args:
+        journal_dir: the run's journal folder, e.g. ``<ckpt_dir>/mlflow_journal``.
         tags: run tags set when the run starts (e.g. bundle, git commit, dataset fingerprint, fold).
-        max_retries: HTTP retries per MLflow call (MLflow's default, 7 with exponential backoff, would stall
-            training for minutes on a dead server); ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` wins when set.
-        request_timeout: seconds per HTTP request; ``MLFLOW_HTTP_REQUEST_TIMEOUT`` wins when set.
+        request_timeout: seconds per HTTP request to the tracking server (no retries while it is down).
+        outage_budget_s: total seconds failed replay attempts may cost this process.
         args, kwargs: passed to ``MLFlowHandler``.
     """
 
     def __init__(
         self,
         *args: Any,
+        journal_dir: str,
         tags: Mapping[str, Any] | None = None,
-        max_retries: int = 2,
-        request_timeout: int = 10,
+        request_timeout: float = 5.0,
+        outage_budget_s: float = 45.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.journal_dir = str(journal_dir)
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        self.max_retries = int(max_retries)
-        self.request_timeout = int(request_timeout)
-        self._key = (str(self.client.tracking_uri), str(self.run_name))
+        self.policy = SyncPolicy(request_timeout=request_timeout, outage_budget_s=outage_budget_s)
+        self.tracking_uri = str(self.client.tracking_uri)  # MLFLOW_TRACKING_URI wins, as in MONAI's handler
+        self.run_name = self.run_name or new_run_name("run")
+        self._replayer: JournalReplayer | None = None
+        self._previous_sigterm: Any = None
+        self._in_event = False
 
     @property
-    def disabled(self) -> bool:
-        """True once the tracking server of this run was found gone."""
-        return self._key in _BROKEN
+    def journal(self) -> TrackingJournal:
+        return self.replayer.journal
 
-    def _guard(self, call: Callable[..., Any], *args: Any) -> Any:
-        if self.disabled:
-            return None
-        try:
-            with _http_limits(self.max_retries, self.request_timeout):
-                return call(*args)
-        except Exception as error:
-            uri = self._key[0]
-            if not uri.startswith(("http://", "https://")):
-                raise
-            try:
-                require_tracking_server(uri, timeout=self.request_timeout)
-            except TrackingUnavailableError:
-                _BROKEN.add(self._key)
-                logger.warning(
-                    "MLflow tracking server %s stopped answering (%s: %s); training goes on without tracking, "
-                    "checkpoints are still written",
-                    uri, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "",
-                )  # fmt: skip
-                return None
-            raise
+    @property
+    def replayer(self) -> JournalReplayer:
+        if self._replayer is None:
+            open_run_journal(self.journal_dir, self.run_name)
+            self._replayer = shared_replayer(self.journal_dir)
+            self._replayer.policy = self.policy
+        return self._replayer
 
-    def _start_and_tag(self, engine: Engine) -> None:
-        super().start(engine)
-        if self.tags and self.cur_run is not None:
-            from mlflow.entities import RunTag
+    def attach(self, engine: Engine) -> None:
+        self._detach_other_mlflow_handlers(engine)
+        super().attach(engine)
+        if self.close_on_complete:
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+            # first, so the status is journaled even when another handler re-raises before it would run
+            handlers = engine._event_handlers[Events.EXCEPTION_RAISED]
+            handlers.insert(0, handlers.pop())
 
-            tags = [RunTag(k, v) for k, v in self.tags.items()]
-            self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=[], tags=tags)
+    def _detach_other_mlflow_handlers(self, engine: Engine) -> None:
+        """Remove MLflow handlers of other classes (MONAI's ``--tracking mlflow``) from ``engine``, in place:
+        during ``STARTED`` the engine is iterating these lists, and theirs come after ours."""
+        detached = False
+        for handlers in engine._event_handlers.values():
+            for entry in list(handlers):
+                other = _owner(entry[0])
+                if isinstance(other, MLFlowHandler) and not isinstance(other, ResilientMLFlowHandler):
+                    handlers.remove(entry)
+                    detached = True
+                    if self.close_on_complete:  # e.g. the executed config MONAI would have logged
+                        extra = tuple(a for a in other.artifacts if a)
+                        self.artifacts = tuple(dict.fromkeys((*self.artifacts, *extra)))
+        if detached:
+            logger.info("%s detached MONAI's MLFlowHandler from the %s: it logs this run alone",
+                        type(self).__name__, type(engine).__name__)  # fmt: skip
 
     def start(self, engine: Engine) -> None:
-        self._guard(self._start_and_tag, engine)
+        self._detach_other_mlflow_handlers(engine)
+        journal = self.journal
+        if self.close_on_complete or not journal.started:
+            journal.open_run(self.tracking_uri, self.experiment_name, self.run_name)
+            journal.log_tags(self.tags)
+            if self.close_on_complete:
+                self._previous_sigterm = _sigterm_as_interrupt()
+        elif self.tags:
+            journal.log_tags(self.tags)
+        if self.experiment_param:
+            journal.log_params(self.experiment_param)
+        journal.log_params({attr: getattr(engine.state, attr, None) for attr in self.default_tracking_params})
+        self.replayer.flush()
 
     def _log_params(self, params: dict[str, Any]) -> None:
-        """Params not yet on the run (a resumed run keeps its first values), at most 100 per request (MLflow's cap)."""
-        if self.cur_run is None:
-            raise ValueError("Current Run is not Active to log params")
-        logged = self.client.get_run(self.cur_run.info.run_id).data.params
-        from mlflow.entities import Param
+        self.journal.log_params(params)
 
-        new = [Param(k, str(v)) for k, v in params.items() if k not in logged]
-        for start in range(0, len(new), 100):
-            self.client.log_batch(run_id=self.cur_run.info.run_id, metrics=[], params=new[start : start + 100], tags=[])
+    def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        values = {}
+        for key, value in flatten_dict(metrics).items():
+            try:
+                values[key] = float(value)
+            except (TypeError, ValueError):
+                logger.debug("metric %s is not a number (%r), not logged", key, value)
+        self.journal.log_metrics(values, step or 0)
+        if not self._in_event:
+            self.replayer.flush()
 
     def iteration_completed(self, engine: Engine) -> None:
-        self._guard(super().iteration_completed, engine)
+        self._flush_after(super().iteration_completed, engine)
 
     def epoch_completed(self, engine: Engine) -> None:
-        self._guard(super().epoch_completed, engine)
+        self._flush_after(super().epoch_completed, engine)
+
+    def _flush_after(self, log: Any, engine: Engine) -> None:
+        """Journal all values of one event (loss, lr, ...), then replay them in one request."""
+        self._in_event = True
+        try:
+            log(engine)
+        finally:
+            self._in_event = False
+        self.replayer.flush()
 
     def complete(self) -> None:
-        self._guard(super().complete)
+        for path in self._parse_artifacts():
+            self.journal.log_artifact(path)
+        self.replayer.flush()
 
     def close(self) -> None:
-        if self.disabled:
-            self.cur_run = None
-            self._dispose_sqlite_store()
-            return
-        self._guard(super().close)
+        self.journal.set_status("FINISHED")
+        self._finish()
+
+    def _failed(self, engine: Engine, error: BaseException) -> None:
+        self.journal.set_status("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        self._finish()
+        if len(engine._event_handlers[Events.EXCEPTION_RAISED]) == 1:
+            raise error  # ignite re-raises only when no handler is attached; the others re-raise themselves
+
+    def _finish(self) -> None:
+        """Replay what is pending (bounded by the outage budget); warn with what stays in the journal."""
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        self.cur_run = None
+        if not self.replayer.flush(wait=True):
+            logger.warning(
+                "MLflow run %s: %s not yet in %s (%s); they are kept in %s, replay with: clinseg tracking sync %s",
+                self.run_name, self.journal.describe_pending(), self.replayer.tracking_uri,
+                self.replayer.last_error or "not attempted", self.journal.folder, self.journal.folder.parent,
+            )  # fmt: skip

@@ -1,10 +1,11 @@
 """End-of-training MLflow artifacts: TorchScript export, training curves, validation overlays, PyTorch-flavour model.
 
 :class:`RunArtifactsHandler` is attached to the trainer (rank 0 only) *before* the trainer's MLflow handler, so
-at ``Events.COMPLETED`` it logs into the run while that run is still open (the MLflow handler closes it at
-``COMPLETED`` with ``close_on_complete``). The run is found the way MONAI's ``MLFlowHandler`` finds it: tracking
-URI + run name. Everything is built from the best checkpoint on disk (``model.pt``), never from the live network
-(which may be wrapped by DDP). A failure is logged once as a warning and never fails the training.
+at ``Events.COMPLETED`` its artifacts are journaled before the run's final status. They go through the run's
+durable journal (:mod:`pipeline.tracking_journal`), so a tracking server that is down gets them later; the
+curves are drawn from the journaled metrics, not read back from the server. Everything is built from the best
+checkpoint on disk (``model.pt``), never from the live network (which may be wrapped by DDP). A failure is
+logged once as a warning and never fails the training.
 
 Artifacts of a run::
 
@@ -19,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,42 +33,22 @@ from torch import nn
 
 from pipeline.checkpoint import network_from_checkpoint
 from pipeline.preview import render_preview
+from pipeline.tracking_journal import open_journal
 
 __all__ = [
     "RunArtifactsHandler",
     "epoch_loss_points",
     "export_torchscript",
-    "find_run_id",
     "log_pytorch_model",
     "plot_training_curves",
+    "register_model_version",
     "render_validation_overlays",
+    "save_pytorch_model",
 ]
 
 logger = logging.getLogger(__name__)
 
 Points = list[tuple[float, float]]
-
-
-def find_run_id(client: Any, run_name: str, experiment_name: str | None = None) -> str:
-    """The id of the newest run called ``run_name`` (in ``experiment_name`` when given, else in any experiment)."""
-    if experiment_name is not None:
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            raise LookupError(
-                f"MLflow experiment {experiment_name!r} does not exist in {client.tracking_uri}"
-            )
-        experiment_ids = [experiment.experiment_id]
-    else:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiment_ids,
-        filter_string=f"attributes.run_name = '{run_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise LookupError(f"no MLflow run named {run_name!r} in {client.tracking_uri}")
-    return runs[0].info.run_id
 
 
 def export_torchscript(network: nn.Module, path: str | Path) -> torch.jit.ScriptModule:
@@ -122,22 +102,21 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_training_curves(
-    client: Any,
-    run_id: str,
+    histories: Mapping[str, Sequence[Any]],
     out_dir: str | Path,
     epoch_length: int,
     *,
     loss_metric: str = "train_loss",
-    iteration_loss_metric: str = "train_loss",
+    iteration_loss_metric: str = "train_loss_iter",
     lr_metric: str = "lr_group_0",
     dice_prefix: str = "val_dice_",
     mean_dice_metric: str = "val_mean_dice",
 ) -> list[Path]:
-    """Training-curve PNGs read back from the run's metric history (resumed runs show every epoch).
+    """Training-curve PNGs from a run's metric histories (resumed runs show every epoch).
 
     Args:
-        client: an ``mlflow.MlflowClient`` of the run's store.
-        run_id: the run.
+        histories: metric key -> values in logging order (objects with ``value``, ``step``, ``timestamp``, such
+            as MLflow's ``Metric``), e.g. ``TrackingJournal.metric_histories()``.
         out_dir: folder for ``loss.png`` and ``validation.png``.
         epoch_length: trainer iterations per epoch (per-iteration metrics are drawn at ``iteration / length``).
         loss_metric: per-epoch mean training loss; iteration_loss_metric: per-iteration loss key.
@@ -149,11 +128,11 @@ def plot_training_curves(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = set(client.get_run(run_id).data.metrics)
+    keys = {key for key, history in histories.items() if history}
     written = []
     if loss_metric in keys:
         points = epoch_loss_points(
-            client.get_metric_history(run_id, loss_metric),
+            histories[loss_metric],
             epoch_length,
             mixed=loss_metric == iteration_loss_metric,
         )
@@ -169,7 +148,7 @@ def plot_training_curves(
     if dice_keys:
         fig, ax = _figure()
         for key in dice_keys:
-            history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            history = sorted(histories[key], key=lambda m: m.step)
             style = {"linestyle": "--", "color": "black"} if key == mean_dice_metric else {}
             ax.plot(
                 [m.step for m in history],
@@ -186,7 +165,7 @@ def plot_training_curves(
         )
         ax.grid(alpha=0.3)
         if lr_metric in keys:
-            lr = sorted(client.get_metric_history(run_id, lr_metric), key=lambda m: m.step)
+            lr = sorted(histories[lr_metric], key=lambda m: m.step)
             twin = ax.twinx()
             twin.plot([m.step / epoch_length for m in lr], [m.value for m in lr], color="grey", label="lr")
             twin.set(ylabel="learning rate", yscale="log")
@@ -251,6 +230,45 @@ def _quiet(name: str) -> Iterator[None]:
         target.setLevel(level)
 
 
+def save_pytorch_model(
+    scripted: torch.jit.ScriptModule, path: str | Path, pip_requirements: Sequence[str] | None = None
+) -> Path:
+    """Save a scripted network as an MLflow PyTorch-flavour model folder (``mlflow.pytorch.save_model``).
+
+    ``pip_requirements`` default to the running torch and monai versions (no environment inference, no network
+    access). A scripted module needs no clinseg code to load.
+    """
+    import mlflow.pytorch
+    import monai
+
+    requirements = list(
+        pip_requirements or [f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"]
+    )
+    # "pickle" is MLflow's name for torch.jit.save of a ScriptModule (no pickled Python objects); its
+    # warning about unpickling does not apply, so it is silenced for this one call
+    with _quiet("mlflow.pytorch"):
+        mlflow.pytorch.save_model(
+            scripted, str(path), pip_requirements=requirements, serialization_format="pickle"
+        )
+    return Path(path)
+
+
+def register_model_version(client: Any, run_id: str, name: str, artifact_path: str) -> None:
+    """Register ``runs:/<run_id>/<artifact_path>`` as a version of model ``name``, unless it already is (so a
+    replayed registration makes no second version)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if not any(v.source == source for v in existing):
+        client.create_model_version(name, source, run_id=run_id)
+
+
 def log_pytorch_model(
     client: Any,
     run_id: str,
@@ -262,51 +280,28 @@ def log_pytorch_model(
 ) -> str:
     """Log a scripted network as an MLflow PyTorch-flavour model under the run's artifacts; optionally register it.
 
-    Saved with ``mlflow.pytorch.save_model`` and uploaded with the given client, so no global MLflow state (active
-    run, tracking URI) is touched. ``pip_requirements`` default to the running torch and monai versions (no
-    environment inference, no network access). A scripted module needs no clinseg code to load.
+    Saved with :func:`save_pytorch_model` and uploaded with the given client, so no global MLflow state (active
+    run, tracking URI) is touched.
 
     Returns:
         The model URI ``runs:/<run_id>/<artifact_path>``.
     """
-    import mlflow.pytorch
-    import monai
-
-    requirements = list(
-        pip_requirements or [f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"]
-    )
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / artifact_path
-        # "pickle" is MLflow's name for torch.jit.save of a ScriptModule (no pickled Python objects); its
-        # warning about unpickling does not apply, so it is silenced for this one call
-        with _quiet("mlflow.pytorch"):
-            mlflow.pytorch.save_model(
-                scripted, str(local), pip_requirements=requirements, serialization_format="pickle"
-            )
+        local = save_pytorch_model(scripted, Path(tmp) / artifact_path, pip_requirements)
         client.log_artifacts(run_id, str(local), artifact_path)
-    uri = f"runs:/{run_id}/{artifact_path}"
     if registered_model_name:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            client.create_registered_model(registered_model_name)
-        except MlflowException as error:
-            if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-                raise
-        source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        client.create_model_version(registered_model_name, source, run_id=run_id)
-    return uri
+        register_model_version(client, run_id, registered_model_name, artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"
 
 
 class RunArtifactsHandler:
-    """Logs the model, curves and overlays of a training run at ``Events.COMPLETED`` (see module docstring).
+    """Journals the model, curves and overlays of a training run at ``Events.COMPLETED`` (see module docstring).
 
     List it in ``train#handlers`` before the trainer's MLflow handler (handlers of one event run in attach
-    order, and that handler closes the run at ``COMPLETED``); disable it on ranks > 0.
+    order, and that handler ends the run at ``COMPLETED``); disable it on ranks > 0.
 
     Args:
-        tracking_uri: the run's MLflow store (as given to the MLflow handler).
-        run_name: the run's name; experiment_name: its experiment.
+        journal_dir: the run's MLflow journal (the ``journal_dir`` of its ``ResilientMLFlowHandler``).
         best_checkpoint: ``model.pt`` written by ``BestCheckpointSaver``.
         validator: the evaluator whose data and inferer render the overlays (``None``: no overlays).
         class_names: names of labels ``1..N``.
@@ -318,11 +313,9 @@ class RunArtifactsHandler:
 
     def __init__(
         self,
-        tracking_uri: str,
-        run_name: str,
+        journal_dir: str | Path,
         best_checkpoint: str | Path,
         *,
-        experiment_name: str | None = None,
         validator: Engine | None = None,
         class_names: Sequence[str] = (),
         max_overlays: int = 3,
@@ -332,9 +325,7 @@ class RunArtifactsHandler:
     ) -> None:
         if max_overlays < 0:
             raise ValueError(f"max_overlays must be >= 0, got {max_overlays}")
-        self.tracking_uri = str(tracking_uri)
-        self.run_name = str(run_name)
-        self.experiment_name = experiment_name
+        self.journal_dir = Path(journal_dir)
         self.best_checkpoint = Path(best_checkpoint)
         self.validator = validator
         self.class_names = [str(n) for n in class_names]
@@ -351,50 +342,38 @@ class RunArtifactsHandler:
             self.log_artifacts(engine)
         except Exception as error:  # noqa: BLE001 - checkpoints are on disk already: never fail the training
             logger.warning(
-                "run artifacts were not logged to MLflow run %s (%s: %s)",
-                self.run_name,
+                "run artifacts were not journaled for MLflow (%s: %s)",
                 type(error).__name__,
                 str(error).splitlines()[0][:300] if str(error) else "",
             )
 
-    def log_artifacts(self, engine: Engine) -> str:
-        """Log every artifact into the run; returns its id. Raises on any failure (``__call__`` catches)."""
-        import mlflow
-
+    def log_artifacts(self, engine: Engine) -> None:
+        """Journal every artifact (replayed to MLflow with the run). Raises on any failure (``__call__`` catches)."""
         if not self.best_checkpoint.is_file():
             raise FileNotFoundError(
                 f"best checkpoint {self.best_checkpoint} does not exist (no validation ran?)"
             )
-        # as MONAI's MLFlowHandler: MLFLOW_TRACKING_URI, when set, wins over the argument
-        client = mlflow.MlflowClient(
-            tracking_uri=None if os.environ.get("MLFLOW_TRACKING_URI") else self.tracking_uri
-        )
-        run_id = find_run_id(client, self.run_name, self.experiment_name)
+        journal = open_journal(self.journal_dir)
         device = getattr(self.validator, "device", None) or torch.device("cpu")
         network = network_from_checkpoint(self.best_checkpoint, map_location="cpu")
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             scripted = export_torchscript(network, root / "model" / "model.ts")
-            client.log_artifact(run_id, str(root / "model" / "model.ts"), "model")
-            log_pytorch_model(
-                client,
-                run_id,
-                scripted,
-                pip_requirements=self.pip_requirements,
-                registered_model_name=self.registered_model_name,
-            )
+            journal.log_artifact(root / "model" / "model.ts", "model")
+            model_dir = save_pytorch_model(scripted, root / "pytorch_model", self.pip_requirements)
+            journal.log_artifact(model_dir, "pytorch_model")
+            if self.registered_model_name:
+                journal.register_model(self.registered_model_name, "pytorch_model")
             epoch_length = int(engine.state.epoch_length or 1)
-            for path in plot_training_curves(
-                client, run_id, root / "curves", epoch_length, **self.curve_kwargs
-            ):
-                client.log_artifact(run_id, str(path), "curves")
+            curves = plot_training_curves(
+                journal.metric_histories(), root / "curves", epoch_length, **self.curve_kwargs
+            )
+            for path in curves:
+                journal.log_artifact(path, "curves")
             if self.validator is not None and self.max_overlays:
                 overlays = render_validation_overlays(
                     network.to(device), self.validator, root / "overlays", self.class_names, self.max_overlays
                 )
                 for path in overlays:
-                    client.log_artifact(run_id, str(path), "overlays")
-        logger.info(
-            "logged TorchScript, PyTorch-flavour model, curves and overlays to MLflow run %s", self.run_name
-        )
-        return run_id
+                    journal.log_artifact(path, "overlays")
+        logger.info("journaled TorchScript, PyTorch-flavour model, curves and overlays for MLflow")

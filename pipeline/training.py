@@ -9,7 +9,9 @@ from typing import Any
 from pipeline.bundle import Bundle
 from pipeline.tracking import default_tracking_uri
 
-CONFIG_AS_RUN = "config_run.json"  # the config as run, written into the checkpoint folder (MLflow params, artifact)
+CONFIG_AS_RUN = (
+    "config_run.json"  # the config as run, written into the checkpoint folder (MLflow params, artifact)
+)
 
 
 @dataclass
@@ -25,6 +27,7 @@ class TrainResult:
     epochs: int
     best_per_class: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    unsynced: str = ""  # MLflow records still only in the run's journal, e.g. "12 metrics records, 1 status"
 
     @property
     def best_checkpoint(self) -> Path:
@@ -35,7 +38,13 @@ class TrainResult:
         return (
             f"{self.bundle}: best val_mean_dice {self.best_metric:.4f} at epoch {self.best_epoch}/{self.epochs}"
             + (f" ({per_class})" if per_class else "")
-            + f"\ncheckpoints: {self.ckpt_dir}\nMLflow run {self.run_name} ({self.run_id}) in {self.tracking_uri}"
+            + f"\ncheckpoints: {self.ckpt_dir}\nMLflow run {self.run_name} ({self.run_id or 'not created yet'}) "
+            + f"in {self.tracking_uri}"
+            + (
+                f"\nwarning: not yet in MLflow: {self.unsynced}; replay with: clinseg tracking sync {self.ckpt_dir}"
+                if self.unsynced
+                else ""
+            )
         )
 
 
@@ -96,27 +105,23 @@ def train_bundle(
         best_epoch=int(evaluator.state.best_metric_epoch),
         epochs=int(trainer.state.epoch),
     )
-    _read_back_run(result)
+    if parser.get("tracking_journal") is not None:
+        _read_back_run(result, Path(parser.get_parsed_content("tracking_journal")))
     return result
 
 
-def _read_back_run(result: TrainResult) -> None:
-    """Fill the MLflow run id and the per-class validation metrics at the best epoch."""
-    import mlflow
+def _read_back_run(result: TrainResult, journal_dir: Path) -> None:
+    """Fill the MLflow run id, the per-class validation metrics at the best epoch and what is still unsynced,
+    from the run's journal on disk (no request to a tracking server that may be gone)."""
+    from pipeline.tracking_journal import open_journal
 
-    client = mlflow.MlflowClient(tracking_uri=result.tracking_uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"attributes.run_name = '{result.run_name}'",
-        max_results=1,
-    )
-    if not runs:
+    if not (journal_dir / "journal.jsonl").is_file():
         return
-    run = runs[0]
-    result.run_id = run.info.run_id
-    for key in sorted(run.data.metrics):
+    journal = open_journal(journal_dir)
+    result.run_id = journal.state.get("run_id")
+    result.unsynced = journal.describe_pending()
+    for key, history in sorted(journal.metric_histories().items()):
         if key.startswith("val_dice_"):
-            history = client.get_metric_history(result.run_id, key)
             at_best = [m.value for m in history if m.step == result.best_epoch]
             if at_best:
                 result.best_per_class[key.removeprefix("val_dice_")] = at_best[-1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.checkpoint import load_checkpoint, network_from_checkpoint
-from tests.conftest import BUNDLES
+from tests.conftest import BUNDLES, REPO
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
 
@@ -35,8 +35,10 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
         "--samples_per_volume", "1",
         "--roi_size", "[32, 32, 16]",
     ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path)}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    # MONAI's --tracking mlflow appends its own MLFlowHandler (same store and run): ours detaches it
+    tracking = ["--tracking", "mlflow", "--output_dir", str(tmp_path / "monai_out")]
+    done = subprocess.run(command + tracking, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     assert (ckpt_dir / "model.pt").is_file() and (ckpt_dir / "model_final.pt").is_file()
@@ -55,7 +57,11 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
     assert {"train_loss", "val_mean_dice", "val_dice_organ", "val_dice_lesion"} <= set(run.data.metrics)
     assert run.data.params["network"] == "res_unet"
     assert run.data.params["bundle.name"] == "ct_organ_resunet3d"
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2  # per iteration and per epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]  # epoch mean
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss_iter")) == [1, 2]
+    for key in run.data.metrics:  # one value per (key, step): no second handler logged
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {sorted(steps)}"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"train.yaml", "metadata.json", "model.pt"} <= artifacts
 

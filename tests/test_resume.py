@@ -65,5 +65,12 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tiny_dataset, tmp_path
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("clinseg").experiment_id])}
     assert len(runs) == 2, "the resumed run must log into the MLflow run it started"
     name_b = (run_b / "run_name.txt").read_text().strip()
-    history = client.get_metric_history(runs[name_b].info.run_id, "val_mean_dice")
+    run_b_id = runs[name_b].info.run_id
+    history = client.get_metric_history(run_b_id, "val_mean_dice")
     assert max(m.step for m in history) == EPOCHS
+    assert client.get_run(run_b_id).info.status == "FINISHED"
+    for key in runs[name_b].data.metrics:  # the replayed epoch logs no step a second time
+        steps = [m.step for m in client.get_metric_history(run_b_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step after resuming: {sorted(steps)}"
+    iterations = sorted(m.step for m in client.get_metric_history(run_b_id, "train_loss_iter"))
+    assert iterations == list(range(1, EPOCHS * 2 + 1))

@@ -37,11 +37,11 @@ def test_epoch_loss_points_separates_epoch_means_from_iteration_losses():
 
 def test_handler_rejects_negative_overlay_count(tmp_path):
     with pytest.raises(ValueError, match="max_overlays must be >= 0, got -1"):
-        RunArtifactsHandler("sqlite:///x.db", "run", tmp_path / "model.pt", max_overlays=-1)
+        RunArtifactsHandler(tmp_path / "mlflow_journal", tmp_path / "model.pt", max_overlays=-1)
 
 
 def test_missing_best_checkpoint_is_a_warning_not_a_failure(tmp_path, caplog):
-    handler = RunArtifactsHandler(f"sqlite:///{tmp_path}/m.db", "run", tmp_path / "model.pt")
+    handler = RunArtifactsHandler(tmp_path / "mlflow_journal", tmp_path / "model.pt")
     handler(SimpleNamespace(state=SimpleNamespace(epoch_length=1)))
     assert "best checkpoint" in caplog.text and "does not exist" in caplog.text
 
