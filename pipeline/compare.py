@@ -165,8 +165,13 @@ class Comparison:
     tables: dict[str, ComparisonTable]
 
     @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every table's rows, table by table (each table best first)."""
+        return [row for table in self.tables.values() for row in table.rows]
+
+    @property
     def run_ids(self) -> list[str]:
-        return [row["run_id"] for table in self.tables.values() for row in table.rows]
+        return [row["run_id"] for row in self.rows]
 
     def format(self, fmt: str = "table") -> str:
         """``table``/``markdown``: a titled section per run type; ``json``: one list, each row with its
