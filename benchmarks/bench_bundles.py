@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_bundles.py --threads 2 --epochs 12 --cases 10
 
-Each bundle runs its own ``train.yaml`` through ``pipeline.training.train_bundle`` (what ``clinseg train`` and
+Each bundle runs its own ``train.yaml`` through ``pipeline.training.train.train_bundle`` (what ``clinseg train`` and
 ``python -m monai.bundle run`` run) for ``--epochs`` epochs with validation every ``--val-interval`` epochs,
 SQLite MLflow tracking in the work folder, and its own defaults otherwise (batch size, patches per volume,
 learning rate), except the 3D patch size ``--roi3d`` (the defaults are sized for larger volumes). 3D bundles
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.synthetic import synthesize
-from pipeline.tracking import sqlite_uri
-from pipeline.training import TrainResult, train_bundle
+from pipeline.synthetic.phantoms import synthesize
+from pipeline.tracking.store import sqlite_uri
+from pipeline.training.train import TrainResult, train_bundle
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 REFERENCE = "ct_organ_resunet3d"

@@ -85,9 +85,9 @@ def make_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int):
     from monai.engines import SupervisedTrainer
     from monai.handlers import from_engine
 
-    from pipeline.checkpoint import NetworkSpec, TrainingCheckpointSaver
-    from pipeline.handlers import EpochSeedHandler, EpochSummaryHandler, GradientClipHandler
-    from pipeline.resilient_mlflow import ResilientMLFlowHandler
+    from pipeline.core.checkpoint import NetworkSpec, TrainingCheckpointSaver
+    from pipeline.training.handlers import EpochSeedHandler, EpochSummaryHandler, GradientClipHandler
+    from pipeline.tracking.mlflow_handler import ResilientMLFlowHandler
 
     net, loss_fn, opt = build(state)
     spec = NetworkSpec("res_unet", NETWORK_ARGS)

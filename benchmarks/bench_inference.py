@@ -31,12 +31,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.batch import predict_folder
-from pipeline.bundle import Bundle
-from pipeline.case_outputs import SEG_NAME
-from pipeline.checkpoint import NetworkSpec
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import Predictor
+from pipeline.batch.runner import predict_folder
+from pipeline.core.bundle import Bundle
+from pipeline.batch.case_outputs import SEG_NAME
+from pipeline.core.checkpoint import NetworkSpec
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import Predictor
 
 BUNDLE = REPO / "bundles" / "ct_organ_resunet3d"
 
@@ -127,7 +127,7 @@ class NaiveLoop:
             Spacingd,
         )
 
-        from pipeline.checkpoint import network_from_checkpoint
+        from pipeline.core.checkpoint import network_from_checkpoint
 
         parser = Bundle.at(BUNDLE).parser("inference")
         level, width = parser.get("window")["level"], parser.get("window")["width"]

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pipeline.dicom_series import write_dicom_series
+from pipeline.synthetic.dicom_series import write_dicom_series
 from transforms.io import load_scan
 
 

@@ -21,8 +21,8 @@ import torch
 
 def epoch_seconds(work: Path, epochs: int) -> tuple[float, int]:
     """Median epoch time (s) of the bundle on tiny data and its iterations per epoch."""
-    from pipeline.bundle import Bundle
-    from pipeline.synthetic import synthesize
+    from pipeline.core.bundle import Bundle
+    from pipeline.synthetic.phantoms import synthesize
 
     dataset = synthesize(work / "data", cases=6, seed=3, shape=(48, 44, 16), splits=(0.5, 0.2, 0.3))
     bundle = Bundle.at(Path(__file__).resolve().parents[1] / "bundles" / "ct_organ_resunet3d")

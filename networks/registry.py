@@ -1,4 +1,4 @@
-"""A name -> network-class registry (timm style): ``build_network("res_unet", spatial_dims=3, ...)``."""
+"""A name -> network-class registry (timm style) that each network module fills with :func:`register_network`."""
 
 from __future__ import annotations
 
@@ -23,19 +23,13 @@ def register_network(name: str) -> Callable[[T], T]:
     return wrap
 
 
-def _ensure_loaded() -> None:
-    import networks.nets  # noqa: F401  (importing the package registers every network)
-
-
-def list_networks() -> list[str]:
-    """Sorted names of all registered networks."""
-    _ensure_loaded()
+def registered_networks() -> list[str]:
+    """Sorted names registered so far (import :mod:`networks.nets` first to have every network)."""
     return sorted(_REGISTRY)
 
 
 def get_network_class(name: str) -> type[nn.Module]:
-    """The class registered under ``name``; unknown names raise and list the valid ones."""
-    _ensure_loaded()
+    """The class registered under ``name``; unknown names raise and list the registered ones."""
     if name not in _REGISTRY:
         import difflib
 
@@ -43,8 +37,3 @@ def get_network_class(name: str) -> type[nn.Module]:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown network {name!r}.{hint} Valid names: {', '.join(sorted(_REGISTRY))}.")
     return _REGISTRY[name]
-
-
-def build_network(name: str, **kwargs) -> nn.Module:
-    """Build the network registered under ``name`` with keyword arguments (``spatial_dims``, channels, ...)."""
-    return get_network_class(name)(**kwargs)

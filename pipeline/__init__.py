@@ -10,7 +10,7 @@ __all__ = ["Predictor"]
 def __getattr__(name: str) -> Any:
     """``pipeline.Predictor`` without importing torch and MONAI on ``import pipeline`` (PEP 562)."""
     if name == "Predictor":
-        from pipeline.predictor import Predictor
+        from pipeline.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

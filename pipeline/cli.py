@@ -26,7 +26,7 @@ def _overrides(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.synthetic import synthesize
+    from pipeline.synthetic.phantoms import synthesize
 
     formats = ("nifti", "dicom") if args.format == "both" else (args.format,)
     path = synthesize(Path(args.out), cases=args.cases, seed=args.seed, spatial_dims=args.dims, formats=formats)
@@ -35,7 +35,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.training import train_bundle
+    from pipeline.training.train import train_bundle
 
     result = train_bundle(
         args.bundle,
@@ -56,11 +56,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import os
 
-    from pipeline.batch import BatchOptions, merge_shards, predict_folder
-    from pipeline.case_outputs import OutputOptions
-    from pipeline.inference_options import InferenceOptions, PostprocessOptions
-    from pipeline.predictor import Predictor
-    from pipeline.shard import Shard, shard_from_env
+    from pipeline.batch.runner import BatchOptions, merge_shards, predict_folder
+    from pipeline.batch.case_outputs import OutputOptions
+    from pipeline.inference.options import InferenceOptions, PostprocessOptions
+    from pipeline.inference.predictor import Predictor
+    from pipeline.batch.shard import Shard, shard_from_env
 
     if args.merge_shards:
         report = merge_shards(args.output)
@@ -97,10 +97,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.bundle import Bundle
-    from pipeline.evaluation import EvaluationOptions, evaluate_checkpoint, evaluate_folds
-    from pipeline.evaluation_io import evaluation_store
-    from pipeline.predictor import InferenceOptions
+    from pipeline.core.bundle import Bundle
+    from pipeline.evaluation.evaluate import EvaluationOptions, evaluate_checkpoint, evaluate_folds
+    from pipeline.evaluation.tables import evaluation_store
+    from pipeline.inference.predictor import InferenceOptions
 
     bundle = Bundle.at(args.bundle)
     dataset_dir = args.dataset_dir or bundle.parser("inference").get_parsed_content("dataset_dir")
@@ -135,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import compare_runs, paired_comparison, plot_curves
+    from pipeline.evaluation.compare import compare_runs, paired_comparison, plot_curves
 
     comparison = compare_runs(
         args.tracking_uri, experiment=args.experiment, run_ids=args.runs, metric=args.metric, sort=args.sort,
@@ -157,7 +157,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tracking_sync(args: argparse.Namespace) -> int:
-    from pipeline.tracking_sync import sync_run
+    from pipeline.tracking.sync import sync_run
 
     report = sync_run(args.run_dir, tracking_uri=args.tracking_uri)
     print(report.summary_line())
@@ -172,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.report import EXIT_OK, EXIT_SOME_FAILED
+    from pipeline.batch.report import EXIT_OK, EXIT_SOME_FAILED
     from transforms.inspect import format_inspection, has_problems, inspect_path
 
     rows = inspect_path(args.path)

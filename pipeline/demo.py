@@ -13,13 +13,13 @@ import torch
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from pipeline.batch import SEG_NAME, predict_folder
-from pipeline.bundle import Bundle
-from pipeline.datalist import load_datalist
-from pipeline.predictor import Predictor
-from pipeline.synthetic import synthesize
-from pipeline.tracking import new_run_name, sqlite_uri
-from pipeline.training import TrainResult, train_bundle
+from pipeline.batch.runner import SEG_NAME, predict_folder
+from pipeline.core.bundle import Bundle
+from pipeline.core.datalist import load_datalist
+from pipeline.inference.predictor import Predictor
+from pipeline.synthetic.phantoms import synthesize
+from pipeline.tracking.store import new_run_name, sqlite_uri
+from pipeline.training.train import TrainResult, train_bundle
 
 logger = logging.getLogger(__name__)
 

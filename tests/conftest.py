@@ -31,7 +31,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Six tiny synthetic CT patients (NIfTI and DICOM), 3 training / 1 validation / 2 test; returns dataset.json."""
-    from pipeline.synthetic import synthesize
+    from pipeline.synthetic.phantoms import synthesize
 
     out = tmp_path_factory.mktemp("tiny_dataset")
     return synthesize(out, cases=6, seed=3, formats=("nifti", "dicom"), shape=TINY_SHAPE, splits=(0.5, 0.2, 0.3))

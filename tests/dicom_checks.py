@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from skimage.draw import polygon
 
-from pipeline.rtstruct import read_source_slices
+from pipeline.outputs.rtstruct import read_source_slices
 
 
 def dciodvfy_errors(path) -> list[str]:

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.atomic import (
+from pipeline.core.atomic import (
     COMPLETE_MARKER,
     atomic_write,
     atomic_write_bytes,

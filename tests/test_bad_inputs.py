@@ -19,12 +19,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.batch import predict_folder
+from pipeline.batch.runner import predict_folder
 from pipeline.cli import main
-from pipeline.dicom_series import write_dicom_series
-from pipeline.inference_options import InferenceOptions
-from pipeline.input_checks import bundle_modalities
-from pipeline.predictor import Predictor
+from pipeline.synthetic.dicom_series import write_dicom_series
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.input_checks import bundle_modalities
+from pipeline.inference.predictor import Predictor
 from tests.conftest import BUNDLES
 from tests.test_predictor import BUNDLE, random_checkpoint
 from transforms.inspect import inspect_path

@@ -15,12 +15,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.atomic import COMPLETE_MARKER
-from pipeline.batch import predict_folder
-from pipeline.case_outputs import SEG_NAME, VOLUMES_NAME
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import Predictor
-from pipeline.prefetch import prefetch
+from pipeline.core.atomic import COMPLETE_MARKER
+from pipeline.batch.runner import predict_folder
+from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import Predictor
+from pipeline.batch.prefetch import prefetch
 from tests.conftest import REPO
 from tests.test_predictor import BUNDLE, random_checkpoint
 
@@ -120,10 +120,10 @@ import sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import pipeline.case_outputs as co
-from pipeline.batch import predict_folder
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import Predictor
+import pipeline.batch.case_outputs as co
+from pipeline.batch.runner import predict_folder
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import Predictor
 
 source, out, ckpt, flag = sys.argv[1:5]
 real = co.structure_volumes

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.atomic import COMPLETE_MARKER
-from pipeline.batch import predict_folder
-from pipeline.case_outputs import (
+from pipeline.core.atomic import COMPLETE_MARKER
+from pipeline.batch.runner import predict_folder
+from pipeline.batch.case_outputs import (
     DICOM_SEG_NAME,
     PREVIEW_NAME,
     PROBABILITIES_NAME,
@@ -25,11 +25,11 @@ from pipeline.case_outputs import (
     VOLUMES_NAME,
     OutputOptions,
 )
-from pipeline.dicom_seg import read_dicom_seg
-from pipeline.inference_options import InferenceOptions, PostprocessOptions
-from pipeline.predictor import INPUT_SUFFIX, Predictor
-from pipeline.rtstruct_read import rtstruct_to_mask
-from pipeline.tta import flip_combinations, mirror_probabilities
+from pipeline.outputs.dicom_seg import read_dicom_seg
+from pipeline.inference.options import InferenceOptions, PostprocessOptions
+from pipeline.inference.predictor import INPUT_SUFFIX, Predictor
+from pipeline.outputs.rtstruct_read import rtstruct_to_mask
+from pipeline.inference.tta import flip_combinations, mirror_probabilities
 from tests.dicom_builders import to_enhanced
 from tests.dicom_checks import dciodvfy_errors, dice, fill_each_contour
 from tests.test_predictor import BUNDLE, random_checkpoint
@@ -335,8 +335,8 @@ def test_amp_keeps_shapes_and_mostly_the_same_labels(checkpoints, source):
 def test_volumes_pooled_over_slabs_equal_the_whole_volume():
     from monai.data import MetaTensor
 
-    from pipeline.case_outputs import _volumes_by_slab
-    from pipeline.volumetry import structure_volumes
+    from pipeline.batch.case_outputs import _volumes_by_slab
+    from pipeline.outputs.volumetry import structure_volumes
 
     rng = np.random.default_rng(0)
     seg = MetaTensor(torch.from_numpy(rng.integers(0, 3, (1, 10, 12, 70)).astype(np.uint8)))

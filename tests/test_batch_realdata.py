@@ -6,11 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.batch import predict_folder
-from pipeline.case_outputs import DICOM_SEG_NAME, SEG_NAME, OutputOptions
-from pipeline.dicom_seg import read_dicom_seg
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import INPUT_SUFFIX, Predictor
+from pipeline.batch.runner import predict_folder
+from pipeline.batch.case_outputs import DICOM_SEG_NAME, SEG_NAME, OutputOptions
+from pipeline.outputs.dicom_seg import read_dicom_seg
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import INPUT_SUFFIX, Predictor
 from tests.test_predictor import BUNDLE, random_checkpoint
 from transforms.io import load_scan
 

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-from pipeline.batch import merge_shards, predict_folder
-from pipeline.case_outputs import OutputOptions
+from pipeline.batch.runner import merge_shards, predict_folder
+from pipeline.batch.case_outputs import OutputOptions
 from pipeline.cli import main
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import Predictor
-from pipeline.shard import Shard, shard_from_env
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import Predictor
+from pipeline.batch.shard import Shard, shard_from_env
 from tests.test_predictor import BUNDLE, random_checkpoint
 
 

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint, network_from_checkpoint
+from pipeline.core.checkpoint import load_checkpoint, network_from_checkpoint
 from tests.conftest import BUNDLES, REPO
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"

@@ -1,6 +1,6 @@
 """The 2D DenseUNet, 3D attention U-Net and CT+MR fusion bundles train through ``python -m monai.bundle run``.
 
-The fast tests at the end cover the fusion schedule's helpers (``pipeline.fusion_training``).
+The fast tests at the end cover the fusion schedule's helpers (``pipeline.training.fusion``).
 
 Each run is 2 iterations (3 tiny training cases, batch 2) plus one validation, with SQLite tracking in tmp.
 The fusion bundle runs both stages (``fusion_pretrain.yaml`` overlay, then ``train.yaml`` from its best model)
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
-from pipeline.fusion_training import FusionSSIMMetric, PretrainedWeightsLoader
-from pipeline.predictor import InferenceOptions, Predictor
+from pipeline.core.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
+from pipeline.training.fusion import FusionSSIMMetric, PretrainedWeightsLoader
+from pipeline.inference.predictor import InferenceOptions, Predictor
 from tests.conftest import BUNDLES, REPO
 
 
@@ -78,7 +78,7 @@ def _check_two_iterations(ckpt_dir: Path, network: str, in_channels: int, spatia
 @pytest.fixture(scope="module")
 def tiny_dataset_2d(tmp_path_factory) -> Path:
     """Six tiny synthetic 2D CT slices, 3 training / 1 validation / 2 test; returns dataset.json."""
-    from pipeline.synthetic import synthesize
+    from pipeline.synthetic.phantoms import synthesize
 
     out = tmp_path_factory.mktemp("tiny_dataset_2d")
     return synthesize(out, cases=6, seed=3, spatial_dims=2, shape=(64, 60), splits=(0.5, 0.2, 0.3))

@@ -10,8 +10,8 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.cli import main
-from pipeline.compare import compare_runs, paired_comparison, parse_filter, plot_curves
-from pipeline.run_tags import RUN_TYPE_TAG
+from pipeline.evaluation.compare import compare_runs, paired_comparison, parse_filter, plot_curves
+from pipeline.tracking.run_tags import RUN_TYPE_TAG
 
 CURVES = {"a": [0.2, 0.6, 0.5], "b": [0.3, 0.4, 0.7], "c": [0.1, 0.2, 0.3]}
 NETWORK = {"a": "res_unet", "b": "res_unet", "c": "unet"}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.cross_validation import fold_datalist, fold_of_entries, split_folds
-from pipeline.datalist import load_datalist
+from pipeline.core.splits import fold_datalist, fold_of_entries, split_folds
+from pipeline.core.datalist import load_datalist
 
 
 def _entries(n_patients: int, scans: int = 1) -> list[dict]:

@@ -10,9 +10,9 @@ import mlflow
 import pytest
 
 from pipeline.cli import main
-from pipeline.cross_validation import split_folds
-from pipeline.datalist import load_datalist
-from pipeline.synthetic import synthesize
+from pipeline.core.splits import split_folds
+from pipeline.core.datalist import load_datalist
+from pipeline.synthetic.phantoms import synthesize
 from tests.conftest import BUNDLES, TINY_SHAPE
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"

@@ -1,4 +1,4 @@
-"""transforms.dicom / transforms.io on tiny synthetic series written with pipeline.dicom_series."""
+"""transforms.dicom / transforms.io on tiny synthetic series written with pipeline.synthetic.dicom_series."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from pipeline.dicom_series import write_dicom_series
+from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.dicom_builders import to_enhanced
 from transforms.dicom_discovery import SeriesRule
 from transforms.io import ScanLoadError, load_scan

@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.dicom_seg import read_dicom_seg, write_dicom_seg
-from pipeline.dicom_series import write_dicom_series
+from pipeline.outputs.dicom_seg import read_dicom_seg, write_dicom_seg
+from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.dicom_builders import oblique_affine
 
 LIVER_SPINE = {1: "Liver", 2: "Spine"}
@@ -127,7 +127,7 @@ def test_highdicom_logs_only_warnings_while_writing_unless_set_otherwise(tmp_pat
         hd_logger.setLevel(logging.NOTSET)
     chatter = [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno < logging.WARNING]
     assert (len(chatter) > 0) == (preset == logging.DEBUG)
-    assert any(r.name == "pipeline.dicom_seg" for r in caplog.records)  # our own INFO line still comes
+    assert any(r.name == "pipeline.outputs.dicom_seg" for r in caplog.records)  # our own INFO line still comes
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from pipeline.dicom_seg import read_dicom_seg, write_dicom_seg
-from pipeline.dicom_series import write_dicom_series
+from pipeline.outputs.dicom_seg import read_dicom_seg, write_dicom_seg
+from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.dicom_builders import oblique_affine, to_enhanced
 from transforms.io import load_scan
 

@@ -1,4 +1,4 @@
-"""pipeline.dicom_series.write_dicom_series: geometry, stored values, UIDs and argument checks."""
+"""pipeline.synthetic.dicom_series.write_dicom_series: geometry, stored values, UIDs and argument checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-from pipeline.dicom_series import lps_geometry_from_affine, write_dicom_series
+from pipeline.synthetic.dicom_series import lps_geometry_from_affine, write_dicom_series
 
 
 def _volume(shape=(7, 6, 5), seed=0) -> np.ndarray:

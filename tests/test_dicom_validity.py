@@ -8,9 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.dicom_seg import write_dicom_seg
-from pipeline.dicom_series import write_dicom_series
-from pipeline.rtstruct import write_rtstruct
+from pipeline.outputs.dicom_seg import write_dicom_seg
+from pipeline.synthetic.dicom_series import write_dicom_series
+from pipeline.outputs.rtstruct import write_rtstruct
 from tests.dicom_checks import dciodvfy_errors
 from transforms.dicom import load_dicom
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import NetworkSpec
-from pipeline.datalist import load_datalist
-from pipeline.evaluation import (
+from pipeline.core.checkpoint import NetworkSpec
+from pipeline.core.datalist import load_datalist
+from pipeline.evaluation.evaluate import (
     EvaluationOptions,
     case_metrics,
     evaluate_checkpoint,
@@ -22,8 +22,8 @@ from pipeline.evaluation import (
     summarize,
     voxel_spacing,
 )
-from pipeline.predictor import InferenceOptions, Predictor
-from pipeline.run_tags import RUN_TYPE_TAG
+from pipeline.inference.predictor import InferenceOptions, Predictor
+from pipeline.tracking.run_tags import RUN_TYPE_TAG
 from tests.conftest import BUNDLES
 from transforms.io import load_scan
 
@@ -183,7 +183,7 @@ def test_progress_bar_counts_cases_unless_quiet(tiny_dataset, checkpoint, monkey
 
 def _trained_checkpoint(folder: Path, checkpoint: Path, tracking_uri: str) -> Path:
     """A checkpoint folder as ``clinseg train`` leaves it: weights and the config as run naming its store."""
-    from pipeline.training import CONFIG_AS_RUN
+    from pipeline.training.train import CONFIG_AS_RUN
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_AS_RUN).write_text(json.dumps({"tracking_uri": tracking_uri, "max_epochs": 1}))
@@ -197,14 +197,14 @@ def _trained_checkpoint(folder: Path, checkpoint: Path, tracking_uri: str) -> Pa
         ("sqlite:///x.db", "sqlite:///env.db", "sqlite:///train.db", "sqlite:///x.db", "--tracking-uri"),
         (None, "sqlite:///env.db", "sqlite:///train.db", "sqlite:///env.db", "MLFLOW_TRACKING_URI"),
         (None, None, "sqlite:///train.db", "sqlite:///train.db", "training run's store"),
-        (None, None, "$pipeline.tracking.default_tracking_uri()", "cwd", "default store"),
+        (None, None, "$pipeline.tracking.store.default_tracking_uri()", "cwd", "default store"),
         (None, None, None, "cwd", "default store"),
     ],
 )  # fmt: skip
 def test_evaluation_store_prefers_flag_env_then_the_training_store(
     tmp_path, checkpoint, monkeypatch, explicit, env, recorded, expected, reason
 ):
-    from pipeline.evaluation_io import evaluation_store
+    from pipeline.evaluation.tables import evaluation_store
 
     monkeypatch.chdir(tmp_path)
     if env:

@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.dicom_series import write_dicom_series
+from pipeline.synthetic.dicom_series import write_dicom_series
 from transforms.inspect import convert_to_nifti, format_inspection, inspect_path
 from transforms.io import ScanLoadError
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from networks import build_network
-from pipeline.losses import (
+from pipeline.training.losses import (
     DeepSupervisionStackLoss,
     FusionLoss,
     JointFusionSegLoss,
@@ -178,11 +178,11 @@ def test_losses_and_networks_build_from_bundle_config():
             "segmenter": "res_unet",
             "segmenter_kwargs": {"channels": [4, 8, 16], "deep_supervision": False},
         },
-        "seg_loss": {"_target_": "pipeline.losses.dice_focal_loss", "mode": "multiclass", "lambda_focal": 0.5},
+        "seg_loss": {"_target_": "pipeline.training.losses.dice_focal_loss", "mode": "multiclass", "lambda_focal": 0.5},
         "loss": {
-            "_target_": "pipeline.losses.JointFusionSegLoss",
+            "_target_": "pipeline.training.losses.JointFusionSegLoss",
             "seg_loss": "@seg_loss",
-            "fusion_loss": {"_target_": "pipeline.losses.FusionLoss", "ssim_weight": 0.7, "gradient_weight": 0.3},
+            "fusion_loss": {"_target_": "pipeline.training.losses.FusionLoss", "ssim_weight": 0.7, "gradient_weight": 0.3},
             "fusion_weight": 0.2,
             "network": "@network",
         },

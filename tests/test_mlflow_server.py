@@ -23,12 +23,12 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
 from pipeline.cli import main
-from pipeline.compare import compare_runs
-from pipeline.handlers import EpochSummaryHandler
-from pipeline.resilient_mlflow import ResilientMLFlowHandler
-from pipeline.tracking import TrackingUnavailableError
-from pipeline.tracking_sync import shared_replayer
-from pipeline.training import train_bundle
+from pipeline.evaluation.compare import compare_runs
+from pipeline.training.handlers import EpochSummaryHandler
+from pipeline.tracking.mlflow_handler import ResilientMLFlowHandler
+from pipeline.tracking.store import TrackingUnavailableError
+from pipeline.tracking.sync import shared_replayer
+from pipeline.training.train import train_bundle
 from tests.conftest import BUNDLES, REPO
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
@@ -202,7 +202,7 @@ def test_server_dying_mid_run_warns_once_and_sync_completes_the_run(tmp_path, ca
         assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.pt")) == ["model_epoch=4.pt"]
         outage = [r for r in caplog.records if "did not answer" in r.getMessage()]
         assert len(outage) == 1
-        unsynced = [r.getMessage() for r in caplog.records if r.name == "pipeline.resilient_mlflow"]
+        unsynced = [r.getMessage() for r in caplog.records if r.name == "pipeline.tracking.mlflow_handler"]
         assert len(unsynced) == 1 and f"clinseg tracking sync {tmp_path / 'ckpt'}" in unsynced[0]
 
         store = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")  # the dead server's own backend store

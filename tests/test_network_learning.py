@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from networks import build_network, list_networks
-from pipeline.losses import FusionLoss, JointFusionSegLoss, dice_ce_loss
+from pipeline.training.losses import FusionLoss, JointFusionSegLoss, dice_ce_loss
 
 SIZE = 48
 MAX_STEPS = 80

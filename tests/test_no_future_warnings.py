@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.bundle import Bundle
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import Predictor
-from pipeline.synthetic import synthesize
+from pipeline.core.bundle import Bundle
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import Predictor
+from pipeline.synthetic.phantoms import synthesize
 from tests.conftest import BUNDLES
 
 BUNDLE_DIRS = sorted(p for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
@@ -92,7 +92,7 @@ def test_prediction_raises_no_future_warning(bundle_dir, datasets, tmp_path):
 
 
 def test_evaluation_metrics_raise_no_future_warning():
-    from pipeline.evaluation import case_metrics
+    from pipeline.evaluation.evaluate import case_metrics
 
     pred = torch.zeros(1, 12, 13, 9, dtype=torch.uint8)
     pred[0, 2:8, 3:9, 2:7] = 1

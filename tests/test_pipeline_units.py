@@ -8,10 +8,10 @@ import socket
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, NetworkSpec, load_checkpoint, network_from_checkpoint
-from pipeline.datalist import DatalistError, load_datalist
-from pipeline.discovery import discover_cases, sanitize_case_id
-from pipeline.tracking import (
+from pipeline.core.checkpoint import CheckpointError, NetworkSpec, load_checkpoint, network_from_checkpoint
+from pipeline.core.datalist import DatalistError, load_datalist
+from pipeline.batch.discovery import discover_cases, sanitize_case_id
+from pipeline.tracking.store import (
     TrackingUnavailableError,
     default_tracking_uri,
     experiment_params,

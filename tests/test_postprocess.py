@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipeline.postprocess import postprocess_mask
+from pipeline.inference.postprocess import postprocess_mask
 
 SHAPE = (33, 34, 35)
 

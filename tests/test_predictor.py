@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import networks
-from pipeline.batch import SEG_NAME, predict_folder
-from pipeline.checkpoint import NetworkSpec
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import Predictor
+from pipeline.batch.runner import SEG_NAME, predict_folder
+from pipeline.core.checkpoint import NetworkSpec
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import Predictor
 from tests.conftest import BUNDLES
 from transforms.io import load_scan
 

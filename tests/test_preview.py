@@ -15,7 +15,7 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from pipeline.preview import OKABE_ITO, OVERLAY_ALPHA, label_colour, orthogonal_slices, render_preview
+from pipeline.outputs.preview import OKABE_ITO, OVERLAY_ALPHA, label_colour, orthogonal_slices, render_preview
 
 SHAPE = (33, 34, 35)
 RAS = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -82,7 +82,7 @@ def test_lps_and_ras_inputs_give_the_same_picture(tmp_path, monkeypatch):
     lps = orthogonal_slices(lps_image, lps_mask, lps_affine)
     assert [p.index for p in ras] == [27, 27, 27] and [p.index for p in lps] == [27, 34 - 1 - 27, 33 - 1 - 27]
     # the stored slice numbers in the panel titles differ (the LPS copy's x and y run backwards); all else not
-    monkeypatch.setattr("pipeline.preview._panel_title", lambda panel, structure: panel.name)
+    monkeypatch.setattr("pipeline.outputs.preview._panel_title", lambda panel, structure: panel.name)
     a = render_preview(image, mask, RAS, {1: "liver", 2: "spleen"}, tmp_path / "ras.png", window=(0, 400))
     b = render_preview(
         lps_image, lps_mask, lps_affine, {1: "liver", 2: "spleen"}, tmp_path / "lps.png", window=(0, 400)
@@ -237,7 +237,7 @@ def _label_volumes(shape):
 @pytest.mark.parametrize("shape", [(17, 19, 21), (19, 17)])
 @pytest.mark.parametrize("which", ["largest", "smallest"])
 def test_same_panels_as_whole_volume_reorientation(affine_name, shape, which, monkeypatch):
-    monkeypatch.setattr("pipeline.preview.SLAB_VOXELS", 700)  # several slabs even on tiny volumes
+    monkeypatch.setattr("pipeline.outputs.preview.SLAB_VOXELS", 700)  # several slabs even on tiny volumes
     affine = AFFINES[affine_name]
     image = np.random.default_rng(3).normal(0, 100, shape)  # float64: panels are float32 as before
     for volume_name, mask in _label_volumes(shape).items():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.report import EXIT_OK, EXIT_SOME_FAILED, BatchReport, CaseResult, error_text
+from pipeline.batch.report import EXIT_OK, EXIT_SOME_FAILED, BatchReport, CaseResult, error_text
 
 
 def _read(report: BatchReport):

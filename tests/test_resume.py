@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.core.checkpoint import load_checkpoint
 from tests.conftest import BUNDLES
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"

@@ -15,10 +15,10 @@ from monai.data import MetaTensor
 from scipy import ndimage
 from skimage.draw import polygon
 
-from pipeline.dicom_series import write_dicom_series
-from pipeline.preview import label_colour
-from pipeline.rtstruct import write_rtstruct
-from pipeline.rtstruct_read import _fill_even_odd, read_rtstruct, rtstruct_to_mask
+from pipeline.synthetic.dicom_series import write_dicom_series
+from pipeline.outputs.preview import label_colour
+from pipeline.outputs.rtstruct import write_rtstruct
+from pipeline.outputs.rtstruct_read import _fill_even_odd, read_rtstruct, rtstruct_to_mask
 from tests.dicom_checks import dice, fill_each_contour
 from transforms.dicom import load_dicom
 
@@ -241,7 +241,7 @@ def test_holes_and_islands_read_back_both_ways(oblique_series, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["nested", "holes_on_one_row", "random_0"])
 def test_contours_cut_into_bands_still_read_back_both_ways(oblique_series, tmp_path, monkeypatch, name):
-    monkeypatch.setattr("pipeline.rtstruct._MAX_DS_BYTES", 600)  # about 20 points a contour: many cuts
+    monkeypatch.setattr("pipeline.outputs.rtstruct._MAX_DS_BYTES", 600)  # about 20 points a contour: many cuts
     files, _ = oblique_series
     mask = _shapes(name)
     out = write_rtstruct(mask, files, {1: "organ", 2: "lesion"}, tmp_path / "rs.dcm")

@@ -9,9 +9,9 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from pipeline.checkpoint import network_from_checkpoint
-from pipeline.run_artifacts import RunArtifactsHandler, epoch_loss_points, log_pytorch_model
-from pipeline.training import train_bundle
+from pipeline.core.checkpoint import network_from_checkpoint
+from pipeline.tracking.run_artifacts import RunArtifactsHandler, epoch_loss_points, log_pytorch_model
+from pipeline.training.train import train_bundle
 from tests.conftest import BUNDLES
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.stats import paired_stats
+from pipeline.evaluation.stats import paired_stats
 
 
 def test_matches_scipy_on_random_pairs():

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from pipeline.synthetic import LABELS, Phantom, make_phantom, synthesize, write_case
-from pipeline.synthetic_anatomy import TISSUES, draw_tissues
+from pipeline.synthetic.phantoms import LABELS, Phantom, make_phantom, synthesize, write_case
+from pipeline.synthetic.anatomy import TISSUES, draw_tissues
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (48, 44, 12)

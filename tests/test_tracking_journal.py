@@ -18,11 +18,11 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
 from pipeline.cli import main
-from pipeline.compare import compare_runs
-from pipeline.resilient_mlflow import ResilientMLFlowHandler
-from pipeline.run_tags import CKPT_DIR_TAG
-from pipeline.tracking_journal import TrackingJournal, open_journal
-from pipeline.tracking_sync import JournalReplayer, SyncPolicy, sync_run
+from pipeline.evaluation.compare import compare_runs
+from pipeline.tracking.mlflow_handler import ResilientMLFlowHandler
+from pipeline.tracking.run_tags import CKPT_DIR_TAG
+from pipeline.tracking.journal import TrackingJournal, open_journal
+from pipeline.tracking.sync import JournalReplayer, SyncPolicy, sync_run
 
 
 def _free_port() -> int:
@@ -190,13 +190,13 @@ def test_compare_warns_about_unsynced_records_and_sees_the_best_dice_once_synced
     journal.log_metrics({"val_mean_dice": 0.5}, step=1)
     assert JournalReplayer(journal).flush()
     journal.log_metrics({"val_mean_dice": 0.9}, step=2)  # journaled while the store was away
-    with caplog.at_level(logging.WARNING, logger="pipeline.compare"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.compare"):
         row = compare_runs(uri, experiment="journal").rows[0]
     assert (row["val_mean_dice_best"], row["best_step"]) == (0.5, 1)
     assert f"clinseg tracking sync {tmp_path / 'ckpt'}" in caplog.text and "1 metrics records" in caplog.text
     assert JournalReplayer(journal).flush()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.compare"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.compare"):
         row = compare_runs(uri, experiment="journal").rows[0]
     assert (row["val_mean_dice_best"], row["best_step"]) == (0.9, 2) and not caplog.text
 

@@ -10,9 +10,9 @@ import mlflow
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.synthetic import synthesize
-from pipeline.training import train_bundle
+from pipeline.core.checkpoint import load_checkpoint
+from pipeline.synthetic.phantoms import synthesize
+from pipeline.training.train import train_bundle
 from tests.conftest import BUNDLES, TINY_SHAPE
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
@@ -84,7 +84,7 @@ def test_cosine_warmup_and_stage2_finetune_overlays(dataset8, tmp_path):
 
 
 def test_gradient_clip_and_early_stop_arguments_are_checked():
-    from pipeline.handlers import GradientClipHandler, ValidationEarlyStopping
+    from pipeline.training.handlers import GradientClipHandler, ValidationEarlyStopping
 
     with pytest.raises(ValueError, match="max_norm must be >= 0"):
         GradientClipHandler(-1.0)
@@ -95,7 +95,7 @@ def test_gradient_clip_and_early_stop_arguments_are_checked():
 def test_gradient_clip_handler_clips_on_step_iterations_only():
     from types import SimpleNamespace
 
-    from pipeline.handlers import GradientClipHandler
+    from pipeline.training.handlers import GradientClipHandler
 
     net = torch.nn.Linear(4, 1)
     engine = SimpleNamespace(network=net, accumulation_steps=2, amp=False,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from pipeline.inference_options import InferenceOptions
-from pipeline.predictor import Predictor
-from pipeline.uniform_patches import UniformPatchCache
+from pipeline.inference.options import InferenceOptions
+from pipeline.inference.predictor import Predictor
+from pipeline.inference.uniform_patches import UniformPatchCache
 from tests.test_predictor import BUNDLE, random_checkpoint
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipeline.volumetry import VOLUME_COLUMNS, structure_volumes, voxel_volume_ml, write_volumes_csv
+from pipeline.outputs.volumetry import VOLUME_COLUMNS, structure_volumes, voxel_volume_ml, write_volumes_csv
 
 SHAPE = (33, 34, 35)
 LABELS = {1: "spleen", 2: "liver", 4: "absent"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipeline.writers import as_affine, spatial_array, write_mask_nifti, write_probabilities_nifti
+from pipeline.outputs.nifti import as_affine, spatial_array, write_mask_nifti, write_probabilities_nifti
 
 SHAPE = (33, 34, 35)
 

@@ -112,7 +112,7 @@ class FusionSegNet(nn.Module):
     segmentation logits in training and eval mode alike. Each ``forward`` also stores ``self.last_fused``
     (the fused image ``(B, 1, *spatial)``, still attached to the graph) and ``self.last_input`` (the input
     modalities); both are empty tensors before the first call and hold the LAST call only, so a loss such as
-    ``pipeline.losses.JointFusionSegLoss`` can add the fusion term. :meth:`forward_with_fused` returns both
+    ``pipeline.training.losses.JointFusionSegLoss`` can add the fusion term. :meth:`forward_with_fused` returns both
     explicitly. Two-stage schedule: ``set_stage("fusion_pretrain")`` trains the fusion net alone (segmenter
     frozen), ``set_stage("joint")`` fine-tunes everything; :meth:`freeze_fusion` freezes or releases the
     fusion network by itself.

@@ -1,0 +1,170 @@
+"""Batch-run report: one result per case, rewritten atomically after every case so a killed run still leaves
+an accurate ``report.json`` and ``summary.csv``; the exit code says whether any case failed."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.atomic import atomic_write_json, atomic_write_text
+
+__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "STATUSES", "BatchReport", "CaseResult", "error_text"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+"""Every case is ``ok`` or ``skipped`` (already complete)."""
+EXIT_SOME_FAILED = 3
+"""At least one case failed; the others were still processed (2 is left to argparse/usage errors)."""
+
+STATUSES = ("ok", "failed", "skipped")
+SUMMARY_COLUMNS = ("case", "status", "input_kind", "shape", "spacing", "seconds", "error", "warnings")
+
+
+def error_text(exc: BaseException) -> str:
+    """``"<ExceptionType>: <message>"``, one line, for the report.
+
+    Only the exception's own message is kept (no traceback, no locals): our loaders raise messages that
+    name files and rules but never patient names or IDs, so this is safe to save. MONAI's
+    ``RuntimeError("applying transform ...")`` wrappers are unwrapped to the error that caused them.
+    """
+    while isinstance(exc, RuntimeError) and str(exc).startswith("applying transform") and exc.__cause__:
+        exc = exc.__cause__
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+@dataclass
+class CaseResult:
+    """Outcome of one case.
+
+    Attributes:
+        case: case identifier (the patient-folder name chosen by the user, never read from DICOM).
+        status: ``"ok"``, ``"failed"`` or ``"skipped"``.
+        error: :func:`error_text` of the failure, ``None`` unless failed.
+        input_kind: e.g. ``"dicom"``, ``"nifti"``.
+        inputs: input key -> the path read (a NIfTI file or a DICOM folder), so a folder holding both says which.
+        warnings: problems that did not stop the case (e.g. the scan's modality differs from the bundle's).
+        shape: spatial shape of the input ``(X, Y[, Z])``.
+        spacing: voxel sizes in mm.
+        seconds: wall time spent on the case.
+        outputs: output name -> path relative to the output root.
+    """
+
+    case: str
+    status: str
+    error: str | None = None
+    input_kind: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    shape: Sequence[int] | None = None
+    spacing: Sequence[float] | None = None
+    seconds: float | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.case, str) or not self.case:
+            raise ValueError(f"case must be a non-empty string, got {self.case!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if (self.status == "failed") != (self.error is not None):
+            raise ValueError(f"error must be given exactly when status is 'failed' (case {self.case!r})")
+        self.shape = None if self.shape is None else [int(v) for v in self.shape]
+        self.spacing = None if self.spacing is None else [float(v) for v in self.spacing]
+        self.outputs = {str(k): str(v) for k, v in self.outputs.items()}
+        self.inputs = {str(k): str(v) for k, v in self.inputs.items()}
+        self.warnings = [str(w) for w in self.warnings]
+
+    @classmethod
+    def failed(cls, case: str, exc: BaseException, **kwargs: Any) -> CaseResult:
+        """A ``"failed"`` result whose ``error`` is :func:`error_text` of ``exc``."""
+        return cls(case=case, status="failed", error=error_text(exc), **kwargs)
+
+
+def _fmt_list(values: Sequence | None, fmt: str) -> str:
+    return "" if values is None else "x".join(format(v, fmt) for v in values)
+
+
+class BatchReport:
+    """Accumulates :class:`CaseResult` s and rewrites ``report.json`` and ``summary.csv`` after each.
+
+    Args:
+        out_dir: folder receiving ``report.json`` and ``summary.csv`` (created if missing).
+        run_info: JSON-serialisable facts about the run saved under ``"run"`` (bundle name and version,
+            device, options); never patient data.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, run_info: Mapping[str, Any] | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.run_info = dict(run_info or {})
+        self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.results: list[CaseResult] = []
+        self.write()
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / "report.json"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out_dir / "summary.csv"
+
+    def counts(self) -> dict[str, int]:
+        """Number of cases per status."""
+        return {s: sum(r.status == s for r in self.results) for s in STATUSES}
+
+    def add(self, result: CaseResult) -> None:
+        """Record ``result`` (replacing an earlier one for the same case) and rewrite both files."""
+        if not isinstance(result, CaseResult):
+            raise TypeError(f"result must be a CaseResult, got {type(result).__name__}")
+        self.results = [r for r in self.results if r.case != result.case] + [result]
+        if result.status == "failed":
+            logger.warning("case %s failed: %s", result.case, result.error)
+        self.write()
+
+    def summary_line(self) -> str:
+        """``"4 cases: 3 ok, 1 failed, 0 skipped; report: OUT/report.json"``."""
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        return f"{len(self.results)} cases: {counts}; report: {self.json_path}"
+
+    def exit_code(self) -> int:
+        """:data:`EXIT_SOME_FAILED` if any case failed, else :data:`EXIT_OK`."""
+        return EXIT_SOME_FAILED if any(r.status == "failed" for r in self.results) else EXIT_OK
+
+    def write(self) -> None:
+        """Rewrite ``report.json`` and ``summary.csv`` atomically."""
+        report = {
+            "started": self.started,
+            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run": self.run_info,
+            "counts": self.counts(),
+            "exit_code": self.exit_code(),
+            "cases": [asdict(r) for r in self.results],
+        }
+        atomic_write_json(self.json_path, report)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(SUMMARY_COLUMNS)
+        for r in self.results:
+            seconds = "" if r.seconds is None else f"{r.seconds:.2f}"
+            writer.writerow(
+                [
+                    r.case,
+                    r.status,
+                    r.input_kind or "",
+                    _fmt_list(r.shape, "d"),
+                    _fmt_list(r.spacing, ".4g"),
+                    seconds,
+                    r.error or "",
+                    " | ".join(r.warnings),
+                ]
+            )
+        atomic_write_text(self.csv_path, buf.getvalue())

@@ -1,0 +1,307 @@
+"""Batch inference over a folder of patients: one bad case never stops the batch, reruns skip finished cases.
+
+Layout of ``OUT`` (see :mod:`pipeline.batch.case_outputs` for the per-case files)::
+
+    OUT/<case>/seg.nii.gz, volumes.json, preview.png[, seg.dcm][, probabilities.nii.gz], .complete.json
+    OUT/report.json, summary.csv, volumes.csv      (per shard: report.shard-i-of-n.json, ...)
+
+A case is finished when its ``.complete.json`` lists every output with its size and the run settings
+(bundle, checkpoints, sliding window, TTA, cropping, postprocessing) equal the current ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from pipeline.core.atomic import COMPLETE_MARKER, clear_complete, is_complete, mark_complete
+from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, required_outputs, write_case_outputs
+from pipeline.batch.discovery import DEFAULT_MODALITIES, Case, discover_cases
+from pipeline.inference.predictor import INPUT_SUFFIX, Predictor
+from pipeline.batch.prefetch import Prefetched, prefetch
+from pipeline.batch.report import BatchReport, CaseResult
+from pipeline.batch.shard import Shard
+from pipeline.outputs.volumetry import write_volumes_csv
+
+__all__ = ["SEG_NAME", "BatchOptions", "merge_shards", "predict_folder"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a folder is processed.
+
+    Attributes:
+        split: datalist split when the source is a JSON file.
+        overwrite: redo cases whose outputs are already complete.
+        outputs: optional per-case files (DICOM SEG, probabilities, preview).
+        prefetch: cases loaded and preprocessed ahead in background threads (0: none). ``None``: one when the
+            network runs on a GPU; none on CPU, where loading would compete with the network for the same cores
+            (measured slower on 2 cores, benchmarks/RESULTS.md).
+        workers: loading threads.
+        shard: the part of the sorted cases this process handles.
+        progress: show a progress bar (cases done, failures, cases/min) on stderr.
+    """
+
+    split: str = "test"
+    overwrite: bool = False
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+    prefetch: int | None = None
+    workers: int = 1
+    shard: Shard = field(default_factory=Shard)
+    progress: bool = False
+
+
+class _ShardReport(BatchReport):
+    """``BatchReport`` writing ``report<suffix>.json`` / ``summary<suffix>.csv`` (suffix ``.shard-i-of-n``)."""
+
+    def __init__(self, out_dir: Path, run_info: dict[str, Any], suffix: str) -> None:
+        self.suffix = suffix
+        super().__init__(out_dir, run_info)
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / f"report{self.suffix}.json"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out_dir / f"summary{self.suffix}.csv"
+
+
+def predict_folder(
+    predictor: Predictor,
+    source: str | Path,
+    output: str | Path,
+    *,
+    options: BatchOptions | None = None,
+    **changes: Any,
+) -> BatchReport:
+    """Segment every case of ``source`` (this shard's share) into ``output/<case>/`` on each input's own grid.
+
+    Args:
+        predictor: a built :class:`~pipeline.inference.predictor.Predictor`.
+        source: folder of patient folders, flat folder of NIfTI files, or a datalist JSON.
+        output: output folder; the report, summary and volumes table are rewritten after every case.
+        options: batch options; ``changes`` replace single fields (``overwrite=True``, ``split="test"``).
+
+    Returns:
+        The report; ``report.exit_code()`` is 0 when no case failed, 3 otherwise.
+    """
+    options = replace(options or BatchOptions(), **changes)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    found = discover_cases(
+        source, split=options.split, modalities={k: DEFAULT_MODALITIES.get(k, (k,)) for k in predictor.input_keys}
+    )
+    cases = options.shard.select(found)
+    settings = {**predictor.settings(), **_output_settings(options.outputs)}
+    shard_text = f"{options.shard.index}/{options.shard.count}"
+    run_info = {
+        **settings,
+        "device": str(predictor.device),
+        "source_kind": _kind(source),
+        "shard": shard_text,
+    }
+    report = _ShardReport(output, run_info, options.shard.suffix)
+    volumes: dict[str, list[dict]] = {}
+    logger.info("%d cases found, %d in shard %s", len(found), len(cases), shard_text)
+
+    todo: list[Case] = []
+    for case in cases:
+        case_dir = output / case.case_id
+        # appended without a rewrite each: the report is written once after this loop
+        for warning in case.warnings:
+            logger.warning("case %s: %s", case.case_id, warning)
+        if case.problem:
+            logger.warning("case %s failed: %s", case.case_id, case.problem)
+            report.results.append(
+                CaseResult(
+                    case=case.case_id, status="failed", error=case.problem, input_kind=case.kind,
+                    inputs=case.inputs, warnings=list(case.warnings),
+                )
+            )
+        elif not options.overwrite and _finished(case_dir, options.outputs, settings):
+            volumes[case.case_id] = json.loads((case_dir / VOLUMES_NAME).read_text())
+            report.results.append(
+                CaseResult(
+                    case=case.case_id,
+                    status="skipped",
+                    input_kind=case.kind,
+                    inputs=case.inputs,
+                    warnings=_marker(case_dir).get("warnings", list(case.warnings)),
+                    outputs=_relative(case, _listed_outputs(case_dir)),
+                )
+            )
+        else:
+            todo.append(case)
+    report.write()
+    _write_volumes(output, options.shard, cases, volumes)
+
+    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", disable=not options.progress)
+    start = time.perf_counter()
+    with bar, logging_redirect_tqdm() if options.progress else nullcontext():
+        loaded = prefetch(
+            todo, lambda c: predictor.load(c.inputs), ahead=_prefetch(options, predictor), workers=options.workers
+        )
+        for done, item in enumerate(loaded, 1):
+            case = item.item
+            result, rows = _finish_case(predictor, item, output / case.case_id, options.outputs, settings)
+            if rows is not None:
+                volumes[case.case_id] = rows
+            report.add(result)
+            _write_volumes(output, options.shard, cases, volumes)
+            level = logging.WARNING if result.status == "failed" else logging.INFO
+            logger.log(
+                level, "%s: %s%s", case.case_id, result.status, f" ({result.error})" if result.error else ""
+            )
+            failed = report.counts()["failed"]
+            bar.set_postfix(failed=failed, per_min=f"{60 * done / (time.perf_counter() - start):.1f}")
+            bar.update()
+    logger.info("%s", report.summary_line())
+    return report
+
+
+def merge_shards(output: str | Path) -> BatchReport:
+    """Merge the shard files of a finished sharded run into ``report.json``, ``summary.csv`` and ``volumes.csv``.
+
+    Raises:
+        FileNotFoundError: no shard reports, or some shard of the run has not written its report yet.
+        ValueError: shard reports of runs with different shard counts.
+    """
+    output = Path(output)
+    found = {}
+    for path in output.glob("report.shard-*-of-*.json"):
+        match = re.fullmatch(r"report\.shard-(\d+)-of-(\d+)\.json", path.name)
+        if match:
+            found[(int(match.group(1)), int(match.group(2)))] = path
+    counts = {n for _, n in found}
+    if not found:
+        raise FileNotFoundError(f"no shard reports (report.shard-i-of-n.json) in {output}")
+    if len(counts) != 1:
+        raise ValueError(f"{output} holds shard reports of runs with different shard counts {sorted(counts)}")
+    count = counts.pop()
+    missing = [i for i in range(count) if (i, count) not in found]
+    if missing:
+        raise FileNotFoundError(f"shards {missing} of {count} have not written their report in {output} yet")
+    shards = [json.loads(found[(i, count)].read_text()) for i in range(count)]
+    run_info = {**shards[0]["run"], "shard": f"merged {count}"}
+    merged = BatchReport(output, run_info)
+    results = sorted((r for s in shards for r in s["cases"]), key=lambda r: r["case"])
+    for result in results:
+        merged.results.append(CaseResult(**result))
+    merged.write()
+    rows = []
+    for i in range(count):
+        with (output / f"volumes{Shard(i, count).suffix}.csv").open(newline="") as f:
+            rows.extend(csv.DictReader(f))
+    write_volumes_csv(sorted(rows, key=lambda r: (r["case"], int(r["label"]))), output / "volumes.csv")
+    return merged
+
+
+def _finish_case(
+    predictor: Predictor, item: Prefetched, case_dir: Path, outputs: OutputOptions, settings: dict[str, Any]
+) -> tuple[CaseResult, list[dict] | None]:
+    case: Case = item.item
+    start = time.perf_counter()
+    if case_dir.is_dir():
+        clear_complete(case_dir)  # before anything is rewritten: an interrupted redo must not look finished
+        for stale in case_dir.glob(".tmp-*"):  # left by a killed run; only this process writes this case
+            stale.unlink()
+    known = {"input_kind": case.kind, "inputs": case.inputs}
+    if item.error is not None:
+        logger.debug("case %s failed to load", case.case_id, exc_info=item.error)
+        return CaseResult.failed(
+            case.case_id, item.error, warnings=list(case.warnings), seconds=item.seconds, **known
+        ), None
+    data = item.value
+    warnings = list(case.warnings)
+    try:
+        for warning in predictor.input_warnings(data):
+            logger.warning("case %s: %s", case.case_id, warning)
+            warnings.append(warning)
+        segmentation = predictor.segment(data, keep_probabilities=outputs.probabilities)
+        image = data[predictor.input_keys[0] + INPUT_SUFFIX]
+        case_dir.mkdir(parents=True, exist_ok=True)
+        names, rows = write_case_outputs(
+            segmentation,
+            image,
+            case_dir,
+            predictor.label_names,
+            kind=case.kind,
+            options=outputs,
+            display_window=predictor.display_window,
+            algorithm_name=predictor.bundle_name or "clinseg",
+        )
+        mark_complete(case_dir, names, info=settings, warnings=warnings)
+    except Exception as e:  # one bad case must never stop the batch; the reason goes to the report
+        logger.debug("case %s failed", case.case_id, exc_info=True)
+        return CaseResult.failed(
+            case.case_id, e, warnings=warnings, seconds=item.seconds + time.perf_counter() - start, **known
+        ), None
+    seg = segmentation.labels
+    result = CaseResult(
+        case=case.case_id,
+        status="ok",
+        warnings=warnings,
+        shape=list(seg.shape[1:]),
+        spacing=[float(v) for v in image.pixdim],
+        seconds=item.seconds + time.perf_counter() - start,
+        outputs=_relative(case, names),
+        **known,
+    )
+    return result, rows
+
+
+def _prefetch(options: BatchOptions, predictor: Predictor) -> int:
+    if options.prefetch is not None:
+        return options.prefetch
+    return 1 if predictor.device.type != "cpu" else 0
+
+
+def _finished(case_dir: Path, outputs: OutputOptions, settings: dict[str, Any]) -> bool:
+    names = set(required_outputs(outputs)) | set(_listed_outputs(case_dir))
+    return is_complete(case_dir, sorted(names), info=settings)
+
+
+def _marker(case_dir: Path) -> dict[str, Any]:
+    """The case's completion marker, ``{}`` when absent or unreadable."""
+    try:
+        record = json.loads((case_dir / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _listed_outputs(case_dir: Path) -> list[str]:
+    try:
+        return list(_marker(case_dir)["outputs"])
+    except (KeyError, TypeError):
+        return []
+
+
+def _relative(case: Case, names: list[str]) -> dict[str, str]:
+    return {name: f"{case.case_id}/{name}" for name in names}
+
+
+def _write_volumes(output: Path, shard: Shard, cases: list[Case], volumes: dict[str, list[dict]]) -> None:
+    rows = [{"case": c.case_id, **row} for c in cases for row in volumes.get(c.case_id, [])]
+    write_volumes_csv(rows, output / f"volumes{shard.suffix}.csv")
+
+
+def _output_settings(outputs: OutputOptions) -> dict[str, Any]:
+    return asdict(outputs)
+
+
+def _kind(source: str | Path) -> str:
+    return "datalist" if str(source).endswith(".json") else "folder"

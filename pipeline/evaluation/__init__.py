@@ -1,0 +1,1 @@
+"""Scoring checkpoints on labelled cases: per-case metrics, tables, run comparison, paired statistics."""

@@ -1,0 +1,135 @@
+"""MLflow run tags that make a run findable: bundle, code version, data version, device and library versions.
+
+The dataset fingerprint hashes the datalist's split membership, relative file paths and file sizes, never
+file contents or the ``case`` field, so it identifies a dataset version without carrying patient identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.datalist import PATH_KEYS, read_datalist
+
+logger = logging.getLogger(__name__)
+
+RUN_TYPE_TAG = "clinseg.run_type"
+CKPT_DIR_TAG = "clinseg.ckpt_dir"
+TRAIN_RUN_TAG = "clinseg.train_run_id"
+FOLD_TAG = "fold"
+
+
+def _files_of(path: Path) -> Iterator[Path]:
+    if path.is_dir():
+        yield from sorted(p for p in path.rglob("*") if p.is_file())
+    elif path.is_file():
+        yield path
+
+
+def dataset_fingerprint(datalist_file: str | Path) -> str:
+    """sha256 over the sorted lines ``split<TAB>relative/path<TAB>size`` of every file a datalist references.
+
+    Folders (DICOM series) contribute each file inside them. Paths are relative to the datalist's folder, so
+    the fingerprint survives moving the dataset; a missing file contributes size ``-1``.
+
+    Args:
+        datalist_file: an MSD-style ``dataset.json``.
+
+    Returns:
+        ``"sha256:<64 hex digits>"``.
+    """
+    datalist_file = Path(datalist_file)
+    content = read_datalist(datalist_file)
+    root = datalist_file.parent.resolve()
+    lines: set[str] = set()
+    for split, entries in content.items():
+        if not isinstance(entries, list):
+            continue
+        for raw in entries:
+            entry = {"image": raw} if isinstance(raw, str) else raw
+            if not isinstance(entry, Mapping):
+                continue
+            for key in PATH_KEYS:
+                value = entry.get(key)
+                if not isinstance(value, str):
+                    continue
+                target = (root / value).resolve()
+                files = list(_files_of(target))
+                if not files:
+                    lines.add(f"{split}\t{os.path.relpath(target, root)}\t-1")
+                for file in files:
+                    lines.add(f"{split}\t{os.path.relpath(file, root)}\t{file.stat().st_size}")
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+    return f"sha256:{digest}"
+
+
+def git_commit(path: str | Path = ".") -> str:
+    """The commit hash of the git checkout holding ``path`` (``"unknown"`` outside git), ``+dirty`` if modified."""
+    cwd = Path(path).resolve()
+    cwd = cwd if cwd.is_dir() else cwd.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def run_tags(
+    meta: Mapping[str, Any] | None = None,
+    *,
+    datalist_file: str | Path | None = None,
+    bundle_root: str | Path | None = None,
+    device: Any = None,
+    run_type: str = "training",
+    fold: int | None = None,
+    ckpt_dir: str | Path | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Tags for a training or evaluation run, callable from bundle configs.
+
+    Example (train.yaml): ``tags: $pipeline.tracking.run_tags.run_tags(@_meta_, datalist_file=@datalist_file,
+    bundle_root=@bundle_root, device=@device, ckpt_dir=@ckpt_dir)``.
+
+    Args:
+        meta: the bundle's ``metadata.json`` content (``@_meta_``): name and version.
+        datalist_file: the datalist trained or evaluated on, fingerprinted by :func:`dataset_fingerprint`.
+        bundle_root: folder inside the git checkout whose commit is recorded (default: working directory).
+        device: the torch device the run used.
+        run_type: ``"training"`` or ``"evaluation"``.
+        fold: cross-validation fold, tagged as ``fold`` when given.
+        ckpt_dir: checkpoint folder, so an evaluation can find the training run of a checkpoint.
+        extra: further tags.
+    """
+    import monai
+    import torch
+
+    tags = {
+        RUN_TYPE_TAG: run_type,
+        "bundle.name": str((meta or {}).get("name", "")),
+        "bundle.version": str((meta or {}).get("version", "")),
+        "git.commit": git_commit(bundle_root or "."),
+        "device": str(device if device is not None else "cpu"),
+        "torch.version": torch.__version__,
+        "monai.version": monai.__version__,
+    }
+    if datalist_file is not None:
+        tags["dataset.fingerprint"] = dataset_fingerprint(datalist_file)
+    if fold is not None:
+        tags[FOLD_TAG] = str(int(fold))
+    if ckpt_dir is not None:
+        tags[CKPT_DIR_TAG] = str(Path(ckpt_dir).resolve())
+    for key, value in (extra or {}).items():
+        tags[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    return tags

@@ -1,0 +1,1 @@
+"""Training wiring for the bundles: train_bundle, engine handlers, losses, metrics, the fusion schedule."""

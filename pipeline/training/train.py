@@ -1,0 +1,127 @@
+"""Train a bundle through MONAI's ConfigWorkflow and summarize the run (best metric, checkpoints, MLflow run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.bundle import Bundle
+from pipeline.tracking.store import default_tracking_uri
+
+CONFIG_AS_RUN = (
+    "config_run.json"  # the config as run, written into the checkpoint folder (MLflow params, artifact)
+)
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    bundle: str
+    run_name: str
+    tracking_uri: str
+    ckpt_dir: Path
+    best_metric: float
+    best_epoch: int
+    epochs: int
+    best_per_class: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    unsynced: str = ""  # MLflow records still only in the run's journal, e.g. "12 metrics records, 1 status"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.ckpt_dir / "model.pt"
+
+    def summary(self) -> str:
+        per_class = ", ".join(f"{k} {v:.4f}" for k, v in self.best_per_class.items())
+        return (
+            f"{self.bundle}: best val_mean_dice {self.best_metric:.4f} at epoch {self.best_epoch}/{self.epochs}"
+            + (f" ({per_class})" if per_class else "")
+            + f"\ncheckpoints: {self.ckpt_dir}\nMLflow run {self.run_name} ({self.run_id or 'not created yet'}) "
+            + f"in {self.tracking_uri}"
+            + (
+                f"\nwarning: not yet in MLflow: {self.unsynced}; replay with: clinseg tracking sync {self.ckpt_dir}"
+                if self.unsynced
+                else ""
+            )
+        )
+
+
+def train_bundle(
+    bundle: str | Path | Bundle,
+    *,
+    dataset_dir: str | Path | None = None,
+    ckpt_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    max_epochs: int | None = None,
+    resume: bool = False,
+    fold: int | None = None,
+    folds: int = 5,
+    fold_seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    config: str | list[str] = "train",
+) -> TrainResult:
+    """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides.
+
+    ``resume=True`` continues from the newest checkpoint in ``ckpt_dir`` and logs into the same MLflow run.
+    ``fold=k`` trains fold k of a deterministic patient-level ``folds``-fold split of the datalist's
+    training + validation cases (the fold's datalist is written into ``ckpt_dir``; the run is tagged).
+    """
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
+    settings: dict[str, Any] = dict(overrides or {})
+    if dataset_dir is not None:
+        settings["dataset_dir"] = str(Path(dataset_dir).resolve())
+    if ckpt_dir is not None:
+        settings["ckpt_dir"] = str(Path(ckpt_dir).resolve())
+    if max_epochs is not None:
+        settings["max_epochs"] = max_epochs
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume needs the run's checkpoint folder (ckpt_dir / --ckpt-dir)")
+        settings["resume"] = True
+    settings["tracking_uri"] = tracking_uri or default_tracking_uri()
+    if fold is not None:
+        if ckpt_dir is None or dataset_dir is None:
+            raise ValueError("cross-validation needs dataset_dir and a ckpt_dir per fold (e.g. runs/fold0)")
+        from pipeline.core.splits import fold_datalist
+
+        datalist = fold_datalist(
+            Path(dataset_dir) / "dataset.json", fold, folds, fold_seed,
+            out_path=Path(ckpt_dir) / f"dataset_fold{fold}of{folds}.json",
+        )  # fmt: skip
+        settings.update(datalist_file=str(datalist.resolve()), fold=fold)
+    run_dir = Path(settings["ckpt_dir"]) if "ckpt_dir" in settings else bundle.root / "models"
+    workflow = bundle.run(config, export_config=run_dir / CONFIG_AS_RUN, **settings)
+    parser = workflow.parser
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    trainer = parser.get_parsed_content("train#trainer")
+    result = TrainResult(
+        bundle=bundle.name,
+        run_name=parser.get_parsed_content("run_name"),
+        tracking_uri=parser.get_parsed_content("tracking_uri"),
+        ckpt_dir=Path(parser.get_parsed_content("ckpt_dir")),
+        best_metric=float(evaluator.state.best_metric),
+        best_epoch=int(evaluator.state.best_metric_epoch),
+        epochs=int(trainer.state.epoch),
+    )
+    if parser.get("tracking_journal") is not None:
+        _read_back_run(result, Path(parser.get_parsed_content("tracking_journal")))
+    return result
+
+
+def _read_back_run(result: TrainResult, journal_dir: Path) -> None:
+    """Fill the MLflow run id, the per-class validation metrics at the best epoch and what is still unsynced,
+    from the run's journal on disk (no request to a tracking server that may be gone)."""
+    from pipeline.tracking.journal import open_journal
+
+    if not (journal_dir / "journal.jsonl").is_file():
+        return
+    journal = open_journal(journal_dir)
+    result.run_id = journal.state.get("run_id")
+    result.unsynced = journal.describe_pending()
+    for key, history in sorted(journal.metric_histories().items()):
+        if key.startswith("val_dice_"):
+            at_best = [m.value for m in history if m.step == result.best_epoch]
+            if at_best:
+                result.best_per_class[key.removeprefix("val_dice_")] = at_best[-1]
