@@ -22,7 +22,8 @@ from pipeline.evaluation.evaluate import (
     summarize,
     voxel_spacing,
 )
-from pipeline.inference.predictor import InferenceOptions, Predictor, Segmentation
+from pipeline.inference.case import Segmentation
+from pipeline.inference.predictor import InferenceOptions, Predictor
 from pipeline.tracking.run_tags import RUN_TYPE_TAG
 from tests.conftest import BUNDLES
 from transforms.io import load_scan

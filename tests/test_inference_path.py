@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
 from pipeline.core.bundle import Bundle
-from pipeline.inference.options import InferenceOptions
+from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
 from tests.conftest import BUNDLES, REPO
 
@@ -88,3 +89,31 @@ def test_options_resolve_once_into_the_bundle_components(checkpoint):
     assert list(given.inferer.roi_size) == ROI and given.inferer.overlap == 0.25 and given.inferer.mode == "constant"
     assert given.options.restore == "nearest" and given.postprocessing.transforms[0].mode == "nearest"
     assert given.settings()["roi_size"] == ROI and given.settings()["overlap"] == 0.25
+
+
+def _inference_flags(command: str) -> set[str]:
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    groups = subcommands[command]._action_groups
+    return {flag for g in groups if g.title == "inference" for a in g._group_actions for flag in a.option_strings}
+
+
+def test_predict_and_evaluate_share_the_inference_options(tiny_dataset, checkpoint, monkeypatch):
+    flags = {"--tta", "--crop-foreground", "--amp", "--restore", "--keep-largest", "--min-size-ml", "--fill-holes",
+             "--roi-size", "--overlap", "--sw-batch-size", "--mode", "--device"}  # fmt: skip
+    assert flags <= _inference_flags("predict") == _inference_flags("evaluate")
+    import pipeline.evaluation.evaluate as evaluate
+
+    seen = {}
+
+    def from_bundle(bundle, checkpoints, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(evaluate.Predictor, "from_bundle", from_bundle)
+    code = main(["evaluate", str(BUNDLE), "--checkpoint", str(checkpoint), "--dataset-dir", str(tiny_dataset.parent),
+                 "--no-tracking", "--tta", "--crop-foreground", "--no-amp", "--restore", "nearest", "--overlap", "0.25",
+                 "--keep-largest", "1", "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    options = seen["options"]
+    assert options.tta and options.crop_foreground and options.amp is False and options.restore == "nearest"
+    assert options.overlap == 0.25 and seen["postprocess"] == PostprocessOptions(keep_largest=(1,))

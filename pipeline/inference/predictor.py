@@ -35,7 +35,7 @@ from pipeline.inference.tta import mirror_probabilities
 from pipeline.inference.uniform_patches import UniformPatchCache
 from transforms.io import LoadScand
 
-__all__ = ["PRED_KEY", "InferenceOptions", "LoadedCase", "PostprocessOptions", "Predictor", "Segmentation"]
+__all__ = ["PRED_KEY", "Predictor"]
 
 logger = logging.getLogger(__name__)
 
