@@ -51,7 +51,9 @@ def test_monai_bundle_run_and_clinseg_predict_write_the_same_masks(tiny_dataset,
         "--device", "$torch.device('cpu')",
     ]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     code = main([
         "predict", str(BUNDLE), "--input", str(tiny_dataset), "--split", "test", "--output", str(tmp_path / "clinseg"),
@@ -72,7 +74,12 @@ def test_editing_the_bundle_postprocessing_changes_clinseg_predict(tiny_dataset,
               "--roi-size", *map(str, ROI), "--device", "cpu", "--no-preview", "--no-dicom-seg", "--quiet"]  # fmt: skip
     cases = [e["case"] for e in json.loads(tiny_dataset.read_text())["test"]]
     assert main(["predict", str(BUNDLE), "--output", str(tmp_path / "plain"), *common]) == 0
-    edited = ["--set", "postprocessing#transforms#0#mode=nearest", "--set", "label_postprocessing={keep_largest: [1]}"]
+    edited = [
+        "--set",
+        "postprocessing#transforms#0#mode=nearest",
+        "--set",
+        "label_postprocessing={keep_largest: [1]}",
+    ]
     assert main(["predict", str(BUNDLE), "--output", str(tmp_path / "edited"), *common, *edited]) == 0
     plain, changed = _masks(tmp_path / "plain", cases), _masks(tmp_path / "edited", cases)
     assert any(not np.array_equal(plain[c], changed[c]) for c in cases)
@@ -86,22 +93,30 @@ def test_options_resolve_once_into_the_bundle_components(checkpoint):
     assert bundle.options.overlap == 0.5 and bundle.options.mode == "gaussian"
     options = InferenceOptions(roi_size=ROI, overlap=0.25, mode="constant", device="cpu", restore="nearest")
     given = Predictor.from_bundle(BUNDLE, checkpoint, options=options)
-    assert list(given.inferer.roi_size) == ROI and given.inferer.overlap == 0.25 and given.inferer.mode == "constant"
+    assert (
+        list(given.inferer.roi_size) == ROI
+        and given.inferer.overlap == 0.25
+        and given.inferer.mode == "constant"
+    )
     assert given.options.restore == "nearest" and given.postprocessing.transforms[0].mode == "nearest"
     assert given.settings()["roi_size"] == ROI and given.settings()["overlap"] == 0.25
 
 
 def _inference_flags(command: str) -> set[str]:
-    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    subcommands = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
     groups = subcommands[command]._action_groups
-    return {flag for g in groups if g.title == "inference" for a in g._group_actions for flag in a.option_strings}
+    return {
+        flag for g in groups if g.title == "inference" for a in g._group_actions for flag in a.option_strings
+    }
 
 
 def test_predict_and_evaluate_share_the_inference_options(tiny_dataset, checkpoint, monkeypatch):
     flags = {"--tta", "--crop-foreground", "--amp", "--restore", "--keep-largest", "--min-size-ml", "--fill-holes",
              "--roi-size", "--overlap", "--sw-batch-size", "--mode", "--device"}  # fmt: skip
     assert flags <= _inference_flags("predict") == _inference_flags("evaluate")
-    import pipeline.evaluation.evaluate as evaluate
+    from pipeline.evaluation import evaluate
 
     seen = {}
 

@@ -23,20 +23,16 @@ from pipeline.inference.restore import RestoreToInputd
 __all__ = ["configure", "resolved_options", "steps_of"]
 
 
-def _step_ids(parser: ConfigParser, name: str) -> list[str]:
-    """Config ids of the ``postprocessing`` steps whose ``_target_`` is the class ``name``."""
+def _step_ids(parser: ConfigParser, name: str, option: str) -> list[str]:
+    """Config ids of the ``postprocessing`` steps whose ``_target_`` is the class ``name`` (at least one)."""
     steps = parser.get("postprocessing#transforms", [])
-    return [
+    ids = [
         f"postprocessing#transforms#{i}"
         for i, step in enumerate(steps)
         if isinstance(step, dict) and str(step.get("_target_", "")).rsplit(".", 1)[-1] == name
     ]
-
-
-def _postprocessing_steps(parser: ConfigParser, name: str, flag: str) -> list[str]:
-    ids = _step_ids(parser, name)
     if not ids:
-        raise ValueError(f"{flag} needs a {name} step in the bundle's postprocessing; it has none")
+        raise ValueError(f"{option} needs a {name} step in the bundle's postprocessing; it has none")
     return ids
 
 
@@ -60,10 +56,10 @@ def configure(
     parser["inferer#sw_device"] = device
     parser["inferer#device"] = torch.device("cpu") if options.keep_volume_on_cpu else device
     if options.restore is not None:
-        for step in _postprocessing_steps(parser, "RestoreToInputd", "restore"):
+        for step in _step_ids(parser, "RestoreToInputd", "restore"):
             parser[f"{step}#mode"] = options.restore
     if postprocess is not None:
-        for step in _postprocessing_steps(parser, "CleanLabelsd", "label clean-up"):
+        for step in _step_ids(parser, "CleanLabelsd", "label clean-up"):
             parser[f"{step}#settings"] = postprocess.as_dict()
 
 

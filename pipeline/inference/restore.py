@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import torch
@@ -28,7 +28,11 @@ def input_grid(image: MetaTensor) -> tuple[tuple[int, ...], torch.Tensor]:
 
 
 def to_input_grid(
-    values: torch.Tensor, image: MetaTensor, *, reduce=None, mode: str = "bilinear"
+    values: torch.Tensor,
+    image: MetaTensor,
+    *,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mode: str = "bilinear",
 ) -> MetaTensor:
     """``values`` ``(C, x, y[, z])`` on ``image``'s (network) grid resampled slab by slab onto the grid ``image`` was
     read on (:func:`pipeline.inference.grid_restore.resample_slabwise`), as a MetaTensor with ``image``'s meta and
