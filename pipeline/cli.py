@@ -25,6 +25,24 @@ def _overrides(pairs: Sequence[str]) -> dict[str, object]:
     return result
 
 
+def _inference_options(args: argparse.Namespace, device: str | None = None):
+    """The inference options of ``predict`` and ``evaluate`` (see :func:`_add_inference_options`) as
+    ``(InferenceOptions, PostprocessOptions or None)``; ``None`` fields keep the bundle's values."""
+    from pipeline.inference.options import InferenceOptions, PostprocessOptions
+
+    options = InferenceOptions(
+        roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, mode=args.mode,
+        device=device or args.device, keep_volume_on_cpu=not args.volume_on_device, tta=args.tta,
+        crop_foreground=args.crop_foreground, foreground_hu=args.foreground_hu, crop_margin=args.crop_margin,
+        restore=args.restore, amp=args.amp,
+    )  # fmt: skip
+    postprocess = None
+    if args.keep_largest or args.min_size_ml or args.fill_holes:
+        sizes = PostprocessOptions.parse_min_size_ml(args.min_size_ml) if args.min_size_ml else 0.0
+        postprocess = PostprocessOptions(tuple(args.keep_largest), sizes, tuple(args.fill_holes))
+    return options, postprocess
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from pipeline.synthetic.phantoms import synthesize
 
@@ -58,7 +76,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from pipeline.batch.runner import BatchOptions, merge_shards, predict_folder
     from pipeline.batch.case_outputs import OutputOptions
-    from pipeline.inference.options import InferenceOptions, PostprocessOptions
     from pipeline.inference.predictor import Predictor
     from pipeline.batch.shard import Shard, shard_from_env
 
@@ -72,16 +89,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per torchrun worker
-    options = InferenceOptions(
-        roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, mode=args.mode,
-        device=device, keep_volume_on_cpu=not args.volume_on_device, tta=args.tta,
-        crop_foreground=args.crop_foreground, foreground_hu=args.foreground_hu, crop_margin=args.crop_margin,
-        restore=args.restore, amp=args.amp,
-    )
-    postprocess = None
-    if args.keep_largest or args.min_size_ml or args.fill_holes:
-        sizes = PostprocessOptions.parse_min_size_ml(args.min_size_ml) if args.min_size_ml else 0.0
-        postprocess = PostprocessOptions(tuple(args.keep_largest), sizes, tuple(args.fill_holes))
+    options, postprocess = _inference_options(args, device)
     predictor = Predictor.from_bundle(
         args.bundle, args.checkpoint or None, options=options, postprocess=postprocess, **_overrides(args.set)
     )
@@ -100,14 +108,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.core.bundle import Bundle
     from pipeline.evaluation.evaluate import EvaluationOptions, evaluate_checkpoint, evaluate_folds
     from pipeline.evaluation.tables import evaluation_store
-    from pipeline.inference.predictor import InferenceOptions
 
     bundle = Bundle.at(args.bundle)
     dataset_dir = args.dataset_dir or bundle.parser("inference").get_parsed_content("dataset_dir")
     datalist = Path(dataset_dir) / "dataset.json"
+    inference, postprocess = _inference_options(args)
     options = EvaluationOptions(
         surface_tolerance_mm=args.tolerance_mm,
-        inference=InferenceOptions(roi_size=args.roi_size, device=args.device),
+        inference=inference,
+        postprocess=postprocess,
         train_run_id=args.train_run_id,
         experiment_name=args.experiment_name,
         progress=not args.quiet,
@@ -206,6 +215,39 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str, **kwargs:
     return sub.add_parser(name, help=summary, formatter_class=_HelpFormatter, **kwargs)
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    """The inference options ``predict`` and ``evaluate`` share; each left unset keeps the bundle's value."""
+    g = p.add_argument_group(
+        "inference",
+        "how the bundle's inference config runs; unset options keep its settings; --keep-largest, --min-size-ml "
+        "and --fill-holes together replace its label clean-up (the CleanLabelsd step of its postprocessing)",
+    )
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    g.add_argument("--volume-on-device", action="store_true",
+                   help="keep the whole volume on the device (default: on CPU, only patches move)")
+    g.add_argument("--roi-size", type=int, nargs="+", help="sliding-window patch, voxels (default: the bundle's)")
+    g.add_argument("--overlap", type=float, help="sliding-window overlap, 0-1 (default: the bundle's)")
+    g.add_argument("--sw-batch-size", type=int, help="patches per network call (default: the bundle's)")
+    g.add_argument("--mode", choices=("gaussian", "constant"),
+                   help="sliding-window blending (default: the bundle's)")
+    g.add_argument("--tta", action="store_true", help="mirror test-time augmentation (flips of the spatial axes)")
+    g.add_argument("--crop-foreground", action="store_true",
+                   help="CT: infer only the body box (voxels above --foreground-hu); the rest is background")
+    g.add_argument("--foreground-hu", type=float, default=-500.0, help="body threshold of the crop, in HU")
+    g.add_argument("--crop-margin", type=int, default=8, help="network-grid voxels kept around the body")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="autocast the network (bfloat16 on CPU, float16 on CUDA); default: on for CUDA and for "
+                        "CPUs with native bfloat16")
+    g.add_argument("--restore", choices=("linear", "nearest"),
+                   help="labels back onto the input grid: argmax of linearly resampled probabilities, or argmax "
+                        "then nearest neighbour (staircase boundaries); default: the bundle's RestoreToInputd mode")
+    g.add_argument("--keep-largest", type=int, nargs="+", default=[], metavar="LABEL",
+                   help="labels keeping only their largest connected component")
+    g.add_argument("--min-size-ml", nargs="+", default=[], metavar="ML|LABEL=ML",
+                   help="remove components smaller than this (mL), for every label or per label")
+    g.add_argument("--fill-holes", type=int, nargs="+", default=[], metavar="LABEL", help="labels to fill holes in")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clinseg", description="MONAI-based clinical segmentation pipeline.", formatter_class=_HelpFormatter
@@ -250,30 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", action="append", default=[],
                    help="weights, repeat for an ensemble (default: <bundle>/models/model.pt)")
     p.add_argument("--split", default="test", help="datalist split when --input is a .json file")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--volume-on-device", action="store_true",
-                   help="keep the whole volume on the device (default: on CPU, only patches move)")
-    p.add_argument("--roi-size", type=int, nargs="+", help="sliding-window patch, voxels (default: the bundle's)")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap, 0-1 (default: the bundle's)")
-    p.add_argument("--sw-batch-size", type=int, help="patches per network call (default: the bundle's)")
-    p.add_argument("--mode", choices=("gaussian", "constant"),
-                   help="sliding-window blending (default: the bundle's)")
-    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (flips of the spatial axes)")
-    p.add_argument("--crop-foreground", action="store_true",
-                   help="CT: infer only the body box (voxels above --foreground-hu); the rest is background")
-    p.add_argument("--foreground-hu", type=float, default=-500.0, help="body threshold of the crop, in HU")
-    p.add_argument("--crop-margin", type=int, default=8, help="network-grid voxels kept around the body")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="autocast the network (bfloat16 on CPU, float16 on CUDA); default: on for CUDA and for "
-                        "CPUs with native bfloat16")
-    p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
-                   help="labels back onto the input grid: argmax of linearly resampled probabilities, or argmax "
-                        "then nearest neighbour (staircase boundaries)")
-    p.add_argument("--keep-largest", type=int, nargs="+", default=[], metavar="LABEL",
-                   help="labels keeping only their largest connected component")
-    p.add_argument("--min-size-ml", nargs="+", default=[], metavar="ML|LABEL=ML",
-                   help="remove components smaller than this (mL), for every label or per label")
-    p.add_argument("--fill-holes", type=int, nargs="+", default=[], metavar="LABEL", help="labels to fill holes in")
+    _add_inference_options(p)
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
     p.add_argument("--no-dicom-seg", action="store_true", help="skip seg.dcm for DICOM inputs")
@@ -306,9 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-pattern", help="fold checkpoints, e.g. 'runs/fold{fold}/model.pt'")
     p.add_argument("--fold-seed", type=int, default=0, help="seed the folds were split with")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance, mm")
-    p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
-    p.add_argument("--roi-size", type=int, nargs="+", help="sliding-window patch, voxels (default: the bundle's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
+    _add_inference_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = _command(

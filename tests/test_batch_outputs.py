@@ -27,7 +27,8 @@ from pipeline.batch.case_outputs import (
 )
 from pipeline.outputs.dicom_seg import read_dicom_seg
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
-from pipeline.inference.predictor import INPUT_SUFFIX, Predictor
+from pipeline.inference.foreground_crop import case_box
+from pipeline.inference.predictor import Predictor
 from pipeline.outputs.rtstruct_read import rtstruct_to_mask
 from pipeline.inference.tta import flip_combinations, mirror_probabilities
 from tests.dicom_builders import to_enhanced
@@ -170,10 +171,10 @@ def test_preview_is_a_png(run):
 
 def test_loaded_hu_image_is_kept_unchanged_for_statistics(predictor, source):
     data = predictor.load(source / "case_000" / "ct.nii.gz")
-    kept = data["image" + INPUT_SUFFIX]
+    kept = data.reference
     np.testing.assert_array_equal(kept.numpy(), load_scan(source / "case_000" / "ct.nii.gz").numpy())
     assert (
-        float(torch.as_tensor(data["image"]).max()) <= 1.0
+        float(torch.as_tensor(data.data["image"]).max()) <= 1.0
     )  # the network input is windowed, the kept one is HU
     assert float(kept.max()) > 100
 
@@ -184,12 +185,12 @@ def test_ensemble_averages_the_members_probabilities(checkpoints, source):
     ensemble = Predictor.from_bundle(BUNDLE, checkpoints, options=options)
     data = ensemble.load(source / "case_003" / "ct.nii.gz")
     probs = ensemble.probabilities(data)
-    assert probs.shape == (3, *data["image"].shape[1:])
+    assert probs.shape == (3, *data.data["image"].shape[1:])
     expected = (members[0].probabilities(data) + members[1].probabilities(data)) / 2
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
     assert not torch.allclose(members[0].probabilities(data), members[1].probabilities(data), atol=1e-3)
     seg = ensemble.segment(data).labels
-    assert seg.shape == data["image" + INPUT_SUFFIX].shape
+    assert seg.shape == data.reference.shape
 
 
 def test_mirror_tta_averages_flipped_passes():
@@ -237,8 +238,8 @@ def test_crop_foreground_infers_the_body_box_with_the_uncropped_patches(checkpoi
         options=InferenceOptions(roi_size=ROI, device="cpu", crop_foreground=True, crop_margin=2),
     )
     data = cropped.load(path)
-    box = cropped.crop_box(data)
-    assert whole.crop_box(data) is None
+    box = case_box(data, cropped.options)
+    assert case_box(data, whole.options) is None
     # body 30..45 / 28..39 / 14..21 plus 2 voxels, grown to the patch grid (stride 16, 16, 8; length roi + k stride);
     # a box reaching the whole-grid run's last patch (at size - roi: 68, 40, 24) runs to the end
     assert [(s.start, s.stop) for s in box] == [(16, 64), (16, 72), (8, 40)]
@@ -253,8 +254,8 @@ def test_crop_foreground_infers_the_body_box_with_the_uncropped_patches(checkpoi
     assert seg.shape == (1, *hu.shape) and not seg[0][outside].any()
     all_air = tmp_path / "air.nii.gz"
     nib.save(nib.Nifti1Image(np.full((20, 20, 8), -1000.0, np.float32), np.eye(4)), all_air)
-    assert cropped.crop_box(cropped.load(all_air)) is None
-    assert cropped.predict_case(all_air).shape == (1, 20, 20, 8)  # no body: inferred whole
+    assert case_box(cropped.load(all_air), cropped.options) is None
+    assert cropped.predict(all_air).labels.shape == (1, 20, 20, 8)  # no body: inferred whole
 
 
 def test_postprocessing_keeps_the_largest_component(checkpoints, source):
@@ -268,7 +269,7 @@ def test_postprocessing_keeps_the_largest_component(checkpoints, source):
     assert cleaned.settings()["postprocess"] == post.as_dict() and plain.settings()["postprocess"] is None
     from scipy import ndimage
 
-    seg = cleaned.predict_case(source / "case_000" / "ct.nii.gz").numpy()[0]
+    seg = cleaned.predict(source / "case_000" / "ct.nii.gz").labels.numpy()[0]
     for label in (1, 2):
         _, n = ndimage.label(seg == label, structure=np.ones((3, 3, 3)))
         assert n <= 1
@@ -303,7 +304,7 @@ def test_linear_restore_equals_monai_invertd_then_argmax(checkpoints, source):
     data = linear.load(source / "case_002")  # oblique DICOM: resampling back is not a plain zoom
     probs = linear.probabilities(data)
     invert = Invertd(keys="pred", transform=linear.preprocessing, orig_keys="image", nearest_interp=False)
-    every = torch.as_tensor(invert({**data, "pred": MetaTensor(probs, meta=dict(data["image"].meta))})["pred"])
+    every = torch.as_tensor(invert({**data.data, "pred": MetaTensor(probs, meta=dict(data.data["image"].meta))})["pred"])
     ours = linear.segment(data, keep_probabilities=True)
     torch.testing.assert_close(torch.as_tensor(ours.probabilities), every, rtol=0, atol=1e-5)
     expected = every.argmax(0, keepdim=True).to(torch.uint8)
@@ -315,7 +316,7 @@ def test_linear_restore_equals_monai_invertd_then_argmax(checkpoints, source):
     )
     fast = nearest.segment(nearest.load(source / "case_002")).labels
     assert fast.shape == expected.shape and fast.dtype == torch.uint8
-    np.testing.assert_allclose(fast.affine.numpy(), data["image" + INPUT_SUFFIX].affine.numpy(), atol=1e-5)
+    np.testing.assert_allclose(fast.affine.numpy(), data.reference.affine.numpy(), atol=1e-5)
     assert 0.5 < float((torch.as_tensor(fast) == expected).float().mean()) < 1.0
 
 

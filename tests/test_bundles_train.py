@@ -162,9 +162,9 @@ def test_fusion_predictor_segments_ct_and_mr_onto_the_ct_grid(fusion_runs, tiny_
                                       options=options)  # fmt: skip
     assert predictor.input_keys == ("image", "mr")
     data = predictor.load({"image": ct_path, "mr": mr_path})
-    assert data["image"].shape == data["mr"].shape  # one key per modality, both on the resampled CT grid
+    assert data.data["image"].shape == data.data["mr"].shape  # one key per modality, both on the resampled CT grid
     assert predictor.probabilities(data).shape[0] == 3
-    seg = predictor.predict_loaded(data)
+    seg = predictor.segment(data).labels
     ct = nib.load(ct_path)
     assert tuple(seg.shape) == (1, *ct.shape) and seg.dtype == torch.uint8
     np.testing.assert_allclose(np.asarray(seg.affine), ct.affine, atol=1e-4)

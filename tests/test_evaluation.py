@@ -22,6 +22,7 @@ from pipeline.evaluation.evaluate import (
     summarize,
     voxel_spacing,
 )
+from pipeline.inference.case import Segmentation
 from pipeline.inference.predictor import InferenceOptions, Predictor
 from pipeline.tracking.run_tags import RUN_TYPE_TAG
 from tests.conftest import BUNDLES
@@ -135,7 +136,7 @@ def test_reference_as_prediction_scores_one_on_the_dicom_input_grid(tiny_dataset
     ]  # DICOM image, NIfTI label
     by_image = {e["image"]: e["label"] for e in entries}
     monkeypatch.setattr(
-        predictor, "predict_case", lambda inputs: load_scan(by_image[inputs["image"]], label=True)
+        predictor, "predict", lambda inputs: Segmentation(load_scan(by_image[inputs["image"]], label=True))
     )
     rows = evaluate_entries(predictor, entries, options=EvaluationOptions())
     assert len(rows) == 2 * len(entries)
@@ -175,7 +176,9 @@ def test_progress_bar_counts_cases_unless_quiet(tiny_dataset, checkpoint, monkey
     predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=INFERENCE)
     entries = load_datalist(tiny_dataset, "test")
     by_image = {e["image"]: e["label"] for e in entries}
-    monkeypatch.setattr(predictor, "predict_case", lambda inputs: load_scan(by_image[inputs["image"]], label=True))
+    monkeypatch.setattr(
+        predictor, "predict", lambda inputs: Segmentation(load_scan(by_image[inputs["image"]], label=True))
+    )
     evaluate_entries(predictor, entries, options=EvaluationOptions(progress=progress))
     err = capsys.readouterr().err
     assert (f"{len(entries)}/{len(entries)}" in err and "dice=1.000" in err) == progress

@@ -85,7 +85,7 @@ def test_prediction_raises_no_future_warning(bundle_dir, datasets, tmp_path):
 
     def run() -> None:
         predictor = Predictor.from_bundle(bundle, checkpoint, options=options)
-        shapes.append(tuple(predictor.predict_case({k: case[k] for k in predictor.input_keys}).shape))
+        shapes.append(tuple(predictor.predict({k: case[k] for k in predictor.input_keys}).labels.shape))
 
     assert list(_future_warnings(run)) == []
     assert len(shapes[0]) == spatial_dims + 1

@@ -51,7 +51,7 @@ def test_prediction_has_input_shape_and_affine(tiny_dataset, predictor, key):
     path = tiny_dataset.parent / entry[key]
     loaded = load_scan(path)
     assert np.count_nonzero(np.abs(loaded.affine.numpy()[:3, :3]) > 1e-6) > 3, "case must be oblique"
-    seg = predictor.predict_case(path)
+    seg = predictor.predict(path).labels
     assert seg.shape == loaded.shape
     assert seg.dtype == torch.uint8
     np.testing.assert_allclose(seg.affine.numpy(), loaded.affine.numpy(), atol=1e-5)

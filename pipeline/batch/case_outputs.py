@@ -16,11 +16,12 @@ from monai.data import MetaTensor
 
 from pipeline.core.atomic import atomic_write_json
 from pipeline.outputs.dicom_seg import write_dicom_seg
-from pipeline.inference.predictor import Segmentation
+from pipeline.inference.case import Segmentation
 from pipeline.outputs.preview import render_preview
 from pipeline.outputs.rtstruct import write_rtstruct
 from pipeline.outputs.volumetry import structure_volumes
 from pipeline.outputs.nifti import write_mask_nifti, write_probabilities_nifti
+from pipeline.outputs.save_seg import SEG_NAME
 
 __all__ = [
     "DICOM_SEG_NAME",
@@ -36,7 +37,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SEG_NAME = "seg.nii.gz"
 DICOM_SEG_NAME = "seg.dcm"
 RTSTRUCT_NAME = "rtstruct.dcm"
 PROBABILITIES_NAME = "probabilities.nii.gz"

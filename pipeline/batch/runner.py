@@ -27,7 +27,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from pipeline.core.atomic import COMPLETE_MARKER, clear_complete, is_complete, mark_complete
 from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, required_outputs, write_case_outputs
 from pipeline.batch.discovery import DEFAULT_MODALITIES, Case, discover_cases
-from pipeline.inference.predictor import INPUT_SUFFIX, Predictor
+from pipeline.inference.case import LoadedCase
+from pipeline.inference.predictor import Predictor
 from pipeline.batch.prefetch import Prefetched, prefetch
 from pipeline.batch.report import BatchReport, CaseResult
 from pipeline.batch.shard import Shard
@@ -224,14 +225,14 @@ def _finish_case(
         return CaseResult.failed(
             case.case_id, item.error, warnings=list(case.warnings), seconds=item.seconds, **known
         ), None
-    data = item.value
+    loaded: LoadedCase = item.value
     warnings = list(case.warnings)
     try:
-        for warning in predictor.input_warnings(data):
+        for warning in loaded.warnings:
             logger.warning("case %s: %s", case.case_id, warning)
             warnings.append(warning)
-        segmentation = predictor.segment(data, keep_probabilities=outputs.probabilities)
-        image = data[predictor.input_keys[0] + INPUT_SUFFIX]
+        segmentation = predictor.segment(loaded, keep_probabilities=outputs.probabilities)
+        image = loaded.reference
         case_dir.mkdir(parents=True, exist_ok=True)
         names, rows = write_case_outputs(
             segmentation,

@@ -35,7 +35,8 @@ from pipeline.core.datalist import load_datalist
 from pipeline.core.splits import fold_of_entries
 from pipeline.evaluation.result import EvaluationResult, summarize
 from pipeline.evaluation.tables import log_evaluation, write_tables
-from pipeline.inference.predictor import InferenceOptions, Predictor
+from pipeline.inference.options import InferenceOptions, PostprocessOptions
+from pipeline.inference.predictor import Predictor
 from transforms.io import load_scan
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ class EvaluationOptions:
 
     Attributes:
         surface_tolerance_mm: tolerance of the surface Dice, mm.
-        inference: sliding-window and device settings for the Predictor.
+        inference: the Predictor's inference options (sliding window, device, TTA, crop, AMP, restore), as
+            ``clinseg predict``'s; ``None`` fields keep the bundle's.
+        postprocess: label clean-up replacing the bundle's (``None``: the bundle's).
         label_key: datalist key of the reference label map.
         experiment_name: MLflow experiment of the evaluation run.
         train_run_id: MLflow run that trained the checkpoint (found by its checkpoint folder tag when None).
@@ -132,6 +135,7 @@ class EvaluationOptions:
 
     surface_tolerance_mm: float = 1.0
     inference: InferenceOptions | None = None
+    postprocess: PostprocessOptions | None = None
     label_key: str = "label"
     experiment_name: str = "clinseg"
     train_run_id: str | None = None
@@ -164,7 +168,7 @@ def _evaluate_entry(
     """Predict one datalist entry and score it on its input grid: one row per label."""
     if options.label_key not in entry:
         raise ValueError(f"case {entry.get('case')!r} has no {options.label_key!r} to evaluate against")
-    pred = predictor.predict_case({k: entry[k] for k in predictor.input_keys})
+    pred = predictor.predict({k: entry[k] for k in predictor.input_keys}).labels
     label = load_scan(entry[options.label_key], label=True, spatial_dims=pred.ndim - 1)
     if tuple(label.shape) != tuple(pred.shape) or not np.allclose(label.affine, pred.affine, atol=1e-3):
         raise ValueError(
@@ -201,7 +205,9 @@ def evaluate_checkpoint(
     options = options or EvaluationOptions()
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     entries = load_datalist(datalist, split, required_keys=("image", options.label_key))
-    predictor = Predictor.from_bundle(bundle, checkpoints, options=options.inference)
+    predictor = Predictor.from_bundle(
+        bundle, checkpoints, options=options.inference, postprocess=options.postprocess
+    )
     rows = evaluate_entries(predictor, entries, options=options)
     ckpts = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, {"split": split}, ckpts)
@@ -241,7 +247,9 @@ def evaluate_folds(
     rows: list[dict[str, Any]] = []
     for k, ckpt in enumerate(ckpts):
         held_out = [e for e in entries if assignment[str(e[patient_key])] == k]
-        predictor = Predictor.from_bundle(bundle, ckpt, options=options.inference)
+        predictor = Predictor.from_bundle(
+            bundle, ckpt, options=options.inference, postprocess=options.postprocess
+        )
         rows.extend(evaluate_entries(predictor, held_out, options=options, fold=k))
     params = {"split": "out_of_fold", "folds": folds, "fold_seed": seed}
     return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, params, ckpts)

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pipeline.inference.case import LoadedCase
 from pipeline.inference.grid_restore import voxel_map
+from pipeline.inference.options import InferenceOptions
 
-__all__ = ["body_box"]
+__all__ = ["body_box", "case_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +95,22 @@ def body_box(
         return None
     logger.debug("foreground box on the network grid %s of %s", [(s.start, s.stop) for s in box], tuple(grid_shape))
     return tuple(box)
+
+
+def case_box(case: LoadedCase, options: InferenceOptions) -> tuple[slice, ...] | None:
+    """The body box of a loaded case on its network grid (:func:`body_box` with the options' threshold, margin,
+    ``roi_size`` and ``overlap``), or ``None`` when cropping is off, nothing is above ``foreground_hu``, or the
+    box is the whole grid. ``options`` must be resolved (a Predictor's ``options``)."""
+    if not options.crop_foreground:
+        return None
+    reference = case.reference
+    return body_box(
+        reference,
+        reference.affine,
+        case.network_affine,
+        case.data[case.keys[0]].shape[1:],
+        threshold=options.foreground_hu,
+        margin=options.crop_margin,
+        roi_size=options.roi_size,
+        overlap=options.overlap,
+    )

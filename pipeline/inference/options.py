@@ -11,7 +11,8 @@ __all__ = ["InferenceOptions", "PostprocessOptions"]
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """Sliding-window, augmentation and cropping settings; ``None`` keeps the bundle's value.
+    """Sliding-window, augmentation, cropping and restore settings; ``None`` keeps the bundle's value (a built
+    :class:`~pipeline.inference.predictor.Predictor` holds them resolved: no ``None`` left but ``amp``'s).
 
     Attributes:
         roi_size: patch size in voxels of the resampled image, e.g. ``(64, 64, 32)``.
@@ -34,7 +35,8 @@ class InferenceOptions:
         amp: run the network under autocast (bfloat16 on CPU, float16 on CUDA); patches are stitched in
             float32; probabilities differ slightly from float32 (labels agree to Dice > 0.999 in
             benchmarks/RESULTS.md). ``None``: on for CUDA and for CPUs with native bfloat16 (AVX512-BF16, AMX).
-        restore: how labels return to the input grid: ``"linear"`` takes the argmax of the linearly resampled
+        restore: how labels return to the input grid (the ``mode`` of the bundle's ``RestoreToInputd`` step,
+            :class:`pipeline.inference.restore.RestoreToInputd`): ``"linear"`` takes the argmax of the linearly resampled
             class probabilities (as MONAI's ``Invertd`` + ``AsDiscreted``, slab by slab so no full-resolution
             float map is held); ``"nearest"`` takes the argmax on the network grid and resamples the label map
             by nearest neighbour (staircase boundaries).
@@ -51,19 +53,19 @@ class InferenceOptions:
     foreground_hu: float = -500.0
     crop_margin: int = 8
     skip_uniform_patches: bool = True
-    restore: str = "linear"
+    restore: str | None = None
     amp: bool | None = None
 
     def __post_init__(self) -> None:
         if self.roi_size is not None and (not self.roi_size or any(int(v) < 1 for v in self.roi_size)):
             raise ValueError(f"roi_size must be positive voxel counts, got {self.roi_size}")
-        if self.overlap is not None and not 0 <= self.overlap < 1:
+        if isinstance(self.overlap, (int, float)) and not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.mode is not None and self.mode not in ("gaussian", "constant"):
             raise ValueError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
-        if self.restore not in ("linear", "nearest"):
+        if self.restore not in (None, "linear", "nearest"):
             raise ValueError(f"restore must be 'linear' or 'nearest', got {self.restore!r}")
         if self.crop_margin < 0:
             raise ValueError(f"crop_margin must be >= 0 voxels, got {self.crop_margin}")

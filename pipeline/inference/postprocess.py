@@ -8,17 +8,20 @@ reuses MONAI's ``FillHoles`` (scipy-based).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from monai.transforms import FillHoles
+from monai.config import KeysCollection
+from monai.transforms import FillHoles, MapTransform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
-from pipeline.outputs.volumetry import voxel_volume_ml
+from pipeline.inference.options import PostprocessOptions
 from pipeline.outputs.nifti import label_array
+from pipeline.outputs.volumetry import voxel_volume_ml
 
-__all__ = ["postprocess_mask"]
+__all__ = ["CleanLabelsd", "postprocess_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,3 +111,32 @@ def postprocess_mask(
     channel_first = arr.ndim != np.ndim(mask)
     result = out[None] if channel_first else out
     return convert_to_dst_type(result, dst=mask, dtype=getattr(mask, "dtype", None))[0]
+
+
+class CleanLabelsd(MapTransform):
+    """Dictionary transform over :func:`postprocess_mask`: label maps ``(1, X, Y[, Z])`` (MetaTensor, sizes in mL
+    from its affine) cleaned per label; nothing happens when no clean-up is asked for.
+
+    Args:
+        keys: the label maps (``pred``).
+        settings: ``keep_largest``, ``min_size_ml``, ``fill_holes`` (each optional), as
+            :meth:`PostprocessOptions.from_config <pipeline.inference.options.PostprocessOptions.from_config>`;
+            e.g. a bundle's ``label_postprocessing``.
+    """
+
+    def __init__(self, keys: KeysCollection, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(keys)
+        self.options = PostprocessOptions.from_config(settings)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if not self.options.active:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = postprocess_mask(
+                d[key],
+                keep_largest=self.options.keep_largest,
+                min_size_ml=self.options.min_size_ml,
+                fill_holes=self.options.fill_holes,
+            )
+        return d

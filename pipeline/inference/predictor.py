@@ -1,11 +1,19 @@
-"""Predictor: a bundle's preprocessing, network(s) and sliding window, applied case by case onto each input's grid."""
+"""Predictor: a bundle's preprocessing, network(s), sliding window and postprocessing, applied case by case.
+
+The bundle's inference config defines what happens: ``preprocessing``, ``inferer``, ``network_def`` and
+``postprocessing`` (probabilities on the network grid -> labels on the input grid, then clean-up), the same
+components MONAI's runner (``python -m monai.bundle run ... inference.yaml``) uses, so editing them changes both.
+On top the Predictor averages an ensemble and mirror TTA, crops to the body, autocasts, and skips uniform patches.
+
+API: :meth:`Predictor.from_bundle`, then :meth:`~Predictor.predict` per case, or :meth:`~Predictor.load` (a
+:class:`~pipeline.inference.case.LoadedCase`) and :meth:`~Predictor.segment` when loading runs ahead.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,42 +25,35 @@ from torch import nn
 
 from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import network_from_checkpoint
-from pipeline.inference.foreground_crop import body_box
-from pipeline.inference.grid_restore import argmax_labels, resample_slabwise
+from pipeline.inference.bundle_config import configure, resolved_options
+from pipeline.inference.case import LoadedCase, Segmentation
+from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
-from pipeline.inference.postprocess import postprocess_mask
+from pipeline.inference.restore import to_input_grid
 from pipeline.inference.tta import mirror_probabilities
 from pipeline.inference.uniform_patches import UniformPatchCache
 from transforms.io import LoadScand
 
+__all__ = ["PRED_KEY", "Predictor"]
+
 logger = logging.getLogger(__name__)
 
-INPUT_SUFFIX = "_input"
-"""``data[key + INPUT_SUFFIX]`` holds the loaded image of ``key`` on its own grid (HU for CT), before resampling."""
-
-
-@dataclass
-class Segmentation:
-    """A case's result on its input grid.
-
-    Attributes:
-        labels: label map ``(1, X, Y[, Z])`` uint8, affine equal to the input's.
-        probabilities: class probabilities ``(C, X, Y[, Z])`` float32 when asked for, else ``None``.
-    """
-
-    labels: MetaTensor
-    probabilities: MetaTensor | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
+PRED_KEY = "pred"
+"""The key of the prediction in the dict the bundle's ``postprocessing`` gets (MONAI's engines' name)."""
 
 
 class Predictor:
     """Segments cases with one network or an ensemble (probabilities averaged), returning label maps on the
     input's own grid (same shape and affine as the loaded input).
 
-    Build it once with :meth:`from_bundle`, then call :meth:`predict_case` per case or :meth:`predict_folder`.
-    The first preprocessing transform must be the loader (``LoadScand`` or ``LoadImaged``); the loaded images
-    are kept under ``<key>_input`` for previews and intensity statistics, so each case is read once.
+    The first preprocessing transform must be the loader (``LoadScand`` or ``LoadImaged``); the images as read
+    are kept in the :class:`LoadedCase` for the crop, previews and intensity statistics, so each case is read once.
+
+    Attributes:
+        options: the options in effect (bundle, then the caller's), resolved: sliding window, TTA, crop, AMP,
+            restore mode.
+        postprocess: the label clean-up in effect (the ``CleanLabelsd`` step of ``postprocessing``).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class Predictor:
         networks: Sequence[nn.Module],
         preprocessing: Compose,
         inferer: SlidingWindowInferer,
+        postprocessing: Compose,
         *,
         input_keys: Sequence[str] = ("image",),
         class_names: Sequence[str] = (),
@@ -67,7 +69,6 @@ class Predictor:
         bundle_name: str = "",
         checkpoint_names: Sequence[str] = (),
         options: InferenceOptions | None = None,
-        postprocess: PostprocessOptions | None = None,
         display_window: Sequence[float] | None = None,
         input_modalities: Mapping[str, str] | None = None,
     ) -> None:
@@ -79,15 +80,16 @@ class Predictor:
             raise ValueError(f"preprocessing must start with LoadScand or LoadImaged, got {first}")
         self.device = torch.device(device)
         self.networks = [net.to(self.device).eval() for net in networks]
-        self.options = options or InferenceOptions()
-        self.amp = _resolve_amp(self.options.amp, self.device)
-        self._forwards = [self._forward(net) for net in self.networks]
         self.inferer = inferer
+        self.postprocessing = postprocessing
+        options = options or InferenceOptions()
+        amp = _resolve_amp(options.amp, self.device)
+        self.options, self.postprocess = resolved_options(options, inferer, postprocessing, self.device, amp)
+        self._forwards = [self._forward(net) for net in self.networks]
         self.input_keys = tuple(input_keys)
         self.class_names = tuple(class_names)
         self.bundle_name = bundle_name
         self.checkpoint_names = list(checkpoint_names)
-        self.postprocess = postprocess or PostprocessOptions()
         self.display_window = None if display_window is None else tuple(float(v) for v in display_window)
         self.input_modalities = dict(input_modalities or {})
         self._loader = transforms[0]
@@ -109,8 +111,8 @@ class Predictor:
         Args:
             bundle: bundle folder.
             checkpoints: one checkpoint or several (an ensemble, e.g. the folds of a cross-validation).
-            options: sliding-window, TTA, cropping and device settings overriding the bundle's.
-            postprocess: label clean-up; default the bundle's ``label_postprocessing`` (none when absent).
+            options: sliding-window, TTA, cropping, restore and device settings overriding the bundle's.
+            postprocess: label clean-up replacing the bundle's (its ``CleanLabelsd`` step).
             config: config name under ``configs/``.
             overrides: config ids to override (``spacing=[1, 1, 2]``).
         """
@@ -120,26 +122,26 @@ class Predictor:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but CUDA is not available on this machine")
         parser = bundle.parser(config, device=f"$torch.device('{device}')", **overrides)
+        configure(parser, options, postprocess, device)
         if checkpoints is None:
             checkpoints = [bundle.default_checkpoint]
         elif isinstance(checkpoints, (str, Path)):
             checkpoints = [checkpoints]
         nets = [_load_network(parser, Path(c), device) for c in checkpoints]
-        if postprocess is None:
-            postprocess = PostprocessOptions.from_config(parser.get("label_postprocessing", None))
+        input_keys = parser.get("input_keys", ["image"])
         return cls(
             nets,
             parser.get_parsed_content("preprocessing"),
-            _build_inferer(parser, options, device),
-            input_keys=parser.get("input_keys", ["image"]),
+            parser.get_parsed_content("inferer"),
+            parser.get_parsed_content("postprocessing"),
+            input_keys=input_keys,
             class_names=parser.get("class_names", []),
             device=device,
             bundle_name=bundle.name,
             checkpoint_names=[str(Path(c).resolve()) for c in checkpoints],
             options=options,
-            postprocess=postprocess,
             display_window=_window(parser.get("window", None)),
-            input_modalities=bundle_modalities(parser.get("_meta_", {}), parser.get("input_keys", ["image"])),
+            input_modalities=bundle_modalities(parser.get("_meta_", {}), input_keys),
         )
 
     @property
@@ -147,78 +149,52 @@ class Predictor:
         """Label value -> structure name, background excluded."""
         return {i + 1: name for i, name in enumerate(self.class_names)}
 
+    @property
+    def amp(self) -> bool:
+        """Whether the network runs under autocast."""
+        return bool(self.options.amp)
+
     def settings(self) -> dict[str, Any]:
         """JSON-able facts that change the outputs (a rerun with other settings redoes finished cases)."""
-        inf = self.inferer
+        opts = self.options
         return {
             "bundle": self.bundle_name,
             "checkpoints": self.checkpoint_names,
-            "roi_size": [int(v) for v in inf.roi_size],
-            "overlap": float(inf.overlap)
-            if not isinstance(inf.overlap, Sequence)
-            else [float(v) for v in inf.overlap],
-            "mode": str(inf.mode),
-            "tta": self.options.tta,
-            "restore": self.options.restore,
+            "roi_size": list(opts.roi_size),
+            "overlap": list(opts.overlap) if isinstance(opts.overlap, Sequence) else opts.overlap,
+            "mode": opts.mode,
+            "tta": opts.tta,
+            "restore": opts.restore,
             "amp": self.amp,
-            "crop_foreground": [self.options.foreground_hu, self.options.crop_margin]
-            if self.options.crop_foreground
-            else None,
+            "crop_foreground": [opts.foreground_hu, opts.crop_margin] if opts.crop_foreground else None,
             "postprocess": self.postprocess.as_dict() if self.postprocess.active else None,
         }
 
-    def load(self, inputs: str | Path | Mapping[str, str | Path]) -> dict[str, Any]:
-        """Load and preprocess one case; ``inputs`` is a path or ``{key: path}``.
-
-        Returns the preprocessed dict; ``<key>_input`` holds each loaded image ``(1, X, Y[, Z])`` on its own grid.
-        """
+    def load(self, inputs: str | Path | Mapping[str, str | Path]) -> LoadedCase:
+        """Read and preprocess one case; ``inputs`` is a path or ``{key: path}``."""
         if not isinstance(inputs, Mapping):
             inputs = {self.input_keys[0]: inputs}
         missing = [k for k in self.input_keys if k not in inputs]
         if missing:
             raise KeyError(f"case inputs lack {missing}; the bundle needs {list(self.input_keys)}")
         data = self._loader({k: str(v) for k, v in inputs.items()})
-        loaded = {k + INPUT_SUFFIX: data[k] for k in self.input_keys}
+        read = {k: data[k] for k in self.input_keys}
         # a new MetaTensor over the same storage: the transforms record their operations on it, not on the kept one
         data = self.preprocessing(
             {**data, **{k: MetaTensor(data[k].as_tensor(), meta=dict(data[k].meta)) for k in self.input_keys}}
         )
-        data.update(loaded)
-        return data
-
-    def input_warnings(self, data: Mapping[str, Any]) -> list[str]:
-        """Warnings for a case loaded by :meth:`load` whose images do not look like the bundle's modalities
-        (:func:`pipeline.inference.input_checks.modality_warnings`); the case is still segmented."""
-        images = {k: data[k + INPUT_SUFFIX] for k in self.input_keys if k + INPUT_SUFFIX in data}
-        return modality_warnings(images, self.input_modalities, self.bundle_name or "clinseg")
-
-    def crop_box(self, data: Mapping[str, Any]) -> tuple[slice, ...] | None:
-        """The body box on the network grid (see :func:`pipeline.inference.foreground_crop.body_box`), or ``None`` when
-        cropping is off, nothing is above ``foreground_hu``, or the box is the whole grid."""
-        if not self.options.crop_foreground:
-            return None
-        key = self.input_keys[0]
-        grid = data[key]
-        return body_box(
-            data[key + INPUT_SUFFIX],
-            data[key + INPUT_SUFFIX].affine,
-            grid.affine,
-            grid.shape[1:],
-            threshold=self.options.foreground_hu,
-            margin=self.options.crop_margin,
-            roi_size=self.inferer.roi_size,
-            overlap=self.inferer.overlap,
-        )
+        warnings = modality_warnings(read, self.input_modalities, self.bundle_name or "clinseg")
+        return LoadedCase(data, read, self.input_keys, warnings)
 
     @torch.no_grad()
-    def probabilities(self, data: Mapping[str, Any]) -> torch.Tensor:
-        """Mean softmax of the ensemble (and mirror TTA) on the preprocessed grid, (C, X, Y[, Z]) float32 on CPU.
+    def probabilities(self, case: LoadedCase) -> torch.Tensor:
+        """Mean softmax of the ensemble (and mirror TTA) on the network grid, (C, x, y[, z]) float32 on CPU.
 
         With ``crop_foreground`` only the body box is inferred; voxels outside it are background (probability 1).
         """
-        image = torch.cat([torch.as_tensor(data[k]) for k in self.input_keys], dim=0)[None]
+        image = case.network_input
         grid_shape = image.shape[2:]
-        box = self.crop_box(data)
+        box = case_box(case, self.options)
         if box is not None:
             image = image[(slice(None), slice(None), *box)]
         total = None
@@ -236,6 +212,29 @@ class Predictor:
         full[(slice(None), *box)] = total
         return full
 
+    def segment(self, case: LoadedCase, *, keep_probabilities: bool = False) -> Segmentation:
+        """Label map (and optionally probabilities) on the input's own grid: :meth:`probabilities`, then the
+        bundle's ``postprocessing`` (back onto the input grid, clean-up); probabilities are resampled linearly
+        only when asked for."""
+        start = time.perf_counter()
+        probs = self.probabilities(case)
+        infer_s = time.perf_counter() - start
+        labels = self.postprocessing(case.with_prediction(probs, PRED_KEY))[PRED_KEY]
+        prob_map = to_input_grid(probs, case.data[case.keys[0]]) if keep_probabilities else None
+        return Segmentation(
+            labels, prob_map, {"inference": infer_s, "restore": time.perf_counter() - start - infer_s}
+        )
+
+    def predict(self, inputs: str | Path | Mapping[str, str | Path], **kwargs: Any) -> Segmentation:
+        """:meth:`load` and :meth:`segment` one case (its warnings logged); ``kwargs`` go to :meth:`segment`."""
+        start = time.perf_counter()
+        case = self.load(inputs)
+        for warning in case.warnings:
+            logger.warning("%s", warning)
+        result = self.segment(case, **kwargs)
+        logger.debug("case predicted in %.1f s", time.perf_counter() - start)
+        return result
+
     def _forward(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The sliding window's forward for ``net``: channels-last on CPU (oneDNN's fast convolutions, same
         values), under autocast when ``amp`` (float32 logits out, so stitching stays in float32), and with
@@ -244,74 +243,16 @@ class Predictor:
         if layout is not None:
             net.to(memory_format=layout)
         dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        amp = self.amp
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if layout is not None:
                 x = x.contiguous(memory_format=layout)
-            with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=dtype, enabled=amp):
                 out = net(x)
             return out.float().contiguous()
 
         return UniformPatchCache(forward) if self.options.skip_uniform_patches else forward
-
-    def segment(self, data: dict[str, Any], *, keep_probabilities: bool = False) -> Segmentation:
-        """Label map (and optionally probabilities) on the input's own grid from a case loaded by :meth:`load`.
-
-        Labels come back as ``options.restore`` says; probabilities are resampled linearly only when asked for.
-        """
-        start = time.perf_counter()
-        probs = self.probabilities(data)
-        infer_s = time.perf_counter() - start
-        labels = self._restore_labels(data, probs)
-        if self.postprocess.active:
-            labels = postprocess_mask(
-                labels,
-                keep_largest=self.postprocess.keep_largest,
-                min_size_ml=self.postprocess.min_size_ml,
-                fill_holes=self.postprocess.fill_holes,
-            )
-        prob_map = None
-        if keep_probabilities:
-            prob_map = self._to_input_grid(data, resample_slabwise(probs, *self._grids(data)))
-        return Segmentation(
-            labels, prob_map, {"inference": infer_s, "restore": time.perf_counter() - start - infer_s}
-        )
-
-    def _grids(self, data: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor]:
-        """(network-grid affine, input spatial shape, input affine) of the first input key."""
-        key = self.input_keys[0]
-        reference = data[key + INPUT_SUFFIX]
-        return data[key].affine, tuple(reference.shape[1:]), reference.affine
-
-    def _restore_labels(self, data: Mapping[str, Any], probs: torch.Tensor) -> MetaTensor:
-        """Label map (1, X, Y[, Z]) uint8 on the input grid from network-grid probabilities (C, ...), slab by slab
-        (see :mod:`pipeline.inference.grid_restore`): argmax of the linearly resampled probabilities, as MONAI's ``Invertd``
-        + ``AsDiscreted(argmax)``, or, with ``restore="nearest"``, the network-grid argmax resampled by nearest
-        neighbour."""
-        if self.options.restore == "nearest":
-            labels = resample_slabwise(argmax_labels(probs).float(), *self._grids(data), mode="nearest")
-            return self._to_input_grid(data, labels.to(torch.uint8))
-        return self._to_input_grid(data, resample_slabwise(probs, *self._grids(data), reduce=argmax_labels))
-
-    def _to_input_grid(self, data: Mapping[str, Any], values: torch.Tensor) -> MetaTensor:
-        """``values`` (C, X, Y[, Z]) on the input grid as a MetaTensor with the input's meta (affine included)."""
-        reference = data[self.input_keys[0] + INPUT_SUFFIX]
-        return MetaTensor(values, meta={**reference.meta, "affine": reference.affine.clone()})
-
-    def predict_loaded(self, data: dict[str, Any]) -> MetaTensor:
-        """Label map (1, X, Y[, Z]) uint8 on the input's own grid from a preprocessed case (see :meth:`load`)."""
-        return self.segment(data).labels
-
-    def predict_case(self, inputs: str | Path | Mapping[str, str | Path]) -> MetaTensor:
-        """Segment one case: load, sliding window, argmax, back onto the input grid. Returns (1, X, Y[, Z])."""
-        start = time.perf_counter()
-        data = self.load(inputs)
-        for warning in self.input_warnings(data):
-            logger.warning("%s", warning)
-        result = self.predict_loaded(data)
-        logger.debug("case predicted in %.1f s", time.perf_counter() - start)
-        return result
-
 
 
 def _channels_last_format(net: nn.Module) -> torch.memory_format | None:
@@ -342,15 +283,3 @@ def _window(window: Any) -> tuple[float, float] | None:
 
 def _load_network(parser, path: Path, device: torch.device) -> nn.Module:
     return network_from_checkpoint(path, map_location=device, default=lambda: parser.get_parsed_content("network_def"))
-
-
-def _build_inferer(parser, options: InferenceOptions, device: torch.device) -> SlidingWindowInferer:
-    configured = parser.get_parsed_content("inferer")
-    return SlidingWindowInferer(
-        roi_size=options.roi_size or configured.roi_size,
-        sw_batch_size=options.sw_batch_size or configured.sw_batch_size,
-        overlap=configured.overlap if options.overlap is None else options.overlap,
-        mode=options.mode or configured.mode,
-        sw_device=device,
-        device=torch.device("cpu") if options.keep_volume_on_cpu else device,
-    )
