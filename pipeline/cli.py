@@ -194,10 +194,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _add_config_overlays(parser: argparse.ArgumentParser, base: str) -> None:
-    """``--config`` (overlays merged after the bundle's ``base`` config) and ``--set`` (overrides, applied last)."""
+    """``--config``: overlays merged after the ``base`` config; ``--set``: overrides, applied last."""
     parser.add_argument("--config", action="append", default=[], metavar="OVERLAY",
-                        help=f"overlay merged after {base}.yaml, as monai.bundle run merges a list: a .yaml/.json "
-                             "file or a config of the bundle by name (e.g. cosine_warmup); repeatable, in order")
+                        help=f"overlay merged after {base}.yaml, as monai.bundle run merges a list: a "
+                             ".yaml/.json file or a config of the bundle by name (e.g. cosine_warmup); "
+                             "repeatable, in order")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config id after the overlays, e.g. --set roi_size=[96,96,48] "
                              "(repeatable)")  # fmt: skip

@@ -1,5 +1,6 @@
-"""Overlay configs by name or path: ``clinseg train|evaluate|predict --config``, and MLflow recording the config
-as run (overlays and overrides applied) through both runners, ``clinseg train`` and ``python -m monai.bundle run``."""
+"""Overlay configs by name or path: ``clinseg train|evaluate|predict --config``, and MLflow recording the
+config as run (overlays and overrides applied) through both runners, ``clinseg train`` and ``python -m
+monai.bundle run``."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def test_export_config_as_run_writes_the_running_parsers_config(tmp_path):
 def test_cli_config_and_set_for_train_evaluate_predict():
     parser = build_parser()
     for command in (["train", "b"], ["evaluate", "b"], ["predict", "b", "--output", "o"]):
-        args = parser.parse_args([*command, "--config", "a.yaml", "--config", "cosine_warmup", "--set", "x=1"])
+        overlays = ["--config", "a.yaml", "--config", "cosine_warmup", "--set", "x=1"]
+        args = parser.parse_args([*command, *overlays])
         assert args.config == ["a.yaml", "cosine_warmup"] and args.set == ["x=1"]
 
 
@@ -79,7 +81,7 @@ def test_predictor_takes_inference_overlays_then_overrides(tmp_path):
         BUNDLE, checkpoint, options=options, config=["inference", overlay], spacing=[4.0, 4.0, 4.0]
     )
     assert predictor.class_names == ("liver", "tumour")
-    spacing = [t for t in predictor.preprocessing.transforms if type(t).__name__ == "Spacingd"][0]
+    spacing = next(t for t in predictor.preprocessing.transforms if type(t).__name__ == "Spacingd")
     assert list(spacing.spacing_transform.pixdim) == [4.0, 4.0, 4.0]  # --set comes after --config
 
 
@@ -113,7 +115,9 @@ def test_monai_bundle_run_with_an_overlay_records_the_config_as_run(tiny_dataset
         *[a for k, v in TINY.items() for a in (f"--{k}", str(v))],
     ]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert load_checkpoint(ckpt_dir / "model_final.pt")["trainer"]["max_epochs"] == 1
     _assert_overlay_recorded(*_run_params_and_config(db))

@@ -49,7 +49,7 @@ class Bundle:
         return self.root / "models" / "model.pt"
 
     def config_file(self, name: str | Path) -> Path:
-        """A config by name under ``configs/`` (``"train"``, ``"cosine_warmup"``) or an overlay file's path."""
+        """A config by name under ``configs/`` (``"train"``, ``"cosine_warmup"``) or a config file's path."""
         if Path(name).suffix in CONFIG_SUFFIXES and Path(name).is_file():
             return Path(name).resolve()
         for suffix in CONFIG_SUFFIXES:
@@ -67,7 +67,9 @@ class Bundle:
         names = [config] if isinstance(config, (str, Path)) else config
         return [str(self.config_file(n)) for n in names]
 
-    def parser(self, config: str | Path | Sequence[str | Path] = "inference", **overrides: Any) -> ConfigParser:
+    def parser(
+        self, config: str | Path | Sequence[str | Path] = "inference", **overrides: Any
+    ) -> ConfigParser:
         """A ``ConfigParser`` over one config (or several, merged in order) with the metadata and overrides."""
         parser = ConfigParser()
         parser.read_config(self.config_files(config))
@@ -76,7 +78,10 @@ class Bundle:
         return parser
 
     def workflow(
-        self, config: str | Path | Sequence[str | Path] = "train", workflow_type: str = "train", **overrides: Any
+        self,
+        config: str | Path | Sequence[str | Path] = "train",
+        workflow_type: str = "train",
+        **overrides: Any,
     ) -> ConfigWorkflow:
         """MONAI's ``ConfigWorkflow`` for the config, as ``python -m monai.bundle run`` builds it."""
         return ConfigWorkflow(
@@ -88,7 +93,10 @@ class Bundle:
         )
 
     def run(
-        self, config: str | Path | Sequence[str | Path] = "train", workflow_type: str = "train", **overrides: Any
+        self,
+        config: str | Path | Sequence[str | Path] = "train",
+        workflow_type: str = "train",
+        **overrides: Any,
     ) -> ConfigWorkflow:
         """Initialize, run and finalize a config; returns the workflow so callers can read engine state."""
         workflow = self.workflow(config, workflow_type, **overrides)

@@ -274,7 +274,8 @@ def _finish(
     files = write_tables(result.rows, result.summary, result.out_dir)
     if tracking_uri:
         result.tracking_uri = tracking_uri
-        params = {**params, "surface_tolerance_mm": options.surface_tolerance_mm, "config": list(options.config)}
+        params = {**params, "surface_tolerance_mm": options.surface_tolerance_mm}
+        params["config"] = list(options.config)
         params.update({f"set.{key}": value for key, value in options.overrides.items()})
         result.run_id = log_evaluation(
             bundle, result, files, tracking_uri, datalist=datalist, checkpoints=checkpoints, params=params,

@@ -1,4 +1,4 @@
-"""MLflow wiring shared by bundles and the CLI: default store, run names, the config as run, params, reachability."""
+"""MLflow wiring for bundles and the CLI: default store, run names, config as run, params, reachability."""
 
 from __future__ import annotations
 
@@ -97,9 +97,9 @@ def export_config_as_run(folder: str | Path) -> str:
     For a train config: ``config_as_run: $pipeline.tracking.store.export_config_as_run(@ckpt_dir)``, handed to
     :func:`experiment_params` and :func:`bundle_artifacts`. The file is the config as run (files merged in
     order, overrides applied, ``_meta_`` included), whichever runner parsed it: ``clinseg train --config
-    extra.yaml --set k=v`` and ``python -m monai.bundle run --config_file "['train.yaml', 'extra.yaml']" --k v``
-    record what they ran, and a run never reads a previous run's file. Written atomically (torchrun ranks
-    write the same content).
+    extra.yaml --set k=v`` and ``python -m monai.bundle run --config_file "['train.yaml', 'extra.yaml']"
+    --k v`` record what they ran, and a run never reads a previous run's file. Written atomically (torchrun
+    ranks write the same content).
     """
     path = Path(folder) / CONFIG_AS_RUN
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,8 +137,8 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "config") -> dict[st
 def experiment_params(
     meta: Mapping[str, Any] | None = None, config_file: str | Path | None = None, **knobs: Any
 ) -> dict[str, str]:
-    """MLflow params: the bundle's name and version, the whole config as run (``config.*`` from ``config_file``,
-    see :func:`export_config_as_run`, when it exists) and the named knobs with resolved values."""
+    """MLflow params: the bundle's name and version, the whole config as run (``config.*`` from
+    ``config_file``, see :func:`export_config_as_run`, when it exists) and the named knobs, resolved."""
     params: dict[str, str] = {}
     if meta:
         params["bundle.name"] = str(meta.get("name", ""))
