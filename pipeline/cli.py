@@ -66,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         fold_seed=args.fold_seed,
         overrides=_overrides(args.set),
+        config=["train", *args.config],
     )
     print(result.summary())
     return 0
@@ -91,8 +92,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per torchrun worker
     options, postprocess = _inference_options(args, device)
     predictor = Predictor.from_bundle(
-        args.bundle, args.checkpoint or None, options=options, postprocess=postprocess, **_overrides(args.set)
-    )
+        args.bundle, args.checkpoint or None, options=options, postprocess=postprocess,
+        config=["inference", *args.config], **_overrides(args.set),
+    )  # fmt: skip
     batch = BatchOptions(
         split=args.split, overwrite=args.overwrite, prefetch=args.prefetch, workers=args.workers, shard=shard,
         progress=not args.quiet,
@@ -110,13 +112,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluation.tables import evaluation_store
 
     bundle = Bundle.at(args.bundle)
-    dataset_dir = args.dataset_dir or bundle.parser("inference").get_parsed_content("dataset_dir")
+    config, overrides = ("inference", *args.config), _overrides(args.set)
+    dataset_dir = args.dataset_dir or bundle.parser(config, **overrides).get_parsed_content("dataset_dir")
     datalist = Path(dataset_dir) / "dataset.json"
     inference, postprocess = _inference_options(args)
     options = EvaluationOptions(
         surface_tolerance_mm=args.tolerance_mm,
         inference=inference,
         postprocess=postprocess,
+        config=config,
+        overrides=overrides,
         train_run_id=args.train_run_id,
         experiment_name=args.experiment_name,
         progress=not args.quiet,
@@ -197,6 +202,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_overlays(parser: argparse.ArgumentParser, base: str) -> None:
+    """``--config``: overlays merged after the ``base`` config; ``--set``: overrides, applied last."""
+    parser.add_argument("--config", action="append", default=[], metavar="OVERLAY",
+                        help=f"overlay merged after {base}.yaml, as monai.bundle run merges a list: a "
+                             ".yaml/.json file or a config of the bundle by name (e.g. cosine_warmup); "
+                             "repeatable, in order")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config id after the overlays, e.g. --set roi_size=[96,96,48] "
+                             "(repeatable)")  # fmt: skip
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` after an option's help when X is a value (not None, False or empty) and the help
     does not state its default itself."""
@@ -274,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, help="train this cross-validation fold (0-based) of a patient-level split")
     p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold split (use the same for evaluate)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config id, e.g. --set roi_size=[96,96,48] (repeatable)")
+    _add_config_overlays(p, "train")
     p.set_defaults(func=cmd_train)
 
     p = _command(
@@ -305,8 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-shards", action="store_true", help="merge the shard reports in --output and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an inference config id (repeatable)")
+    _add_config_overlays(p, "inference")
     p.set_defaults(func=cmd_predict)
 
     p = _command(sub, "evaluate", "score checkpoints per case: Dice, IoU, HD95, surface distance")
@@ -327,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance, mm")
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     _add_inference_options(p)
+    _add_config_overlays(p, "inference")
     p.set_defaults(func=cmd_evaluate)
 
     p = _command(

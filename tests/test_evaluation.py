@@ -186,7 +186,7 @@ def test_progress_bar_counts_cases_unless_quiet(tiny_dataset, checkpoint, monkey
 
 def _trained_checkpoint(folder: Path, checkpoint: Path, tracking_uri: str) -> Path:
     """A checkpoint folder as ``clinseg train`` leaves it: weights and the config as run naming its store."""
-    from pipeline.training.train import CONFIG_AS_RUN
+    from pipeline.tracking.store import CONFIG_AS_RUN
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_AS_RUN).write_text(json.dumps({"tracking_uri": tracking_uri, "max_epochs": 1}))

@@ -57,7 +57,8 @@ def test_torchrun_two_processes_give_one_mlflow_run_and_one_checkpoint_set(datas
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     db, ckpt = folder / "mlflow.db", folder / "ckpt"
     assert sorted(p.name for p in ckpt.iterdir()) == [
-        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "mlflow_journal", "model.pt", "model_final.pt", "run_name.txt"
+        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "config_run.json", "mlflow_journal", "model.pt",
+        "model_final.pt", "run_name.txt",
     ]  # fmt: skip
     final = load_checkpoint(ckpt / "model_final.pt")
     assert not any(k.startswith("module.") for k in final["model"]), "DDP wrapper must not leak into weights"

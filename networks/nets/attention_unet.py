@@ -12,7 +12,8 @@ from torch import nn
 
 from networks.blocks.attention import AttentionGate
 from networks.blocks.padding import pad_to_match
-from networks.blocks.validation import check_channels, check_probability, check_spatial_dims
+from networks.blocks.validation import check_channels
+from networks.nets.base import BaseNet
 from networks.registry import register_network
 
 __all__ = ["AttentionUNet"]
@@ -37,7 +38,7 @@ class _GatedUpStage(nn.Module):
 
 
 @register_network("attention_unet")
-class AttentionUNet(nn.Module):
+class AttentionUNet(BaseNet):
     """Attention U-Net (Oktay et al. 2018), 2D or 3D, returning logits.
 
     Encoder and decoder convs reuse MONAI's ``TwoConv``/``Down`` (``BasicUNet``'s blocks). Not a wrapper of
@@ -45,16 +46,8 @@ class AttentionUNet(nn.Module):
     (its concatenations need sizes divisible by the strides); here each up-sampled map is padded to its skip.
 
     Args:
-        spatial_dims: 2 or 3.
-        in_channels: input channels.
-        out_channels: output channels (logits).
         channels: width per level, at least two.
-        norm: normalisation as ``("name", {kwargs})`` or a name.
-        act: activation as ``("name", {kwargs})`` or a name.
-        dropout: dropout probability after each convolution, in ``[0, 1)``.
-
-    Shapes:
-        ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``.
+        spatial_dims, in_channels, out_channels, norm, act, dropout: as in :class:`BaseNet`.
     """
 
     def __init__(
@@ -67,16 +60,11 @@ class AttentionUNet(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(
-            owner, "in_channels/out_channels", (in_channels, out_channels)
-        )
-        channels = check_channels(owner, "channels", channels, min_len=2)
-        dropout = check_probability(owner, "dropout", dropout)
+        super().__init__(spatial_dims, in_channels, out_channels, dropout)
+        spatial_dims, dropout = self.spatial_dims, self.dropout
+        channels = check_channels(type(self).__name__, "channels", channels, min_len=2)
 
-        self.stem = TwoConv(spatial_dims, in_channels, channels[0], act, norm, True, dropout)
+        self.stem = TwoConv(spatial_dims, self.in_channels, channels[0], act, norm, True, dropout)
         self.downs = nn.ModuleList(
             Down(spatial_dims, c_in, c_out, act, norm, True, dropout)
             for c_in, c_out in itertools.pairwise(channels)
@@ -85,7 +73,7 @@ class AttentionUNet(nn.Module):
             _GatedUpStage(spatial_dims, c_deep, c_skip, norm, act, dropout)
             for c_deep, c_skip in zip(channels[:0:-1], channels[-2::-1])
         )
-        self.head = Conv[Conv.CONV, spatial_dims](channels[0], out_channels, kernel_size=1)
+        self.head = Conv[Conv.CONV, spatial_dims](channels[0], self.out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``."""

@@ -9,13 +9,8 @@ from torch import nn
 
 from networks.blocks.dense import DenseBlock
 from networks.blocks.padding import pad_to_match
-from networks.blocks.validation import (
-    check_channels,
-    check_kernel_size,
-    check_positive_int,
-    check_probability,
-    check_spatial_dims,
-)
+from networks.blocks.validation import check_kernel_size, check_positive_int
+from networks.nets.base import BaseNet
 from networks.registry import register_network
 
 __all__ = ["DenseUNet"]
@@ -47,7 +42,7 @@ class _DenseUpStage(nn.Module):
 
 
 @register_network("dense_unet")
-class DenseUNet(nn.Module):
+class DenseUNet(BaseNet):
     """Dense U-Net (as in the Dense U-Net article), 2D or 3D, returning logits.
 
     ``k x k`` stem conv to ``init_features``; per level a dense block (``layers_per_block`` layers of
@@ -57,20 +52,14 @@ class DenseUNet(nn.Module):
     inputs) and a dense block; a 3x3 conv (norm, act) back to ``init_features`` and a 1x1 conv to the logits.
 
     Args:
-        spatial_dims: 2 or 3.
-        in_channels: input channels.
-        out_channels: output channels (logits).
         init_features: width of the stem (64 in the article).
         growth_rate: channels added by each dense layer (16).
         layers_per_block: dense layers per block (4).
         levels: number of down-sampling steps (2 in the article).
         stem_kernel_size: odd kernel size of the stem convolution (7).
-        norm: normalisation as ``("name", {kwargs})`` or a name (BatchNorm in the article).
-        act: activation as ``("name", {kwargs})`` or a name.
+        norm: as in :class:`BaseNet` (BatchNorm in the article).
         dropout: channel-dropout probability after each dense layer's conv, in ``[0, 1)`` (0.2).
-
-    Shapes:
-        ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``.
+        spatial_dims, in_channels, out_channels, act: as in :class:`BaseNet`.
     """
 
     def __init__(
@@ -87,22 +76,17 @@ class DenseUNet(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(
-            owner, "in_channels/out_channels", (in_channels, out_channels)
-        )
+        super().__init__(spatial_dims, in_channels, out_channels, dropout)
+        owner, spatial_dims, dropout = type(self).__name__, self.spatial_dims, self.dropout
         init_features = check_positive_int(owner, "init_features", init_features)
         growth = check_positive_int(owner, "growth_rate", growth_rate)
         layers = check_positive_int(owner, "layers_per_block", layers_per_block)
         levels = check_positive_int(owner, "levels", levels)
         stem_kernel_size = check_kernel_size(owner, "stem_kernel_size", stem_kernel_size)
-        dropout = check_probability(owner, "dropout", dropout)
         conv = Conv[Conv.CONV, spatial_dims]
 
         self.stem = conv(
-            in_channels, init_features, kernel_size=stem_kernel_size, padding=stem_kernel_size // 2
+            self.in_channels, init_features, kernel_size=stem_kernel_size, padding=stem_kernel_size // 2
         )
         encoder: list[nn.Module] = []
         transitions: list[nn.Module] = []
@@ -129,7 +113,7 @@ class DenseUNet(nn.Module):
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Sequential(
             Convolution(spatial_dims, width, init_features, act=act, norm=norm),
-            conv(init_features, out_channels, kernel_size=1),
+            conv(init_features, self.out_channels, kernel_size=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import nn
 
 from networks.blocks.fusion import ModalityFusion
-from networks.blocks.validation import check_channels, check_choice, check_probability, check_spatial_dims
+from networks.blocks.validation import check_channels, check_choice
+from networks.nets.base import BaseNet
 from networks.registry import get_network_class, register_network
 
 __all__ = ["DualEncoderFusion", "FusionSegNet"]
@@ -21,7 +22,7 @@ STAGES = ("fusion_pretrain", "joint")
 
 
 @register_network("dual_encoder_fusion")
-class DualEncoderFusion(nn.Module):
+class DualEncoderFusion(BaseNet):
     """One encoder per modality, per-level feature fusion, one U-Net decoder producing a fused image.
 
     The input stacks the ``N = in_channels`` co-registered modalities as channels; modality ``k`` goes through
@@ -30,14 +31,11 @@ class DualEncoderFusion(nn.Module):
     fused IMAGE in ``[0, 1]`` (sigmoid), not segmentation logits: sources are expected scaled to ``[0, 1]``.
 
     Args:
-        spatial_dims: 2 or 3.
         in_channels: number of modalities ``N`` (at least 2).
         out_channels: channels of the fused image.
         features: width per level, at least two.
         fusion: ``"concat"`` (concatenate + 1x1 conv) or ``"attention"`` (softmax weights over modalities).
-        norm: normalisation as ``("name", {kwargs})`` or a name.
-        act: activation as ``("name", {kwargs})`` or a name.
-        dropout: dropout probability after each convolution, in ``[0, 1)``.
+        spatial_dims, norm, act, dropout: as in :class:`BaseNet`.
 
     Shapes:
         ``(B, N, *spatial)`` -> ``(B, out_channels, *spatial)``, values in ``[0, 1]``.
@@ -54,19 +52,15 @@ class DualEncoderFusion(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(
-            owner, "in_channels/out_channels", (in_channels, out_channels)
-        )
+        super().__init__(spatial_dims, in_channels, out_channels, dropout)
+        owner, spatial_dims, dropout = type(self).__name__, self.spatial_dims, self.dropout
+        in_channels = self.in_channels
         if in_channels < 2:
             raise ValueError(
                 f"{owner}: in_channels is the number of modalities and must be >= 2, got {in_channels}."
             )
         features = check_channels(owner, "features", features, min_len=2)
         fusion = check_choice(owner, "fusion", fusion, FUSION_MODES)
-        dropout = check_probability(owner, "dropout", dropout)
 
         def encoder() -> nn.ModuleList:
             stages: list[nn.Module] = [TwoConv(spatial_dims, 1, features[0], act, norm, True, dropout)]
@@ -83,7 +77,7 @@ class DualEncoderFusion(nn.Module):
             UpCat(spatial_dims, deep, skip, skip, act, norm, True, dropout)
             for deep, skip in zip(features[:0:-1], features[-2::-1])
         )
-        self.head = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
+        self.head = Conv[Conv.CONV, spatial_dims](features[0], self.out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, *spatial)`` modalities -> fused image ``(B, out_channels, *spatial)`` in ``[0, 1]``."""
@@ -105,7 +99,7 @@ class DualEncoderFusion(nn.Module):
 
 
 @register_network("fusion_seg_net")
-class FusionSegNet(nn.Module):
+class FusionSegNet(BaseNet):
     """Joint model: :class:`DualEncoderFusion` makes a one-channel fused image, a registered net segments it.
 
     Contract for MONAI engines: the modalities come stacked as channels and ``forward(x)`` returns the
@@ -118,7 +112,6 @@ class FusionSegNet(nn.Module):
     fusion network by itself.
 
     Args:
-        spatial_dims: 2 or 3.
         in_channels: number of modalities (at least 2).
         out_channels: segmentation classes (logits).
         fusion: ``"concat"`` or ``"attention"`` (see :class:`ModalityFusion`).
@@ -128,9 +121,7 @@ class FusionSegNet(nn.Module):
         norm: normalisation of the fusion network.
         act: activation of the fusion network.
         dropout: dropout of the fusion network, in ``[0, 1)``.
-
-    Shapes:
-        ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``.
+        spatial_dims: as in :class:`BaseNet`.
     """
 
     def __init__(
@@ -146,7 +137,7 @@ class FusionSegNet(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(spatial_dims, in_channels, out_channels, dropout)
         owner = type(self).__name__
         if segmenter in ("dual_encoder_fusion", "fusion_seg_net"):
             raise ValueError(f"{owner}: segmenter must be a segmentation network, got {segmenter!r}.")
@@ -155,10 +146,10 @@ class FusionSegNet(nn.Module):
         if clash:
             raise ValueError(f"{owner}: segmenter_kwargs must not set {clash}; they follow the joint model.")
         self.fusion_net = DualEncoderFusion(
-            spatial_dims, in_channels, 1, fusion_features, fusion, norm, act, dropout
+            self.spatial_dims, self.in_channels, 1, fusion_features, fusion, norm, act, self.dropout
         )
         self.segmenter = get_network_class(segmenter)(
-            spatial_dims=spatial_dims, in_channels=1, out_channels=out_channels, **segmenter_kwargs
+            spatial_dims=self.spatial_dims, in_channels=1, out_channels=self.out_channels, **segmenter_kwargs
         )
         self.stage = "joint"
         # plain attributes (not buffers: never saved); empty until the first forward

@@ -13,12 +13,8 @@ from torch import nn
 
 from networks.blocks.attention import SpatialAttention
 from networks.blocks.padding import crop_spatial, pad_to_multiple
-from networks.blocks.validation import (
-    check_channels,
-    check_kernel_size,
-    check_probability,
-    check_spatial_dims,
-)
+from networks.blocks.validation import check_channels, check_kernel_size
+from networks.nets.base import BaseNet
 from networks.registry import register_network
 
 __all__ = ["ResUNet"]
@@ -46,7 +42,7 @@ class _ResUpStage(nn.Module):
 
 
 @register_network("res_unet")
-class ResUNet(nn.Module):
+class ResUNet(BaseNet):
     """Residual U-Net with spatial attention, 2D or 3D, returning logits.
 
     Each level is a residual block (two 3x3 convs with norm, 1x1 projection shortcut when the width changes,
@@ -55,22 +51,14 @@ class ResUNet(nn.Module):
     Inputs of any size are zero-padded to a multiple of ``2 ** (len(channels) - 1)``, the output cropped back.
 
     Args:
-        spatial_dims: 2 or 3.
-        in_channels: input channels (modalities).
-        out_channels: output channels (classes, logits).
         channels: width per level, at least two levels; the article uses ``(64, 128, 256, 512, 1024)``,
             ``CPU_CHANNELS = (16, 32, 64, 128)`` is a CPU-sized preset.
-        norm: normalisation as ``("name", {kwargs})`` or a name.
-        act: activation as ``("name", {kwargs})`` or a name.
-        dropout: dropout probability after each convolution, in ``[0, 1)``.
         attention_kernel_size: odd kernel size of the spatial attention convolution.
         deep_supervision: in training mode return ``(B, 1 + len(channels) - 2, out_channels, *spatial)``:
             index 0 the full-resolution logits, then 1x1-conv heads of the coarser decoder levels upsampled
             (bilinear/trilinear) to the input size, as MONAI's ``DynUNet``. Eval mode always returns
             ``(B, out_channels, *spatial)``. Needs at least three levels.
-
-    Shapes:
-        ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``.
+        spatial_dims, in_channels, out_channels, norm, act, dropout: as in :class:`BaseNet`.
     """
 
     def __init__(
@@ -85,14 +73,9 @@ class ResUNet(nn.Module):
         attention_kernel_size: int = 7,
         deep_supervision: bool = False,
     ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(
-            owner, "in_channels/out_channels", (in_channels, out_channels)
-        )
+        super().__init__(spatial_dims, in_channels, out_channels, dropout)
+        owner, spatial_dims, dropout = type(self).__name__, self.spatial_dims, self.dropout
         channels = check_channels(owner, "channels", channels, min_len=2)
-        dropout = check_probability(owner, "dropout", dropout)
         kernel = check_kernel_size(owner, "attention_kernel_size", attention_kernel_size)
         if deep_supervision and len(channels) < 3:
             raise ValueError(
@@ -105,7 +88,7 @@ class ResUNet(nn.Module):
 
         pool = Pool[Pool.MAX, spatial_dims]
         encoder: list[nn.Module] = [
-            UnetResBlock(spatial_dims, in_channels, channels[0], 3, 1, norm, act, dropout)
+            UnetResBlock(spatial_dims, self.in_channels, channels[0], 3, 1, norm, act, dropout)
         ]
         for c_in, c_out in itertools.pairwise(channels):
             block = UnetResBlock(spatial_dims, c_in, c_out, 3, 1, norm, act, dropout)
@@ -116,10 +99,10 @@ class ResUNet(nn.Module):
             for c_deep, c_skip in zip(channels[:0:-1], channels[-2::-1])
         )
         conv = Conv[Conv.CONV, spatial_dims]
-        self.head = conv(channels[0], out_channels, kernel_size=1)
+        self.head = conv(channels[0], self.out_channels, kernel_size=1)
         # one 1x1 head per decoder stage except the last (full-resolution) one, coarsest first
         ds_widths = channels[-2:0:-1] if self.deep_supervision else ()
-        self.ds_heads = nn.ModuleList(conv(c, out_channels, kernel_size=1) for c in ds_widths)
+        self.ds_heads = nn.ModuleList(conv(c, self.out_channels, kernel_size=1) for c in ds_widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)`` (stacked: DS training)."""

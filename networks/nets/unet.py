@@ -11,7 +11,8 @@ from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
 from networks.blocks.padding import pad_to_match
-from networks.blocks.validation import check_channels, check_choice, check_probability, check_spatial_dims
+from networks.blocks.validation import check_channels, check_choice
+from networks.nets.base import BaseNet
 from networks.registry import register_network
 
 __all__ = ["DoubleConv", "Down", "OutConv", "UNet", "Up"]
@@ -96,7 +97,7 @@ class OutConv(nn.Sequential):
 
 
 @register_network("unet")
-class UNet(nn.Module):
+class UNet(BaseNet):
     """The classic U-Net (Ronneberger 2015, as in the U-Net article), 2D or 3D, returning logits.
 
     Encoder: DoubleConv then ``len(features) - 1`` Down stages; decoder: Up stages mirroring them, each
@@ -106,17 +107,9 @@ class UNet(nn.Module):
     base 64); with ``"transpose"`` the decoder mirrors ``features`` exactly (31.0M parameters).
 
     Args:
-        spatial_dims: 2 or 3.
-        in_channels: input channels.
-        out_channels: output channels (logits).
         features: width per level, at least two; ``(64, 128, 256, 512, 1024)`` is the article's.
         upsample: ``"transpose"`` (2x2 transposed conv) or ``"bilinear"`` (bi/trilinear, parameter-free).
-        norm: normalisation as ``("name", {kwargs})`` or a name.
-        act: activation as ``("name", {kwargs})`` or a name.
-        dropout: dropout probability after each convolution, in ``[0, 1)``.
-
-    Shapes:
-        ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``.
+        spatial_dims, in_channels, out_channels, norm, act, dropout: as in :class:`BaseNet`.
     """
 
     def __init__(
@@ -130,20 +123,15 @@ class UNet(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        spatial_dims = check_spatial_dims(owner, spatial_dims)
-        in_channels, out_channels = check_channels(
-            owner, "in_channels/out_channels", (in_channels, out_channels)
-        )
+        super().__init__(spatial_dims, in_channels, out_channels, dropout)
+        owner, spatial_dims, dropout = type(self).__name__, self.spatial_dims, self.dropout
         widths = list(check_channels(owner, "features", features, min_len=2))
         upsample = check_choice(owner, "upsample", upsample, ("transpose", "bilinear"))
-        dropout = check_probability(owner, "dropout", dropout)
         bilinear = upsample == "bilinear"
         if bilinear:
             widths[-1] = widths[-2]  # the up-sampled bottleneck matches its skip
 
-        self.inc = DoubleConv(spatial_dims, in_channels, widths[0], norm, act, dropout)
+        self.inc = DoubleConv(spatial_dims, self.in_channels, widths[0], norm, act, dropout)
         self.downs = nn.ModuleList(
             Down(spatial_dims, c_in, c_out, norm, act, dropout) for c_in, c_out in itertools.pairwise(widths)
         )
@@ -155,7 +143,7 @@ class UNet(nn.Module):
             ups.append(Up(spatial_dims, c_deep, c_skip, c_out, norm, act, dropout, upsample))
             c_deep = c_out
         self.ups = nn.ModuleList(ups)
-        self.outc = OutConv(spatial_dims, widths[0], out_channels)
+        self.outc = OutConv(spatial_dims, widths[0], self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``."""

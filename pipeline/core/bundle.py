@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 logger = logging.getLogger(__name__)
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 class BundleError(ValueError):
@@ -45,28 +48,44 @@ class Bundle:
     def default_checkpoint(self) -> Path:
         return self.root / "models" / "model.pt"
 
-    def config_file(self, name: str) -> Path:
-        for suffix in (".yaml", ".yml", ".json"):
+    def config_file(self, name: str | Path) -> Path:
+        """A config by name under ``configs/`` (``"train"``, ``"cosine_warmup"``) or a config file's path."""
+        if Path(name).suffix in CONFIG_SUFFIXES and Path(name).is_file():
+            return Path(name).resolve()
+        for suffix in CONFIG_SUFFIXES:
             candidate = self.root / "configs" / f"{name}{suffix}"
             if candidate.is_file():
                 return candidate
-        found = sorted(p.stem for p in (self.root / "configs").glob("*.*") if p.suffix in {".yaml", ".yml", ".json"})
-        raise BundleError(f"bundle {self.root} has no config {name!r}; configs found: {found}")
+        found = sorted(p.stem for p in (self.root / "configs").glob("*.*") if p.suffix in CONFIG_SUFFIXES)
+        raise BundleError(
+            f"bundle {self.root} has no config {str(name)!r} and no such .yaml/.json file exists; "
+            f"configs found: {found}"
+        )
 
-    def parser(self, config: str | list[str] = "inference", **overrides: Any) -> ConfigParser:
+    def config_files(self, config: str | Path | Sequence[str | Path]) -> list[str]:
+        """The files of a config and its overlays, in merge order (later files override earlier ones)."""
+        names = [config] if isinstance(config, (str, Path)) else config
+        return [str(self.config_file(n)) for n in names]
+
+    def parser(
+        self, config: str | Path | Sequence[str | Path] = "inference", **overrides: Any
+    ) -> ConfigParser:
         """A ``ConfigParser`` over one config (or several, merged in order) with the metadata and overrides."""
-        names = [config] if isinstance(config, str) else config
         parser = ConfigParser()
-        parser.read_config([str(self.config_file(n)) for n in names])
+        parser.read_config(self.config_files(config))
         parser.read_meta(str(self.meta_file))
         parser.update({"bundle_root": str(self.root), **overrides})
         return parser
 
-    def workflow(self, config: str | list[str] = "train", workflow_type: str = "train", **overrides: Any) -> ConfigWorkflow:
+    def workflow(
+        self,
+        config: str | Path | Sequence[str | Path] = "train",
+        workflow_type: str = "train",
+        **overrides: Any,
+    ) -> ConfigWorkflow:
         """MONAI's ``ConfigWorkflow`` for the config, as ``python -m monai.bundle run`` builds it."""
-        names = [config] if isinstance(config, str) else config
         return ConfigWorkflow(
-            config_file=[str(self.config_file(n)) for n in names],
+            config_file=self.config_files(config),
             meta_file=str(self.meta_file),
             logging_file=str(self.logging_file) if self.logging_file.is_file() else False,
             workflow_type=workflow_type,
@@ -75,24 +94,13 @@ class Bundle:
 
     def run(
         self,
-        config: str | list[str] = "train",
+        config: str | Path | Sequence[str | Path] = "train",
         workflow_type: str = "train",
-        export_config: str | Path | None = None,
         **overrides: Any,
     ) -> ConfigWorkflow:
-        """Initialize, run and finalize a config; returns the workflow so callers can read engine state.
-
-        ``export_config`` writes the config as run (files merged, overrides applied) to that JSON file after
-        the config's ``initialize`` checks passed and before training, as MONAI's ``save_execute_config`` does,
-        for MLflow params and artifacts.
-        """
+        """Initialize, run and finalize a config; returns the workflow so callers can read engine state."""
         workflow = self.workflow(config, workflow_type, **overrides)
         workflow.initialize()
-        if export_config is not None:
-            from pipeline.core.atomic import atomic_write_json
-
-            Path(export_config).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(export_config, workflow.parser.get())
         missing = workflow.check_properties()
         if missing:
             logger.warning("bundle %s lacks optional properties: %s", self.name, missing)

@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,9 @@ class EvaluationOptions:
         inference: the Predictor's inference options (sliding window, device, TTA, crop, AMP, restore), as
             ``clinseg predict``'s; ``None`` fields keep the bundle's.
         postprocess: label clean-up replacing the bundle's (``None``: the bundle's).
+        config: the bundle's inference config and overlays merged after it, by name under ``configs/`` or as
+            file paths, as ``monai.bundle run`` merges a list.
+        overrides: config ids to override (``spacing=[1, 1, 2]``), after the overlays.
         label_key: datalist key of the reference label map.
         experiment_name: MLflow experiment of the evaluation run.
         train_run_id: MLflow run that trained the checkpoint (found by its checkpoint folder tag when None).
@@ -136,6 +139,8 @@ class EvaluationOptions:
     surface_tolerance_mm: float = 1.0
     inference: InferenceOptions | None = None
     postprocess: PostprocessOptions | None = None
+    config: tuple[str, ...] = ("inference",)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     label_key: str = "label"
     experiment_name: str = "clinseg"
     train_run_id: str | None = None
@@ -205,9 +210,7 @@ def evaluate_checkpoint(
     options = options or EvaluationOptions()
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     entries = load_datalist(datalist, split, required_keys=("image", options.label_key))
-    predictor = Predictor.from_bundle(
-        bundle, checkpoints, options=options.inference, postprocess=options.postprocess
-    )
+    predictor = _predictor(bundle, checkpoints, options)
     rows = evaluate_entries(predictor, entries, options=options)
     ckpts = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, {"split": split}, ckpts)
@@ -247,12 +250,19 @@ def evaluate_folds(
     rows: list[dict[str, Any]] = []
     for k, ckpt in enumerate(ckpts):
         held_out = [e for e in entries if assignment[str(e[patient_key])] == k]
-        predictor = Predictor.from_bundle(
-            bundle, ckpt, options=options.inference, postprocess=options.postprocess
-        )
+        predictor = _predictor(bundle, ckpt, options)
         rows.extend(evaluate_entries(predictor, held_out, options=options, fold=k))
     params = {"split": "out_of_fold", "folds": folds, "fold_seed": seed}
     return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, params, ckpts)
+
+
+def _predictor(
+    bundle: Bundle, checkpoints: str | Path | Sequence[str | Path], options: EvaluationOptions
+) -> Predictor:
+    return Predictor.from_bundle(
+        bundle, checkpoints, options=options.inference, postprocess=options.postprocess,
+        config=list(options.config), **options.overrides,
+    )  # fmt: skip
 
 
 def _finish(
@@ -270,6 +280,8 @@ def _finish(
     if tracking_uri:
         result.tracking_uri = tracking_uri
         params = {**params, "surface_tolerance_mm": options.surface_tolerance_mm}
+        params["config"] = list(options.config)
+        params.update({f"set.{key}": value for key, value in options.overrides.items()})
         result.run_id = log_evaluation(
             bundle, result, files, tracking_uri, datalist=datalist, checkpoints=checkpoints, params=params,
             experiment_name=options.experiment_name, train_run_id=options.train_run_id,

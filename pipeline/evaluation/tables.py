@@ -16,7 +16,7 @@ from pipeline.core.atomic import atomic_write_json, atomic_write_text
 from pipeline.core.bundle import Bundle
 from pipeline.evaluation.result import EvaluationResult
 from pipeline.tracking.run_tags import CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, run_tags
-from pipeline.tracking.store import new_run_name
+from pipeline.tracking.store import CONFIG_AS_RUN, new_run_name
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,8 @@ def write_tables(
 
 
 def training_store(checkpoint: str | Path) -> str | None:
-    """The MLflow store the checkpoint's training run logged to, as ``clinseg train`` recorded it in the
-    checkpoint folder's config as run (``config_run.json``); None when there is no such record."""
-    from pipeline.training.train import CONFIG_AS_RUN
-
+    """The MLflow store the checkpoint's training run logged to, as the run recorded it in the checkpoint
+    folder's config as run (``config_run.json``); None when there is no such record."""
     record = Path(checkpoint).resolve().parent / CONFIG_AS_RUN
     try:
         uri = json.loads(record.read_text()).get("tracking_uri")
@@ -90,8 +88,6 @@ def evaluation_store(checkpoint: str | Path, tracking_uri: str | None = None) ->
         return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
     trained = training_store(checkpoint)
     if trained:
-        from pipeline.training.train import CONFIG_AS_RUN
-
         return trained, f"the training run's store, from {Path(checkpoint).resolve().parent / CONFIG_AS_RUN}"
     return default_tracking_uri(), "the default store in the working directory"
 

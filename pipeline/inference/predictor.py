@@ -103,7 +103,7 @@ class Predictor:
         *,
         options: InferenceOptions | None = None,
         postprocess: PostprocessOptions | None = None,
-        config: str = "inference",
+        config: str | Path | Sequence[str | Path] = "inference",
         **overrides: Any,
     ) -> Predictor:
         """Build from a bundle's inference config; weights default to the bundle's ``models/model.pt``.
@@ -113,7 +113,8 @@ class Predictor:
             checkpoints: one checkpoint or several (an ensemble, e.g. the folds of a cross-validation).
             options: sliding-window, TTA, cropping, restore and device settings overriding the bundle's.
             postprocess: label clean-up replacing the bundle's (its ``CleanLabelsd`` step).
-            config: config name under ``configs/``.
+            config: config name under ``configs/``, or a list: the config then overlays (names or file paths),
+                merged in order.
             overrides: config ids to override (``spacing=[1, 1, 2]``).
         """
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)

@@ -1,10 +1,11 @@
-"""MLflow wiring shared by bundles and the CLI: default store, run names, params, reachability."""
+"""MLflow wiring for bundles and the CLI: default store, run names, config as run, params, reachability."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,7 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from monai.bundle import ConfigParser
+
+from pipeline.core.atomic import atomic_write_json
+
 DEFAULT_DB = "mlflow.db"
+CONFIG_AS_RUN = "config_run.json"  # the config as run, in the checkpoint folder: MLflow params and artifact
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -67,6 +73,40 @@ def run_name_for(ckpt_dir: str | Path, prefix: str, resume: bool = False) -> str
     return name
 
 
+def running_parser() -> ConfigParser:
+    """The ``ConfigParser`` evaluating the calling config expression: the innermost one on the call stack.
+
+    MONAI hands expressions no parser, but evaluates every one inside ``ConfigParser.get_parsed_content``
+    (``ConfigWorkflow.initialize/run`` under ``monai.bundle run`` and ``clinseg`` alike).
+
+    Raises:
+        RuntimeError: called from outside a config expression.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigParser):
+            return owner
+        frame = frame.f_back
+    raise RuntimeError("running_parser() is for bundle config expressions: no ConfigParser is evaluating one")
+
+
+def export_config_as_run(folder: str | Path) -> str:
+    """Write the config of the running bundle to ``folder/config_run.json``; returns the file's path.
+
+    For a train config: ``config_as_run: $pipeline.tracking.store.export_config_as_run(@ckpt_dir)``, handed to
+    :func:`experiment_params` and :func:`bundle_artifacts`. The file is the config as run (files merged in
+    order, overrides applied, ``_meta_`` included), whichever runner parsed it: ``clinseg train --config
+    extra.yaml --set k=v`` and ``python -m monai.bundle run --config_file "['train.yaml', 'extra.yaml']"
+    --k v`` record what they ran, and a run never reads a previous run's file. Written atomically (torchrun
+    ranks write the same content).
+    """
+    path = Path(folder) / CONFIG_AS_RUN
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, running_parser().get())
+    return str(path)
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -97,8 +137,8 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "config") -> dict[st
 def experiment_params(
     meta: Mapping[str, Any] | None = None, config_file: str | Path | None = None, **knobs: Any
 ) -> dict[str, str]:
-    """MLflow params: the bundle's name and version, the whole config as run (``config.*``, when ``config_file``
-    exists: ``clinseg train`` writes it, with overrides applied) and the named knobs with resolved values."""
+    """MLflow params: the bundle's name and version, the whole config as run (``config.*`` from
+    ``config_file``, see :func:`export_config_as_run`, when it exists) and the named knobs, resolved."""
     params: dict[str, str] = {}
     if meta:
         params["bundle.name"] = str(meta.get("name", ""))
@@ -110,7 +150,8 @@ def experiment_params(
 
 
 def bundle_artifacts(bundle_root: str | Path, *extra: str | Path) -> list[str]:
-    """Files logged as run artifacts: the bundle's configs (as run) and extra files such as the best checkpoint."""
+    """Files logged as run artifacts: the bundle's config files as shipped and extra files such as the best
+    checkpoint and the config as run (:func:`export_config_as_run`)."""
     configs = Path(bundle_root) / "configs"
     files = sorted(str(p) for p in configs.glob("*") if p.suffix in {".yaml", ".json", ".conf"})
     return files + [str(p) for p in extra]

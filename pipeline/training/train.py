@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.bundle import Bundle
 from pipeline.tracking.store import default_tracking_uri
-
-CONFIG_AS_RUN = (
-    "config_run.json"  # the config as run, written into the checkpoint folder (MLflow params, artifact)
-)
 
 
 @dataclass
@@ -60,10 +57,13 @@ def train_bundle(
     folds: int = 5,
     fold_seed: int = 0,
     overrides: dict[str, Any] | None = None,
-    config: str | list[str] = "train",
+    config: str | Path | Sequence[str | Path] = "train",
 ) -> TrainResult:
     """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides.
 
+    ``config`` may list overlays after the base config, by name under ``configs/`` or as file paths, merged in
+    order as ``monai.bundle run`` merges a list (e.g. ``["train", "cosine_warmup", "my_site.yaml"]``); the run
+    writes its config as run, overlays and overrides applied, to ``<ckpt_dir>/config_run.json`` for MLflow.
     ``resume=True`` continues from the newest checkpoint in ``ckpt_dir`` and logs into the same MLflow run.
     ``fold=k`` trains fold k of a deterministic patient-level ``folds``-fold split of the datalist's
     training + validation cases (the fold's datalist is written into ``ckpt_dir``; the run is tagged).
@@ -91,8 +91,7 @@ def train_bundle(
             out_path=Path(ckpt_dir) / f"dataset_fold{fold}of{folds}.json",
         )  # fmt: skip
         settings.update(datalist_file=str(datalist.resolve()), fold=fold)
-    run_dir = Path(settings["ckpt_dir"]) if "ckpt_dir" in settings else bundle.root / "models"
-    workflow = bundle.run(config, export_config=run_dir / CONFIG_AS_RUN, **settings)
+    workflow = bundle.run(config, **settings)
     parser = workflow.parser
     evaluator = parser.get_parsed_content("validate#evaluator")
     trainer = parser.get_parsed_content("train#trainer")
