@@ -1,0 +1,190 @@
+"""Folders of DICOM studies with RTSTRUCT or DICOM SEG labels: one case per sub-folder (or the folder itself).
+
+Per case: the one RTSTRUCT or SEG object is found by header, the image series it references is chosen (else the
+only image series beside it; RTPLAN/RTDOSE and other non-image objects are ignored), the mapped structures are
+rasterised onto that series' grid (``labels/<case>.nii.gz``, the overlap rule of
+:mod:`pipeline.datasets.structures`) and the image channel references the case folder when it holds one image
+series (LoadScand reads it), else the series is written as ``images/<case>_<channel>.nii.gz``.
+A mapped structure absent (or empty) in a case is reported; the case is skipped unless ``allow_missing``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from pipeline.datasets.model import Case, LayoutResult, Skipped, channel_name
+from pipeline.datasets.nifti_files import write_image
+from pipeline.datasets.structures import combine, match_structures
+from pipeline.outputs.dicom_seg import read_dicom_seg
+from pipeline.outputs.nifti import write_mask_nifti
+from pipeline.outputs.rtstruct_read import read_rtstruct, rtstruct_to_mask
+from transforms.dicom import series_to_volume
+from transforms.dicom_discovery import SeriesInfo, discover_series, read_header
+from transforms.io_errors import ScanLoadError
+
+LABEL_MODALITIES = ("RTSTRUCT", "SEG")
+
+
+def case_folders(src: Path) -> list[Path]:
+    """The case folders of ``src``: ``src`` itself when it holds DICOM files directly, else its sub-folders."""
+    direct = [p for p in src.iterdir() if p.is_file() and read_header(p) is not None]
+    return [src] if direct else sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _label_objects(folder: Path) -> list[tuple[Path, Dataset]]:
+    out = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        item = read_header(path)
+        if item is not None and str(item.header.get("Modality", "")) in LABEL_MODALITIES:
+            out.append((path, item.header))
+    return out
+
+
+def _referenced_series(ds: Dataset) -> set[str]:
+    """SeriesInstanceUIDs an RTSTRUCT (via its frames of reference) or a SEG references."""
+    uids = {
+        str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in s
+    }
+    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for study in frame.get("RTReferencedStudySequence", []):
+            uids |= {str(s.SeriesInstanceUID) for s in study.get("RTReferencedSeriesSequence", [])}
+    return uids
+
+
+def _choose_series(series: list[SeriesInfo], ds: Dataset, folder: Path) -> SeriesInfo:
+    hits = [s for s in series if s.uid in _referenced_series(ds)]
+    if len(hits) == 1:
+        return hits[0]
+    if len(series) == 1:
+        return series[0]
+    raise ValueError(
+        f"the {ds.Modality} object references none of the {len(series)} image series in the folder "
+        "(or several): keep only its image series beside it"
+    )
+
+
+def _rtstruct_masks(path: Path, files: list[str], rois: dict[int, list[str]]) -> dict[int, np.ndarray]:
+    masks = {}
+    for value, names in rois.items():
+        masks[value] = np.zeros(0, dtype=bool)
+        for name in names:
+            mask = rtstruct_to_mask(path, files, {1: name}) == 1
+            masks[value] = mask if masks[value].size == 0 else masks[value] | mask
+    return masks
+
+
+def _seg_masks(
+    path: Path, files: list[str], segments: dict[int, list[str]], numbers: dict[str, list[int]]
+) -> dict[int, np.ndarray]:
+    volume = read_dicom_seg(path, files)
+    return {v: np.isin(volume, [n for name in names for n in numbers[name]]) for v, names in segments.items()}
+
+
+def _structure_names(path: Path, ds: Dataset) -> tuple[list[str], dict[str, list[int]]]:
+    """Structure names in a label object (ROIs with contours / SEG segments) and SEG segment numbers by name."""
+    if ds.Modality == "SEG":
+        numbers: dict[str, list[int]] = {}
+        for seg in ds.get("SegmentSequence", []):
+            numbers.setdefault(str(seg.SegmentLabel), []).append(int(seg.SegmentNumber))
+        return list(numbers), numbers
+    return [name for name, contours in read_rtstruct(path).items() if contours], {}
+
+
+def _import_case(
+    folder: Path,
+    case: str,
+    structures: Mapping[int, list[str]],
+    dest: Path,
+    result: LayoutResult,
+    allow_missing: bool,
+) -> Case:
+    objects = _label_objects(folder)
+    if len(objects) != 1:
+        raise ValueError(
+            f"{len(objects)} RTSTRUCT/SEG objects in the case folder; keep exactly one (one case per label object)"
+        )
+    path, ds = objects[0]
+    series = discover_series(folder)
+    if not series:
+        raise ValueError("no DICOM image series beside the label object")
+    chosen = _choose_series(series, ds, folder)
+    volume, affine, meta = series_to_volume(chosen)
+    files = meta["dicom_files"]
+    found, numbers = _structure_names(path, ds)
+    matched = match_structures(structures, found)
+    missing = [structures[v][0] for v, names in matched.items() if not names]
+    if missing:
+        result.missing[case] = missing
+        if not allow_missing:
+            raise ValueError(
+                f"missing structure(s) {missing} (--allow-missing takes the case with them left unlabelled)"
+            )
+    present = {v: names for v, names in matched.items() if names}
+    if not present:
+        raise ValueError("none of the mapped structures is present")
+    if ds.Modality == "SEG":
+        masks = _seg_masks(path, files, present, numbers)
+    else:
+        masks = _rtstruct_masks(path, files, present)
+    labels, overlaps = combine(masks)
+    label_path = write_mask_nifti(labels, affine, dest / "labels" / f"{case}.nii.gz")
+    name = channel_name(chosen.modality or "image")
+    if len(series) == 1:
+        image = str(folder.resolve())
+        converted = [str(label_path)]
+    else:
+        image_path = write_image(volume, affine, dest / "images" / f"{case}_{name}.nii.gz")
+        image, converted = str(image_path), [str(image_path), str(label_path)]
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    item = Case(case, {name: image}, str(label_path), converted=converted)
+    item.details = {
+        "label_object": ds.Modality,
+        "series_uid": chosen.uid,
+        "matched": {structures[v][0]: names for v, names in present.items()},
+        "unmapped": sorted(set(found) - {n for names in present.values() for n in names}),
+        "volumes_ml": {
+            structures[v][0]: round(float(np.count_nonzero(labels == v)) * voxel_ml, 2) for v in present
+        },
+        "overlap_voxels": overlaps,
+    }
+    if missing:
+        item.extra["missing_labels"] = missing
+    item.details["modality"] = chosen.modality
+    return item
+
+
+def read_dicom_studies(
+    src: Path, dest: Path, structures: Mapping[int, list[str]], *, allow_missing: bool = False
+) -> LayoutResult:
+    """Import every case folder of ``src`` (see the module docstring); labels are written under ``dest``.
+
+    Args:
+        src: a folder of case folders (or one case folder) of DICOM files.
+        dest: the import's output folder.
+        structures: label number -> structure names (first = label name), :func:`parse_structures`.
+        allow_missing: take a case lacking some mapped structures (they stay background, listed in the entry's
+            ``missing_labels`` and the report) instead of skipping it.
+    """
+    labels = {0: "background", **{v: names[0] for v, names in structures.items()}}
+    result = LayoutResult("dicom", src, {}, labels)
+    (dest / "labels").mkdir(parents=True, exist_ok=True)
+    for folder in case_folders(src):
+        case = folder.name
+        try:
+            item = _import_case(folder, case, structures, dest, result, allow_missing)
+        except (ValueError, ScanLoadError) as err:
+            result.skipped.append(Skipped(case, str(err)))
+            continue
+        name, modality = next(iter(item.channels)), item.details.pop("modality")
+        if result.channels and name not in result.channels:
+            result.skipped.append(
+                Skipped(case, f"image modality {modality} differs from the dataset's {result.channels}")
+            )
+            continue
+        result.channels[name] = modality
+        result.cases.append(item)
+    return result
