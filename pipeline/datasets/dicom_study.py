@@ -10,6 +10,7 @@ A mapped structure absent (or empty) in a case is reported; the case is skipped 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,9 +36,19 @@ def case_folders(src: Path) -> list[Path]:
     return [src] if direct else sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def walk_files(folder: Path) -> list[Path]:
+    """The non-hidden files under ``folder`` at any depth, following symbolic links, sorted."""
+    return sorted(
+        Path(root) / name
+        for root, _, names in os.walk(folder, followlinks=True)
+        for name in names
+        if not name.startswith(".")
+    )
+
+
 def _label_objects(folder: Path) -> list[tuple[Path, Dataset]]:
     out = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in walk_files(folder):
         item = read_header(path)
         if item is not None and str(item.header.get("Modality", "")) in LABEL_MODALITIES:
             out.append((path, item.header))

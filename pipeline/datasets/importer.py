@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic import atomic_write_json
-from pipeline.datasets.dicom_study import read_dicom_studies
+from pipeline.datasets.dicom_study import read_dicom_studies, walk_files
 from pipeline.datasets.model import Case, DatasetImportError, LayoutResult
 from pipeline.datasets.msd import read_msd
 from pipeline.datasets.nifti_files import is_nifti
@@ -51,7 +51,7 @@ def detect_layout(src: Path) -> str:
         raise DatasetImportError(
             f"{manifest}: neither MSD ('modality', 'training') nor nnU-Net v2 ('channel_names', 'file_ending')"
         )
-    files = [p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    files = walk_files(src)
     if any(is_nifti(p) for p in files):
         return "nifti"
     if any(read_header(p) is not None for p in files[:200]):
