@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.core.datalist import load_datalist
+from pipeline.core.datalist import DatalistError, load_datalist
 from pipeline.core.splits import fold_datalist
 from pipeline.datasets.importer import detect_layout, import_dataset
 from pipeline.datasets.model import DatasetImportError
@@ -214,6 +214,24 @@ def test_msd_4d_is_split_into_named_channels(tmp_path):
     assert json.loads((dest / "dataset.json").read_text())["training"][0]["flair"].startswith("images/")
     loaded = LoadScand(keys=["flair", "t1_gd", "label"], label_keys=["label"])(entry)
     assert loaded["flair"].shape == loaded["label"].shape == (1, *SHAPE)
+    moved = fold_datalist(dest / "dataset.json", 1, 2, out_path=tmp_path / "elsewhere" / "fold1.json")
+    assert json.loads(moved.read_text())["validation"][0]["t1_gd"].startswith("../out/images/")
+    assert all(Path(e["t1_gd"]).is_file() for e in _load(moved, "validation"))
+
+
+def test_load_datalist_resolves_and_checks_declared_channels(tmp_path):
+    _nii(tmp_path / "a_t2.nii.gz", np.zeros(SHAPE, np.float32))
+    content = {
+        "channels": {"t2": "MR", "adc": "MR"},
+        "training": [{"case": "a", "t2": "a_t2.nii.gz", "adc": "a_adc.nii.gz"}],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    with pytest.raises(DatalistError, match=r"training\[0\]\['adc'\] -> .*a_adc.nii.gz does not exist"):
+        load_datalist(tmp_path / "dataset.json", required_keys=("t2",))
+    (entry,) = load_datalist(tmp_path / "dataset.json", required_keys=("t2",), check_files=False)
+    assert entry["t2"] == str(tmp_path.resolve() / "a_t2.nii.gz") and entry["adc"].startswith(
+        str(tmp_path.resolve())
+    )
 
 
 def test_msd_4d_with_wrong_channel_count_is_skipped_with_reason(tmp_path):

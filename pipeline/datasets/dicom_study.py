@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pipeline.datasets.model import Case, LayoutResult, Skipped, channel_name
+from pipeline.datasets.model import Case, LayoutResult, Skipped, channel_name, safe_name
 from pipeline.datasets.nifti_files import write_image
 from pipeline.datasets.structures import combine, match_structures
 from pipeline.outputs.dicom_seg import read_dicom_seg
@@ -184,7 +184,12 @@ def read_dicom_studies(
     result = LayoutResult("dicom", src, {}, labels)
     (dest / "labels").mkdir(parents=True, exist_ok=True)
     for folder in case_folders(src):
-        case = folder.name
+        case = safe_name(folder.name)
+        if any(c.case == case for c in result.cases) or any(s.case == case for s in result.skipped):
+            result.skipped.append(
+                Skipped(f"{case} ({folder.name})", "case id already used by another folder")
+            )
+            continue
         try:
             item = _import_case(folder, case, structures, dest, result, allow_missing)
         except (ValueError, ScanLoadError) as err:

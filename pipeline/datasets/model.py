@@ -15,6 +15,11 @@ class DatasetImportError(ValueError):
     """A source that cannot be imported as a whole (bad layout, unreadable dataset.json, bad option)."""
 
 
+def safe_name(raw: str) -> str:
+    """A case id usable in file names: characters outside ``[A-Za-z0-9._-]`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(raw)).lstrip(".") or "case"
+
+
 def channel_name(raw: str) -> str:
     """A datalist key for a channel called ``raw``: ``"T1 Gd"`` -> ``"t1_gd"`` (lower case, ``[a-z0-9_]``)."""
     name = re.sub(r"[^a-z0-9]+", "_", str(raw).strip().lower()).strip("_")

@@ -13,6 +13,7 @@ from pipeline.datasets.model import (
     LayoutResult,
     Skipped,
     modality_of,
+    safe_name,
     unique_channel_names,
 )
 from pipeline.datasets.nifti_files import header_shape, split_channels, stem
@@ -73,7 +74,7 @@ def read_msd(src: Path, dest: Path) -> LayoutResult:
             result.skipped.append(Skipped(f"training[{index}]", "entry lacks 'image' or 'label' paths"))
             continue
         image, label = (src / raw["image"]).resolve(), (src / raw["label"]).resolve()
-        case = stem(image)
+        case = safe_name(stem(image))
         try:
             for f in (image, label):
                 if not f.is_file():
@@ -88,7 +89,7 @@ def read_msd(src: Path, dest: Path) -> LayoutResult:
         result.cases.append(item)
     for raw in content.get("test", []) or []:
         image = (src / (raw if isinstance(raw, str) else raw.get("image", ""))).resolve()
-        case = stem(image)
+        case = safe_name(stem(image))
         try:
             if not image.is_file():
                 raise ValueError(f"{image} does not exist")
