@@ -391,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source layout (auto: from dataset.json's keys, else NIfTI or DICOM files)")
     p.add_argument("--structures", help="DICOM: label=structure names map, aliases after '|' (case, spaces, "
                    "'_' and '-' ignored), e.g. '1=GTV-1;2=Lung L|LUNG_LEFT', or a .json file; NIfTI: label names")
-    p.add_argument("--channels", help="NIfTI case folders: channel globs NAME[:MODALITY]=GLOB;... "
-                   "e.g. 'flair:MR=Flair_*;t1c:MR=T1c_*' (default: one channel per file name)")
+    p.add_argument("--channels", help="NIfTI case folders: channel globs NAME[:MODALITY]=GLOB;... and label=GLOB, "
+                   "e.g. 'flair:MR=Flair_*;t1c:MR=T1c_*;label=OTMulti*' (default: one channel per file name, "
+                   "label from label*/seg*/gt* files)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients held out as the test split")
     p.add_argument("--folds", type=int, default=5,
                    help="patient-level cross-validation folds (fold 0 is the validation split; 1: none)")

@@ -333,6 +333,19 @@ def test_nifti_case_folders_with_channel_globs_and_label_names(tmp_path):
     assert entry["flair"].endswith("Flair_norm.nii.gz") and entry["label"].endswith("seg.nii.gz")
 
 
+def test_nifti_label_file_named_by_a_glob(tmp_path):
+    for i in range(2):
+        _nii(tmp_path / "src" / f"s{i}" / "Flair_x.nii.gz", np.ones(SHAPE, np.float32))
+        _nii(tmp_path / "src" / f"s{i}" / "brainmask.nii.gz", np.ones(SHAPE, np.uint8))
+        _nii(tmp_path / "src" / f"s{i}" / "OTMultiClass.nii.gz", _label(i))
+    report = import_dataset(
+        tmp_path / "src", tmp_path / "out", channels="flair=Flair_*;label=ot*", folds=2, test_fraction=0
+    )
+    assert report["counts"]["taken"] == 2 and report["channels"] == {"flair": "MR"}
+    entry = _load(tmp_path / "out" / "dataset.json", "training")[0]
+    assert entry["label"].endswith("OTMultiClass.nii.gz") and "brainmask" not in json.dumps(entry)
+
+
 def test_nifti_paired_folders_name_found_values(tmp_path):
     src = tmp_path / "plain"
     for i in range(3):

@@ -115,7 +115,7 @@ def import_dataset(
         layout: one of :data:`LAYOUTS`.
         structures: DICOM: label -> structure names map (``"1=GTV-1;2=Lung L|LUNG_LEFT"`` or a ``.json`` file);
             NIfTI folders: label value -> name.
-        channels: NIfTI case folders: ``name[:MODALITY]=glob;...`` channel patterns.
+        channels: NIfTI case folders: ``name[:MODALITY]=glob;...`` channel patterns (``label=glob``: the label file).
         test_fraction: share of cases held out as ``test``.
         folds: cross-validation folds over the other cases (fold 0 = ``validation``; 1: no validation split).
         seed: split seed.

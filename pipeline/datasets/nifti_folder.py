@@ -5,7 +5,8 @@
 
 In a case folder the label is the file whose name matches a label pattern (default ``label*``, ``*_label*``,
 ``seg*``, ``*_seg*``, ``gt*``; case-insensitive globs on the name without ``.nii[.gz]``) and every other NIfTI
-file is a channel named after its file name, unless channels are given as ``name[:MODALITY]=glob`` patterns.
+file is a channel named after its file name, unless channels are given as ``name[:MODALITY]=glob`` patterns
+(``label=glob`` among them names the label file: ``"flair:MR=Flair_*;t1c:MR=T1c_*;label=OTMultiClass*"``).
 """
 
 from __future__ import annotations
@@ -131,12 +132,15 @@ def read_nifti_folder(
 
     Args:
         src: the folder.
-        channels: ``name[:MODALITY]=glob;...`` channel patterns (default: one channel ``image`` for paired
-            folders; channels named after the files for case folders).
+        channels: ``name[:MODALITY]=glob;...`` channel patterns, ``label=glob`` for the label file (default: one
+            channel ``image`` for paired folders; channels named after the files for case folders).
         labels: label value -> name (default: the values found, named ``label_<value>``).
         label_patterns: globs naming the label file in a case folder.
     """
     spec = parse_channels(channels) if channels else None
+    if spec and "label" in spec:
+        label_patterns = (spec.pop("label")[1],)
+        spec = spec or None
     for images, label_dir in _PAIRS:
         if (src / images).is_dir() and (src / label_dir).is_dir():
             name, (modality, _) = next(iter(spec.items())) if spec else ("image", ("OT", ""))
