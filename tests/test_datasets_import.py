@@ -7,9 +7,12 @@ import json
 import os
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+from pydicom.sr.codedict import codes
 
 from pipeline.cli import main
 from pipeline.core.datalist import DatalistError, load_datalist
@@ -438,6 +441,50 @@ def test_dicom_rtstruct_round_trip_aliases_and_missing_structures(tmp_path):
     content = json.loads((tmp_path / "out2" / "dataset.json").read_text())
     p2 = next(e for s in ("training", "validation") for e in content[s] if e["case"] == "p2")
     assert p2["missing_labels"] == ["GTV-1"]
+
+
+@pytest.mark.filterwarnings("ignore:The string .PHANTOM. is unlikely")
+def test_dicom_seg_with_overlapping_segments_follows_the_overlap_rule(tmp_path):
+    folder = tmp_path / "src" / "p0"
+    affine = np.diag([-0.7, -0.7, 2.0, 1.0])
+    files = write_dicom_series(np.zeros((16, 12, 4), np.int16), affine, folder / "ct", uid_seed="seg")
+    organ = np.zeros((16, 12, 4), bool)
+    organ[2:12, 2:10, :] = True
+    lesion = np.zeros_like(organ)
+    lesion[4:7, 4:7, 1:3] = True
+    frames = np.stack([organ, lesion], axis=-1).transpose(2, 1, 0, 3)  # (Z, rows, columns, segments)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1,
+            segment_label=name,
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for i, name in enumerate(["Liver", "Liver lesion"])
+    ]
+    hd.seg.Segmentation(
+        source_images=[pydicom.dcmread(f) for f in files],
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=300,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    ).save_as(folder / "seg.dcm")
+    report = import_dataset(
+        tmp_path / "src", tmp_path / "out", structures="1=liver;2=LIVER_LESION", test_fraction=0, folds=1
+    )
+    assert report["cases"]["p0"]["label_object"] == "SEG" and report["cases"]["p0"]["overlap_voxels"] == {
+        "1&2": 18
+    }
+    label = nib.load(tmp_path / "out" / "labels" / "p0.nii.gz").get_fdata()
+    np.testing.assert_array_equal(label, np.where(lesion, 2, np.where(organ, 1, 0)))
 
 
 def test_dicom_without_structure_map_is_refused(tmp_path):

@@ -14,13 +14,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 
 from pipeline.datasets.model import Case, LayoutResult, Skipped, channel_name, safe_name
 from pipeline.datasets.nifti_files import write_image
 from pipeline.datasets.structures import combine, match_structures
-from pipeline.outputs.dicom_seg import read_dicom_seg
 from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.rtstruct_read import read_rtstruct, rtstruct_to_mask
 from transforms.dicom import series_to_volume
@@ -91,8 +92,24 @@ def _rtstruct_masks(path: Path, files: list[str], rois: dict[int, list[str]]) ->
 def _seg_masks(
     path: Path, files: list[str], segments: dict[int, list[str]], numbers: dict[str, list[int]]
 ) -> dict[int, np.ndarray]:
-    volume = read_dicom_seg(path, files)
-    return {v: np.isin(volume, [n for name in names for n in numbers[name]]) for v, names in segments.items()}
+    """Per-label boolean ``(X, Y, Z)`` masks from a SEG's segments, each segment read on its own so that
+    overlapping segments reach the overlap rule (frames matched to ``files`` by SOP Instance UID, as
+    :func:`pipeline.outputs.dicom_seg.read_dicom_seg`)."""
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    seg = hd.seg.segread(path)
+    wanted = sorted({n for names in segments.values() for name in names for n in numbers[name]})
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids,
+        segment_numbers=wanted,
+        combine_segments=False,
+        assert_missing_frames_are_empty=True,
+        ignore_spatial_locations=True,  # many writers (e.g. dcmqi) omit SpatialLocationsPreserved
+    )  # (Z, rows, columns, segments)
+    by_number = {n: pixels[..., i].transpose(2, 1, 0) > 0 for i, n in enumerate(wanted)}
+    return {
+        v: np.logical_or.reduce([by_number[n] for name in names for n in numbers[name]])
+        for v, names in segments.items()
+    }
 
 
 def _structure_names(path: Path, ds: Dataset) -> tuple[list[str], dict[str, list[int]]]:
