@@ -67,7 +67,7 @@ def _referenced_series(ds: Dataset) -> set[str]:
     return uids
 
 
-def _choose_series(series: list[SeriesInfo], ds: Dataset, folder: Path) -> SeriesInfo:
+def _choose_series(series: list[SeriesInfo], ds: Dataset) -> SeriesInfo:
     hits = [s for s in series if s.uid in _referenced_series(ds)]
     if len(hits) == 1:
         return hits[0]
@@ -129,7 +129,12 @@ def _import_case(
     dest: Path,
     result: LayoutResult,
     allow_missing: bool,
-) -> Case:
+) -> tuple[Case, str]:
+    """One case folder as a :class:`Case` (label written under ``dest``) and its image modality.
+
+    Raises:
+        ValueError: no or several label objects, no usable image series, missing structures (not allowed).
+    """
     objects = _label_objects(folder)
     if len(objects) != 1:
         raise ValueError(
@@ -139,26 +144,27 @@ def _import_case(
     series = discover_series(folder)
     if not series:
         raise ValueError("no DICOM image series beside the label object")
-    chosen = _choose_series(series, ds, folder)
+    chosen = _choose_series(series, ds)
     volume, affine, meta = series_to_volume(chosen)
     files = meta["dicom_files"]
     found, numbers = _structure_names(path, ds)
-    matched = match_structures(structures, found)
-    missing = [structures[v][0] for v, names in matched.items() if not names]
+    matched = {v: names for v, names in match_structures(structures, found).items() if names}
+    if ds.Modality == "SEG":
+        masks = _seg_masks(path, files, matched, numbers) if matched else {}
+    else:
+        masks = _rtstruct_masks(path, files, matched)
+    present = {v: matched[v] for v, mask in masks.items() if mask.any()}
+    missing = [names[0] for v, names in structures.items() if v not in present]
     if missing:
         result.missing[case] = missing
         if not allow_missing:
             raise ValueError(
-                f"missing structure(s) {missing} (--allow-missing takes the case with them left unlabelled)"
+                f"missing structure(s) {missing} (absent or empty; --allow-missing takes the case with them "
+                "left unlabelled)"
             )
-    present = {v: names for v, names in matched.items() if names}
     if not present:
         raise ValueError("none of the mapped structures is present")
-    if ds.Modality == "SEG":
-        masks = _seg_masks(path, files, present, numbers)
-    else:
-        masks = _rtstruct_masks(path, files, present)
-    labels, overlaps = combine(masks)
+    labels, overlaps = combine({v: masks[v] for v in present})
     label_path = write_mask_nifti(labels, affine, dest / "labels" / f"{case}.nii.gz")
     name = channel_name(chosen.modality or "image")
     if len(series) == 1:
@@ -181,8 +187,7 @@ def _import_case(
     }
     if missing:
         item.extra["missing_labels"] = missing
-    item.details["modality"] = chosen.modality
-    return item
+    return item, chosen.modality
 
 
 def read_dicom_studies(
@@ -208,15 +213,17 @@ def read_dicom_studies(
             )
             continue
         try:
-            item = _import_case(folder, case, structures, dest, result, allow_missing)
+            item, modality = _import_case(folder, case, structures, dest, result, allow_missing)
         except (ValueError, ScanLoadError) as err:
             result.skipped.append(Skipped(case, str(err)))
             continue
-        name, modality = next(iter(item.channels)), item.details.pop("modality")
+        name = next(iter(item.channels))
         if result.channels and name not in result.channels:
             result.skipped.append(
                 Skipped(case, f"image modality {modality} differs from the dataset's {result.channels}")
             )
+            for written in item.converted:
+                Path(written).unlink(missing_ok=True)
             continue
         result.channels[name] = modality
         result.cases.append(item)
