@@ -23,6 +23,7 @@ from pipeline.datasets.split import split_cases
 from pipeline.datasets.structures import combine, fold_name, match_structures, parse_structures
 from pipeline.outputs.rtstruct import write_rtstruct
 from pipeline.synthetic.dicom_series import write_dicom_series
+from pipeline.tracking.run_tags import dataset_fingerprint
 from transforms.io import LoadScand
 
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
@@ -371,6 +372,14 @@ def test_bad_sources_are_named_errors(tmp_path):
     with pytest.raises(DatasetImportError, match="DEST must differ from SRC"):
         import_dataset(src, src)
     assert main(["import", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+
+
+def test_dataset_fingerprint_covers_declared_channels(tmp_path):
+    src = _msd(tmp_path / "Task01", 2, 2)
+    import_dataset(src, tmp_path / "out", test_fraction=0, folds=2)
+    before = dataset_fingerprint(tmp_path / "out" / "dataset.json")
+    _nii(tmp_path / "out" / "images" / "pat_000_t1_gd.nii.gz", np.zeros((*SHAPE, 2), np.float32))
+    assert dataset_fingerprint(tmp_path / "out" / "dataset.json") != before
 
 
 # --- DICOM studies: RTSTRUCT written by our own writer, missing structures ------------------------------------
