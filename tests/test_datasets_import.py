@@ -18,7 +18,7 @@ from pipeline.cli import main
 from pipeline.core.datalist import DatalistError, load_datalist
 from pipeline.core.splits import fold_datalist
 from pipeline.datasets.importer import detect_layout, import_dataset
-from pipeline.datasets.model import DatasetImportError
+from pipeline.datasets.model import DatasetImportError, unique_channel_names
 from pipeline.datasets.split import split_cases
 from pipeline.datasets.structures import combine, fold_name, match_structures, parse_structures
 from pipeline.outputs.rtstruct import write_rtstruct
@@ -73,6 +73,18 @@ def test_split_refuses_too_few_cases_and_allows_one_fold():
         split_cases(["a", "b", "c"], test_fraction=0.0, folds=5)
     split_of, fold_of = split_cases(["a"], test_fraction=0.0, folds=1)
     assert split_of == {"a": "training"} and fold_of == {"a": -1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        (["FLAIR", "T1 Gd", "t1-gd"], ["flair", "t1_gd", "t1_gd_2"]),
+        (["Image", "image"], ["image", "image_2"]),
+        (["label", "Case", "!!"], ["label_image", "case_image", "channel"]),
+    ],
+)
+def test_channel_names_are_unique_keys(raw, names):
+    assert unique_channel_names(raw) == names
 
 
 def test_structure_map_aliases_fold_case_spaces_underscores_hyphens(tmp_path):

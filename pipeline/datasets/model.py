@@ -27,11 +27,13 @@ def channel_name(raw: str) -> str:
 
 
 def unique_channel_names(raw: list[str]) -> list[str]:
-    """:func:`channel_name` of each, made unique (``_2``, ``_3`` ...) and kept off ``case`` and ``label``."""
+    """:func:`channel_name` of each, made unique (``_2``, ``_3`` ...) and kept off ``case`` and ``label``, and
+    off ``image`` (the reference channel's alias) unless first."""
     out: list[str] = []
-    for item in raw:
+    for index, item in enumerate(raw):
         base = channel_name(item)
         base = f"{base}_image" if base in RESERVED_KEYS else base
+        base = "image_2" if base == "image" and index else base
         name, n = base, 1
         while name in out:
             n += 1
