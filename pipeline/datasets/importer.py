@@ -2,9 +2,10 @@
 
 The datalist holds ``training`` / ``validation`` / ``test`` lists of ``{"case", <channel>..., "image", "label"}``
 entries (``image`` is the reference channel, the first; files written by the import relative to the datalist's
-folder, sources left in place absolute), ``unlabelled``
-entries when the source has some, ``channels`` (name -> modality, in order), ``labels`` (value -> name),
-``regions`` (nnU-Net region labels), ``source`` and ``folds``. The split is :mod:`pipeline.datasets.split`.
+folder, sources left in place absolute), ``unlabelled`` entries when the source has some, ``channels``
+(name -> modality, in order), ``labels`` (value -> name), ``regions`` (nnU-Net region labels), ``source`` and
+``folds``. The split is :mod:`pipeline.datasets.split`; the overlap rule of DICOM structures is
+:mod:`pipeline.datasets.structures`.
 """
 
 from __future__ import annotations
