@@ -75,10 +75,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import os
 
-    from pipeline.batch.runner import BatchOptions, merge_shards, predict_folder
     from pipeline.batch.case_outputs import OutputOptions
-    from pipeline.inference.predictor import Predictor
+    from pipeline.batch.runner import BatchOptions, merge_shards, predict_folder
     from pipeline.batch.shard import Shard, shard_from_env
+    from pipeline.inference.predictor import Predictor
 
     if args.merge_shards:
         report = merge_shards(args.output)
@@ -199,6 +199,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     out = convert_to_nifti(args.path, args.out, series_uid=args.series)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pipeline.datasets.importer import import_dataset, summary
+
+    report = import_dataset(
+        args.src,
+        args.dest,
+        layout=args.layout,
+        structures=args.structures,
+        channels=args.channels,
+        test_fraction=args.test_fraction,
+        folds=args.folds,
+        seed=args.seed,
+        allow_missing=args.allow_missing,
+    )
+    print(summary(report))
     return 0
 
 
@@ -393,6 +411,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .nii.gz")
     p.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
     p.set_defaults(func=cmd_convert)
+
+    p = _command(
+        sub, "import", "import an MSD, nnU-Net v2, DICOM (RTSTRUCT/SEG) or NIfTI dataset as a datalist",
+        epilog="writes DEST/dataset.json (named channels, label names, training/validation/test split, folds) and "
+        "DEST/import_report.json (cases taken, skipped and why, structures missing per patient); images stay in "
+        "place unless converted (4D MSD images, DICOM labels).",
+    )
+    p.add_argument("src", help="dataset folder: MSD task, nnU-Net raw dataset, DICOM case folders or NIfTI folder")
+    p.add_argument("dest", help="output folder for dataset.json, import_report.json and converted files")
+    p.add_argument("--layout", choices=("auto", "msd", "nnunet", "dicom", "nifti"), default="auto",
+                   help="source layout (auto: from dataset.json's keys, else NIfTI or DICOM files)")
+    p.add_argument("--structures", help="DICOM: label=structure names map, aliases after '|' (case, spaces, "
+                   "'_' and '-' ignored), e.g. '1=GTV-1;2=Lung L|LUNG_LEFT', or a .json file; NIfTI: label names")
+    p.add_argument("--channels", help="NIfTI case folders: channel globs NAME[:MODALITY]=GLOB;... and label=GLOB, "
+                   "e.g. 'flair:MR=Flair_*;t1c:MR=T1c_*;label=OTMulti*' (default: one channel per file name, "
+                   "label from label*/seg*/gt* files)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients held out as the test split")
+    p.add_argument("--folds", type=int, default=5,
+                   help="patient-level cross-validation folds (fold 0 is the validation split; 1: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test split and the folds")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="DICOM: keep patients lacking a mapped structure (left unlabelled, reported) instead of "
+                   "skipping them")
+    p.set_defaults(func=cmd_import)
     return parser
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 PATH_KEYS = ("image", "label", "mr", "ct", "ct_dicom")
+"""Keys resolved as paths in every datalist; a datalist's own ``channels`` names are resolved too."""
 
 
 class DatalistError(ValueError):
@@ -27,10 +28,20 @@ def read_datalist(path: str | Path) -> dict[str, Any]:
     return content
 
 
+def path_keys(content: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a datalist's entries that hold paths: :data:`PATH_KEYS` plus its declared ``channels``."""
+    channels = content.get("channels")
+    declared = tuple(str(k) for k in channels) if isinstance(channels, dict) else ()
+    return PATH_KEYS + tuple(k for k in declared if k not in PATH_KEYS)
+
+
 def load_datalist(
     path: str | Path, split: str = "training", *, required_keys: tuple[str, ...] = ("image",), check_files: bool = True
 ) -> list[dict[str, Any]]:
     """Entries of one split of a datalist, paths made absolute relative to the datalist's folder.
+
+    Paths are the values of :data:`PATH_KEYS` and of the channel names the file declares in ``channels``
+    (``{"flair": "MR", "t1c": "MR"}``, as ``clinseg import`` writes).
 
     Args:
         path: the ``dataset.json`` file.
@@ -47,13 +58,14 @@ def load_datalist(
         lists = sorted(k for k, v in content.items() if isinstance(v, list))
         raise DatalistError(f"datalist {path} has no split {split!r}; splits found: {lists}")
     root = path.parent.resolve()
+    keys = path_keys(content)
     entries = []
     for index, raw in enumerate(content[split]):
         entry = {"image": raw} if isinstance(raw, str) else dict(raw)
         missing = [k for k in required_keys if k not in entry]
         if missing:
             raise DatalistError(f"datalist {path}: entry {index} of {split!r} lacks key(s) {missing}")
-        for key in PATH_KEYS:
+        for key in keys:
             if key in entry and isinstance(entry[key], str):
                 resolved = (root / entry[key]).resolve()
                 if check_files and not resolved.exists():

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.atomic import atomic_write_json
-from pipeline.core.datalist import PATH_KEYS, DatalistError, read_datalist
+from pipeline.core.datalist import DatalistError, path_keys, read_datalist
 
 POOLED_SPLITS = ("training", "validation")
 
@@ -89,9 +89,9 @@ def pooled_entries(datalist_path: str | Path, splits: Sequence[str] = POOLED_SPL
     return pooled
 
 
-def _rebase(entry: dict[str, Any], src: Path, dst: Path) -> dict[str, Any]:
+def _rebase(entry: dict[str, Any], src: Path, dst: Path, keys: Sequence[str]) -> dict[str, Any]:
     out = dict(entry)
-    for key in PATH_KEYS:
+    for key in keys:
         if isinstance(out.get(key), str) and not os.path.isabs(out[key]):
             out[key] = os.path.relpath((src / out[key]).resolve(), dst.resolve())
     return out
@@ -129,12 +129,12 @@ def fold_datalist(
     parts = split_folds(pooled_entries(datalist_path), folds, seed, patient_key=patient_key)
     out_path = Path(out_path) if out_path else datalist_path.parent / f"dataset_fold{fold}of{folds}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    src, dst = datalist_path.parent, out_path.parent
+    src, dst, keys = datalist_path.parent, out_path.parent, path_keys(content)
     result = {k: v for k, v in content.items() if k not in (*POOLED_SPLITS, "test")}
-    result["training"] = [_rebase(e, src, dst) for k, part in enumerate(parts) if k != fold for e in part]
-    result["validation"] = [_rebase(e, src, dst) for e in parts[fold]]
+    result["training"] = [_rebase(e, src, dst, keys) for k, part in enumerate(parts) if k != fold for e in part]
+    result["validation"] = [_rebase(e, src, dst, keys) for e in parts[fold]]
     raw_test = content.get("test", [])
-    result["test"] = [_rebase({"image": e} if isinstance(e, str) else e, src, dst) for e in raw_test]
+    result["test"] = [_rebase({"image": e} if isinstance(e, str) else e, src, dst, keys) for e in raw_test]
     result.update(numTraining=len(result["training"]), numValidation=len(result["validation"]))
     result["numTest"] = len(result["test"])
     result["cross_validation"] = {"fold": fold, "folds": folds, "seed": seed, "patient_key": patient_key}

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.datalist import PATH_KEYS, read_datalist
+from pipeline.core.datalist import path_keys, read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def dataset_fingerprint(datalist_file: str | Path) -> str:
             entry = {"image": raw} if isinstance(raw, str) else raw
             if not isinstance(entry, Mapping):
                 continue
-            for key in PATH_KEYS:
+            for key in path_keys(content):
                 value = entry.get(key)
                 if not isinstance(value, str):
                     continue
