@@ -11,6 +11,8 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 logger = logging.getLogger(__name__)
 
+COMMON = "common"  # configs/common.yaml: the settings a bundle's configs share, merged under each of them
+
 
 class BundleError(ValueError):
     """A folder that is not a usable MONAI bundle."""
@@ -18,7 +20,11 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class Bundle:
-    """A MONAI bundle folder: ``configs/metadata.json``, ``configs/<name>.yaml|json``, ``models/``."""
+    """A MONAI bundle folder: ``configs/metadata.json``, ``configs/<name>.yaml|json``, ``models/``.
+
+    ``configs/common.yaml``, where a bundle has it, holds the settings its configs share and is merged first
+    under every config (as the documented ``--config_file "['.../common.yaml', '.../train.yaml']"`` does).
+    """
 
     root: Path
 
@@ -53,20 +59,25 @@ class Bundle:
         found = sorted(p.stem for p in (self.root / "configs").glob("*.*") if p.suffix in {".yaml", ".yml", ".json"})
         raise BundleError(f"bundle {self.root} has no config {name!r}; configs found: {found}")
 
+    def config_files(self, config: str | list[str]) -> list[str]:
+        """The files MONAI merges, in order, for one config or several: ``common`` first when the bundle has it."""
+        names = [config] if isinstance(config, str) else list(config)
+        if COMMON not in names and (self.root / "configs" / f"{COMMON}.yaml").is_file():
+            names = [COMMON, *names]
+        return [str(self.config_file(n)) for n in names]
+
     def parser(self, config: str | list[str] = "inference", **overrides: Any) -> ConfigParser:
         """A ``ConfigParser`` over one config (or several, merged in order) with the metadata and overrides."""
-        names = [config] if isinstance(config, str) else config
         parser = ConfigParser()
-        parser.read_config([str(self.config_file(n)) for n in names])
+        parser.read_config(self.config_files(config))
         parser.read_meta(str(self.meta_file))
         parser.update({"bundle_root": str(self.root), **overrides})
         return parser
 
     def workflow(self, config: str | list[str] = "train", workflow_type: str = "train", **overrides: Any) -> ConfigWorkflow:
         """MONAI's ``ConfigWorkflow`` for the config, as ``python -m monai.bundle run`` builds it."""
-        names = [config] if isinstance(config, str) else config
         return ConfigWorkflow(
-            config_file=[str(self.config_file(n)) for n in names],
+            config_file=self.config_files(config),
             meta_file=str(self.meta_file),
             logging_file=str(self.logging_file) if self.logging_file.is_file() else False,
             workflow_type=workflow_type,
