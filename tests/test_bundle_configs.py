@@ -105,6 +105,9 @@ def test_training_validation_and_inference_wiring_is_equal_across_bundles():
             a, b = _load(first, name), _load(bundle, name)
             for id_ in ids:
                 assert _get(b, id_) == _get(a, id_), f"{bundle.name}/{name}.yaml {id_} differs from {first.name}'s"
+        if "stack" not in _load(bundle, "common"):  # the fusion bundle stacks CT and MR first (its train.yaml says so)
+            for id_ in ("train#preprocessing", "validate#preprocessing"):
+                assert _get(_load(bundle, "train"), id_) == _get(_load(first, "train"), id_), f"{bundle.name}: {id_}"
 
 
 def test_fusion_pretrained_loader_is_the_only_extra_handler():
