@@ -21,7 +21,7 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
     ckpt_dir = tmp_path / "ckpt"
     command = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(BUNDLE / "configs" / "train.yaml"),
+        "--config_file", str([str(BUNDLE / "configs" / n) for n in ("common.yaml", "train.yaml")]),
         "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
         "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
         "--bundle_root", str(BUNDLE),
@@ -66,7 +66,7 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
     assert {"train.yaml", "metadata.json", "model.pt"} <= artifacts
 
     # the evaluate overlay validates the trained checkpoint with the same pipeline, through monai.bundle
-    evaluate = [*command[:4], "--config_file", str([str(BUNDLE / "configs" / n) for n in ("train.yaml", "evaluate.yaml")]),
+    evaluate = [*command[:4], "--config_file", str([str(BUNDLE / "configs" / n) for n in ("common.yaml", "train.yaml", "evaluate.yaml")]),
                 *command[6:], "--output_dir", str(tmp_path / "eval")]  # fmt: skip
     done = subprocess.run(evaluate, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -46,7 +46,7 @@ def test_verify_net_in_out(bundle, config, n):
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(bundle / "configs" / "metadata.json"),
-        config_file=str(bundle / "configs" / f"{config}.yaml"),
+        config_file=[str(bundle / "configs" / f"{name}.yaml") for name in ("common", config)],
         bundle_root=str(bundle),
         **({} if n is None else {"n": n}),
     )
@@ -54,7 +54,7 @@ def test_verify_net_in_out(bundle, config, n):
 
 @pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
 def test_bundle_has_docs_license_and_logging(bundle):
-    for name in ["docs/README.md", "LICENSE", "configs/logging.conf", "configs/train.yaml", "configs/inference.yaml"]:
+    for name in ["docs/README.md", "LICENSE", "configs/logging.conf", "configs/common.yaml", "configs/train.yaml", "configs/inference.yaml"]:
         assert (bundle / name).is_file(), f"{bundle.name} lacks {name}"
 
 
@@ -64,14 +64,14 @@ def test_ckpt_export_torchscript_round_trip(bundle, tmp_path):
     from monai.bundle import ConfigParser, ckpt_export
 
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.read_config([str(bundle / "configs" / n) for n in ("common.yaml", "inference.yaml")])
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser["bundle_root"] = str(bundle)
     net = parser.get_parsed_content("network_def").eval()
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     ckpt_export(
         net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
-        meta_file=str(bundle / "configs" / "metadata.json"), config_file=str(bundle / "configs" / "inference.yaml"),
+        meta_file=str(bundle / "configs" / "metadata.json"), config_file=[str(bundle / "configs" / n) for n in ("common.yaml", "inference.yaml")],
         key_in_ckpt="model", bundle_root=str(bundle),
     )  # fmt: skip
     exported = torch.jit.load(str(tmp_path / "model.ts"))

@@ -29,10 +29,10 @@ from tests.conftest import BUNDLES, REPO
 
 def _run_bundle(bundle: Path, configs: list[str], dataset_dir: Path, workdir: Path, *extra: str) -> str:
     """Two training iterations of ``configs`` (merged in order); returns stdout + stderr."""
-    files = [str(bundle / "configs" / f"{name}.yaml") for name in configs]
+    files = [str(bundle / "configs" / f"{name}.yaml") for name in ["common", *configs]]
     command = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", files[0] if len(files) == 1 else str(files),
+        "--config_file", str(files),
         "--meta_file", str(bundle / "configs" / "metadata.json"),
         "--logging_file", str(bundle / "configs" / "logging.conf"),
         "--bundle_root", str(bundle),

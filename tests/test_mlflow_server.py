@@ -104,7 +104,7 @@ def test_bundle_trains_against_a_server_and_reads_back(tiny_dataset, tmp_path):
         ckpt_dir = tmp_path / "ckpt"
         command = [
             sys.executable, "-m", "monai.bundle", "run",
-            "--config_file", str(BUNDLE / "configs" / "train.yaml"),
+            "--config_file", str([str(BUNDLE / "configs" / n) for n in ("common.yaml", "train.yaml")]),
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
             "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
             "--bundle_root", str(BUNDLE),

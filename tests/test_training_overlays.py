@@ -37,7 +37,7 @@ def _torchrun(dataset: Path, folder: Path) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).parent / "torchrun"
     command = [
         str(torchrun), "--nproc_per_node", "2", "-m", "monai.bundle", "run",
-        "--config_file", str([str(CONFIGS / "train.yaml"), str(CONFIGS / "multi_gpu_train.yaml")]),
+        "--config_file", str([str(CONFIGS / n) for n in ("common.yaml", "train.yaml", "multi_gpu_train.yaml")]),
         "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
         "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset), "--ckpt_dir", str(folder / "ckpt"),
         "--tracking_uri", f"sqlite:///{folder / 'mlflow.db'}", "--max_epochs", "2",

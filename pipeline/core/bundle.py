@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+COMMON = "common"  # configs/common.yaml: the settings a bundle's configs share, merged under each of them
 
 
 class BundleError(ValueError):
@@ -21,7 +22,11 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class Bundle:
-    """A MONAI bundle folder: ``configs/metadata.json``, ``configs/<name>.yaml|json``, ``models/``."""
+    """A MONAI bundle folder: ``configs/metadata.json``, ``configs/<name>.yaml|json``, ``models/``.
+
+    ``configs/common.yaml``, where a bundle has it, holds the settings its configs share and is merged first
+    under every config (as the documented ``--config_file "['.../common.yaml', '.../train.yaml']"`` does).
+    """
 
     root: Path
 
@@ -63,8 +68,11 @@ class Bundle:
         )
 
     def config_files(self, config: str | Path | Sequence[str | Path]) -> list[str]:
-        """The files of a config and its overlays, in merge order (later files override earlier ones)."""
-        names = [config] if isinstance(config, (str, Path)) else config
+        """The files MONAI merges, in order (later override earlier), for a config and its overlays:
+        ``common`` first when the bundle has it."""
+        names = [config] if isinstance(config, (str, Path)) else list(config)
+        if COMMON not in names and (self.root / "configs" / f"{COMMON}.yaml").is_file():
+            names = [COMMON, *names]
         return [str(self.config_file(n)) for n in names]
 
     def parser(

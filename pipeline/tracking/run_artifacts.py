@@ -192,7 +192,8 @@ def render_validation_overlays(
     """Overlay PNGs of ``network``'s argmax prediction on the first validation cases.
 
     Uses the validator's (cached, preprocessed) data loader and its inferer, e.g. a sliding window; the
-    image shown is the preprocessed one (windowed CT, ``(1, X, Y[, Z])``) on its own grid.
+    image shown is the preprocessed one (windowed CT, ``(1, X, Y[, Z])``) on its own grid; of a multi-channel
+    input, its first channel (the CT of the CT+MR fusion bundle, the reference grid).
 
     Args:
         network: the best network, on the validator's device, eval mode.
@@ -211,7 +212,7 @@ def render_validation_overlays(
         pred = validator.inferer(images, network).argmax(dim=1, keepdim=True)
         for name, image, mask in zip(_case_names(batch, len(images), len(written)), images, pred):
             written.append(
-                render_preview(image.cpu(), mask.cpu(), None, labels, out_dir / f"{name}.png", title=name)
+                render_preview(image[:1].cpu(), mask.cpu(), None, labels, out_dir / f"{name}.png", title=name)
             )
             if len(written) >= max_cases:
                 return written
