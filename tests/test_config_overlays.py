@@ -39,7 +39,8 @@ def test_bundle_config_files_take_names_and_paths_in_order(tmp_path):
     bundle = Bundle.at(BUNDLE)
     overlay = _overlay(tmp_path, OVERLAY)
     assert bundle.config_files(["train", "cosine_warmup", overlay]) == [
-        str(CONFIGS / "train.yaml"), str(CONFIGS / "cosine_warmup.yaml"), str(overlay.resolve())
+        str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml"), str(CONFIGS / "cosine_warmup.yaml"),
+        str(overlay.resolve()),
     ]  # fmt: skip
     parser = bundle.parser(["train", "cosine_warmup", str(overlay)], batch_size=5)
     assert parser["learning_rate"] == 0.0123 and parser["max_epochs"] == 1 and parser["batch_size"] == 5
@@ -108,7 +109,7 @@ def test_monai_bundle_run_with_an_overlay_records_the_config_as_run(tiny_dataset
     (ckpt_dir / CONFIG_AS_RUN).write_text(json.dumps({"learning_rate": 9.9}))  # a previous run's: replaced
     command = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(CONFIGS / "train.yaml"), str(_overlay(tmp_path, OVERLAY))]),
+        "--config_file", str([str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml"), str(_overlay(tmp_path, OVERLAY))]),
         "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
         "--bundle_root", str(BUNDLE), "--dataset_dir", str(tiny_dataset.parent), "--ckpt_dir", str(ckpt_dir),
         "--tracking_uri", f"sqlite:///{db}", "--log_run_artifacts", "False",
