@@ -41,7 +41,7 @@ def test_monai_bundle_run_and_clinseg_predict_write_the_same_masks(tiny_dataset,
     cases = [e["case"] for e in json.loads(tiny_dataset.read_text())["test"]]
     command = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(BUNDLE / "configs" / "inference.yaml"),
+        "--config_file", str([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "inference.yaml")]),
         "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
         "--bundle_root", str(BUNDLE),
         "--dataset_dir", str(tiny_dataset.parent),
