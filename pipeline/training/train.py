@@ -38,7 +38,8 @@ class TrainResult:
             f"{self.bundle}: best val_mean_dice {self.best_metric:.4f} at epoch {self.best_epoch}/{self.epochs}"
             + (f" ({per_class})" if per_class else "")
             + (
-                f"\ntraining stopped on the {self.stop_reason} after {self.epochs} epochs (max_epochs {self.max_epochs})"
+                f"\ntraining stopped on the {self.stop_reason} after {self.epochs} epoch{'s' * (self.epochs != 1)} "
+                + f"(max_epochs {self.max_epochs})"
                 if self.stop_reason
                 else ""
             )
