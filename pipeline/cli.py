@@ -25,6 +25,16 @@ def _overrides(pairs: Sequence[str]) -> dict[str, object]:
     return result
 
 
+def _duration(text: str) -> float:
+    """``--time-budget`` values (``90s``, ``30m``, ``1.5h``) as seconds; a bad one is an argparse error."""
+    from pipeline.core.duration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _inference_options(args: argparse.Namespace, device: str | None = None):
     """The inference options of ``predict`` and ``evaluate`` (see :func:`_add_inference_options`) as
     ``(InferenceOptions, PostprocessOptions or None)``; ``None`` fields keep the bundle's values."""
@@ -67,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         fold_seed=args.fold_seed,
         overrides=_overrides(args.set),
         config=["train", *args.config],
+        time_budget_s=args.time_budget,
     )
     print(result.summary())
     return 0
@@ -305,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--epochs", type=int, help="override max_epochs (default: the bundle's max_epochs)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir")
+    p.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                   help="stop before an epoch that would overrun this wall-clock time, e.g. 90s, 30m, 1.5h "
+                   "(default: the bundle's time_budget_s; the last checkpoint, best model and MLflow run end normally)")
     p.add_argument("--fold", type=int, help="train this cross-validation fold (0-based) of a patient-level split")
     p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold split (use the same for evaluate)")

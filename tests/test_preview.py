@@ -15,7 +15,16 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from pipeline.outputs.preview import OKABE_ITO, OVERLAY_ALPHA, label_colour, orthogonal_slices, render_preview
+from pipeline.outputs.preview import (
+    HISTOGRAM_BINS,
+    OKABE_ITO,
+    OVERLAY_ALPHA,
+    label_colour,
+    orthogonal_slices,
+    percentile_window,
+    preview_window,
+    render_preview,
+)
 
 SHAPE = (33, 34, 35)
 RAS = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -258,3 +267,71 @@ def test_same_panels_as_whole_volume_reorientation(affine_name, shape, which, mo
             np.testing.assert_array_equal(panel.image, old_img, err_msg=f"{volume_name} {name}")
             np.testing.assert_array_equal(panel.mask, old_lab, err_msg=f"{volume_name} {name}")
             assert panel.aspect == old_aspect, (volume_name, name)
+
+
+def _mr_like(shape=(40, 44, 24), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """An MR-like head: zero background, an ellipsoid of tissue 150-1150 (arbitrary units) with noise, and a
+    bright lesion labelled 1."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    inside = (grid**2).sum(0) < 0.8
+    image = np.where(inside, 650 + 500 * grid[0] * grid[1] / 0.8, 0.0)
+    image = np.where(inside, image + np.random.default_rng(seed).normal(0, 40, shape), 0.0).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    mask[18:24, 20:26, 10:14] = 1
+    image[mask == 1] += 600.0
+    return image, mask
+
+
+def test_percentile_window_of_the_body_matches_numpy_slab_by_slab(monkeypatch):
+    image, _ = _mr_like()
+    image[0, 0, 0] = np.nan  # ignored
+    monkeypatch.setattr("pipeline.outputs.preview.SLAB_VOXELS", 500)  # many slabs
+    level, width = percentile_window(image)
+    body = image[np.isfinite(image) & (image != 0)]
+    vmin, vmax = level - width / 2, level + width / 2
+    assert np.mean(body < vmin) == pytest.approx(0.005, abs=1e-3)  # 0.5 % of the body below, 0.5 % above
+    assert np.mean(body > vmax) == pytest.approx(0.005, abs=1e-3)
+    bin_width = float(body.max() - body.min()) / HISTOGRAM_BINS
+    assert vmin == pytest.approx(float(np.percentile(body, 0.5)), abs=0.002 * width + bin_width)
+    assert vmin > 0  # the zero background is not in the window
+
+
+@pytest.mark.parametrize(
+    "image, window",
+    [
+        (np.zeros((4, 4, 4)), (0.5, 1.0)),
+        (np.full((4, 4, 4), 7.0), (7.5, 1.0)),
+        (np.full((4, 4, 4), np.nan), (0.5, 1.0)),
+    ],
+)
+def test_percentile_window_of_constant_images_has_positive_width(image, window):
+    assert percentile_window(image) == pytest.approx(window)
+
+
+@pytest.mark.parametrize(
+    "modality, expected",
+    [("CT", (40.0, 400.0)), ("ct", (40.0, 400.0)), ("", (40.0, 400.0)), (None, (40.0, 400.0)), ("MR", None),
+     ("PT", None)],
+)  # fmt: skip
+def test_preview_window_keeps_the_ct_window_for_ct_only(modality, expected):
+    assert preview_window(modality, (40.0, 400.0)) == expected
+
+
+def _grey_levels(png, region=(slice(100, 440), slice(0, 400))) -> np.ndarray:
+    """The grey pixels (no overlay colour) of the first (axial) panel, below its title."""
+    pixels = mpimg.imread(png)[region][..., :3]
+    grey = np.ptp(pixels, axis=-1) < 1e-6
+    return pixels[..., 0][grey]
+
+
+def test_mr_preview_shows_grey_levels_where_a_ct_window_is_flat(tmp_path):
+    image, mask = _mr_like()
+    mr = render_preview(
+        image, mask, RAS, {1: "lesion"}, tmp_path / "mr.png", window=preview_window("MR", (40, 400))
+    )
+    body = _grey_levels(mr)
+    body = body[body > 0.1]  # the background is black
+    assert len(np.unique(np.round(body * 255))) > 60 and np.ptp(np.percentile(body, [5, 95])) > 0.05
+    flat = render_preview(image, mask, RAS, {1: "lesion"}, tmp_path / "ct.png", window=(40, 400))
+    body = _grey_levels(flat)
+    assert np.unique(np.round(body[body > 0.5] * 255)).tolist() == [255]  # all tissue white: the old picture

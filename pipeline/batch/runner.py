@@ -32,6 +32,7 @@ from pipeline.inference.predictor import Predictor
 from pipeline.batch.prefetch import Prefetched, prefetch
 from pipeline.batch.report import BatchReport, CaseResult
 from pipeline.batch.shard import Shard
+from pipeline.outputs.preview import preview_window
 from pipeline.outputs.volumetry import write_volumes_csv
 
 __all__ = ["SEG_NAME", "BatchOptions", "merge_shards", "predict_folder"]
@@ -241,7 +242,10 @@ def _finish_case(
             predictor.label_names,
             kind=case.kind,
             options=outputs,
-            display_window=predictor.display_window,
+            display_window=preview_window(
+                image.meta.get("modality") or predictor.input_modalities.get(loaded.keys[0]),
+                predictor.display_window,
+            ),
             algorithm_name=predictor.bundle_name or "clinseg",
         )
         mark_complete(case_dir, names, info=settings, warnings=warnings)

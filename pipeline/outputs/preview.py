@@ -34,7 +34,14 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from pipeline.core.atomic import atomic_write_bytes
 from pipeline.outputs.nifti import as_affine, label_array, spatial_array
 
-__all__ = ["PanelSlice", "label_colour", "orthogonal_slices", "render_preview"]
+__all__ = [
+    "PanelSlice",
+    "label_colour",
+    "orthogonal_slices",
+    "percentile_window",
+    "preview_window",
+    "render_preview",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -248,14 +255,70 @@ def orthogonal_slices(image, mask, affine, *, label: int | None = None) -> list[
     return _panels(grid, _centre(grid.lab, grid.to_ras, label))
 
 
-def _window(image: np.ndarray, window: tuple[float, float] | None) -> tuple[float, float]:
-    if window is not None:
-        level, width = (float(v) for v in window)
-        if not width > 0:
-            raise ValueError(f"window must be (level, width) with width > 0, got {window}")
-        return level - width / 2, level + width / 2
-    lo, hi = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
-    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+HISTOGRAM_BINS = 1 << 14
+"""Bins of the intensity histogram behind :func:`percentile_window`: 1/16384 of the range, far below a grey level."""
+
+
+def percentile_window(
+    image, lower: float = 0.5, upper: float = 99.5, bins: int = HISTOGRAM_BINS
+) -> tuple[float, float]:
+    """``(level, width)`` spanning the ``lower``-``upper`` percentiles of the non-zero voxels of ``image``.
+
+    The display window for MR and other non-CT inputs: zero is the background of most MR volumes (outside the
+    head, masked or padded), so the window follows the body's intensities. Computed slab by slab from a
+    histogram (two passes, no copy of the volume), exact to a bin of the range; non-finite voxels are ignored,
+    and a volume that is all zero gets the percentiles of all its voxels.
+
+    Args:
+        image: intensities ``(X, Y[, Z])`` or ``(1, X, Y[, Z])``, any real dtype.
+    """
+    arr = spatial_array(image, "image")
+    for body in (True, False):
+        lo, hi, count = np.inf, -np.inf, 0
+        for _, _, index in _slabs(arr):
+            values = _finite(arr[index], body)
+            if values.size:
+                lo, hi, count = (
+                    min(lo, float(values.min())),
+                    max(hi, float(values.max())),
+                    count + values.size,
+                )
+        if count:
+            break
+    else:
+        return 0.5, 1.0
+    if not hi > lo:
+        return lo + 0.5, 1.0  # a constant image shows black, as its value is the bottom of the window
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros(bins, np.int64)
+    for _, _, index in _slabs(arr):
+        counts += np.histogram(_finite(arr[index], body), bins=edges)[0]
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    vmin, vmax = np.interp([lower / 100 * count, upper / 100 * count], cumulative, edges)
+    vmax = vmax if vmax > vmin else vmin + (hi - lo) / bins
+    return float((vmin + vmax) / 2), float(vmax - vmin)
+
+
+def _finite(slab: np.ndarray, non_zero: bool) -> np.ndarray:
+    """The finite (and, when ``non_zero``, non-zero) values of ``slab`` as float64, 1D."""
+    keep = np.isfinite(slab) & (slab != 0) if non_zero else np.isfinite(slab)
+    return slab[keep].astype(np.float64, copy=False)
+
+
+def preview_window(modality: str | None, window: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The window to render an input of ``modality`` with: ``window`` (a bundle's CT window, HU) for CT and for an
+    unknown modality (``None`` or ``""``), ``None`` (:func:`percentile_window`) for MR and any other modality."""
+    return window if str(modality or "").upper() in ("", "CT") else None
+
+
+def _window(image, window: tuple[float, float] | None) -> tuple[float, float]:
+    """``(vmin, vmax)`` of ``window`` ``(level, width)``, default :func:`percentile_window` of ``image``."""
+    if window is None:
+        window = percentile_window(image)
+    level, width = (float(v) for v in window)
+    if not width > 0:
+        raise ValueError(f"window must be (level, width) with width > 0, got {window}")
+    return level - width / 2, level + width / 2
 
 
 def _rows(grid: _Grid) -> list[tuple[int | None, list[PanelSlice]]]:
@@ -318,8 +381,9 @@ def render_preview(
         affine: 4x4 voxel->world (mm, RAS); ``None`` takes the MetaTensor's.
         labels: label id -> name for the legend (labels in view without a name show as ``label <id>``).
         path: destination ``.png``.
-        window: ``(level, width)`` intensity window (e.g. ``(40, 400)`` HU for soft tissue); default the
-            0.5-99.5 percentile range of the image.
+        window: ``(level, width)`` intensity window (e.g. ``(40, 400)`` HU for soft tissue); default
+            :func:`percentile_window`, the 0.5-99.5 percentile range of the image's non-zero voxels (MR and other
+            non-CT inputs; :func:`preview_window` chooses by modality).
         dpi: pixels per inch.
         title: shown at the top, e.g. the case folder's name (never patient data).
 
@@ -328,8 +392,9 @@ def render_preview(
     """
     if not str(path).lower().endswith(".png"):
         raise ValueError(f"preview path must end with .png, got {str(path)!r}")
-    rows = _rows(_grid(image, mask, affine))
-    vmin, vmax = _window(np.concatenate([p.image.ravel() for _, panels in rows for p in panels]), window)
+    grid = _grid(image, mask, affine)
+    vmin, vmax = _window(grid.img, window)
+    rows = _rows(grid)
     n_cols = len(rows[0][1])
     width, height = PANEL_INCHES * n_cols + LEGEND_INCHES, PANEL_INCHES * len(rows) + TITLE_INCHES
     fig = Figure(figsize=(width, height), dpi=dpi, facecolor="black")

@@ -188,4 +188,5 @@ class ValidationEarlyStopping:
         self._bad += 1
         if self._bad >= self.patience:
             logger.info("early stopping at epoch %d: no improvement in %d validations", engine.state.epoch, self._bad)
+            engine.state.stop_reason = "early stopping"
             engine.terminate()

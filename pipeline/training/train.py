@@ -25,6 +25,8 @@ class TrainResult:
     best_per_class: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     unsynced: str = ""  # MLflow records still only in the run's journal, e.g. "12 metrics records, 1 status"
+    stop_reason: str = ""  # why training ended early, e.g. "time budget 30m"; "" when it ran max_epochs
+    max_epochs: int = 0
 
     @property
     def best_checkpoint(self) -> Path:
@@ -35,6 +37,12 @@ class TrainResult:
         return (
             f"{self.bundle}: best val_mean_dice {self.best_metric:.4f} at epoch {self.best_epoch}/{self.epochs}"
             + (f" ({per_class})" if per_class else "")
+            + (
+                f"\ntraining stopped on the {self.stop_reason} after {self.epochs} epoch{'s' * (self.epochs != 1)} "
+                + f"(max_epochs {self.max_epochs})"
+                if self.stop_reason
+                else ""
+            )
             + f"\ncheckpoints: {self.ckpt_dir}\nMLflow run {self.run_name} ({self.run_id or 'not created yet'}) "
             + f"in {self.tracking_uri}"
             + (
@@ -58,6 +66,7 @@ def train_bundle(
     fold_seed: int = 0,
     overrides: dict[str, Any] | None = None,
     config: str | Path | Sequence[str | Path] = "train",
+    time_budget_s: float | None = None,
 ) -> TrainResult:
     """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides.
 
@@ -67,6 +76,8 @@ def train_bundle(
     ``resume=True`` continues from the newest checkpoint in ``ckpt_dir`` and logs into the same MLflow run.
     ``fold=k`` trains fold k of a deterministic patient-level ``folds``-fold split of the datalist's
     training + validation cases (the fold's datalist is written into ``ckpt_dir``; the run is tagged).
+    ``time_budget_s`` ends training cleanly before an epoch that would overrun it (the bundle's ``time_budget_s``;
+    see :class:`pipeline.training.time_budget.TimeBudgetStop`); a resumed run gets the budget anew.
     """
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     settings: dict[str, Any] = dict(overrides or {})
@@ -76,6 +87,8 @@ def train_bundle(
         settings["ckpt_dir"] = str(Path(ckpt_dir).resolve())
     if max_epochs is not None:
         settings["max_epochs"] = max_epochs
+    if time_budget_s is not None:
+        settings["time_budget_s"] = time_budget_s
     if resume:
         if ckpt_dir is None:
             raise ValueError("resume needs the run's checkpoint folder (ckpt_dir / --ckpt-dir)")
@@ -103,6 +116,8 @@ def train_bundle(
         best_metric=float(evaluator.state.best_metric),
         best_epoch=int(evaluator.state.best_metric_epoch),
         epochs=int(trainer.state.epoch),
+        stop_reason=str(getattr(trainer.state, "stop_reason", "")),
+        max_epochs=int(trainer.state.max_epochs),
     )
     if parser.get("tracking_journal") is not None:
         _read_back_run(result, Path(parser.get_parsed_content("tracking_journal")))

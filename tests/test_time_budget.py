@@ -1,0 +1,162 @@
+"""The time-based stop: ``--time-budget`` parsing, the stop decision on a fake clock, and a budgeted bundle run."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+from ignite.engine import Engine
+
+from pipeline.core.duration import format_duration, parse_duration
+from pipeline.training.time_budget import TimeBudgetStop
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90.0), ("30m", 1800.0), ("1.5h", 5400.0), ("45", 45.0), (" 2H ", 7200.0), (".5m", 30.0)],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "30 min", "-5m", "0s", "1h30m", "abc", "1.5d"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(5400, "1.5h"), (1800, "30m"), (90, "1.5m"), (45, "45s"), (100, "100s")]
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_cli_parses_time_budget():
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["train", "bundles/x", "--time-budget", "1.5h"])
+    assert args.time_budget == 5400.0
+    assert build_parser().parse_args(["train", "bundles/x"]).time_budget is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "bundles/x", "--time-budget", "soon"])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _engine(epoch: int, max_epochs: int = 10) -> SimpleNamespace:
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=epoch, max_epochs=max_epochs), terminated=False)
+    engine.terminate = lambda: setattr(engine, "terminated", True)
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("budget", "epoch_lengths", "stopped_after"),
+    [
+        (100.0, [30, 30, 30, 30], 3),  # 90 s used + 30 s > 100 s: stop after 3
+        (120.0, [30, 30, 30, 30], 4),  # 4 fit exactly (120 s); stop before a 5th
+        (85.0, [40, 20, 20], 2),  # the mean (30 s), not the last epoch (20 s): 60 + 30 > 85
+        (10.0, [30], 1),  # the first epoch always runs
+        (1000.0, [30] * 10, None),  # max_epochs reached first: no stop reason
+    ],
+)
+def test_stop_decision_from_mean_epoch_time(budget, epoch_lengths, stopped_after):
+    clock = FakeClock()
+    handler = TimeBudgetStop(budget, clock=clock)
+    engine = _engine(epoch=0)
+    handler.start(engine)
+    for length in epoch_lengths:
+        engine.state.epoch += 1
+        clock.now += length
+        handler(engine)
+        if engine.terminated:
+            break
+    if stopped_after is None:
+        assert not engine.terminated and not hasattr(engine.state, "stop_reason")
+    else:
+        assert engine.terminated and engine.state.epoch == stopped_after
+        assert engine.state.stop_reason == f"time budget {format_duration(budget)}"
+
+
+def test_budget_counts_from_start_of_this_invocation():
+    """A resumed run (trainer state at epoch 7) gets the whole budget anew, timed by its own epochs."""
+    clock = FakeClock()
+    handler = TimeBudgetStop(100.0, clock=clock)
+    engine = _engine(epoch=7)
+    clock.now += 5000  # time before the run started (a previous invocation, data caching) does not count
+    handler.start(engine)
+    for _ in range(2):
+        engine.state.epoch += 1
+        clock.now += 40
+        handler(engine)
+    assert engine.terminated and engine.state.epoch == 9
+
+
+@pytest.mark.parametrize("budget", [None, 0])
+def test_no_budget_attaches_nothing(budget):
+    engine = Engine(lambda e, b: None)
+    TimeBudgetStop(budget).attach(engine)
+    assert not engine._event_handlers or not any(engine._event_handlers.values())
+
+
+def test_negative_budget_is_an_error():
+    with pytest.raises(ValueError, match="time budget must be >= 0"):
+        TimeBudgetStop(-1)
+
+
+def test_terminate_ends_an_ignite_run_with_completed():
+    """On a real engine: the stop fires after the epoch's other handlers, then COMPLETED (final checkpoint, MLflow)."""
+    from ignite.engine import Events
+
+    clock = FakeClock()
+    engine = Engine(lambda e, b: setattr(clock, "now", clock.now + 10))
+    seen: list[str] = []
+    TimeBudgetStop(25.0, clock=clock).attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(f"saved {e.state.epoch}"))
+    engine.add_event_handler(Events.COMPLETED, lambda e: seen.append("completed"))
+    engine.run([0], max_epochs=10)
+    assert engine.state.epoch == 2 and seen == ["saved 1", "saved 2", "completed"]
+
+
+@pytest.mark.slow
+def test_budgeted_bundle_run_stops_early_finishes_and_resumes(tiny_dataset, tmp_path):
+    from pipeline.core.checkpoint import load_checkpoint
+    from pipeline.training.train import train_bundle
+    from tests.conftest import BUNDLES
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    small = {"val_interval": 1, "batch_size": 2, "samples_per_volume": 1, "roi_size": [32, 32, 16]}
+    kwargs = {
+        "dataset_dir": tiny_dataset.parent,
+        "ckpt_dir": tmp_path / "ckpt",
+        "tracking_uri": uri,
+        "max_epochs": 20,
+    }
+    bundle = BUNDLES / "ct_organ_resunet3d"
+    # 10 ms are overrun by any epoch (training + validation): stop after the first, however fast the machine
+    first = train_bundle(bundle, time_budget_s=0.01, overrides=small, **kwargs)
+    assert first.epochs == 1 and first.stop_reason == "time budget 0.01s"
+    assert "training stopped on the time budget 0.01s after 1 epoch (max_epochs 20)" in first.summary()
+    ckpt = tmp_path / "ckpt"
+    assert (ckpt / "model.pt").is_file() and (ckpt / "checkpoint_epoch=1.pt").is_file()
+    assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 2  # 3 cases, batch 2: 1 epoch
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and "val_mean_dice" in run.data.metrics
+
+    resumed = train_bundle(bundle, time_budget_s=0.01, resume=True, overrides=small, **kwargs)
+    assert resumed.epochs == 2 and resumed.stop_reason == "time budget 0.01s"
+    assert resumed.run_id == first.run_id and client.get_run(first.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [1, 2]
+    assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 4
+
+    unlimited = train_bundle(bundle, max_epochs=3, resume=True, overrides=small,
+                             **{k: v for k, v in kwargs.items() if k != "max_epochs"})  # fmt: skip
+    assert unlimited.epochs == 3 and unlimited.stop_reason == "" and "time budget" not in unlimited.summary()
