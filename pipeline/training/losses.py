@@ -33,6 +33,15 @@ def _check_mode(owner: str, mode: str) -> bool:
     return mode == "multiclass"
 
 
+def _dice_activation(owner: str, mode: str, include_background: bool, batch: bool) -> dict[str, bool]:
+    """The arguments MONAI's Dice-based losses share: activation and one-hot by ``mode``, background, batch."""
+    multiclass = _check_mode(owner, mode)
+    return {
+        "include_background": include_background, "to_onehot_y": multiclass, "softmax": multiclass,
+        "sigmoid": not multiclass, "batch": batch,
+    }  # fmt: skip
+
+
 def _check_weight(owner: str, name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{owner}: {name} must be a number >= 0, got {value!r}.")
@@ -59,13 +68,8 @@ def dice_ce_loss(
         class_weights: optional per-class CE weights (length C).
         batch: Dice over the whole batch instead of per sample.
     """
-    multiclass = _check_mode("dice_ce_loss", mode)
     return DiceCELoss(
-        include_background=include_background,
-        to_onehot_y=multiclass,
-        softmax=multiclass,
-        sigmoid=not multiclass,
-        batch=batch,
+        **_dice_activation("dice_ce_loss", mode, include_background, batch),
         weight=None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32),
         lambda_dice=_check_weight("dice_ce_loss", "lambda_dice", lambda_dice),
         lambda_ce=_check_weight("dice_ce_loss", "lambda_ce", lambda_ce),
@@ -95,13 +99,8 @@ def dice_focal_loss(
         class_weights: optional per-class focal weights (length C).
         batch: Dice over the whole batch instead of per sample.
     """
-    multiclass = _check_mode("dice_focal_loss", mode)
     return DiceFocalLoss(
-        include_background=include_background,
-        to_onehot_y=multiclass,
-        softmax=multiclass,
-        sigmoid=not multiclass,
-        batch=batch,
+        **_dice_activation("dice_focal_loss", mode, include_background, batch),
         gamma=_check_weight("dice_focal_loss", "gamma", gamma),
         weight=None if class_weights is None else list(class_weights),
         lambda_dice=_check_weight("dice_focal_loss", "lambda_dice", lambda_dice),
