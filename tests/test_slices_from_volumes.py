@@ -1,0 +1,117 @@
+"""2D from 3D: the 2D bundle trains on slices sampled from volumes (neighbouring slices as channels) and
+predicts a volume slice by slice onto its input grid, alike through MONAI's runner and ``clinseg predict``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from pipeline.cli import main
+from pipeline.core.bundle import Bundle
+from pipeline.inference.slice_inferer import SliceWiseInferer
+from tests.conftest import BUNDLES, REPO
+from tests.test_bundles_train import _check_two_iterations, _mlflow_run, _run_bundle
+from transforms.slices import NeighbourSlicesd
+
+BUNDLE = BUNDLES / "ct_lesion_denseunet2d"
+VOLUME = {"slice_source": "volume", "context_slices": 1}
+ROI = [32, 32]
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_neighbour_slices_are_ordered_and_aligned(context):
+    depth, width = 5, 2 * context + 1
+    ramp = torch.arange(depth, dtype=torch.float32).expand(2, 3, 4, depth) + 100 * torch.arange(2.0).view(2, 1, 1, 1)
+    image = MetaTensor(ramp, affine=torch.diag(torch.tensor([0.5, 0.5, 2.0, 1.0], dtype=torch.float64)))
+    out = NeighbourSlicesd("image", context=context)({"image": image})["image"]
+    assert out.shape == (2 * width, 3, 4, depth)
+    for c in range(2):
+        for j in range(width):  # channel c * (2k + 1) + j at slice z is slice z + j - k, clamped at the ends
+            expected = 100 * c + (torch.arange(depth) + j - context).clamp(0, depth - 1).float()
+            torch.testing.assert_close(out[c * width + j].as_tensor(), expected.expand(3, 4, depth))
+    torch.testing.assert_close(out[context::width].as_tensor(), ramp)  # the centre channels are the input
+    torch.testing.assert_close(out.affine, image.affine)
+
+
+@pytest.mark.parametrize("context", [-1, 1.5, True])
+def test_neighbour_slices_reject_a_bad_context(context):
+    with pytest.raises(ValueError, match="context must be an int >= 0"):
+        NeighbourSlicesd("image", context=context)
+
+
+def test_neighbour_slices_of_a_single_slice_name_the_file():
+    image = MetaTensor(torch.zeros(1, 4, 4), meta={"filename_or_obj": "slice_007.nii.gz"})
+    with pytest.raises(ValueError, match=r"slice_007\.nii\.gz: neighbouring slices need a volume"):
+        NeighbourSlicesd("image", context=1)({"image": image})
+
+
+def test_slice_wise_inferer_runs_a_2d_network_per_slice_and_on_single_slices():
+    net = torch.nn.Conv2d(3, 2, kernel_size=3, padding=1)
+    inferer = SliceWiseInferer(spatial_dim=2, roi_size=(16, 12), sw_batch_size=2, overlap=0.0, mode="constant")
+    volume = torch.rand(1, 3, 16, 12, 5)
+    with torch.no_grad():
+        out = inferer(volume, net)
+        assert out.shape == (1, 2, 16, 12, 5)
+        for z in range(5):
+            torch.testing.assert_close(out[..., z], net(volume[..., z]))
+        single = volume[..., 2]
+        torch.testing.assert_close(inferer(single, net), net(single))  # after a volume, a slice still works
+
+
+def _checkpoint(path, **overrides):
+    torch.manual_seed(0)
+    net = Bundle.at(BUNDLE).parser("inference", **overrides).get_parsed_content("network_def")
+    torch.save({"model": net.state_dict()}, path)
+    return path
+
+
+@pytest.mark.slow
+def test_dense_unet_2d_bundle_trains_on_slices_sampled_from_volumes(tiny_dataset, tmp_path):
+    _run_bundle(BUNDLE, ["train"], tiny_dataset.parent, tmp_path, "--ckpt_dir", str(tmp_path / "ckpt"),
+                "--roi_size", json.dumps(ROI), "--slice_source", "volume", "--context_slices", "1")  # fmt: skip
+    _check_two_iterations(tmp_path / "ckpt", "dense_unet", 3, tuple(ROI))  # 3 channels: a slice and 1 either side
+    run = _mlflow_run(tmp_path, "ct_lesion_denseunet2d")
+    assert {"train_loss", "val_mean_dice", "val_dice_organ", "val_dice_lesion"} <= set(run.data.metrics)
+
+
+@pytest.mark.slow
+def test_monai_bundle_run_and_clinseg_predict_segment_volumes_slice_by_slice(tiny_dataset, tmp_path):
+    checkpoint = _checkpoint(tmp_path / "model.pt", **VOLUME)
+    entries = json.loads(tiny_dataset.read_text())["test"]
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "inference.yaml")]),
+        "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+        "--bundle_root", str(BUNDLE),
+        "--dataset_dir", str(tiny_dataset.parent),
+        "--output_dir", str(tmp_path / "monai"),
+        "--ckpt_path", str(checkpoint),
+        "--roi_size", json.dumps(ROI),
+        "--slice_source", "volume",
+        "--context_slices", "1",
+        "--device", "$torch.device('cpu')",
+    ]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    code = main([
+        "predict", str(BUNDLE), "--input", str(tiny_dataset), "--split", "test", "--output", str(tmp_path / "clinseg"),
+        "--checkpoint", str(checkpoint), "--roi-size", *map(str, ROI), "--device", "cpu", "--no-amp",
+        "--no-preview", "--no-dicom-seg", "--quiet", "--set", "slice_source=volume", "--set", "context_slices=1",
+    ])  # fmt: skip
+    assert code == 0
+    for entry in entries:
+        source = nib.load(tiny_dataset.parent / entry["image"])
+        monai, ours = (nib.load(tmp_path / run / entry["case"] / "seg.nii.gz") for run in ("monai", "clinseg"))
+        assert ours.shape == source.shape[:3], entry["case"]  # the input grid, every slice
+        np.testing.assert_allclose(ours.affine, source.affine, atol=1e-5)
+        assert np.unique(np.asarray(ours.dataobj)).size > 1, "a mask of one label proves little"
+        np.testing.assert_array_equal(np.asarray(monai.dataobj), np.asarray(ours.dataobj), err_msg=entry["case"])
+        np.testing.assert_array_equal(monai.affine, ours.affine)
