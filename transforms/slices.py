@@ -13,7 +13,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["neighbour_slices", "NeighbourSlicesd"]
+__all__ = ["NeighbourSlicesd", "neighbour_slices"]
 
 
 def neighbour_slices(image: torch.Tensor, context: int) -> torch.Tensor:
