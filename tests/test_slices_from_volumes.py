@@ -21,7 +21,6 @@ from tests.test_bundles_train import _check_two_iterations, _mlflow_run, _run_bu
 from transforms.slices import NeighbourSlicesd
 
 BUNDLE = BUNDLES / "ct_lesion_denseunet2d"
-VOLUME = {"slice_source": "volume", "context_slices": 1}
 ROI = [32, 32]
 
 
@@ -84,9 +83,24 @@ def test_dense_unet_2d_bundle_trains_on_slices_sampled_from_volumes(tiny_dataset
     assert {"train_loss", "val_mean_dice", "val_dice_organ", "val_dice_lesion"} <= set(run.data.metrics)
 
 
+@pytest.fixture(scope="module")
+def tiny_slices(tmp_path_factory):
+    """Six tiny synthetic 2D CT slices (the bundle's single-slice mode); returns dataset.json."""
+    from pipeline.synthetic.phantoms import synthesize
+
+    out = tmp_path_factory.mktemp("tiny_slices")
+    return synthesize(out, cases=6, seed=3, spatial_dims=2, shape=(64, 60), splits=(0.5, 0.2, 0.3))
+
+
 @pytest.mark.slow
-def test_monai_bundle_run_and_clinseg_predict_segment_volumes_slice_by_slice(tiny_dataset, tmp_path):
-    checkpoint = _checkpoint(tmp_path / "model.pt", **VOLUME)
+@pytest.mark.parametrize(
+    ("source", "context", "dataset"),
+    [("volume", 1, "tiny_dataset"), ("volume", 0, "tiny_dataset"), ("slice", 0, "tiny_slices")],
+)
+def test_monai_bundle_run_and_clinseg_predict_agree_slice_by_slice(source, context, dataset, request, tmp_path):
+    """Volumes: one mask per volume on its input grid, every slice segmented; single slices as before."""
+    tiny_dataset = request.getfixturevalue(dataset)
+    checkpoint = _checkpoint(tmp_path / "model.pt", slice_source=source, context_slices=context)
     entries = json.loads(tiny_dataset.read_text())["test"]
     command = [
         sys.executable, "-m", "monai.bundle", "run",
@@ -97,8 +111,8 @@ def test_monai_bundle_run_and_clinseg_predict_segment_volumes_slice_by_slice(tin
         "--output_dir", str(tmp_path / "monai"),
         "--ckpt_path", str(checkpoint),
         "--roi_size", json.dumps(ROI),
-        "--slice_source", "volume",
-        "--context_slices", "1",
+        "--slice_source", source,
+        "--context_slices", str(context),
         "--device", "$torch.device('cpu')",
     ]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
@@ -107,14 +121,14 @@ def test_monai_bundle_run_and_clinseg_predict_segment_volumes_slice_by_slice(tin
     code = main([
         "predict", str(BUNDLE), "--input", str(tiny_dataset), "--split", "test", "--output", str(tmp_path / "clinseg"),
         "--checkpoint", str(checkpoint), "--roi-size", *map(str, ROI), "--device", "cpu", "--no-amp",
-        "--no-preview", "--no-dicom-seg", "--quiet", "--set", "slice_source=volume", "--set", "context_slices=1",
+        "--no-preview", "--no-dicom-seg", "--quiet", "--set", f"slice_source={source}", "--set", f"context_slices={context}",
     ])  # fmt: skip
     assert code == 0
     for entry in entries:
-        source = nib.load(tiny_dataset.parent / entry["image"])
+        scan = nib.load(tiny_dataset.parent / entry["image"])
         monai, ours = (nib.load(tmp_path / run / entry["case"] / "seg.nii.gz") for run in ("monai", "clinseg"))
-        assert ours.shape == source.shape[:3], entry["case"]  # the input grid, every slice
-        np.testing.assert_allclose(ours.affine, source.affine, atol=1e-5)
+        assert ours.shape == scan.shape[: 3 if source == "volume" else 2], entry["case"]  # the input grid
+        np.testing.assert_allclose(ours.affine, scan.affine, atol=1e-5)
         assert np.unique(np.asarray(ours.dataobj)).size > 1, "a mask of one label proves little"
         np.testing.assert_array_equal(np.asarray(monai.dataobj), np.asarray(ours.dataobj), err_msg=entry["case"])
         np.testing.assert_array_equal(monai.affine, ours.affine)
