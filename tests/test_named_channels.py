@@ -133,8 +133,26 @@ def test_fusion_bundle_trains_and_predicts_on_two_named_mr_channels(mr_pair_data
     cases = {c["case"]: c for c in json.loads((out / "report.json").read_text())["cases"]}
     assert cases["lacks_t1c"]["status"] == "failed" and "['t1c']" in cases["lacks_t1c"]["error"]
     (good,) = [c for c in cases.values() if c["case"] != "lacks_t1c"]
-    assert good["status"] == "done", good
+    assert good["status"] == "ok", good
     flair = nib.load(good["inputs"]["flair"])
     seg = nib.load(out / good["case"] / "seg.nii.gz")
     assert seg.shape == flair.shape  # on the reference channel's own grid
     np.testing.assert_allclose(seg.affine, flair.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 8, 8), (1, 2, 6, 6, 4)])
+def test_fusion_loss_and_metric_rescale_z_scored_sources_onto_unit_range(shape):
+    """z-scored sources (no fixed range) are mapped linearly onto [0, 1] per image: a fused image equal to the
+    rescaled source scores as it would in [0, 1], and without rescaling it does not."""
+    from pipeline.training.fusion import FusionSSIMMetric
+    from pipeline.training.losses import FusionLoss, rescale_unit
+
+    unit = torch.rand(shape)
+    z = unit * 6.0 - 2.0  # the same images as z-scores, e.g. -2..4
+    np.testing.assert_allclose(rescale_unit(z), rescale_unit(unit), atol=1e-5)
+    fused = rescale_unit(unit)[:, :1]
+    sources = torch.cat([z[:, :1], z[:, :1]], dim=1)
+    assert float(FusionLoss(win_size=3, rescale_sources=True)(fused, sources)) < 1e-4
+    assert float(FusionLoss(win_size=3)(fused, sources)) > 0.1
+    ssim = FusionSSIMMetric(spatial_dims=len(shape) - 2, win_size=3, rescale_sources=True)(fused, sources)
+    np.testing.assert_allclose(ssim.numpy(), 1.0, atol=1e-4)
