@@ -209,6 +209,10 @@ class LoadScand(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
+        missing = [k for k in self.keys if k not in d]
+        if missing and not self.allow_missing_keys:
+            case = d.get("case", "?")
+            raise KeyError(f"LoadScand: case {case!r} lacks input(s) {missing}; needed: {list(self.keys)}")
         meta_of = dict(zip(self.keys, self.meta_keys))
         for key in self.key_iterator(d):
             d[key] = self.loaders[key](d[key])

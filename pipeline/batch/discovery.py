@@ -111,6 +111,17 @@ def _case_from_folder(folder: Path, modalities: Mapping[str, Sequence[str]]) -> 
     return Case(case_id, {}, "missing", f"no NIfTI image or DICOM files found in {folder}{detail}")
 
 
+def _case_from_entry(entry: Mapping[str, object], modalities: Mapping[str, Sequence[str]]) -> Case:
+    """A datalist entry as a case; one lacking an input channel fails alone, the channel named."""
+    case_id = sanitize_case_id(str(entry["case"]))
+    inputs = {k: str(entry[k]) for k in modalities if k in entry}
+    missing = [k for k in modalities if k not in entry]
+    if missing:
+        return Case(case_id, inputs, "missing", f"datalist entry lacks input channel(s) {missing}")
+    kind = "dicom" if Path(inputs[next(iter(modalities))]).is_dir() else "nifti"
+    return Case(case_id, inputs, kind, extra={k: v for k, v in entry.items() if k == "label"})
+
+
 def discover_cases(
     source: str | Path, *, split: str = "test", modalities: Mapping[str, Sequence[str]] = DEFAULT_MODALITIES
 ) -> list[Case]:
@@ -125,16 +136,8 @@ def discover_cases(
     """
     source = Path(source)
     if source.is_file() and source.suffix == ".json":
-        entries = load_datalist(source, split, required_keys=tuple(modalities), check_files=False)
-        cases = [
-            Case(
-                sanitize_case_id(str(e["case"])),
-                {k: e[k] for k in modalities},
-                "dicom" if Path(e[next(iter(modalities))]).is_dir() else "nifti",
-                extra={k: v for k, v in e.items() if k == "label"},
-            )
-            for e in entries
-        ]
+        entries = load_datalist(source, split, required_keys=(), check_files=False)
+        cases = [_case_from_entry(e, modalities) for e in entries]
     elif source.is_dir():
         entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
         flat = [p for p in entries if _is_nifti(p) and not NON_INPUT.match(_stem(p))]

@@ -64,7 +64,8 @@ def load_datalist(
         entry = {"image": raw} if isinstance(raw, str) else dict(raw)
         missing = [k for k in required_keys if k not in entry]
         if missing:
-            raise DatalistError(f"datalist {path}: entry {index} of {split!r} lacks key(s) {missing}")
+            case = entry.get("case", f"entry {index}")
+            raise DatalistError(f"datalist {path}: case {case!r} of {split!r} lacks key(s) {missing}")
         for key in keys:
             if key in entry and isinstance(entry[key], str):
                 resolved = (root / entry[key]).resolve()

@@ -129,7 +129,10 @@ class Predictor:
         elif isinstance(checkpoints, (str, Path)):
             checkpoints = [checkpoints]
         nets = [_load_network(parser, Path(c), device) for c in checkpoints]
-        input_keys = parser.get("input_keys", ["image"])
+        input_keys = list(parser.get_parsed_content("input_keys")) if "input_keys" in parser else ["image"]
+        # key -> modality: a bundle's `channels` (named inputs) wins over its metadata
+        channels = parser.get_parsed_content("channels") if "channels" in parser else {}
+        meta = {"input_modalities": channels} if channels else parser.get("_meta_", {})
         return cls(
             nets,
             parser.get_parsed_content("preprocessing"),
@@ -142,7 +145,7 @@ class Predictor:
             checkpoint_names=[str(Path(c).resolve()) for c in checkpoints],
             options=options,
             display_window=_window(parser.get("window", None)),
-            input_modalities=bundle_modalities(parser.get("_meta_", {}), input_keys),
+            input_modalities=bundle_modalities(meta, input_keys),
         )
 
     @property

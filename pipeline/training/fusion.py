@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -16,6 +17,7 @@ from monai.metrics import SSIMMetric
 from torch import nn
 
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
+from pipeline.training.losses import rescale_unit
 
 __all__ = ["FusionSSIMMetric", "PretrainedWeightsLoader"]
 
@@ -27,7 +29,8 @@ class FusionSSIMMetric(SSIMMetric):
 
     MONAI's ``SSIMMetric`` compares images of equal channels; here ``y_pred`` is the fused image
     ``(B, 1, *spatial)`` and ``y`` the stacked sources ``(B, N, *spatial)``, and the per-sample value is
-    ``mean_k SSIM(y_pred, y[:, k])``. Images are expected in ``[0, data_range]``. Arguments as ``SSIMMetric``.
+    ``mean_k SSIM(y_pred, y[:, k])``. Images are expected in ``[0, data_range]``; ``rescale_sources=True`` maps
+    each source onto it by its own min and max first (z-scored MR). Other arguments as ``SSIMMetric``.
 
     Example (bundle YAML, key metric of a validator whose network is the fusion net)::
 
@@ -36,6 +39,10 @@ class FusionSSIMMetric(SSIMMetric):
           metric_fn: {_target_: pipeline.training.fusion.FusionSSIMMetric, spatial_dims: 3, win_size: 7}
           output_transform: $monai.handlers.from_engine(['pred', 'image'])
     """
+
+    def __init__(self, *args: Any, rescale_sources: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rescale_sources = rescale_sources
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Per-sample mean SSIM ``(B, 1)``."""
@@ -52,6 +59,8 @@ class FusionSSIMMetric(SSIMMetric):
             )
         y_pred = torch.as_tensor(y_pred).float()
         y = torch.as_tensor(y).float()
+        if self.rescale_sources:
+            y = rescale_unit(y) * self.data_range
         per_source = [self._compute_metric(y_pred, y[:, k : k + 1]) for k in range(y.shape[1])]
         return torch.stack(per_source).mean(dim=0)
 

@@ -123,6 +123,15 @@ class DeepSupervisionStackLoss(DeepSupervisionLoss):
         return super().forward(input, target)
 
 
+def rescale_unit(x: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` ``(B, C, *spatial)`` mapped linearly onto ``[0, 1]`` by its own min and max (nothing
+    clipped; a constant image becomes 0): z-scored MR, which has no fixed range, compared with a fused image."""
+    flat = x.flatten(2)
+    low = flat.amin(dim=2).view(*x.shape[:2], *([1] * (x.dim() - 2)))
+    span = (flat.amax(dim=2) - flat.amin(dim=2)).view_as(low)
+    return (x - low) / span.clamp_min(torch.finfo(x.dtype).eps)
+
+
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """Forward-difference gradient magnitude of ``x`` ``(B, C, *spatial)``, same shape (zero at far edges)."""
     squared = torch.zeros_like(x)
@@ -146,6 +155,8 @@ class FusionLoss(nn.Module):
         gradient_weight: weight of the gradient term (>= 0).
         data_range: intensity range of the images.
         win_size: SSIM window (odd; must not exceed the smallest spatial size).
+        rescale_sources: map each source onto ``[0, data_range]`` by its own min and max first
+            (:func:`rescale_unit`), for sources without a fixed range such as z-scored MR.
     """
 
     def __init__(
@@ -154,8 +165,11 @@ class FusionLoss(nn.Module):
         gradient_weight: float = 0.3,
         data_range: float = 1.0,
         win_size: int = 7,
+        rescale_sources: bool = False,
     ) -> None:
         super().__init__()
+        self.rescale_sources = rescale_sources
+        self.data_range = data_range
         self.ssim_weight = _check_weight("FusionLoss", "ssim_weight", ssim_weight)
         self.gradient_weight = _check_weight("FusionLoss", "gradient_weight", gradient_weight)
         if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
@@ -178,6 +192,8 @@ class FusionLoss(nn.Module):
                 f"got {tuple(sources.shape)}."
             )
         sources = sources.to(fused.dtype)
+        if self.rescale_sources:
+            sources = rescale_unit(sources) * self.data_range
         ssim = self.ssim[str(fused.dim() - 2)]
         ssim_term = torch.stack([ssim(fused, sources[:, k : k + 1]) for k in range(sources.shape[1])]).mean()
         target = gradient_magnitude(sources).amax(dim=1, keepdim=True)
