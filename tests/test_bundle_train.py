@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import mlflow
 import pytest
 import torch
 
 from pipeline.core.checkpoint import load_checkpoint, network_from_checkpoint
-from tests.conftest import BUNDLES, REPO
+from tests.bundle_runs import monai_bundle_run
+from tests.conftest import BUNDLES
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
 
@@ -19,12 +17,7 @@ BUNDLE = BUNDLES / "ct_organ_resunet3d"
 def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tiny_dataset, tmp_path):
     db = tmp_path / "mlflow.db"
     ckpt_dir = tmp_path / "ckpt"
-    command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(BUNDLE / "configs" / n) for n in ("common.yaml", "train.yaml")]),
-        "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-        "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
-        "--bundle_root", str(BUNDLE),
+    tiny = [
         "--dataset_dir", str(tiny_dataset.parent),
         "--ckpt_dir", str(ckpt_dir),
         "--tracking_uri", f"sqlite:///{db}",
@@ -35,11 +28,8 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
         "--samples_per_volume", "1",
         "--roi_size", "[32, 32, 16]",
     ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     # MONAI's --tracking mlflow appends its own MLFlowHandler (same store and run): ours detaches it
-    tracking = ["--tracking", "mlflow", "--output_dir", str(tmp_path / "monai_out")]
-    done = subprocess.run(command + tracking, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    monai_bundle_run(BUNDLE, ["train"], tmp_path, *tiny, "--tracking", "mlflow", "--output_dir", str(tmp_path / "monai_out"))
 
     assert (ckpt_dir / "model.pt").is_file() and (ckpt_dir / "model_final.pt").is_file()
     final = load_checkpoint(ckpt_dir / "model_final.pt")
@@ -66,10 +56,7 @@ def test_two_iterations_through_monai_bundle_write_checkpoint_and_mlflow_run(tin
     assert {"train.yaml", "metadata.json", "model.pt"} <= artifacts
 
     # the evaluate overlay validates the trained checkpoint with the same pipeline, through monai.bundle
-    evaluate = [*command[:4], "--config_file", str([str(BUNDLE / "configs" / n) for n in ("common.yaml", "train.yaml", "evaluate.yaml")]),
-                *command[6:], "--output_dir", str(tmp_path / "eval")]  # fmt: skip
-    done = subprocess.run(evaluate, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    monai_bundle_run(BUNDLE, ["train", "evaluate"], tmp_path, *tiny, "--output_dir", str(tmp_path / "eval"))
     raw = (tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
     assert len(raw) == 2  # header + the one validation case
     assert (tmp_path / "eval" / "metrics.csv").is_file()

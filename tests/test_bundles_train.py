@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -22,20 +20,16 @@ import pytest
 import torch
 
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
-from pipeline.training.fusion import FusionSSIMMetric, PretrainedWeightsLoader
 from pipeline.inference.predictor import InferenceOptions, Predictor
-from tests.conftest import BUNDLES, REPO
+from pipeline.training.fusion import FusionSSIMMetric, PretrainedWeightsLoader
+from tests.bundle_runs import monai_bundle_run
+from tests.conftest import BUNDLES
 
 
 def _run_bundle(bundle: Path, configs: list[str], dataset_dir: Path, workdir: Path, *extra: str) -> str:
     """Two training iterations of ``configs`` (merged in order); returns stdout + stderr."""
-    files = [str(bundle / "configs" / f"{name}.yaml") for name in ["common", *configs]]
-    command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(files),
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-        "--bundle_root", str(bundle),
+    return monai_bundle_run(
+        bundle, configs, workdir,
         "--dataset_dir", str(dataset_dir),
         "--tracking_uri", f"sqlite:///{workdir / 'mlflow.db'}",
         "--max_epochs", "1",
@@ -43,15 +37,7 @@ def _run_bundle(bundle: Path, configs: list[str], dataset_dir: Path, workdir: Pa
         "--batch_size", "2",
         "--samples_per_volume", "1",
         *extra,
-    ]  # fmt: skip
-    # this checkout's packages first, whichever checkout the environment was installed from
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(workdir), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, cwd=workdir, env=env, timeout=600
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
-    return output
+    )  # fmt: skip
 
 
 def _mlflow_run(workdir: Path, run_prefix: str) -> mlflow.entities.Run:

@@ -5,8 +5,6 @@ monai.bundle run``."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -20,7 +18,8 @@ from pipeline.core.checkpoint import load_checkpoint
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.tracking.store import CONFIG_AS_RUN, export_config_as_run, running_parser
-from tests.conftest import BUNDLES, REPO
+from tests.bundle_runs import monai_bundle_run
+from tests.conftest import BUNDLES
 from tests.test_predictor import random_checkpoint
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
@@ -107,19 +106,13 @@ def test_monai_bundle_run_with_an_overlay_records_the_config_as_run(tiny_dataset
     ckpt_dir, db = tmp_path / "ckpt", tmp_path / "mlflow.db"
     ckpt_dir.mkdir()
     (ckpt_dir / CONFIG_AS_RUN).write_text(json.dumps({"learning_rate": 9.9}))  # a previous run's: replaced
-    command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(CONFIGS / "common.yaml"), str(CONFIGS / "train.yaml"), str(_overlay(tmp_path, OVERLAY))]),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(tiny_dataset.parent), "--ckpt_dir", str(ckpt_dir),
+    monai_bundle_run(
+        BUNDLE, ["train", _overlay(tmp_path, OVERLAY).resolve()], tmp_path,
+        "--dataset_dir", str(tiny_dataset.parent), "--ckpt_dir", str(ckpt_dir),
         "--tracking_uri", f"sqlite:///{db}", "--log_run_artifacts", "False",
         *[a for k, v in TINY.items() for a in (f"--{k}", str(v))],
-    ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        threads=1,
+    )  # fmt: skip
     assert load_checkpoint(ckpt_dir / "model_final.pt")["trainer"]["max_epochs"] == 1
     _assert_overlay_recorded(*_run_params_and_config(db))
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +14,8 @@ from pipeline.cli import build_parser, main
 from pipeline.core.bundle import Bundle
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
-from tests.conftest import BUNDLES, REPO
+from tests.bundle_runs import monai_bundle_run
+from tests.conftest import BUNDLES
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
 ROI = [32, 32, 16]
@@ -39,22 +38,14 @@ def _masks(folder, cases):
 @pytest.mark.slow
 def test_monai_bundle_run_and_clinseg_predict_write_the_same_masks(tiny_dataset, checkpoint, tmp_path):
     cases = [e["case"] for e in json.loads(tiny_dataset.read_text())["test"]]
-    command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "inference.yaml")]),
-        "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-        "--bundle_root", str(BUNDLE),
+    monai_bundle_run(
+        BUNDLE, ["inference"], tmp_path,
         "--dataset_dir", str(tiny_dataset.parent),
         "--output_dir", str(tmp_path / "monai"),
         "--ckpt_path", str(checkpoint),
         "--roi_size", json.dumps(ROI),
         "--device", "$torch.device('cpu')",
-    ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    )  # fmt: skip
     code = main([
         "predict", str(BUNDLE), "--input", str(tiny_dataset), "--split", "test", "--output", str(tmp_path / "clinseg"),
         "--checkpoint", str(checkpoint), "--roi-size", *map(str, ROI), "--device", "cpu", "--no-amp",

@@ -4,8 +4,6 @@ predicts a volume slice by slice onto its input grid, alike through MONAI's runn
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +14,8 @@ from monai.data import MetaTensor
 from pipeline.cli import main
 from pipeline.core.bundle import Bundle
 from pipeline.inference.slice_inferer import SliceWiseInferer
-from tests.conftest import BUNDLES, REPO
+from tests.bundle_runs import monai_bundle_run
+from tests.conftest import BUNDLES
 from tests.test_bundles_train import _check_two_iterations, _mlflow_run, _run_bundle
 from transforms.slices import NeighbourSlicesd
 
@@ -102,11 +101,8 @@ def test_monai_bundle_run_and_clinseg_predict_agree_slice_by_slice(source, conte
     tiny_dataset = request.getfixturevalue(dataset)
     checkpoint = _checkpoint(tmp_path / "model.pt", slice_source=source, context_slices=context)
     entries = json.loads(tiny_dataset.read_text())["test"]
-    command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "inference.yaml")]),
-        "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-        "--bundle_root", str(BUNDLE),
+    monai_bundle_run(
+        BUNDLE, ["inference"], tmp_path,
         "--dataset_dir", str(tiny_dataset.parent),
         "--output_dir", str(tmp_path / "monai"),
         "--ckpt_path", str(checkpoint),
@@ -114,10 +110,7 @@ def test_monai_bundle_run_and_clinseg_predict_agree_slice_by_slice(source, conte
         "--slice_source", source,
         "--context_slices", str(context),
         "--device", "$torch.device('cpu')",
-    ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    )  # fmt: skip
     code = main([
         "predict", str(BUNDLE), "--input", str(tiny_dataset), "--split", "test", "--output", str(tmp_path / "clinseg"),
         "--checkpoint", str(checkpoint), "--roi-size", *map(str, ROI), "--device", "cpu", "--no-amp",
