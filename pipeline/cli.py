@@ -231,6 +231,30 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.planning.planner import plan_dataset
+
+    plan = plan_dataset(
+        args.dataset,
+        args.out,
+        time_budget_s=args.time_budget,
+        device=args.device,
+        dims=args.dims,
+        network=args.network,
+        threads=args.threads,
+        max_cases=args.max_cases,
+    )
+    t, n = plan["training"], plan["network"]
+    print(
+        f"planned {plan['spatial_dims']}D: spacing {plan['spacing']} mm, patch {plan['patch']}, "
+        f"{n['name']} {n['args']}, {n['step_s']} s/step on {plan['budget']['device']}; batch {t['batch_size']}, "
+        f"{t['max_epochs']} epochs (validation every {t['val_interval']}) in {t['time_budget_s']:.0f} s"
+    )
+    print(f"normalisation: {plan['reasons']['normalise']}")
+    print(f"wrote {Path(args.out) / 'configs'} (common.yaml, plan.json, fingerprint.json); train: clinseg train {args.out}")
+    return 0
+
+
 def _add_config_overlays(parser: argparse.ArgumentParser, base: str) -> None:
     """``--config``: overlays merged after the ``base`` config; ``--set``: overrides, applied last."""
     parser.add_argument("--config", action="append", default=[], metavar="OVERLAY",
@@ -449,6 +473,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM: keep patients lacking a mapped structure (left unlabelled, reported) instead of "
                    "skipping them")
     p.set_defaults(func=cmd_import)
+
+    p = _command(
+        sub, "plan", "fingerprint a dataset and write a MONAI bundle planned for it within a time budget",
+        epilog="DATASET: a clinseg datalist (clinseg import), a folder holding one, or a raw MSD / nnU-Net / DICOM "
+        "/ NIfTI folder (imported into OUT/dataset first). Writes OUT/configs/{common,train,inference,evaluate}.yaml, "
+        "plan.json and fingerprint.json; train it with clinseg train OUT or python -m monai.bundle run.",
+    )
+    p.add_argument("dataset", help="datalist file or dataset folder")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--time-budget", type=_duration, default=_duration("1h"), metavar="DURATION",
+                   help="wall-clock training time the schedule must fit (90s, 30m, 1.5h)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="plan for this device (default: detected)")
+    p.add_argument("--dims", choices=("auto", "2d", "3d"), default="auto",
+                   help="3D patches, 2D axial slices of the volumes, or auto (2D for very anisotropic data)")
+    p.add_argument("--network", default="res_unet", help="registered network with a channels or features width: res_unet, attention_unet, unet")
+    p.add_argument("--threads", type=int, help="CPU threads while timing training steps")
+    p.add_argument("--max-cases", type=int, help="fingerprint at most this many training cases")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

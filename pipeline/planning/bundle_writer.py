@@ -1,0 +1,267 @@
+"""Write a plan as a MONAI bundle: ``configs/common.yaml`` from the plan, the workflow configs from the
+package's template (``train.yaml``, ``inference.yaml``, ``evaluate.yaml``, ``logging.conf``), ``metadata.json``,
+``plan.json`` and ``fingerprint.json`` (logged to MLflow with the other configs), and ``docs/README.md``.
+
+The template's workflows read only named knobs, so a planned bundle runs through ``python -m monai.bundle run``
+and ``clinseg train|evaluate|predict`` like the shipped bundles; all planned values live in ``common.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+import yaml
+
+from pipeline.core.atomic import atomic_write_json, atomic_write_text
+
+__all__ = ["write_planned_bundle"]
+
+TEMPLATE = Path(__file__).with_name("template")
+SLICE_INFERER = "_target_: pipeline.inference.slice_inferer.SliceWiseInferer\n{indent}spatial_dim: 2"
+
+
+def _preprocessing(plan: Mapping[str, Any]) -> list[Any]:
+    keys = list(plan["channels"])
+    steps: list[Any] = [
+        {"_target_": "transforms.io.LoadScand", "keys": "@data_keys", "label_keys": "@label_keys"},
+    ]
+    if len(keys) > 1:
+        steps.append(
+            {"_target_": "ResampleToMatchd", "keys": keys[1:], "key_dst": keys[0], "mode": "bilinear"}
+        )
+    steps += [
+        {"_target_": "Orientationd", "keys": "@data_keys", "axcodes": "RAS", "labels": None},
+        {
+            "_target_": "Spacingd",
+            "keys": "@data_keys",
+            "pixdim": "$@spacing + [-1] * (3 - @spatial_dims)",
+            "mode": "@resample_modes",
+            "dtype": "@resample_dtype",
+        },
+        *[f"@normalise#{key}" for key in keys],
+        {"_target_": "EnsureTyped", "keys": "@data_keys"},
+    ]
+    return steps
+
+
+def _random_transforms(plan: Mapping[str, Any]) -> list[Any]:
+    steps: list[Any] = [
+        {  # deterministic: cached by CacheDataset with the preprocessing
+            "_target_": "ClassesToIndicesd",
+            "keys": "label",
+            "num_classes": "@out_channels",
+        },
+        {
+            "_target_": "RandCropByLabelClassesd",
+            "keys": ["image", "label"],
+            "label_key": "label",
+            "indices_key": "label_cls_indices",
+            "spatial_size": "$@roi_size + [1] * (3 - @spatial_dims)",
+            "num_classes": "@out_channels",
+            "ratios": "@sampling_ratios",
+            "num_samples": "@samples_per_volume",
+            "warn": False,
+        },
+    ]
+    if plan["spatial_dims"] == 2:
+        steps.append({"_target_": "SqueezeDimd", "keys": ["image", "label"], "dim": -1})
+    steps.append("@augmentation#standard")
+    return steps
+
+
+def common_config(plan: Mapping[str, Any], datalist: Path, name: str) -> dict[str, Any]:
+    """The planned ``common.yaml`` as a dict (knobs first, then components)."""
+    training, aug = plan["training"], plan["augmentation"]
+    return {
+        "imports": ["$import torch", "$import networks"],
+        "bundle_root": ".",
+        "dataset_dir": str(datalist.resolve().parent),
+        "datalist_file": f"$@dataset_dir + '/{datalist.name}'",
+        "output_dir": "$@bundle_root + '/eval'",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "spatial_dims": plan["spatial_dims"],
+        "class_names": list(plan["class_names"]),
+        "out_channels": 1 + len(plan["class_names"]),
+        "channels": dict(plan["channels"]),
+        "input_keys": "$list(@channels)",
+        "spacing": list(plan["spacing"]),
+        "roi_size": list(plan["patch"]),
+        "sw_batch_size": 4,
+        "network_name": plan["network"]["name"],
+        "network_args": {
+            **plan["network"]["args"],
+            "spatial_dims": "@spatial_dims",
+            "in_channels": "$len(@channels)",
+            "out_channels": "@out_channels",
+        },
+        "batch_size": training["batch_size"],
+        "samples_per_volume": training["samples_per_volume"],
+        "learning_rate": training["learning_rate"],
+        "weight_decay": training["weight_decay"],
+        "max_epochs": training["max_epochs"],
+        "val_interval": training["val_interval"],
+        "time_budget_s": training["time_budget_s"],
+        "sampling_ratios": list(plan["sampling"]["ratios"]),
+        "network_def": "$networks.build_network(@network_name, **@network_args)",
+        "network": "$@network_def.to(@device)",
+        "data_keys": "$@input_keys + @label_keys",
+        "resample_modes": "$['bilinear'] * len(@input_keys) + ['nearest'] * len(@label_keys)",
+        "normalise": {key: dict(step) for key, step in plan["normalise"].items()},
+        "preprocessing_transforms": _preprocessing(plan),
+        "stack": {"_target_": "ConcatItemsd", "keys": "@input_keys", "name": "image"},
+        "augmentation": {
+            "standard": {
+                "_target_": "transforms.augment.standard_augmentation",
+                "keys": ["image"],
+                "label_keys": ["label"],
+                "spatial_dims": "@spatial_dims",
+                "flip_prob": aug["flip_prob"],
+                "affine_prob": aug["affine_prob"],
+                "rotate_deg": aug["rotate_deg"],
+                "scale": aug["scale"],
+                "intensity_prob": aug["intensity_prob"],
+            }
+        },
+        "random_transforms": _random_transforms(plan),
+    }
+
+
+_COMMON_HEADER = """\
+# Planned by `clinseg plan` for {name}: grid, patch, network, normalisation, sampling, augmentation and
+# schedule chosen from the dataset's fingerprint (fingerprint.json) within a compute budget; the reasons are in
+# plan.json. train.yaml, evaluate.yaml and inference.yaml read only the named knobs below. Every command loads
+# this file first:
+#   python -m monai.bundle run --config_file "['{root}/configs/common.yaml', '{root}/configs/train.yaml']" \\
+#       --bundle_root {root}
+# or: clinseg train {root}     (any knob: --set name=value, e.g. --set max_epochs=10)
+"""
+
+
+def _metadata(plan: Mapping[str, Any], name: str) -> dict[str, Any]:
+    channels, classes = plan["channels"], plan["class_names"]
+    return {
+        "name": name,
+        "version": "0.1.0",
+        "changelog": {"0.1.0": "planned by clinseg plan from the dataset fingerprint"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": {"clinseg": importlib_metadata.version("clinseg")},
+        "task": f"{', '.join(classes)} segmentation ({plan['spatial_dims']}D) from {', '.join(channels)}",
+        "description": (
+            f"Planned by clinseg plan: {plan['network']['name']} on {plan['spatial_dims']}D patches "
+            f"{plan['patch']} at {plan['spacing']} mm; see configs/plan.json."
+        ),
+        "authors": "clinseg plan",
+        "copyright": "the dataset's owners",
+        "license": "see the training data's licence",
+        "input_modalities": dict(channels),
+        "label_classes": "; ".join(f"{i} {n}" for i, n in enumerate(["background", *classes])),
+        "pred_classes": f"{1 + len(classes)} channels logits; argmax gives the label classes",
+        "intended_use": "Research use only, not for clinical diagnosis or treatment decisions.",
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "+".join(channels.values()),
+                    "num_channels": len(channels),
+                    "spatial_shape": list(plan["patch"]),
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": True,
+                    "channel_def": {str(i): k for i, k in enumerate(channels)},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 1 + len(classes),
+                    "spatial_shape": list(plan["patch"]),
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": True,
+                    "channel_def": {str(i): n for i, n in enumerate(["background", *classes])},
+                }
+            },
+        },
+    }
+
+
+def _readme(plan: Mapping[str, Any], fingerprint: Mapping[str, Any], name: str) -> str:
+    t = plan["training"]
+    lines = [
+        f"# {name}: a bundle planned by `clinseg plan`",
+        "",
+        f"Dataset: `{fingerprint['datalist']}` ({fingerprint['cases']} training cases fingerprinted).",
+        f"Channels: {plan['channels']}; classes: {plan['class_names']}.",
+        "",
+        "| setting | planned |",
+        "|---|---|",
+        f"| dimensionality | {plan['spatial_dims']}D |",
+        f"| spacing (mm, RAS) | {plan['spacing']} |",
+        f"| median shape after resampling | {plan['median_shape_resampled']} |",
+        f"| patch | {plan['patch']} |",
+        f"| network | {plan['network']['name']} {plan['network']['args']} |",
+        f"| measured step | {plan['network']['step_s']} s on {plan['budget']['device']} |",
+        f"| batch | {t['batch_size']} |",
+        f"| epochs | {t['max_epochs']} (validation every {t['val_interval']}) |",
+        f"| time budget | {t['time_budget_s']:.0f} s |",
+        "",
+        "Normalisation:",
+        *[f"- `{k}`: {v}" for k, v in plan["reasons"]["normalise"].items()],
+        "",
+        "Train: `clinseg train BUNDLE`; evaluate: `clinseg evaluate BUNDLE`; predict: `clinseg predict BUNDLE ...`.",
+        "Every value is a named knob in `configs/common.yaml`; the reasons are in `configs/plan.json`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lists of scalars in flow style (``[40, 56, 40]``), everything else in block style."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
+    flow = all(not isinstance(i, (dict, list)) for i in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def write_planned_bundle(
+    out: str | Path, plan: Mapping[str, Any], fingerprint: Mapping[str, Any], datalist: str | Path
+) -> Path:
+    """Write the bundle folder ``out`` (created; existing planned files are replaced). Returns its path."""
+    out = Path(out)
+    configs = out / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(exist_ok=True)
+    (out / "docs").mkdir(exist_ok=True)
+    name = out.resolve().name
+    header = _COMMON_HEADER.format(name=name, root=out)
+    body = yaml.dump(common_config(plan, Path(datalist), name), Dumper=_Dumper, sort_keys=False, width=110)
+    atomic_write_text(configs / "common.yaml", header + body)
+    for template in ("train.yaml", "inference.yaml", "evaluate.yaml"):
+        text = (TEMPLATE / template).read_text().replace("BUNDLE", str(out))
+        if plan["spatial_dims"] == 2:
+            for indent in ("  ", "    "):
+                text = text.replace(
+                    f"\n{indent}_target_: SlidingWindowInferer", "\n" + indent + SLICE_INFERER.format(indent=indent)
+                )
+        atomic_write_text(configs / template, text)
+    shutil.copyfile(TEMPLATE / "logging.conf", configs / "logging.conf")
+    atomic_write_json(configs / "metadata.json", _metadata(plan, name))
+    atomic_write_json(configs / "plan.json", dict(plan))
+    atomic_write_json(configs / "fingerprint.json", dict(fingerprint))
+    atomic_write_text(out / "docs" / "README.md", _readme(plan, fingerprint, name))
+    return out

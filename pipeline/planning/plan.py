@@ -1,0 +1,197 @@
+"""A plan: everything a planned bundle needs, chosen from a fingerprint and a compute budget, with its reasons.
+
+The plan is plain JSON (``plan.json`` in the bundle); :mod:`pipeline.planning.bundle_writer` turns it into
+``configs/common.yaml``. Grid, patch, depth and normalisation follow :mod:`pipeline.planning.rules`; the
+network width and the schedule follow the budget:
+
+- **Width**: the base width (doubling per level, capped at :data:`MAX_WIDTH`) is the widest of
+  :data:`BASE_WIDTHS` whose *measured* training step leaves at least :data:`MIN_STEPS` optimizer steps in the
+  budget; the narrowest when none does.
+- **Schedule**: epochs of ``ceil(cases * samples / batch)`` steps; validation every ``val_interval`` epochs
+  (about :data:`VALIDATIONS` validations in all); ``max_epochs`` fills :data:`BUDGET_USE` of the budget at
+  the measured step time (plus data loading and validation estimates), so the polynomial learning-rate decay
+  ends inside the budget; the budget itself is the hard stop (``time_budget_s``).
+- **Sampling**: patches centred on each foreground class and on background equally often
+  (``RandCropByLabelClassesd``), which keeps small and rare classes in view (nnU-Net forces a third of its
+  patches onto foreground).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from networks.registry import get_network_class
+from pipeline.planning.compute import ComputeBudget, measure_step_seconds
+from pipeline.planning.rules import (
+    normalisation_for,
+    patch_and_levels,
+    prefers_2d,
+    resampled_shape,
+    target_spacing,
+)
+
+__all__ = ["PLAN_VERSION", "PlanError", "make_plan"]
+
+PLAN_VERSION = 1
+DEFAULT_NETWORK = "res_unet"
+BASE_WIDTHS = (32, 16, 8)
+MAX_WIDTH = 320
+MIN_STEPS = 1500
+VALIDATIONS = 20
+BUDGET_USE = 0.85
+DATA_OVERHEAD = 1.15  # loading, augmentation and handlers on top of the network step (measured on CPU)
+LEARNING_RATE = 2e-3
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made (unknown network, bad dimensionality, dataset too small)."""
+
+
+def _width_argument(network: str) -> str:
+    params = inspect.signature(get_network_class(network)).parameters
+    for name in ("channels", "features"):
+        if name in params:
+            return name
+    raise PlanError(
+        f"network {network!r} has no `channels` or `features` argument to size; plan with one that has "
+        "(res_unet, attention_unet, unet) or set its arguments in the planned common.yaml"
+    )
+
+
+def _widths(base: int, levels: int) -> list[int]:
+    return [min(base * 2**i, MAX_WIDTH) for i in range(levels)]
+
+
+def _choose_width(
+    network: str, spatial_dims: int, in_channels: int, out_channels: int, patch: list[int], batch: int,
+    budget: ComputeBudget,
+) -> tuple[dict[str, Any], float, list[dict[str, float]]]:
+    width_arg, levels = _width_argument(network), None
+    trials: list[dict[str, float]] = []
+    chosen: tuple[dict[str, Any], float] | None = None
+    levels = patch_and_levels(patch, math.prod(patch))[1]
+    for base in BASE_WIDTHS:
+        args = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            width_arg: _widths(base, levels),
+        }
+        step_s = measure_step_seconds(network, args, (batch, in_channels, *patch), out_channels, budget)
+        steps = budget.time_budget_s * BUDGET_USE / (step_s * DATA_OVERHEAD)
+        trials.append({"base_width": base, "step_s": round(step_s, 4), "steps_in_budget": int(steps)})
+        chosen = (args, step_s)
+        if steps >= MIN_STEPS:
+            break
+    assert chosen is not None
+    return chosen[0], chosen[1], trials
+
+
+def _schedule(n_train: int, n_val: int, batch: int, samples: int, step_s: float, windows: int, budget: float):
+    steps_per_epoch = math.ceil(n_train * samples / batch)
+    epoch_s = steps_per_epoch * step_s * DATA_OVERHEAD
+    validation_s = n_val * windows * step_s / 3.0  # a forward pass is about a third of a training step
+    usable = budget * BUDGET_USE
+    epochs = max(1, int(usable / epoch_s))
+    interval = max(1, round(epochs / VALIDATIONS))
+    epochs = max(1, int(usable / (epoch_s + validation_s / interval)))
+    interval = max(1, min(interval, epochs))
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "estimated_epoch_s": round(epoch_s, 2),
+        "estimated_validation_s": round(validation_s, 2),
+        "max_epochs": epochs,
+        "val_interval": interval,
+    }
+
+
+def make_plan(
+    fingerprint: Mapping[str, Any],
+    budget: ComputeBudget,
+    *,
+    counts: Mapping[str, int],
+    dims: str = "auto",
+    network: str = DEFAULT_NETWORK,
+) -> dict[str, Any]:
+    """Plan a bundle for a fingerprinted dataset.
+
+    Args:
+        fingerprint: :func:`pipeline.planning.fingerprint.dataset_fingerprint` of the training split.
+        budget: device and wall-clock budget of training.
+        counts: cases per split, ``{"training": n, "validation": m}``.
+        dims: ``"3d"``, ``"2d"`` (axial slices of the volumes) or ``"auto"`` (:func:`rules.prefers_2d`).
+        network: a registered network with a ``channels`` or ``features`` width argument.
+
+    Returns:
+        The plan: ``{"version", "spatial_dims", "spacing", "patch", "network", "normalise", "training",
+        "sampling", "augmentation", "budget", "reasons"}`` (JSON-able).
+    """
+    if dims not in ("auto", "2d", "3d"):
+        raise PlanError(f"dims must be 'auto', '2d' or '3d', got {dims!r}")
+    if counts.get("training", 0) < 1 or counts.get("validation", 0) < 1:
+        raise PlanError(f"a plan needs training and validation cases, the datalist has {dict(counts)}")
+    spacing = target_spacing(fingerprint)
+    median = resampled_shape(fingerprint, spacing)
+    spatial_dims = 2 if dims == "2d" or (dims == "auto" and prefers_2d(spacing, median)) else 3
+    patch, levels = patch_and_levels(median[:spatial_dims], budget.max_patch_voxels(spatial_dims))
+    channels = dict(fingerprint["channels"])
+    out_channels = 1 + len(fingerprint["labels"])
+    batch = budget.batch_size(spatial_dims)
+    network_args, step_s, trials = _choose_width(
+        network, spatial_dims, len(channels), out_channels, patch, batch, budget
+    )
+    windows = math.prod(math.ceil(m / p) for m, p in zip(median, patch + [1] * (3 - spatial_dims)))
+    if spatial_dims == 2:
+        windows = median[2] / batch  # one axial slice a window, batched
+    schedule = _schedule(
+        counts["training"], counts["validation"], batch, 1, step_s, windows, budget.time_budget_s
+    )
+    anisotropic = max(spacing) > 3.0 * min(spacing)
+    return {
+        "version": PLAN_VERSION,
+        "spatial_dims": spatial_dims,
+        "spacing": spacing if spatial_dims == 3 else spacing[:2],
+        "median_shape_resampled": median,
+        "patch": patch,
+        "levels": levels,
+        "channels": channels,
+        "class_names": [fingerprint["labels"][str(v)] for v in range(1, out_channels)],
+        "network": {"name": network, "args": network_args, "step_s": round(step_s, 4), "width_trials": trials},
+        "normalise": {
+            key: normalisation_for(key, modality, fingerprint["intensity"][key], fingerprint["nonzero_fraction"][key])
+            for key, modality in channels.items()
+        },
+        "training": {
+            "batch_size": batch,
+            "samples_per_volume": 1,
+            "learning_rate": LEARNING_RATE,
+            "weight_decay": 1e-5,
+            "optimizer": "AdamW, polynomial decay (power 0.9) over max_epochs",
+            "loss": "Dice + cross-entropy (softmax, background excluded from Dice)",
+            **schedule,
+            "time_budget_s": budget.time_budget_s,
+        },
+        "sampling": {"ratios": [1] * out_channels, "rule": "one patch centre per class, background included, equally often"},
+        "augmentation": {
+            "rotate_deg": 15.0 if anisotropic or spatial_dims == 2 else 30.0,
+            "scale": 0.15,
+            "affine_prob": 0.2,
+            "flip_prob": 0.5,
+            "intensity_prob": 0.15,
+        },
+        "budget": {"device": budget.device, "time_budget_s": budget.time_budget_s, "threads": budget.threads},
+        "reasons": {
+            "spacing": "median spacing per axis"
+            + ("; the coarse axis takes its 10th percentile (anisotropic)" if anisotropic else ""),
+            "spatial_dims": f"{dims}: " + ("2D on axial slices" if spatial_dims == 2 else "3D patches"),
+            "patch": f"median resampled shape {median} rounded to multiples of {2 ** (levels - 1)}, "
+            f"at most {budget.max_patch_voxels(spatial_dims)} voxels on {budget.device}",
+            "width": f"widest base width of {list(BASE_WIDTHS)} with at least {MIN_STEPS} steps in the budget",
+            "normalise": {key: f"{m}: " + ("clip to foreground 0.5-99.5 %, z-score with dataset statistics"
+                                           if m == "CT" else "per-image z-score")
+                          for key, m in channels.items()},
+        },
+    }
