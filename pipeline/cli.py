@@ -124,8 +124,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     bundle = Bundle.at(args.bundle)
     config, overrides = ("inference", *args.config), _overrides(args.set)
-    dataset_dir = args.dataset_dir or bundle.parser(config, **overrides).get_parsed_content("dataset_dir")
-    datalist = Path(dataset_dir) / "dataset.json"
+    if args.dataset_dir:
+        datalist = Path(args.dataset_dir) / "dataset.json"
+    else:  # the bundle's own datalist file (a planned bundle names the one it was planned from)
+        datalist = Path(bundle.parser(config, **overrides).get_parsed_content("datalist_file"))
     inference, postprocess = _inference_options(args)
     options = EvaluationOptions(
         surface_tolerance_mm=args.tolerance_mm,

@@ -4,7 +4,7 @@ Per case the channels and label are loaded as the bundle will load them (``LoadS
 resampled onto the first's grid, then RAS), and the fingerprint keeps, as nnU-Net's does: voxel spacing and
 shape in RAS axis order, per-channel intensity statistics *inside the foreground* (label > 0, from up to
 ``samples_per_case`` voxels a case), the share of non-zero voxels (a skull-stripped or cropped MR has a zero
-background), and per-class voxel counts and volumes. Written as ``fingerprint.json`` in a planned bundle.
+background) and of voxels at the image minimum (a constant background that is not zero), and per-class voxel counts and volumes. Written as ``fingerprint.json`` in a planned bundle.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def _case(
     picked = rng.choice(foreground, size=min(samples, foreground.size), replace=False) if foreground.size else foreground
     sampled: dict[str, np.ndarray] = {}
     nonzero: dict[str, float] = {}
+    background: dict[str, float] = {}
     for key in channels:
         image = np.asarray(data[key], dtype=np.float32)
         if not np.isfinite(image).all():
@@ -79,11 +80,13 @@ def _case(
         flat = image.reshape(image.shape[0], -1)
         sampled[key] = flat[:, picked].ravel()
         nonzero[key] = float(np.count_nonzero(flat) / flat.size)
+        background[key] = float(np.mean(flat == flat.min(axis=1, keepdims=True)))
     record = {
         "case": entry["case"],
         "spacing": spacing,
         "shape": list(label.shape),
         "nonzero_fraction": nonzero,
+        "background_fraction": background,
         "class_voxels": {str(int(v)): int(n) for v, n in zip(values, counts) if v > 0},
         "voxel_ml": voxel_ml,
     }
@@ -131,7 +134,7 @@ def dataset_fingerprint(
         seed: sampling seed.
 
     Returns:
-        ``{"channels", "labels", "cases", "spacing", "shape", "intensity", "nonzero_fraction", "classes",
+        ``{"channels", "labels", "cases", "spacing", "shape", "intensity", "nonzero_fraction", "background_fraction", "classes",
         "per_case"}``; spacings in mm and shapes in voxels, RAS axis order.
 
     Raises:
@@ -166,6 +169,7 @@ def dataset_fingerprint(
         "shape": _axis_stats(shapes),
         "intensity": {k: intensity_statistics(np.concatenate(samples[k])) for k in keys},
         "nonzero_fraction": {k: float(np.median([r["nonzero_fraction"][k] for r in records])) for k in keys},
+        "background_fraction": {k: float(np.median([r["background_fraction"][k] for r in records])) for k in keys},
         "classes": _class_stats(records, labels),
         "per_case": records,
     }

@@ -44,6 +44,7 @@ VALIDATIONS = 20
 BUDGET_USE = 0.85
 DATA_OVERHEAD = 1.15  # loading, augmentation and handlers on top of the network step (measured on CPU)
 LEARNING_RATE = 2e-3
+SLICES_PER_VOLUME = 4  # 2D: axial patches drawn from each volume per epoch
 
 
 class PlanError(ValueError):
@@ -66,13 +67,14 @@ def _widths(base: int, levels: int) -> list[int]:
 
 
 def _choose_width(
-    network: str, spatial_dims: int, in_channels: int, out_channels: int, patch: list[int], batch: int,
-    budget: ComputeBudget,
+    network: str, spatial_dims: int, in_channels: int, out_channels: int, patch: list[int], levels: int,
+    batch: int, budget: ComputeBudget,
 ) -> tuple[dict[str, Any], float, list[dict[str, float]]]:
-    width_arg, levels = _width_argument(network), None
+    """Network arguments of the widest base width that leaves :data:`MIN_STEPS` steps, its step time and
+    every width tried."""
+    width_arg = _width_argument(network)
     trials: list[dict[str, float]] = []
-    chosen: tuple[dict[str, Any], float] | None = None
-    levels = patch_and_levels(patch, math.prod(patch))[1]
+    chosen: tuple[dict[str, Any], float] = ({}, 0.0)
     for base in BASE_WIDTHS:
         args = {
             "spatial_dims": spatial_dims,
@@ -86,14 +88,13 @@ def _choose_width(
         chosen = (args, step_s)
         if steps >= MIN_STEPS:
             break
-    assert chosen is not None
     return chosen[0], chosen[1], trials
 
 
 def _schedule(n_train: int, n_val: int, batch: int, samples: int, step_s: float, windows: int, budget: float):
     steps_per_epoch = math.ceil(n_train * samples / batch)
     epoch_s = steps_per_epoch * step_s * DATA_OVERHEAD
-    validation_s = n_val * windows * step_s / 3.0  # a forward pass is about a third of a training step
+    validation_s = n_val * windows * step_s / (3.0 * batch)  # a patch's forward pass: a third of its step
     usable = budget * BUDGET_USE
     epochs = max(1, int(usable / epoch_s))
     interval = max(1, round(epochs / VALIDATIONS))
@@ -106,6 +107,16 @@ def _schedule(n_train: int, n_val: int, batch: int, samples: int, step_s: float,
         "max_epochs": epochs,
         "val_interval": interval,
     }
+
+
+def _normalise_reason(step: Mapping[str, Any]) -> str:
+    target = step["_target_"]
+    if target == "ScaleIntensityRanged":
+        return "CT: clip to the foreground's 0.5-99.5 % over the dataset, z-score with its mean and std"
+    if target.endswith("ForegroundZScored"):
+        return "z-score per image inside the voxels above its minimum (constant non-zero background)"
+    inside = "inside the non-zero voxels" if step.get("nonzero") else "over the whole image"
+    return f"z-score per image {inside}"
 
 
 def make_plan(
@@ -141,15 +152,24 @@ def make_plan(
     out_channels = 1 + len(fingerprint["labels"])
     batch = budget.batch_size(spatial_dims)
     network_args, step_s, trials = _choose_width(
-        network, spatial_dims, len(channels), out_channels, patch, batch, budget
+        network, spatial_dims, len(channels), out_channels, patch, levels, batch, budget
     )
-    windows = math.prod(math.ceil(m / p) for m, p in zip(median, patch + [1] * (3 - spatial_dims)))
-    if spatial_dims == 2:
-        windows = median[2] / batch  # one axial slice a window, batched
+    windows = math.prod(math.ceil(m / p) for m, p in zip(median, patch)) * (median[2] if spatial_dims == 2 else 1)
+    samples = 1 if spatial_dims == 3 else SLICES_PER_VOLUME
     schedule = _schedule(
-        counts["training"], counts["validation"], batch, 1, step_s, windows, budget.time_budget_s
+        counts["training"], counts["validation"], batch, samples, step_s, windows, budget.time_budget_s
     )
     anisotropic = max(spacing) > 3.0 * min(spacing)
+    normalise = {
+        key: normalisation_for(
+            key,
+            modality,
+            fingerprint["intensity"][key],
+            fingerprint["nonzero_fraction"][key],
+            fingerprint.get("background_fraction", {}).get(key, 0.0),
+        )
+        for key, modality in channels.items()
+    }
     return {
         "version": PLAN_VERSION,
         "spatial_dims": spatial_dims,
@@ -160,13 +180,10 @@ def make_plan(
         "channels": channels,
         "class_names": [fingerprint["labels"][str(v)] for v in range(1, out_channels)],
         "network": {"name": network, "args": network_args, "step_s": round(step_s, 4), "width_trials": trials},
-        "normalise": {
-            key: normalisation_for(key, modality, fingerprint["intensity"][key], fingerprint["nonzero_fraction"][key])
-            for key, modality in channels.items()
-        },
+        "normalise": normalise,
         "training": {
             "batch_size": batch,
-            "samples_per_volume": 1,
+            "samples_per_volume": samples,
             "learning_rate": LEARNING_RATE,
             "weight_decay": 1e-5,
             "optimizer": "AdamW, polynomial decay (power 0.9) over max_epochs",
@@ -190,8 +207,6 @@ def make_plan(
             "patch": f"median resampled shape {median} rounded to multiples of {2 ** (levels - 1)}, "
             f"at most {budget.max_patch_voxels(spatial_dims)} voxels on {budget.device}",
             "width": f"widest base width of {list(BASE_WIDTHS)} with at least {MIN_STEPS} steps in the budget",
-            "normalise": {key: f"{m}: " + ("clip to foreground 0.5-99.5 %, z-score with dataset statistics"
-                                           if m == "CT" else "per-image z-score")
-                          for key, m in channels.items()},
+            "normalise": {key: _normalise_reason(step) for key, step in normalise.items()},
         },
     }

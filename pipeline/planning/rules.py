@@ -12,8 +12,10 @@ restated for clinseg's registered networks, which pool by 2 on every axis).
   :data:`ANISOTROPY_2D`) or short that 3D patches cannot pool on it; then 2D on axial slices.
 - **Normalisation by modality**: CT clips to the 0.5 / 99.5 percentiles of the foreground over the dataset
   and z-scores with the dataset's foreground mean and std (``ScaleIntensityRanged`` does both in one linear
-  map); MR and every other modality is z-scored per image, inside the non-zero voxels when the images have
-  a zero background (median non-zero share below :data:`NONZERO_MASK_BELOW`), else over the whole image.
+  map); MR and every other modality is z-scored per image inside its foreground: the non-zero voxels when
+  the images have a zero background (median non-zero share below :data:`NONZERO_MASK_BELOW`), the voxels
+  above the image minimum when the background is another constant (median share at the minimum at least
+  :data:`CONSTANT_BACKGROUND_ABOVE`: skull-stripped MR rescaled by another tool), else the whole image.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ ANISOTROPY_2D = 5.0
 MIN_FEATURE_MAP = 4
 MIN_LEVELS, MAX_LEVELS = 3, 5
 NONZERO_MASK_BELOW = 0.9
+CONSTANT_BACKGROUND_ABOVE = 0.1
 
 
 def target_spacing(fingerprint: Mapping[str, Any]) -> list[float]:
@@ -87,7 +90,7 @@ def prefers_2d(spacing: Sequence[float], median_shape: Sequence[int]) -> bool:
 
 
 def normalisation_for(
-    key: str, modality: str, intensity: Mapping[str, float], nonzero_fraction: float
+    key: str, modality: str, intensity: Mapping[str, float], nonzero_fraction: float, background_fraction: float = 0.0
 ) -> dict[str, Any]:
     """The MONAI transform (a bundle config dict) that normalises channel ``key`` of this ``modality``."""
     if modality == "CT":
@@ -102,6 +105,8 @@ def normalisation_for(
             "b_max": round((high - mean) / std, 5),
             "clip": True,
         }
+    if nonzero_fraction >= NONZERO_MASK_BELOW and background_fraction >= CONSTANT_BACKGROUND_ABOVE:
+        return {"_target_": "transforms.foreground_zscore.ForegroundZScored", "keys": [key]}
     return {
         "_target_": "NormalizeIntensityd",
         "keys": [key],
