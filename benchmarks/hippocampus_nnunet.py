@@ -11,13 +11,15 @@ nnU-Net v2 (PyPI ``nnunetv2``) lives in its own venv (:func:`ensure_nnunet_venv`
 local CPU wheel), then ``nnunetv2`` with torch held at 2.13.0 by a constraint file, so pip pulls no CUDA wheel.
 nnU-Net runs as its own console scripts in subprocesses; this process uses only stdlib, numpy and nibabel.
 
-Time budget: nnU-Net stops by epoch count only (1000 epochs of 250 iterations by default, far beyond a 2-core
-CPU's 30 minutes), and its fixed-length variants (``nnUNetTrainer_10epochs`` ...) would need the epoch time known
-in advance. So training uses ``nnUNetTrainer_TimeBudget`` (``nnunet_trainer_time_budget.py`` beside this file,
-copied into the venv): nnU-Net's default trainer whose epoch count is re-fitted after every epoch to the
-deadline (the poly LR schedule follows, decaying to zero on the last epoch that fits), and which skips nnU-Net's
-final fold validation. The budget clock starts when ``nnUNetv2_train`` is launched, so process start, data
-unpacking and the final checkpoint all count; planning/preprocessing and prediction are timed apart.
+Time budget: nnU-Net stops by epoch count only (1000 epochs of 250 iterations by default), and on this 2-core
+CPU one 250-iteration epoch alone takes about the whole 30 minutes, so neither its default nor its fixed-length
+variants (``nnUNetTrainer_1epoch``/``_5epochs``/...) fit a wall-clock budget. Training uses
+``nnUNetTrainer_TimeBudget`` (``nnunet_trainer_time_budget.py`` beside this file, copied into the venv):
+nnU-Net's default trainer whose poly LR schedule runs per iteration over the iterations that fit before the
+deadline (re-estimated after every iteration from the measured cost), ending the epoch in progress there, and
+which skips nnU-Net's final fold validation. The budget clock starts when ``nnUNetv2_train`` is launched, so
+process start, data unpacking and the final checkpoint count; planning/preprocessing and prediction are timed
+apart.
 
 Threads on the 2-core machine: nnU-Net sets torch to ``cpu_count()`` threads on CPU (2 here); data augmentation
 runs in ``nnUNet_n_proc_DA`` background workers (its default is 12, capped at cpu_count; we set ``da_workers``,
@@ -174,8 +176,7 @@ class NnunetRun:
     predict_s: float
     predictions: dict[str, Path]
     plan: dict
-    epochs: int
-    epoch_seconds: list[float]
+    training: dict  # epoch_seconds, iterations, seconds_per_iteration (see _training_log)
     nnunet_version: str
 
 
@@ -199,14 +200,17 @@ def _plan_summary(preprocessed: Path) -> dict:
     return summary
 
 
-def _training_log(fold_dir: Path) -> tuple[int, list[float]]:
-    """Epochs run and their durations (s) from nnU-Net's checkpoint-free training log."""
-    seconds = []
+def _training_log(fold_dir: Path) -> dict:
+    """Epoch times (s), training iterations done and mean s per iteration, from nnU-Net's training log."""
+    epoch_seconds, iterations, per_iteration = [], 0, None
     for log in sorted(fold_dir.glob("training_log_*.txt")):
         for line in log.read_text().splitlines():
             if "Epoch time:" in line:
-                seconds.append(float(line.split("Epoch time:")[1].split()[0]))
-    return len(seconds), seconds
+                epoch_seconds.append(float(line.split("Epoch time:")[1].split()[0]))
+            elif "iterations done," in line:  # nnUNetTrainer_TimeBudget's per-epoch summary
+                words = line.split("time budget:")[1].split()
+                iterations, per_iteration = int(words[0]), float(words[5])
+    return {"epoch_seconds": epoch_seconds, "iterations": iterations, "seconds_per_iteration": per_iteration}
 
 
 def run_nnunet(
@@ -255,7 +259,6 @@ def run_nnunet(
         env, logs / "train.log",
     )
     fold_dir = results / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}" / "fold_0"
-    epochs, epoch_seconds = _training_log(fold_dir)
 
     out = data.root / "predictions"
     shutil.rmtree(out, ignore_errors=True)
@@ -269,7 +272,7 @@ def run_nnunet(
         raise RuntimeError(f"nnU-Net wrote no prediction for {len(missing)} test case(s) in {out}: {missing[:5]}")
     return NnunetRun(
         preprocess_s=preprocess_s, train_s=train_s, predict_s=predict_s, predictions=predictions,
-        plan=_plan_summary(preprocessed), epochs=epochs, epoch_seconds=epoch_seconds,
+        plan=_plan_summary(preprocessed), training=_training_log(fold_dir),
         nnunet_version=_nnunet_version(bin_dir / "python") or "?",
     )
 
@@ -348,8 +351,8 @@ def main() -> None:
                      iters_per_epoch=args.iters_per_epoch, disable_tta=args.disable_tta)
     dice = dice_per_label(run.predictions, data.test_entries)
     report = {
-        "nnunetv2": run.nnunet_version, "plan": run.plan, "epochs": run.epochs,
-        "epoch_seconds": run.epoch_seconds, "preprocess_s": round(run.preprocess_s, 1),
+        "nnunetv2": run.nnunet_version, "plan": run.plan, **run.training,
+        "preprocess_s": round(run.preprocess_s, 1),
         "train_s": round(run.train_s, 1), "predict_s": round(run.predict_s, 1),
         "dice_mean": dice["mean"], "dice_mean_all": dice["mean_all"], "test_cases": len(dice["cases"]),
     }

@@ -62,6 +62,15 @@ class nnUNetTrainer_TimeBudget(nnUNetTrainer):
         self.lr_scheduler.max_steps = total
         self.lr_scheduler.step(min(self.iterations_done, total - 1))
 
+    def on_train_epoch_start(self):
+        """nnUNetTrainer's, with the per-iteration LR (its own steps the scheduler by epoch)."""
+        self.network.train()
+        self._set_lr()
+        self.print_to_log_file("")
+        self.print_to_log_file(f"Epoch {self.current_epoch}")
+        self.print_to_log_file(f"Current learning rate: {self.optimizer.param_groups[0]['lr']:.5f}")
+        self.logger.log("lrs", self.optimizer.param_groups[0]["lr"], self.current_epoch)
+
     def run_training(self):
         """nnUNetTrainer.run_training, with the LR stepped and the deadline checked per training iteration."""
         self.on_train_start()
