@@ -10,21 +10,24 @@ one fold in ``splits_final.json``: train = our ``training`` cases, val = our ``v
 nnU-Net v2 (PyPI ``nnunetv2``) lives in its own venv (:func:`ensure_nnunet_venv`): ``torch==2.13.0`` first (the
 local CPU wheel), then ``nnunetv2`` with torch held at 2.13.0 by a constraint file, so pip pulls no CUDA wheel.
 nnU-Net runs as its own console scripts in subprocesses; this process uses only stdlib, numpy and nibabel.
+The torchvision wheel pip pairs with torch 2.13 is a CUDA build that fails to import against the CPU torch; nnU-Net's
+default U-Net never imports it, but its trainer lookup crawls the Primus trainers (timm -> torchvision), which is
+why the budget trainer is installed as a top-level module that the lookup finds first.
 
-Time budget: nnU-Net stops by epoch count only (1000 epochs of 250 iterations by default), and on this 2-core
-CPU one 250-iteration epoch alone takes about the whole 30 minutes, so neither its default nor its fixed-length
-variants (``nnUNetTrainer_1epoch``/``_5epochs``/...) fit a wall-clock budget. Training uses
-``nnUNetTrainer_TimeBudget`` (``nnunet_trainer_time_budget.py`` beside this file, copied into the venv):
-nnU-Net's default trainer whose poly LR schedule runs per iteration over the iterations that fit before the
-deadline (re-estimated after every iteration from the measured cost), ending the epoch in progress there, and
-which skips nnU-Net's final fold validation. The budget clock starts when ``nnUNetv2_train`` is launched, so
-process start, data unpacking and the final checkpoint count; planning/preprocessing and prediction are timed
-apart.
+Time budget: nnU-Net stops by epoch count only (1000 epochs of 250 iterations by default). On this 2-core CPU
+one 250-iteration epoch alone takes 15-25 minutes (3.7-6.3 s per iteration, measured while sharing the CPU), so
+neither the default nor the fixed-length variants (``nnUNetTrainer_1epoch``/``_5epochs``/...) fit a wall-clock
+budget. Training uses ``nnUNetTrainer_TimeBudget`` (``nnunet_trainer_time_budget.py`` beside this file, copied
+into the venv): nnU-Net's default trainer whose poly LR schedule runs per iteration over the iterations that fit
+before the deadline (re-estimated after every iteration from the measured cost), ending the epoch in progress
+there, and which skips nnU-Net's final fold validation. The budget clock starts when ``nnUNetv2_train`` is
+launched, so process start, data unpacking and the final checkpoint count; planning/preprocessing and prediction
+are timed apart.
 
 Threads on the 2-core machine: nnU-Net sets torch to ``cpu_count()`` threads on CPU (2 here); data augmentation
 runs in ``nnUNet_n_proc_DA`` background workers (its default is 12, capped at cpu_count; we set ``da_workers``,
-default 1, so augmentation overlaps the training step without oversubscribing); preprocessing and prediction
-use ``threads`` processes.
+default 1, so augmentation overlaps the training step without oversubscribing); preprocessing uses ``threads``
+processes, prediction one preprocessing and one export worker.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ def _venv_python(path: Path) -> Path:
 def _nnunet_version(python: Path) -> str | None:
     probe = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m, nnunetv2; print(m.version('nnunetv2'))"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return probe.stdout.strip() if probe.returncode == 0 else None
 
@@ -84,13 +89,27 @@ def ensure_nnunet_venv(path: Path = DEFAULT_VENV) -> Path:
         subprocess.run([*pip, TORCH_PIN], check=True)
         subprocess.run([*pip, "-c", str(constraint), "nnunetv2"], check=True)
     probe = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m, json; print(json.dumps("
-         "{p: m.version(p) for p in ('nnunetv2', 'torch', 'dynamic_network_architectures')}))"],
-        capture_output=True, text=True, check=True,
+        [
+            str(python),
+            "-c",
+            (
+                "import importlib.metadata as m, json; print(json.dumps("
+                "{d.metadata['Name'].lower(): d.version for d in m.distributions()}))"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    versions = json.loads(probe.stdout)
-    if not versions["torch"].startswith("2.13.0"):
-        raise RuntimeError(f"nnU-Net venv {path}: torch {versions['torch']}, expected {TORCH_PIN}")
+    installed = json.loads(probe.stdout)
+    if not installed.get("torch", "").startswith("2.13.0"):
+        raise RuntimeError(f"nnU-Net venv {path}: torch {installed.get('torch')}, expected {TORCH_PIN}")
+    cuda = sorted(name for name in installed if name.startswith(("nvidia-", "cuda-", "triton")))
+    if cuda:
+        raise RuntimeError(f"nnU-Net venv {path} holds CUDA packages {cuda}; delete it and rerun")
+    versions = {
+        k: installed[k] for k in ("nnunetv2", "torch", "dynamic_network_architectures") if k in installed
+    }
     (path / "versions.json").write_text(json.dumps(versions, indent=1))
     _install_trainer(python)
     return path
@@ -100,7 +119,9 @@ def _install_trainer(python: Path) -> None:
     """Copy the time-budget trainer next to nnU-Net's own trainer module (overwrites: the repo copy wins)."""
     where = subprocess.run(
         [str(python), "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     shutil.copyfile(_TRAINER_SOURCE, Path(where) / "training" / "nnUNetTrainer" / f"{TRAINER}.py")
 
@@ -147,23 +168,31 @@ def prepare_raw_dataset(datalist_json: Path, nnunet_root: Path) -> RawDataset:
     for entry in datalist["test"]:
         _link(entry["image"], raw / "imagesTs" / f"{entry['case']}_0000.nii.gz")
     labels = {("background" if int(k) == 0 else name): int(k) for k, name in datalist["labels"].items()}
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"},
-        "labels": labels,
-        "numTraining": len(dev),
-        "file_ending": ".nii.gz",
-        "name": DATASET_NAME,
-    }, indent=1))
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": labels,
+                "numTraining": len(dev),
+                "file_ending": ".nii.gz",
+                "name": DATASET_NAME,
+            },
+            indent=1,
+        )
+    )
     env = {
         "nnUNet_raw": str(root / "nnUNet_raw"),
         "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
         "nnUNet_results": str(root / "nnUNet_results"),
     }
     return RawDataset(
-        root=root, raw=raw, images_ts=raw / "imagesTs",
+        root=root,
+        raw=raw,
+        images_ts=raw / "imagesTs",
         train_cases=[e["case"] for e in datalist["training"]],
         val_cases=[e["case"] for e in datalist["validation"]],
-        test_entries=list(datalist["test"]), env=env,
+        test_entries=list(datalist["test"]),
+        env=env,
     )
 
 
@@ -184,7 +213,7 @@ def _run(cmd: Sequence[str], env: Mapping[str, str], log: Path) -> float:
     """Run one nnU-Net console script, stdout/stderr to ``log``; returns its wall time in s."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.run(list(cmd), env=dict(env), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(list(cmd), env=dict(env), stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -230,9 +259,12 @@ def run_nnunet(
     bin_dir = Path(venv_dir) / "bin"
     threads_s = str(threads)
     env = {
-        **os.environ, **data.env,
-        "OMP_NUM_THREADS": threads_s, "MKL_NUM_THREADS": threads_s,
-        "nnUNet_n_proc_DA": str(da_workers), "nnUNet_compile": "false",
+        **os.environ,
+        **data.env,
+        "OMP_NUM_THREADS": threads_s,
+        "MKL_NUM_THREADS": threads_s,
+        "nnUNet_n_proc_DA": str(da_workers),
+        "nnUNet_compile": "false",
         "nnUNet_def_n_proc": threads_s,
     }
     env.pop("CLINSEG_NNUNET_ITERS", None)
@@ -242,9 +274,20 @@ def run_nnunet(
     logs.mkdir(parents=True, exist_ok=True)
 
     preprocess_s = _run(
-        [str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION,
-         "--verify_dataset_integrity", "-np", threads_s, "-npfp", threads_s],
-        env, logs / "plan_and_preprocess.log",
+        [
+            str(bin_dir / "nnUNetv2_plan_and_preprocess"),
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            CONFIGURATION,
+            "--verify_dataset_integrity",
+            "-np",
+            threads_s,
+            "-npfp",
+            threads_s,
+        ],
+        env,
+        logs / "plan_and_preprocess.log",
     )
     preprocessed = Path(data.env["nnUNet_preprocessed"]) / DATASET_NAME
     (preprocessed / "splits_final.json").write_text(
@@ -255,24 +298,60 @@ def run_nnunet(
 
     env["CLINSEG_NNUNET_DEADLINE"] = str(time.time() + budget_s)
     train_s = _run(
-        [str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, "0", "-tr", TRAINER, "-device", "cpu"],
-        env, logs / "train.log",
+        [
+            str(bin_dir / "nnUNetv2_train"),
+            str(DATASET_ID),
+            CONFIGURATION,
+            "0",
+            "-tr",
+            TRAINER,
+            "-device",
+            "cpu",
+        ],
+        env,
+        logs / "train.log",
     )
     fold_dir = results / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}" / "fold_0"
 
     out = data.root / "predictions"
     shutil.rmtree(out, ignore_errors=True)
-    predict = [str(bin_dir / "nnUNetv2_predict"), "-i", str(data.images_ts), "-o", str(out),
-               "-d", str(DATASET_ID), "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0",
-               "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"]
+    predict = [
+        str(bin_dir / "nnUNetv2_predict"),
+        "-i",
+        str(data.images_ts),
+        "-o",
+        str(out),
+        "-d",
+        str(DATASET_ID),
+        "-c",
+        CONFIGURATION,
+        "-tr",
+        TRAINER,
+        "-f",
+        "0",
+        "-chk",
+        "checkpoint_final.pth",
+        "-device",
+        "cpu",
+        "-npp",
+        "1",
+        "-nps",
+        "1",
+    ]
     predict_s = _run(predict + (["--disable_tta"] if disable_tta else []), env, logs / "predict.log")
     predictions = {e["case"]: out / f"{e['case']}.nii.gz" for e in data.test_entries}
     missing = [c for c, p in predictions.items() if not p.is_file()]
     if missing:
-        raise RuntimeError(f"nnU-Net wrote no prediction for {len(missing)} test case(s) in {out}: {missing[:5]}")
+        raise RuntimeError(
+            f"nnU-Net wrote no prediction for {len(missing)} test case(s) in {out}: {missing[:5]}"
+        )
     return NnunetRun(
-        preprocess_s=preprocess_s, train_s=train_s, predict_s=predict_s, predictions=predictions,
-        plan=_plan_summary(preprocessed), training=_training_log(fold_dir),
+        preprocess_s=preprocess_s,
+        train_s=train_s,
+        predict_s=predict_s,
+        predictions=predictions,
+        plan=_plan_summary(preprocessed),
+        training=_training_log(fold_dir),
         nnunet_version=_nnunet_version(bin_dir / "python") or "?",
     )
 
@@ -317,7 +396,9 @@ def dice_per_label(
         ref, ref_affine = _load_label(Path(entry["label"]))
         pred = np.squeeze(pred)
         if pred.shape != ref.shape:
-            raise ValueError(f"{pred_path}: shape {pred.shape} differs from reference {entry['label']} {ref.shape}")
+            raise ValueError(
+                f"{pred_path}: shape {pred.shape} differs from reference {entry['label']} {ref.shape}"
+            )
         if not np.allclose(pred_affine, ref_affine, atol=atol_mm):
             raise ValueError(f"{pred_path}: affine differs from reference {entry['label']} (not on its grid)")
         pred = np.rint(pred).astype(np.int64)
@@ -347,14 +428,26 @@ def main() -> None:
 
     venv_dir = ensure_nnunet_venv(args.venv)
     data = prepare_raw_dataset(args.datalist, args.work)
-    run = run_nnunet(venv_dir, data, budget_s=args.budget, threads=args.threads, da_workers=args.da_workers,
-                     iters_per_epoch=args.iters_per_epoch, disable_tta=args.disable_tta)
+    run = run_nnunet(
+        venv_dir,
+        data,
+        budget_s=args.budget,
+        threads=args.threads,
+        da_workers=args.da_workers,
+        iters_per_epoch=args.iters_per_epoch,
+        disable_tta=args.disable_tta,
+    )
     dice = dice_per_label(run.predictions, data.test_entries)
     report = {
-        "nnunetv2": run.nnunet_version, "plan": run.plan, **run.training,
+        "nnunetv2": run.nnunet_version,
+        "plan": run.plan,
+        **run.training,
         "preprocess_s": round(run.preprocess_s, 1),
-        "train_s": round(run.train_s, 1), "predict_s": round(run.predict_s, 1),
-        "dice_mean": dice["mean"], "dice_mean_all": dice["mean_all"], "test_cases": len(dice["cases"]),
+        "train_s": round(run.train_s, 1),
+        "predict_s": round(run.predict_s, 1),
+        "dice_mean": dice["mean"],
+        "dice_mean_all": dice["mean_all"],
+        "test_cases": len(dice["cases"]),
     }
     (Path(args.work) / "nnunet_report.json").write_text(json.dumps(report, indent=1))
     json.dump(report, sys.stdout, indent=1)

@@ -25,16 +25,17 @@ import os
 from time import time
 
 import torch
-
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+_CUDA = torch.device("cuda")  # nnUNetTrainer's default device
 _END_MARGIN_S = 15.0  # final checkpoint + dataloader shutdown
 _VAL_COST_GUESS = 0.4  # one validation iteration vs one training iteration, until a validation pass is timed
 
 
 class nnUNetTrainer_TimeBudget(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = _CUDA
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if "CLINSEG_NNUNET_DEADLINE" not in os.environ:
             raise RuntimeError("nnUNetTrainer_TimeBudget needs CLINSEG_NNUNET_DEADLINE (unix time in s)")
@@ -51,8 +52,11 @@ class nnUNetTrainer_TimeBudget(nnUNetTrainer):
     def _plan(self, now: float) -> int:
         """Total training iterations that fit before the deadline, given the costs measured so far."""
         per_iter = self.train_seconds / self.iterations_done
-        val_pass = self.val_pass_s if self.val_pass_s is not None else (
-            _VAL_COST_GUESS * per_iter * self.num_val_iterations_per_epoch)
+        val_pass = (
+            self.val_pass_s
+            if self.val_pass_s is not None
+            else (_VAL_COST_GUESS * per_iter * self.num_val_iterations_per_epoch)
+        )
         left = self.deadline - _END_MARGIN_S - val_pass - now
         per_iter_all = per_iter + val_pass / self.num_iterations_per_epoch
         return self.iterations_done + max(0, int(left // per_iter_all))
@@ -95,13 +99,16 @@ class nnUNetTrainer_TimeBudget(nnUNetTrainer):
             start = time()
             with torch.no_grad():
                 self.on_validation_epoch_start()
-                val_outputs = [self.validation_step(next(self.dataloader_val))
-                               for _ in range(self.num_val_iterations_per_epoch)]
+                val_outputs = [
+                    self.validation_step(next(self.dataloader_val))
+                    for _ in range(self.num_val_iterations_per_epoch)
+                ]
                 self.on_validation_epoch_end(val_outputs)
             self.val_pass_s = time() - start
             self.print_to_log_file(
                 f"time budget: {self.iterations_done} iterations done, {self.planned_iterations} planned, "
-                f"{self.train_seconds / self.iterations_done:.2f} s per iteration, validation {self.val_pass_s:.1f} s")
+                f"{self.train_seconds / self.iterations_done:.2f} s per iteration, validation {self.val_pass_s:.1f} s"
+            )
             self.on_epoch_end()
         self.on_train_end()
 

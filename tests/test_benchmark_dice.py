@@ -32,7 +32,11 @@ HALF_FRONT = (1, np.s_[:3, :3, :2])  # 18 voxels inside FRONT
     "pred, ref, expected",
     [
         (_label_map(FRONT, BACK), _label_map(FRONT, BACK), {1: 1.0, 2: 1.0}),  # perfect
-        (_label_map((1, BACK[1]), (2, FRONT[1])), _label_map(FRONT, BACK), {1: 0.0, 2: 0.0}),  # swapped: disjoint
+        (
+            _label_map((1, BACK[1]), (2, FRONT[1])),
+            _label_map(FRONT, BACK),
+            {1: 0.0, 2: 0.0},
+        ),  # swapped: disjoint
         (_label_map(), _label_map(), {1: 1.0, 2: 1.0}),  # both empty
         (_label_map(FRONT), _label_map(FRONT, BACK), {1: 1.0, 2: 0.0}),  # label 2 missed
         (_label_map(HALF_FRONT), _label_map(FRONT), {1: 2 * 18 / (18 + 45), 2: 1.0}),  # partial overlap
@@ -51,7 +55,9 @@ def test_dice_per_label_folder_and_mean_over_cases(tmp_path):
     (tmp_path / "pred").mkdir()
     entries = []
     for case, pred in (("a", _label_map(FRONT, BACK)), ("b", _label_map(FRONT))):
-        entries.append({"case": case, "label": str(_save(tmp_path / f"{case}_ref.nii.gz", _label_map(FRONT, BACK)))})
+        entries.append(
+            {"case": case, "label": str(_save(tmp_path / f"{case}_ref.nii.gz", _label_map(FRONT, BACK)))}
+        )
         _save(tmp_path / "pred" / f"{case}.nii.gz", pred)
     result = dice_per_label(tmp_path / "pred", entries)
     assert result["mean"] == pytest.approx({1: 1.0, 2: 0.5})
