@@ -1,12 +1,14 @@
-"""``benchmarks.hippocampus_nnunet.dice_per_label``: the Dice both benchmark sides are scored with."""
+"""``benchmarks.hippocampus_nnunet``: the Dice both benchmark sides are scored with, and nnU-Net's raw dataset."""
 
 from __future__ import annotations
+
+import json
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmarks.hippocampus_nnunet import dice_per_label
+from benchmarks.hippocampus_nnunet import dice_per_label, prepare_raw_dataset
 
 SHAPE = (7, 6, 5)
 
@@ -83,3 +85,45 @@ def test_dice_per_label_missing_prediction_raises(tmp_path):
     entries = [{"case": "c1", "label": str(_save(tmp_path / "ref.nii.gz", _label_map(FRONT)))}]
     with pytest.raises(FileNotFoundError, match="c1"):
         dice_per_label({}, entries)
+
+
+def test_prepare_raw_dataset_keeps_test_cases_out_of_training(tmp_path):
+
+    def entry(case):
+        return {
+            "case": case,
+            "image": str(_save(tmp_path / f"{case}_img.nii.gz", _label_map(FRONT))),
+            "label": str(_save(tmp_path / f"{case}_lbl.nii.gz", _label_map(FRONT))),
+        }
+
+    datalist = {
+        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+        "training": [entry("a"), entry("b")],
+        "validation": [entry("c")],
+        "test": [entry("d")],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(datalist))
+    data = prepare_raw_dataset(tmp_path / "dataset.json", tmp_path / "nnunet")
+    names = {
+        sub: sorted(p.name for p in (data.raw / sub).iterdir())
+        for sub in ("imagesTr", "labelsTr", "imagesTs")
+    }
+    assert names == {
+        "imagesTr": ["a_0000.nii.gz", "b_0000.nii.gz", "c_0000.nii.gz"],
+        "labelsTr": ["a.nii.gz", "b.nii.gz", "c.nii.gz"],
+        "imagesTs": ["d_0000.nii.gz"],
+    }
+    raw_json = json.loads((data.raw / "dataset.json").read_text())
+    assert raw_json["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
+    assert raw_json["numTraining"] == 3
+    assert (data.train_cases, data.val_cases) == (["a", "b"], ["c"])
+    assert data.env["nnUNet_raw"] == str(tmp_path.resolve() / "nnunet" / "nnUNet_raw")
+
+
+def test_prepare_raw_dataset_names_missing_file(tmp_path):
+
+    missing = {"case": "a", "image": str(tmp_path / "nope.nii.gz"), "label": str(tmp_path / "nope.nii.gz")}
+    datalist = {"labels": {"0": "background"}, "training": [missing], "validation": [], "test": []}
+    (tmp_path / "dataset.json").write_text(json.dumps(datalist))
+    with pytest.raises(FileNotFoundError, match="nope.nii.gz"):
+        prepare_raw_dataset(tmp_path / "dataset.json", tmp_path / "nnunet")
