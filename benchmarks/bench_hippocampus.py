@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hippocampus_nnunet import (  # noqa: E402  (benchmarks/ is not a package)
+from hippocampus_nnunet import (
     DEFAULT_VENV,
     dice_per_label,
     ensure_nnunet_venv,
@@ -46,10 +46,17 @@ def _clinseg(args: list[str], threads: int, cwd: Path) -> float:
         log.write(f"\n$ clinseg {' '.join(args)}\n")
         log.flush()
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "pipeline.cli", *args],
+            check=False,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     if done.returncode:
-        raise RuntimeError(f"clinseg {args[0]} failed with exit code {done.returncode}; see {cwd / 'clinseg.log'}")
+        raise RuntimeError(
+            f"clinseg {args[0]} failed with exit code {done.returncode}; see {cwd / 'clinseg.log'}"
+        )
     return time.perf_counter() - start
 
 
@@ -64,7 +71,9 @@ def run_clinseg(datalist: Path, work: Path, budget_s: float, threads: int) -> di
     test = json.loads(datalist.read_text())["test"]
     dice = dice_per_label({e["case"]: pred / e["case"] / "seg.nii.gz" for e in test}, test)
     plan = json.loads((bundle / "configs" / "plan.json").read_text())
-    summary = [line for line in (work / "clinseg.log").read_text().splitlines() if "best val_mean_dice" in line]
+    summary = [
+        line for line in (work / "clinseg.log").read_text().splitlines() if "best val_mean_dice" in line
+    ]
     epochs = [line for line in (work / "clinseg.log").read_text().splitlines() if "| val_mean_dice" in line]
     return {"plan_s": plan_s, "train_s": train_s, "predict_s": predict_s, "dice": dice, "plan": {
         "patch": plan["patch"], "spacing": plan["spacing"], "network": plan["network"]["args"],
@@ -117,7 +126,9 @@ def main() -> None:
             "dice": dice_per_label(run.predictions, json.loads(datalist.read_text())["test"]),
         }  # fmt: skip
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print("| pipeline | Dice anterior | Dice posterior | mean | training s | planning/preprocessing s | predict s |")
+    print(
+        "| pipeline | Dice anterior | Dice posterior | mean | training s | planning/preprocessing s | predict s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in ("clinseg", "nnunet"):
         if name in results:

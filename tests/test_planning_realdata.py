@@ -69,8 +69,16 @@ def test_planned_hippocampus_bundle_is_a_sensible_mr_plan(planned):
     assert plan["normalise"]["mri"]["_target_"] == "NormalizeIntensityd"
     assert plan["class_names"] == ["Anterior", "Posterior"]
     assert plan["training"]["max_epochs"] >= 1 and plan["training"]["time_budget_s"] == 600
-    for name in ("common.yaml", "train.yaml", "inference.yaml", "evaluate.yaml", "metadata.json", "plan.json",
-                 "fingerprint.json", "logging.conf"):
+    for name in (
+        "common.yaml",
+        "train.yaml",
+        "inference.yaml",
+        "evaluate.yaml",
+        "metadata.json",
+        "plan.json",
+        "fingerprint.json",
+        "logging.conf",
+    ):
         assert (out / "configs" / name).is_file(), name
     assert json.loads((out / "configs" / "plan.json").read_text()) == plan
 
@@ -118,8 +126,22 @@ def test_planned_2d_bundle_trains_on_slices_and_predicts_volumes(hippocampus, tm
     plan = plan_dataset(hippocampus, out, time_budget_s=300, device="cpu", dims="2d", threads=2, max_cases=8)
     assert plan["spatial_dims"] == 2 and len(plan["patch"]) == 2 and len(plan["spacing"]) == 2
     small = _small_datalist(hippocampus, tmp_path / "small", {"training": 2, "validation": 1, "test": 1})
-    code = main(["train", str(out), "--dataset-dir", str(small.parent), "--epochs", "1", "--set", "val_interval=1",
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", "log_run_artifacts=false"])
+    code = main(
+        [
+            "train",
+            str(out),
+            "--dataset-dir",
+            str(small.parent),
+            "--epochs",
+            "1",
+            "--set",
+            "val_interval=1",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--set",
+            "log_run_artifacts=false",
+        ]
+    )
     assert code == 0
     code = main(["predict", str(out), "--input", str(small), "--output", str(tmp_path / "pred"), "--quiet"])
     assert code == 0
@@ -135,16 +157,30 @@ def test_brats_plans_two_mr_channels_z_scored_inside_the_brain(shared_data, tmp_
     if not src.is_dir():
         pytest.skip(f"{src} is absent")
     dest = tmp_path / "brats"
-    import_dataset(src, dest, channels="flair:MR=Flair_*;t1c:MR=T1c_*;label=OTMulti*",
-                   structures="1=necrosis;2=edema;3=non-enhancing;4=enhancing", test_fraction=0.25, folds=1)
+    import_dataset(
+        src,
+        dest,
+        channels="flair:MR=Flair_*;t1c:MR=T1c_*;label=OTMulti*",
+        structures="1=necrosis;2=edema;3=non-enhancing;4=enhancing",
+        test_fraction=0.25,
+        folds=1,
+    )
     content = json.loads((dest / "dataset.json").read_text())
     content["validation"] = content["training"][-1:]  # 2 training, 1 validation, 1 test
     content["training"] = content["training"][:-1]
     (dest / "dataset.json").write_text(json.dumps(content))
-    plan = plan_dataset(dest / "dataset.json", tmp_path / "bundle", time_budget_s=600, device="cpu", threads=2)
+    plan = plan_dataset(
+        dest / "dataset.json", tmp_path / "bundle", time_budget_s=600, device="cpu", threads=2
+    )
     assert list(plan["channels"]) == ["flair", "t1c"]
-    for key in ("flair", "t1c"):  # skull-stripped, background a constant -3.16 / -2.75: z-scored inside the brain
-        assert plan["normalise"][key] == {"_target_": "transforms.foreground_zscore.ForegroundZScored", "keys": [key]}
+    for key in (
+        "flair",
+        "t1c",
+    ):  # skull-stripped, background a constant -3.16 / -2.75: z-scored inside the brain
+        assert plan["normalise"][key] == {
+            "_target_": "transforms.foreground_zscore.ForegroundZScored",
+            "keys": [key],
+        }
     assert plan["spacing"] == [1.0, 1.0, 1.0] and plan["network"]["args"]["in_channels"] == 2
     common = (tmp_path / "bundle" / "configs" / "common.yaml").read_text()
     assert "ResampleToMatchd" in common  # the second channel onto the first's grid

@@ -20,8 +20,15 @@ from pipeline.planning.rules import (
 
 
 def _fingerprint(spacing, p10, shape, modality="MR", nonzero=1.0, labels=("a", "b")):
-    intensity = {"mean": 40.0, "std": 20.0, "p00_5": -100.0, "p99_5": 200.0, "min": -1000.0, "max": 3000.0,
-                 "median": 40.0}
+    intensity = {
+        "mean": 40.0,
+        "std": 20.0,
+        "p00_5": -100.0,
+        "p99_5": 200.0,
+        "min": -1000.0,
+        "max": 3000.0,
+        "median": 40.0,
+    }
     return {
         "datalist": "/x/dataset.json",
         "cases": 10,
@@ -39,7 +46,11 @@ def _fingerprint(spacing, p10, shape, modality="MR", nonzero=1.0, labels=("a", "
     [
         ([1.0, 1.0, 1.0], [0.9, 0.9, 0.9], [1.0, 1.0, 1.0]),  # isotropic: the median
         ([0.8, 0.8, 2.0], [0.7, 0.7, 1.5], [0.8, 0.8, 2.0]),  # ratio 2.5: still the median
-        ([0.7, 0.7, 5.0], [0.6, 0.6, 3.0], [0.7, 0.7, 3.0]),  # anisotropic: coarse axis from its 10th percentile
+        (
+            [0.7, 0.7, 5.0],
+            [0.6, 0.6, 3.0],
+            [0.7, 0.7, 3.0],
+        ),  # anisotropic: coarse axis from its 10th percentile
     ],
 )
 def test_target_spacing_follows_the_anisotropy_rule(median, p10, expected):
@@ -53,7 +64,13 @@ def test_resampled_shape_scales_by_spacing():
 
 @pytest.mark.parametrize(
     "shape, budget",
-    [([35, 50, 36], 96_000), ([512, 512, 120], 128**3), ([256, 256, 40], 64**3), ([400, 300], 160 * 160), ([9, 9, 9], 10**6)],
+    [
+        ([35, 50, 36], 96_000),
+        ([512, 512, 120], 128**3),
+        ([256, 256, 40], 64**3),
+        ([400, 300], 160 * 160),
+        ([9, 9, 9], 10**6),
+    ],
 )
 def test_patch_fits_the_budget_and_pools_evenly(shape, budget):
     patch, levels = patch_and_levels(shape, budget)
@@ -72,7 +89,11 @@ def test_patch_covers_a_small_image_whole():
 
 @pytest.mark.parametrize(
     "spacing, shape, expected",
-    [([1.0, 1.0, 1.0], [64, 64, 64], False), ([0.7, 0.7, 6.0], [300, 300, 25], True), ([1.0, 1.0, 1.0], [64, 64, 8], True)],
+    [
+        ([1.0, 1.0, 1.0], [64, 64, 64], False),
+        ([0.7, 0.7, 6.0], [300, 300, 25], True),
+        ([1.0, 1.0, 1.0], [64, 64, 8], True),
+    ],
 )
 def test_prefers_2d_for_thick_or_short_volumes(spacing, shape, expected):
     assert prefers_2d(spacing, shape) is expected
@@ -91,7 +112,12 @@ def test_ct_normalisation_clips_to_foreground_percentiles_then_z_scores():
 )
 def test_mr_and_other_channels_are_z_scored_per_image(modality, nonzero, at_minimum, masked):
     step = normalisation_for("t1", modality, {}, nonzero, at_minimum)
-    assert step == {"_target_": "NormalizeIntensityd", "keys": ["t1"], "nonzero": masked, "channel_wise": True}
+    assert step == {
+        "_target_": "NormalizeIntensityd",
+        "keys": ["t1"],
+        "nonzero": masked,
+        "channel_wise": True,
+    }
 
 
 def test_a_constant_non_zero_background_is_left_out_of_the_z_score():
@@ -113,7 +139,8 @@ def stub_step(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "seconds, expected_base", [({32: 0.1, 16: 0.05, 8: 0.02}, 32), ({32: 5.0, 16: 0.5, 8: 0.2}, 16), ({32: 9.0, 16: 8.0, 8: 7.0}, 8)]
+    "seconds, expected_base",
+    [({32: 0.1, 16: 0.05, 8: 0.02}, 32), ({32: 5.0, 16: 0.5, 8: 0.2}, 16), ({32: 9.0, 16: 8.0, 8: 7.0}, 8)],
 )
 def test_width_is_the_widest_that_leaves_enough_steps(stub_step, seconds, expected_base):
     stub_step.update(seconds)
@@ -151,10 +178,15 @@ def test_ct_and_mr_sets_get_their_own_normalisation_and_grid(stub_step):
     )
     assert ct["spacing"] == pytest.approx([0.8, 0.8, 2.5])
     assert ct["normalise"]["image"]["_target_"] == "ScaleIntensityRanged"
-    assert ct["augmentation"]["rotate_deg"] < mr["augmentation"]["rotate_deg"]  # anisotropic: gentler rotation
+    assert (
+        ct["augmentation"]["rotate_deg"] < mr["augmentation"]["rotate_deg"]
+    )  # anisotropic: gentler rotation
     assert mr["spacing"] == [1.0, 1.0, 1.0] and mr["spatial_dims"] == 3
     assert mr["normalise"]["image"] == {
-        "_target_": "NormalizeIntensityd", "keys": ["image"], "nonzero": True, "channel_wise": True
+        "_target_": "NormalizeIntensityd",
+        "keys": ["image"],
+        "nonzero": True,
+        "channel_wise": True,
     }
     assert mr["class_names"] == ["a", "b"] and mr["sampling"]["ratios"] == [1, 1, 1]
 

@@ -8,7 +8,6 @@ and ``clinseg train|evaluate|predict`` like the shipped bundles; all planned val
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
@@ -256,7 +255,8 @@ def write_planned_bundle(
         if plan["spatial_dims"] == 2:
             for indent in ("  ", "    "):
                 text = text.replace(
-                    f"\n{indent}_target_: SlidingWindowInferer", "\n" + indent + SLICE_INFERER.format(indent=indent)
+                    f"\n{indent}_target_: SlidingWindowInferer",
+                    "\n" + indent + SLICE_INFERER.format(indent=indent),
                 )
         atomic_write_text(configs / template, text)
     shutil.copyfile(TEMPLATE / "logging.conf", configs / "logging.conf")

@@ -40,7 +40,9 @@ class ComputeBudget:
     threads: int | None = None
 
     @classmethod
-    def detect(cls, time_budget_s: float, device: str | None = None, threads: int | None = None) -> ComputeBudget:
+    def detect(
+        cls, time_budget_s: float, device: str | None = None, threads: int | None = None
+    ) -> ComputeBudget:
         """``device`` as given, else ``cuda`` when a GPU is visible, else ``cpu``."""
         kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if kind not in ("cpu", "cuda"):

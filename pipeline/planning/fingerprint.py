@@ -69,14 +69,20 @@ def _case(
     spacing = [float(s) for s in np.asarray(reference.pixdim)[: label.ndim]]
     voxel_ml = float(np.prod(spacing)) / 1000.0
     foreground = np.flatnonzero(label.ravel() > 0)
-    picked = rng.choice(foreground, size=min(samples, foreground.size), replace=False) if foreground.size else foreground
+    picked = (
+        rng.choice(foreground, size=min(samples, foreground.size), replace=False)
+        if foreground.size
+        else foreground
+    )
     sampled: dict[str, np.ndarray] = {}
     nonzero: dict[str, float] = {}
     background: dict[str, float] = {}
     for key in channels:
         image = np.asarray(data[key], dtype=np.float32)
         if not np.isfinite(image).all():
-            raise FingerprintError(f"case {entry['case']!r}: channel {key!r} ({entry[key]}) has non-finite voxels")
+            raise FingerprintError(
+                f"case {entry['case']!r}: channel {key!r} ({entry[key]}) has non-finite voxels"
+            )
         flat = image.reshape(image.shape[0], -1)
         sampled[key] = flat[:, picked].ravel()
         nonzero[key] = float(np.count_nonzero(flat) / flat.size)
@@ -98,7 +104,9 @@ def _channels(content: Mapping[str, Any], path: Path) -> dict[str, str]:
     if isinstance(channels, Mapping) and channels:
         return {str(k): str(v).upper() for k, v in channels.items()}
     modality = content.get("modality")
-    if isinstance(modality, Mapping) and len(modality) == 1:  # a plain MSD-style datalist with `image` entries
+    if (
+        isinstance(modality, Mapping) and len(modality) == 1
+    ):  # a plain MSD-style datalist with `image` entries
         return {"image": str(next(iter(modality.values()))).upper().replace("MRI", "MR")}
     raise FingerprintError(
         f"{path}: no `channels` map (name -> modality); import the dataset with `clinseg import` first"
@@ -109,7 +117,9 @@ def _labels(content: Mapping[str, Any], observed: set[int], path: Path) -> dict[
     names = {int(k): str(v) for k, v in (content.get("labels") or {}).items() if int(k) > 0}
     unnamed = sorted(observed - set(names))
     if unnamed:
-        raise FingerprintError(f"{path}: label value(s) {unnamed} occur in the training labels but `labels` lacks them")
+        raise FingerprintError(
+            f"{path}: label value(s) {unnamed} occur in the training labels but `labels` lacks them"
+        )
     if not names:
         raise FingerprintError(f"{path}: no foreground label occurs in the training cases")
     top = max(names)
@@ -169,7 +179,9 @@ def dataset_fingerprint(
         "shape": _axis_stats(shapes),
         "intensity": {k: intensity_statistics(np.concatenate(samples[k])) for k in keys},
         "nonzero_fraction": {k: float(np.median([r["nonzero_fraction"][k] for r in records])) for k in keys},
-        "background_fraction": {k: float(np.median([r["background_fraction"][k] for r in records])) for k in keys},
+        "background_fraction": {
+            k: float(np.median([r["background_fraction"][k] for r in records])) for k in keys
+        },
         "classes": _class_stats(records, labels),
         "per_case": records,
     }

@@ -67,8 +67,14 @@ def _widths(base: int, levels: int) -> list[int]:
 
 
 def _choose_width(
-    network: str, spatial_dims: int, in_channels: int, out_channels: int, patch: list[int], levels: int,
-    batch: int, budget: ComputeBudget,
+    network: str,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    patch: list[int],
+    levels: int,
+    batch: int,
+    budget: ComputeBudget,
 ) -> tuple[dict[str, Any], float, list[dict[str, float]]]:
     """Network arguments of the widest base width that leaves :data:`MIN_STEPS` steps, its step time and
     every width tried."""
@@ -154,7 +160,9 @@ def make_plan(
     network_args, step_s, trials = _choose_width(
         network, spatial_dims, len(channels), out_channels, patch, levels, batch, budget
     )
-    windows = math.prod(math.ceil(m / p) for m, p in zip(median, patch)) * (median[2] if spatial_dims == 2 else 1)
+    windows = math.prod(math.ceil(m / p) for m, p in zip(median, patch)) * (
+        median[2] if spatial_dims == 2 else 1
+    )
     samples = 1 if spatial_dims == 3 else SLICES_PER_VOLUME
     schedule = _schedule(
         counts["training"], counts["validation"], batch, samples, step_s, windows, budget.time_budget_s
@@ -179,7 +187,12 @@ def make_plan(
         "levels": levels,
         "channels": channels,
         "class_names": [fingerprint["labels"][str(v)] for v in range(1, out_channels)],
-        "network": {"name": network, "args": network_args, "step_s": round(step_s, 4), "width_trials": trials},
+        "network": {
+            "name": network,
+            "args": network_args,
+            "step_s": round(step_s, 4),
+            "width_trials": trials,
+        },
         "normalise": normalise,
         "training": {
             "batch_size": batch,
@@ -191,7 +204,10 @@ def make_plan(
             **schedule,
             "time_budget_s": budget.time_budget_s,
         },
-        "sampling": {"ratios": [1] * out_channels, "rule": "one patch centre per class, background included, equally often"},
+        "sampling": {
+            "ratios": [1] * out_channels,
+            "rule": "one patch centre per class, background included, equally often",
+        },
         "augmentation": {
             "rotate_deg": 15.0 if anisotropic or spatial_dims == 2 else 30.0,
             "scale": 0.15,

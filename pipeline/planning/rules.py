@@ -90,7 +90,11 @@ def prefers_2d(spacing: Sequence[float], median_shape: Sequence[int]) -> bool:
 
 
 def normalisation_for(
-    key: str, modality: str, intensity: Mapping[str, float], nonzero_fraction: float, background_fraction: float = 0.0
+    key: str,
+    modality: str,
+    intensity: Mapping[str, float],
+    nonzero_fraction: float,
+    background_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """The MONAI transform (a bundle config dict) that normalises channel ``key`` of this ``modality``."""
     if modality == "CT":
