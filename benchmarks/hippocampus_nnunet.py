@@ -265,7 +265,7 @@ def run_nnunet(
         **data.env,
         "OMP_NUM_THREADS": threads_s,
         "MKL_NUM_THREADS": threads_s,
-        "nnUNet_n_proc_DA": str(da_workers),
+        "nnUNet_n_proc_DA": threads_s,  # the planner also sets torch threads from it: only training gets da_workers
         "nnUNet_compile": "false",
         "nnUNet_def_n_proc": threads_s,
     }
@@ -298,7 +298,11 @@ def run_nnunet(
     results = Path(data.env["nnUNet_results"]) / DATASET_NAME
     shutil.rmtree(results / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}", ignore_errors=True)
 
-    env["CLINSEG_NNUNET_DEADLINE"] = str(time.time() + budget_s)
+    train_env = {
+        **env,
+        "nnUNet_n_proc_DA": str(da_workers),
+        "CLINSEG_NNUNET_DEADLINE": str(time.time() + budget_s),
+    }
     train_s = _run(
         [
             str(bin_dir / "nnUNetv2_train"),
@@ -310,7 +314,7 @@ def run_nnunet(
             "-device",
             "cpu",
         ],
-        env,
+        train_env,
         logs / "train.log",
     )
     fold_dir = results / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}" / "fold_0"
