@@ -8,7 +8,7 @@ training and validates on validation; nnU-Net trains fold 0 of a ``splits_final.
 (:mod:`hippocampus_nnunet`). Both predict the 40 test cases onto their own grids, scored by the same
 :func:`hippocampus_nnunet.dice_per_label`. Each side's training gets ``--budget`` of wall-clock time with
 ``--threads`` torch threads; planning, preprocessing and prediction are timed apart. ``--skip-nnunet`` runs
-our side alone; ``--skip-clinseg`` the reference alone.
+our side alone; ``--skip-clinseg`` the reference alone (a side already in ``WORK/results.json`` is kept).
 """
 
 from __future__ import annotations
@@ -109,9 +109,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     import_dataset(SOURCE, work / "data")
     datalist = work / "data" / "dataset.json"
-    results: dict = {"date": date.today().isoformat(), "budget_s": budget_s, "threads": args.threads,
-                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "split": "clinseg import seed 0: 128 training / 32 validation / 40 test"}  # fmt: skip
+    previous = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
+    results: dict = {k: previous[k] for k in ("clinseg", "nnunet") if k in previous}
+    results.update(
+        date=date.today().isoformat(),
+        budget_s=budget_s,
+        threads=args.threads,
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        split="clinseg import seed 0: 128 training / 32 validation / 40 test",
+    )
     if not args.skip_clinseg:
         (work / "clinseg").mkdir(exist_ok=True)
         results["clinseg"] = run_clinseg(datalist, work / "clinseg", budget_s, args.threads)

@@ -1,0 +1,104 @@
+"""A planned bundle is wired like the shipped bundles (same handlers, engines, inference chain), keeps every
+planned value a named knob in common.yaml, and builds its network and transforms through MONAI's parser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from monai.bundle import ConfigParser
+
+from pipeline.planning import plan as plan_module
+from pipeline.planning.bundle_writer import write_planned_bundle
+from pipeline.planning.compute import ComputeBudget
+from pipeline.planning.plan import make_plan
+from tests.conftest import BUNDLES
+from tests.test_bundle_configs import SAME_INFERENCE, SAME_TRAINING, _get, _handlers, _load
+
+SHIPPED = BUNDLES / "ct_organ_resunet3d"
+PLANNED_SCHEDULE = {"lr_scheduler"}  # polynomial decay over the planned epochs, not ReduceLROnPlateau
+
+
+def _fingerprint(channels):
+    stats = {"mean": 40.0, "std": 20.0, "p00_5": -100.0, "p99_5": 200.0, "min": -1000.0, "max": 3000.0, "median": 40}
+    return {
+        "datalist": "/data/dataset.json",
+        "cases": 8,
+        "channels": channels,
+        "labels": {"1": "liver", "2": "tumour"},
+        "spacing": {"median": [0.8, 0.8, 2.5], "p10": [0.7, 0.7, 2.0], "min": [0.7] * 3, "max": [1.0, 1.0, 5.0]},
+        "shape": {"median": [256, 256, 60], "p10": [256] * 3, "min": [200] * 3, "max": [512] * 3},
+        "intensity": {k: stats for k in channels},
+        "nonzero_fraction": {k: 0.95 for k in channels},
+        "background_fraction": {k: 0.01 for k in channels},
+    }
+
+
+@pytest.fixture(params=[(3, {"ct": "CT"}), (2, {"ct": "CT"}), (3, {"t1": "MR", "flair": "MR"})],
+                ids=["3d-ct", "2d-ct", "3d-two-mr"])  # fmt: skip
+def planned(request, tmp_path, monkeypatch):
+    dims, channels = request.param
+    monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
+    plan = make_plan(
+        _fingerprint(channels), ComputeBudget("cpu", 600.0), counts={"training": 8, "validation": 2}, dims=f"{dims}d"
+    )
+    datalist = tmp_path / "data" / "dataset.json"
+    datalist.parent.mkdir()
+    datalist.write_text(json.dumps({"channels": channels, "training": [], "validation": [], "test": []}))
+    return write_planned_bundle(tmp_path / "bundle", plan, _fingerprint(channels), datalist), plan
+
+
+def test_wiring_matches_the_shipped_bundles(planned):
+    bundle, _ = planned
+    assert _handlers(bundle) == _handlers(SHIPPED)
+    train, shipped_train = _load(bundle, "train"), _load(SHIPPED, "train")
+    for id_ in set(SAME_TRAINING) - PLANNED_SCHEDULE:
+        assert _get(train, id_) == _get(shipped_train, id_), id_
+    inference, shipped_inference = _load(bundle, "inference"), _load(SHIPPED, "inference")
+    for id_ in SAME_INFERENCE:
+        assert _get(inference, id_) == _get(shipped_inference, id_), id_
+
+
+def test_planned_values_are_knobs_in_common_only(planned):
+    bundle, plan = planned
+    common = _load(bundle, "common")
+    for name in ("train", "inference", "evaluate"):
+        overlap = set(common) & set(_load(bundle, name))
+        assert overlap == set(), f"{name}.yaml redefines {sorted(overlap)}"
+    assert common["roi_size"] == plan["patch"] and common["spacing"] == plan["spacing"]
+    assert common["max_epochs"] == plan["training"]["max_epochs"]
+    assert common["time_budget_s"] == 600.0
+    refs = [t for t in common["preprocessing_transforms"] if isinstance(t, str)]
+    assert refs == [f"@normalise#{k}" for k in plan["channels"]]
+    assert list(common["channels"]) == list(plan["channels"])
+
+
+def test_configs_build_through_monai(planned):
+    bundle, plan = planned
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "inference.yaml")])
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def")
+    assert net.spatial_dims == plan["spatial_dims"] and net.in_channels == len(plan["channels"])
+    parser.get_parsed_content("preprocessing")
+    inferer = parser.get_parsed_content("inferer")
+    sliced = type(inferer).__name__ == "SliceWiseInferer"
+    assert sliced is (plan["spatial_dims"] == 2)
+    train = ConfigParser()
+    train.read_config([str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "train.yaml")])
+    train["bundle_root"] = str(bundle)
+    augment = train.get_parsed_content("random_transforms")
+    assert len(augment) == (4 if plan["spatial_dims"] == 2 else 3)  # indices, crop, [squeeze], augmentation
+
+
+def test_metadata_and_docs_describe_the_plan(planned):
+    bundle, plan = planned
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["input_modalities"] == plan["channels"]
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == len(plan["channels"])
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
+    assert "clinseg" in meta["required_packages_version"]
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert str(plan["patch"]) in readme
+    assert yaml.safe_load((bundle / "configs" / "common.yaml").read_text())["class_names"] == ["liver", "tumour"]
