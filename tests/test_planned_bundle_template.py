@@ -21,13 +21,26 @@ PLANNED_SCHEDULE = {"lr_scheduler"}  # polynomial decay over the planned epochs,
 
 
 def _fingerprint(channels):
-    stats = {"mean": 40.0, "std": 20.0, "p00_5": -100.0, "p99_5": 200.0, "min": -1000.0, "max": 3000.0, "median": 40}
+    stats = {
+        "mean": 40.0,
+        "std": 20.0,
+        "p00_5": -100.0,
+        "p99_5": 200.0,
+        "min": -1000.0,
+        "max": 3000.0,
+        "median": 40,
+    }
     return {
         "datalist": "/data/dataset.json",
         "cases": 8,
         "channels": channels,
         "labels": {"1": "liver", "2": "tumour"},
-        "spacing": {"median": [0.8, 0.8, 2.5], "p10": [0.7, 0.7, 2.0], "min": [0.7] * 3, "max": [1.0, 1.0, 5.0]},
+        "spacing": {
+            "median": [0.8, 0.8, 2.5],
+            "p10": [0.7, 0.7, 2.0],
+            "min": [0.7] * 3,
+            "max": [1.0, 1.0, 5.0],
+        },
         "shape": {"median": [256, 256, 60], "p10": [256] * 3, "min": [200] * 3, "max": [512] * 3},
         "intensity": {k: stats for k in channels},
         "nonzero_fraction": {k: 0.95 for k in channels},
@@ -41,7 +54,10 @@ def planned(request, tmp_path, monkeypatch):
     dims, channels = request.param
     monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
     plan = make_plan(
-        _fingerprint(channels), ComputeBudget("cpu", 600.0), counts={"training": 8, "validation": 2}, dims=f"{dims}d"
+        _fingerprint(channels),
+        ComputeBudget("cpu", 600.0),
+        counts={"training": 8, "validation": 2},
+        dims=f"{dims}d",
     )
     datalist = tmp_path / "data" / "dataset.json"
     datalist.parent.mkdir()
@@ -101,4 +117,7 @@ def test_metadata_and_docs_describe_the_plan(planned):
     assert "clinseg" in meta["required_packages_version"]
     readme = (bundle / "docs" / "README.md").read_text()
     assert str(plan["patch"]) in readme
-    assert yaml.safe_load((bundle / "configs" / "common.yaml").read_text())["class_names"] == ["liver", "tumour"]
+    assert yaml.safe_load((bundle / "configs" / "common.yaml").read_text())["class_names"] == [
+        "liver",
+        "tumour",
+    ]

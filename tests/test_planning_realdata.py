@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.datasets.importer import import_dataset
-from pipeline.planning.fingerprint import FingerprintError, dataset_fingerprint
+from pipeline.planning.fingerprint import dataset_fingerprint
 from pipeline.planning.planner import plan_dataset
 from tests.bundle_runs import monai_bundle_run
 
@@ -184,37 +184,3 @@ def test_brats_plans_two_mr_channels_z_scored_inside_the_brain(shared_data, tmp_
     assert plan["spacing"] == [1.0, 1.0, 1.0] and plan["network"]["args"]["in_channels"] == 2
     common = (tmp_path / "bundle" / "configs" / "common.yaml").read_text()
     assert "ResampleToMatchd" in common  # the second channel onto the first's grid
-
-
-def test_fingerprint_names_a_label_value_the_datalist_lacks(tmp_path):
-    affine = np.diag([1.0, 1.0, 2.0, 1.0])
-    image, label = np.zeros((8, 8, 4), np.float32), np.zeros((8, 8, 4), np.uint8)
-    label[2:4, 2:4, 1] = 3
-    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
-    nib.save(nib.Nifti1Image(label, affine), tmp_path / "lab.nii.gz")
-    (tmp_path / "dataset.json").write_text(json.dumps({
-        "channels": {"image": "CT"}, "labels": {"0": "background", "1": "liver"},
-        "training": [{"case": "a", "image": "img.nii.gz", "label": "lab.nii.gz"}],
-    }))  # fmt: skip
-    with pytest.raises(FingerprintError, match=r"label value\(s\) \[3\]"):
-        dataset_fingerprint(tmp_path / "dataset.json")
-
-
-def test_fingerprint_spacing_and_shape_are_in_ras_order(tmp_path):
-    affine = np.array([[0.0, 0.0, 3.0, 0.0], [-0.5, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0, 0, 0, 1]])
-    image = np.arange(10 * 6 * 4, dtype=np.float32).reshape(10, 6, 4)
-    label = np.zeros((10, 6, 4), np.uint8)
-    label[:5] = 1
-    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
-    nib.save(nib.Nifti1Image(label, affine), tmp_path / "lab.nii.gz")
-    (tmp_path / "dataset.json").write_text(json.dumps({
-        "channels": {"image": "CT"}, "labels": {"0": "background", "1": "x"},
-        "training": [{"case": "a", "image": "img.nii.gz", "label": "lab.nii.gz"}],
-    }))  # fmt: skip
-    fp = dataset_fingerprint(tmp_path / "dataset.json")
-    # voxel axis k runs along x (3 mm), i along y (0.5 mm, flipped), j along z (2 mm): RAS order is (k, i, j)
-    assert fp["spacing"]["median"] == pytest.approx([3.0, 0.5, 2.0])
-    assert fp["shape"]["median"] == [4, 10, 6]
-    inside = image[:5].ravel()
-    assert fp["intensity"]["image"]["mean"] == pytest.approx(float(inside.mean()))
-    assert fp["classes"]["1"]["median_voxels"] == 5 * 6 * 4

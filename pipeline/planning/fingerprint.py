@@ -57,7 +57,13 @@ def _loader(channels: Sequence[str]) -> Compose:
 def _case(
     entry: Mapping[str, Any], channels: Sequence[str], loader: Compose, samples: int, rng: np.random.Generator
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    data = loader(dict(entry))
+    try:
+        data = loader(dict(entry))
+    except Exception as error:  # MONAI wraps the loader's named error: surface the root cause
+        root = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        raise FingerprintError(f"case {entry['case']!r} cannot be loaded: {root}") from error
     label = np.asarray(data["label"])[0]
     reference = data[channels[0]]
     if label.shape != tuple(reference.shape[1:]):
@@ -78,11 +84,7 @@ def _case(
     nonzero: dict[str, float] = {}
     background: dict[str, float] = {}
     for key in channels:
-        image = np.asarray(data[key], dtype=np.float32)
-        if not np.isfinite(image).all():
-            raise FingerprintError(
-                f"case {entry['case']!r}: channel {key!r} ({entry[key]}) has non-finite voxels"
-            )
+        image = np.asarray(data[key], dtype=np.float32)  # LoadScand has rejected non-finite voxels
         flat = image.reshape(image.shape[0], -1)
         sampled[key] = flat[:, picked].ravel()
         nonzero[key] = float(np.count_nonzero(flat) / flat.size)
@@ -120,8 +122,8 @@ def _labels(content: Mapping[str, Any], observed: set[int], path: Path) -> dict[
         raise FingerprintError(
             f"{path}: label value(s) {unnamed} occur in the training labels but `labels` lacks them"
         )
-    if not names:
-        raise FingerprintError(f"{path}: no foreground label occurs in the training cases")
+    if not observed:
+        raise FingerprintError(f"{path}: no foreground label occurs in the training cases (every label is 0)")
     top = max(names)
     return {v: names.get(v, f"label_{v}") for v in range(1, top + 1)}
 
