@@ -97,7 +97,10 @@ def _choose_width(
     return chosen[0], chosen[1], trials
 
 
-def _schedule(n_train: int, n_val: int, batch: int, samples: int, step_s: float, windows: int, budget: float):
+def _schedule(
+    n_train: int, n_val: int, batch: int, samples: int, step_s: float, windows: float, budget: float
+) -> dict[str, Any]:
+    """Epoch length, estimated epoch and validation seconds, ``max_epochs`` and ``val_interval`` for the budget."""
     steps_per_epoch = math.ceil(n_train * samples / batch)
     epoch_s = steps_per_epoch * step_s * DATA_OVERHEAD
     validation_s = n_val * windows * step_s / (3.0 * batch)  # a patch's forward pass: a third of its step
