@@ -98,7 +98,8 @@ def mr_artifact_augmentation(
         num_ghosts: range of the number of ghosts.
         ghosting_intensity: range of the ghosts' intensity relative to the k-space maximum.
         spike_prob: probability of one k-space spike, a stripe pattern (TorchIO ``RandomSpike``).
-        spike_intensity: range of the spike's intensity relative to the spectrum's maximum.
+        spike_intensity: range of the spike's intensity relative to the spectrum's maximum; z-scored input has
+            no large DC term, so the same value gives a stripe about 10x fainter than on raw intensities.
         gamma_prob: probability of a gamma contrast change (MONAI ``RandAdjustContrastd``, mean and std kept).
         log_gamma: gamma is drawn from ``U(exp(-g), exp(g))``.
 
@@ -165,7 +166,7 @@ def mr_artifact_augmentation(
                 intensity=tuple(ghosting_intensity),
             ),
             RandTorchIOMetad(
-                keys, "RandomSpike", p=spike_prob, num_spikes=1, intensity=tuple(spike_intensity)
+                keys, "RandomSpike", p=spike_prob, num_spikes=(1, 1), intensity=tuple(spike_intensity)
             ),
             RandAdjustContrastd(
                 keys, prob=gamma_prob, gamma=(math.exp(-log_gamma), math.exp(log_gamma)), retain_stats=True
