@@ -71,6 +71,12 @@ def test_shape_affine_meta_and_dtype_are_kept(probs, channels):
     assert torch.equal(image.affine, AFFINE) and image.meta["filename_or_obj"] == "image.nii.gz"
 
 
+def test_numpy_input_is_accepted():
+    sample = {"image": _sample()["image"].numpy()}
+    out = mr_artifact_augmentation("image", **ALL_ON)(sample)["image"]  # a tensor, as MONAI's gamma returns
+    assert out.dtype == torch.float32 and out.shape == SHAPE and torch.isfinite(out).all()
+
+
 def test_zscored_input_stays_finite_over_many_draws():
     sample = _sample()
     for seed in range(8):

@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 
-import torch
-from monai.data import MetaTensor
+from monai.config import NdarrayOrTensor
 from monai.transforms import Compose, RandAdjustContrastd, RandTorchIOd
+from monai.utils import convert_to_dst_type
 
 from transforms.augment import _check
 
@@ -42,7 +42,7 @@ class RandTorchIOMetad(RandTorchIOd):
         kwargs: its arguments (``p`` is its probability).
     """
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         sources = {}
         for key in self.key_iterator(dict(data)):
             value = data[key]
@@ -54,12 +54,7 @@ class RandTorchIOMetad(RandTorchIOd):
             sources[key] = value
         out = super().__call__(data)
         for key, src in sources.items():
-            result = torch.as_tensor(out[key]).to(src.dtype)
-            if isinstance(src, MetaTensor):
-                result = MetaTensor(
-                    result, meta=dict(src.meta), applied_operations=list(src.applied_operations)
-                )
-            out[key] = result
+            out[key], *_ = convert_to_dst_type(out[key], src)  # src's type, dtype and MONAI meta
         return out
 
 
