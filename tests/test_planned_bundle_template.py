@@ -48,8 +48,8 @@ def _fingerprint(channels):
     }
 
 
-@pytest.fixture(params=[(3, {"ct": "CT"}), (2, {"ct": "CT"}), (3, {"t1": "MR", "flair": "MR"})],
-                ids=["3d-ct", "2d-ct", "3d-two-mr"])  # fmt: skip
+@pytest.fixture(params=[(3, {"ct": "CT"}), (2, {"ct": "CT"}), (3, {"t1": "MR", "flair": "MR"}), (2, {"t2": "MR"})],
+                ids=["3d-ct", "2d-ct", "3d-two-mr", "2d-mr"])  # fmt: skip
 def planned(request, tmp_path, monkeypatch):
     dims, channels = request.param
     monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
@@ -105,7 +105,12 @@ def test_configs_build_through_monai(planned):
     train.read_config([str(bundle / "configs" / "common.yaml"), str(bundle / "configs" / "train.yaml")])
     train["bundle_root"] = str(bundle)
     augment = train.get_parsed_content("random_transforms")
-    assert len(augment) == (4 if plan["spatial_dims"] == 2 else 3)  # indices, crop, [squeeze], augmentation
+    mr = plan["augmentation"]["mr_artifacts"]
+    assert mr is ("MR" in plan["channels"].values() and plan["spatial_dims"] == 3)
+    # indices, crop, [squeeze], standard augmentation, [MR artefacts]
+    assert len(augment) == 3 + (plan["spatial_dims"] == 2) + mr
+    refs = [t for t in _load(bundle, "common")["random_transforms"] if isinstance(t, str)]
+    assert refs == ["@augmentation#standard"] + ["@augmentation#mr_artifacts"] * mr
 
 
 def test_metadata_and_docs_describe_the_plan(planned):

@@ -73,12 +73,38 @@ def _random_transforms(plan: Mapping[str, Any]) -> list[Any]:
     if plan["spatial_dims"] == 2:
         steps.append({"_target_": "SqueezeDimd", "keys": ["image", "label"], "dim": -1})
     steps.append("@augmentation#standard")
+    if plan["augmentation"]["mr_artifacts"]:
+        steps.append("@augmentation#mr_artifacts")
     return steps
+
+
+def _augmentation(aug: Mapping[str, Any]) -> dict[str, Any]:
+    presets: dict[str, Any] = {
+        "standard": {
+            "_target_": "transforms.augment.standard_augmentation",
+            "keys": ["image"],
+            "label_keys": ["label"],
+            "spatial_dims": "@spatial_dims",
+            "flip_prob": aug["flip_prob"],
+            "affine_prob": aug["affine_prob"],
+            "rotate_deg": aug["rotate_deg"],
+            "scale": aug["scale"],
+            "intensity_prob": aug["intensity_prob"],
+        }
+    }
+    if aug["mr_artifacts"]:
+        presets["mr_artifacts"] = {
+            "_target_": "transforms.mr_augment.mr_artifact_augmentation",
+            "keys": ["image"],
+            "label_keys": ["label"],
+            "gamma_prob": 0.0,  # the standard augmentation's gamma already runs
+        }
+    return presets
 
 
 def common_config(plan: Mapping[str, Any], datalist: Path, name: str) -> dict[str, Any]:
     """The planned ``common.yaml`` as a dict (knobs first, then components)."""
-    training, aug = plan["training"], plan["augmentation"]
+    training = plan["training"]
     return {
         "imports": ["$import torch", "$import networks"],
         "bundle_root": ".",
@@ -116,19 +142,7 @@ def common_config(plan: Mapping[str, Any], datalist: Path, name: str) -> dict[st
         "normalise": {key: dict(step) for key, step in plan["normalise"].items()},
         "preprocessing_transforms": _preprocessing(plan),
         "stack": {"_target_": "ConcatItemsd", "keys": "@input_keys", "name": "image"},
-        "augmentation": {
-            "standard": {
-                "_target_": "transforms.augment.standard_augmentation",
-                "keys": ["image"],
-                "label_keys": ["label"],
-                "spatial_dims": "@spatial_dims",
-                "flip_prob": aug["flip_prob"],
-                "affine_prob": aug["affine_prob"],
-                "rotate_deg": aug["rotate_deg"],
-                "scale": aug["scale"],
-                "intensity_prob": aug["intensity_prob"],
-            }
-        },
+        "augmentation": _augmentation(plan["augmentation"]),
         "random_transforms": _random_transforms(plan),
     }
 
@@ -218,6 +232,8 @@ def _readme(plan: Mapping[str, Any], fingerprint: Mapping[str, Any], name: str) 
         "",
         "Normalisation:",
         *[f"- `{k}`: {v}" for k, v in plan["reasons"]["normalise"].items()],
+        "",
+        f"Augmentation: {plan['reasons']['augmentation']}.",
         "",
         "Train: `clinseg train BUNDLE`; evaluate: `clinseg evaluate BUNDLE`; predict: `clinseg predict BUNDLE ...`.",
         "Every value is a named knob in `configs/common.yaml`; the reasons are in `configs/plan.json`.",

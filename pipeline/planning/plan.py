@@ -171,6 +171,7 @@ def make_plan(
         counts["training"], counts["validation"], batch, samples, step_s, windows, budget.time_budget_s
     )
     anisotropic = max(spacing) > 3.0 * min(spacing)
+    has_mr = "MR" in channels.values()
     normalise = {
         key: normalisation_for(
             key,
@@ -217,6 +218,7 @@ def make_plan(
             "affine_prob": 0.2,
             "flip_prob": 0.5,
             "intensity_prob": 0.15,
+            "mr_artifacts": has_mr and spatial_dims == 3,
         },
         "budget": {"device": budget.device, "time_budget_s": budget.time_budget_s, "threads": budget.threads},
         "reasons": {
@@ -227,5 +229,20 @@ def make_plan(
             f"at most {budget.max_patch_voxels(spatial_dims)} voxels on {budget.device}",
             "width": f"widest base width of {list(BASE_WIDTHS)} with at least {MIN_STEPS} steps in the budget",
             "normalise": {key: _normalise_reason(step) for key, step in normalise.items()},
+            "augmentation": _augmentation_reason(has_mr, spatial_dims),
         },
     }
+
+
+def _augmentation_reason(has_mr: bool, spatial_dims: int) -> str:
+    standard = "flips, rotation + scaling, gamma, noise, blur, intensity scale and shift"
+    if not has_mr:
+        return standard
+    if spatial_dims == 2:
+        return (
+            f"{standard}; no MR artefacts: TorchIO's bias field, motion, ghosting and spike need 3D volumes"
+        )
+    return (
+        f"{standard}; then MR artefacts (bias field, motion, ghosting, spike) on the stacked image, scanner "
+        "variation that the standard augmentation does not imitate (its gamma serves both)"
+    )
