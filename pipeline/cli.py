@@ -253,6 +253,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{t['max_epochs']} epochs (validation every {t['val_interval']}) in {t['time_budget_s']:.0f} s"
     )
     print(f"normalisation: {plan['reasons']['normalise']}")
+    for note in plan["notes"]:
+        print(f"note: {note}")
     print(f"wrote {Path(args.out) / 'configs'} (common.yaml, plan.json, fingerprint.json); train: clinseg train {args.out}")
     return 0
 

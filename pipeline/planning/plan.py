@@ -125,6 +125,20 @@ def _normalise_reason(step: Mapping[str, Any]) -> str:
     return f"z-score per image {inside}"
 
 
+def _notes(fingerprint: Mapping[str, Any]) -> list[str]:
+    """Advice the plan cannot act on itself: channels of some cases on different grids."""
+    cases = fingerprint.get("channel_grids_differ") or []
+    if not cases:
+        return []
+    shown = ", ".join(map(str, cases[:5])) + (f" and {len(cases) - 5} more" if len(cases) > 5 else "")
+    return [
+        f"channels come from different grids in {len(cases)} case(s) ({shown}): they are resampled onto the first "
+        "channel's grid, which assumes they are aligned in scanner space; if they come from different sessions "
+        "or scanners, align them first with `clinseg register FIXED MOVING OUT` (or a "
+        "transforms.registration.RegisterToReferenced step)"
+    ]
+
+
 def make_plan(
     fingerprint: Mapping[str, Any],
     budget: ComputeBudget,
@@ -144,7 +158,7 @@ def make_plan(
 
     Returns:
         The plan: ``{"version", "spatial_dims", "spacing", "patch", "network", "normalise", "training",
-        "sampling", "augmentation", "budget", "reasons"}`` (JSON-able).
+        "sampling", "augmentation", "budget", "reasons", "notes"}`` (JSON-able).
     """
     if dims not in ("auto", "2d", "3d"):
         raise PlanError(f"dims must be 'auto', '2d' or '3d', got {dims!r}")
@@ -225,4 +239,5 @@ def make_plan(
             "width": f"widest base width of {list(BASE_WIDTHS)} with at least {MIN_STEPS} steps in the budget",
             "normalise": {key: _normalise_reason(step) for key, step in normalise.items()},
         },
+        "notes": _notes(fingerprint),
     }
