@@ -131,12 +131,13 @@ def _notes(fingerprint: Mapping[str, Any]) -> list[str]:
     if not cases:
         return []
     shown = ", ".join(map(str, cases[:5])) + (f" and {len(cases) - 5} more" if len(cases) > 5 else "")
-    return [
+    note = (
         f"channels come from different grids in {len(cases)} case(s) ({shown}): they are resampled onto the first "
         "channel's grid, which assumes they are aligned in scanner space; if they come from different sessions "
         "or scanners, align them first with `clinseg register FIXED MOVING OUT` (or a "
         "transforms.registration.RegisterToReferenced step)"
-    ]
+    )
+    return [note]
 
 
 def make_plan(
