@@ -13,12 +13,14 @@ from monai.data import MetaTensor
 from monai.utils import MetaKeys, SpaceKeys
 
 from pipeline.cli import main
+from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.synthetic.phantoms import make_phantom
 from transforms.io import load_scan
 from transforms.registration import (
     RegisterToReferenced,
     RegistrationOptions,
     from_sitk,
+    read_image,
     register_images,
     to_sitk,
 )
@@ -122,6 +124,20 @@ def test_load_scan_converts_like_simpleitk_reads(shared_data):
     )
 
 
+def test_read_image_places_a_dicom_series_as_simpleitk_reads_it(tmp_path):
+    phantom = make_phantom(2, shape=(32, 30, 6), spacing=(1.2, 1.3, 2.5), oblique=True)
+    write_dicom_series(phantom.ct, phantom.affine, tmp_path / "ct", uid_seed="registration")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "ct")))
+    reference, converted = reader.Execute(), read_image(tmp_path / "ct")
+    np.testing.assert_allclose(converted.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(converted.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(converted.GetDirection(), reference.GetDirection(), atol=1e-5)
+    np.testing.assert_array_equal(
+        sitk.GetArrayViewFromImage(converted), sitk.GetArrayViewFromImage(reference)
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -209,28 +225,33 @@ def test_deformable_adds_a_bspline_stage():
     assert isinstance(result.transform.GetNthTransform(1).Downcast(), sitk.BSplineTransform)
 
 
-def _write_pair(tmp_path) -> tuple[str, str, np.ndarray]:
+def _write_pair(tmp_path, dicom: bool) -> tuple[str, str, np.ndarray]:
+    """The CT (a NIfTI file or a DICOM series folder) and the shifted MR (NIfTI) of :func:`_ct_mr_pair`."""
     ct, mr, body = _ct_mr_pair()
-    fixed, moving = tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz"
-    nib.save(nib.Nifti1Image(ct[0].numpy(), ct.affine.numpy()), fixed)
+    fixed, moving = tmp_path / ("ct" if dicom else "ct.nii.gz"), tmp_path / "mr.nii.gz"
+    if dicom:
+        write_dicom_series(ct[0].numpy(), ct.affine.numpy(), fixed, uid_seed="registration")
+    else:
+        nib.save(nib.Nifti1Image(ct[0].numpy(), ct.affine.numpy()), fixed)
     nib.save(nib.Nifti1Image(mr[0].numpy(), mr.affine.numpy()), moving)
     return str(fixed), str(moving), body
 
 
 @pytest.mark.slow
-def test_clinseg_register_writes_the_aligned_scan_on_the_fixed_grid_and_the_transform(tmp_path, capsys):
-    fixed, moving, body = _write_pair(tmp_path)
+@pytest.mark.parametrize("dicom", [False, True], ids=["nifti", "dicom"])
+def test_clinseg_register_writes_the_aligned_scan_on_the_fixed_grid_and_the_transform(
+    tmp_path, capsys, dicom
+):
+    fixed, moving, body = _write_pair(tmp_path, dicom)
     out = tmp_path / "mr_on_ct.nii.gz"
 
     assert main(["register", fixed, moving, str(out)]) == 0
 
-    written, reference = nib.load(out), nib.load(fixed)
-    np.testing.assert_allclose(written.affine, reference.affine, atol=1e-4)
-    assert written.shape == reference.shape
+    written, reference = nib.load(out), load_scan(fixed)
+    np.testing.assert_allclose(written.affine, reference.affine.numpy(), atol=1e-4)
+    assert written.shape == tuple(reference.shape[1:])
     transform = sitk.ReadTransform(str(tmp_path / "mr_on_ct.tfm"))
-    assert (
-        _max_error_mm(transform, _offset, _points(to_sitk(load_scan(fixed)), body.transpose(2, 1, 0))) < 1.0
-    )
+    assert _max_error_mm(transform, _offset, _points(to_sitk(reference), body.transpose(2, 1, 0))) < 1.0
     printed = capsys.readouterr().out
     assert "final metric (Mattes MI): -" in printed and "rigid + affine" in printed
     assert not list(tmp_path.glob(".tmp-*"))
