@@ -213,6 +213,15 @@ def test_synthetic_ct_and_mr_with_a_known_offset_are_aligned():
     assert record["reference"] == "ct" and not record["deformable"]
 
 
+def test_2d_images_register_with_2d_transforms():
+    fixed = sitk.GaussianSource(sitk.sitkFloat32, [48, 40], sigma=[6.0, 4.0], mean=[22.0, 20.0], scale=100.0)
+    moving = sitk.GaussianSource(sitk.sitkFloat32, [48, 40], sigma=[6.0, 4.0], mean=[25.5, 18.0], scale=100.0)
+    options = RegistrationOptions(iterations=50, shrink=(2, 1), smoothing_mm=(1.0, 0.0))
+    result = register_images(fixed, moving, options=options)
+    np.testing.assert_allclose(result.transform.TransformPoint((22.0, 20.0)), (25.5, 18.0), atol=0.2)
+    assert result.transform.GetNthTransform(0).GetDimension() == 2
+
+
 def test_deformable_adds_a_bspline_stage():
     image = sitk.GaussianSource(sitk.sitkFloat32, [24, 24, 16], sigma=[5.0, 4.0, 3.0], mean=[11.0, 12.0, 8.0])
     moving = sitk.GaussianSource(
