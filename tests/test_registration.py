@@ -213,6 +213,15 @@ def test_synthetic_ct_and_mr_with_a_known_offset_are_aligned():
     assert record["reference"] == "ct" and not record["deformable"]
 
 
+def test_register_to_referenced_names_bad_keys():
+    with pytest.raises(ValueError, match="reference_key 'ct' is also among keys"):
+        RegisterToReferenced(keys=["ct", "mr"], reference_key="ct")
+    with pytest.raises(KeyError, match="reference key 'ct' is missing"):
+        RegisterToReferenced(keys="mr", reference_key="ct")({"mr": MetaTensor(torch.zeros(1, 4, 4, 4))})
+    with pytest.raises(TypeError, match="'ct' must be a MetaTensor"):
+        RegisterToReferenced(keys="mr", reference_key="ct")({"ct": "ct.nii.gz", "mr": "mr.nii.gz"})
+
+
 def test_2d_images_register_with_2d_transforms():
     fixed = sitk.GaussianSource(sitk.sitkFloat32, [48, 40], sigma=[6.0, 4.0], mean=[22.0, 20.0], scale=100.0)
     moving = sitk.GaussianSource(sitk.sitkFloat32, [48, 40], sigma=[6.0, 4.0], mean=[25.5, 18.0], scale=100.0)
