@@ -253,7 +253,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{t['max_epochs']} epochs (validation every {t['val_interval']}) in {t['time_budget_s']:.0f} s"
     )
     print(f"normalisation: {plan['reasons']['normalise']}")
+    for note in plan["notes"]:
+        print(f"note: {note}")
     print(f"wrote {Path(args.out) / 'configs'} (common.yaml, plan.json, fingerprint.json); train: clinseg train {args.out}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from pipeline.datasets.register import register_files, transform_path
+
+    transform = args.transform or transform_path(args.out)
+    result = register_files(args.fixed, args.moving, args.out, transform_out=transform, deformable=args.deformable)
+    print(f"final metric (Mattes MI): {result.metric:.4f}")
+    print(f"{result.summary()}; wrote {args.out} and {transform}")
     return 0
 
 
@@ -493,6 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads while timing training steps")
     p.add_argument("--max-cases", type=int, help="fingerprint at most this many training cases")
     p.set_defaults(func=cmd_plan)
+
+    p = _command(
+        sub, "register", "align a scan to a reference scan (rigid, affine, optionally B-spline; mutual information)",
+        epilog="Writes OUT (the moving scan resampled onto FIXED's grid, linear) and the fixed -> moving transform "
+        "(ITK .tfm, default: OUT's name with .tfm). Use it when channels come from different series or grids.",
+    )  # fmt: skip
+    p.add_argument("fixed", help="reference scan (NIfTI file or DICOM folder); the output takes its grid")
+    p.add_argument("moving", help="scan to align (NIfTI file or DICOM folder)")
+    p.add_argument("out", help="output .nii.gz")
+    p.add_argument("--transform", metavar="TFM", help="transform file to write (default: OUT with .tfm)")
+    p.add_argument("--deformable", action="store_true", help="add a B-spline stage after the affine one")
+    p.set_defaults(func=cmd_register)
     return parser
 
 

@@ -68,3 +68,24 @@ def test_a_datalist_without_channels_asks_for_an_import(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
     with pytest.raises(FingerprintError, match="clinseg import"):
         dataset_fingerprint(tmp_path / "dataset.json")
+
+
+@pytest.mark.parametrize(
+    "shape, shift_mm, differ",
+    [((8, 8, 4), 0.0, False), ((8, 8, 4), 0.0005, False), ((8, 8, 4), 0.5, True), ((8, 8, 5), 0.0, True)],
+)
+def test_cases_with_channels_on_different_grids_are_listed(tmp_path, shape, shift_mm, differ):
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    other = affine.copy()
+    other[0, 3] += shift_mm
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[2:5, 2:5, 1:3] = 1
+    _dataset(tmp_path, np.ones((8, 8, 4), np.float32), label, affine, {"0": "background", "1": "x"})
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), other), tmp_path / "t2.nii.gz")
+    datalist = json.loads((tmp_path / "dataset.json").read_text())
+    datalist["channels"] = {"image": "MR", "t2": "MR"}
+    datalist["training"][0]["t2"] = "t2.nii.gz"
+    (tmp_path / "dataset.json").write_text(json.dumps(datalist))
+    fp = dataset_fingerprint(tmp_path / "dataset.json")
+    assert fp["channel_grids_differ"] == (["a"] if differ else [])
+    assert fp["per_case"][0]["channel_grids_differ"] is differ

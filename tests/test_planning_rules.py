@@ -211,3 +211,13 @@ def test_budget_rejects_impossible_devices_and_budgets():
         ComputeBudget.detect(0)
     with pytest.raises(ValueError, match="cpu' or 'cuda"):
         ComputeBudget.detect(60, device="tpu")
+
+
+@pytest.mark.parametrize("cases, noted", [([], False), (["p1", "p2"], True)])
+def test_channels_on_different_grids_are_noted_with_clinseg_register(stub_step, cases, noted):
+    stub_step.update({32: 0.1, 16: 0.1, 8: 0.1})
+    fp = {**_fingerprint([1.0] * 3, [1.0] * 3, [32, 32, 32]), "channel_grids_differ": cases}
+    plan = make_plan(fp, ComputeBudget("cpu", 60.0), counts={"training": 4, "validation": 1})
+    assert len(plan["notes"]) == int(noted)
+    if noted:
+        assert "2 case(s) (p1, p2)" in plan["notes"][0] and "clinseg register" in plan["notes"][0]

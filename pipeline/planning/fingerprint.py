@@ -4,7 +4,11 @@ Per case the channels and label are loaded as the bundle will load them (``LoadS
 resampled onto the first's grid, then RAS), and the fingerprint keeps, as nnU-Net's does: voxel spacing and
 shape in RAS axis order, per-channel intensity statistics *inside the foreground* (label > 0, from up to
 ``samples_per_case`` voxels a case), the share of non-zero voxels (a skull-stripped or cropped MR has a zero
-background) and of voxels at the image minimum (a constant background that is not zero), and per-class voxel counts and volumes. Written as ``fingerprint.json`` in a planned bundle.
+background) and of voxels at the image minimum (a constant background that is not zero), and per-class voxel counts and volumes.
+Cases whose channels come on different grids (shape, or a voxel corner placed more than
+:data:`GRID_TOLERANCE_MM` apart) are listed: resampling onto the first channel's grid assumes they are aligned
+in scanner space, which ``clinseg register`` can make sure of. Written as ``fingerprint.json`` in a planned
+bundle.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from transforms.io import LoadScand
 __all__ = ["FingerprintError", "dataset_fingerprint", "intensity_statistics"]
 
 PERCENTILES = (0.5, 50.0, 99.5)
+GRID_TOLERANCE_MM = 1e-3
 
 
 class FingerprintError(ValueError):
@@ -45,20 +50,41 @@ def intensity_statistics(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _loader(channels: Sequence[str]) -> Compose:
+def _loader(channels: Sequence[str]) -> tuple[LoadScand, Compose]:
+    """The loading step, and the rest: other channels onto the first's grid, then RAS."""
     keys = [*channels, "label"]
-    steps: list = [LoadScand(keys=keys, label_keys=["label"])]
+    steps: list = []
     if len(channels) > 1:
         steps.append(ResampleToMatchd(keys=list(channels[1:]), key_dst=channels[0], mode="bilinear"))
     steps.append(Orientationd(keys=keys, axcodes="RAS", labels=None))
-    return Compose(steps)
+    return LoadScand(keys=keys, label_keys=["label"]), Compose(steps)
+
+
+def _grids_differ(data: Mapping[str, Any], channels: Sequence[str]) -> bool:
+    """True when a channel's shape differs from the first's, or its grid corners lie elsewhere (> 1e-3 mm)."""
+    reference = data[channels[0]]
+    shape = np.asarray(reference.shape[1:])
+    corners = np.array([[*c, 1.0] for c in np.ndindex(*(2,) * len(shape))]).T * np.append(shape - 1, 1)[:, None]
+    for key in channels[1:]:
+        if tuple(data[key].shape[1:]) != tuple(shape):
+            return True
+        moved = (np.asarray(data[key].affine) - np.asarray(reference.affine)) @ corners
+        if np.abs(moved).max() > GRID_TOLERANCE_MM:
+            return True
+    return False
 
 
 def _case(
-    entry: Mapping[str, Any], channels: Sequence[str], loader: Compose, samples: int, rng: np.random.Generator
+    entry: Mapping[str, Any],
+    channels: Sequence[str],
+    loader: tuple[LoadScand, Compose],
+    samples: int,
+    rng: np.random.Generator,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     try:
-        data = loader(dict(entry))
+        data = loader[0](dict(entry))
+        grids_differ = _grids_differ(data, channels)
+        data = loader[1](data)
     except Exception as error:  # MONAI wraps the loader's named error: surface the root cause
         root = error
         while root.__cause__ is not None:
@@ -97,6 +123,7 @@ def _case(
         "background_fraction": background,
         "class_voxels": {str(int(v)): int(n) for v, n in zip(values, counts) if v > 0},
         "voxel_ml": voxel_ml,
+        "channel_grids_differ": grids_differ,
     }
     return record, sampled
 
@@ -147,7 +174,8 @@ def dataset_fingerprint(
 
     Returns:
         ``{"channels", "labels", "cases", "spacing", "shape", "intensity", "nonzero_fraction", "background_fraction", "classes",
-        "per_case"}``; spacings in mm and shapes in voxels, RAS axis order.
+        "channel_grids_differ", "per_case"}``; spacings in mm and shapes in voxels, RAS axis order;
+        ``channel_grids_differ`` lists the cases whose channels lie on different grids.
 
     Raises:
         FingerprintError: naming the file and case when a case cannot be used.
@@ -185,6 +213,7 @@ def dataset_fingerprint(
             k: float(np.median([r["background_fraction"][k] for r in records])) for k in keys
         },
         "classes": _class_stats(records, labels),
+        "channel_grids_differ": [r["case"] for r in records if r["channel_grids_differ"]],
         "per_case": records,
     }
 

@@ -128,6 +128,21 @@ def _normalise_reason(step: Mapping[str, Any]) -> str:
     return f"z-score per image {inside}"
 
 
+def _notes(fingerprint: Mapping[str, Any]) -> list[str]:
+    """Advice the plan cannot act on itself: channels of some cases on different grids."""
+    cases = fingerprint.get("channel_grids_differ") or []
+    if not cases:
+        return []
+    shown = ", ".join(map(str, cases[:5])) + (f" and {len(cases) - 5} more" if len(cases) > 5 else "")
+    note = (
+        f"channels come from different grids in {len(cases)} case(s) ({shown}): they are resampled onto the first "
+        "channel's grid, which assumes they are aligned in scanner space; if they come from different sessions "
+        "or scanners, align them first with `clinseg register FIXED MOVING OUT` (or a "
+        "transforms.registration.RegisterToReferenced step)"
+    )
+    return [note]
+
+
 def make_plan(
     fingerprint: Mapping[str, Any],
     budget: ComputeBudget,
@@ -147,7 +162,7 @@ def make_plan(
 
     Returns:
         The plan: ``{"version", "spatial_dims", "spacing", "patch", "network", "normalise", "training",
-        "sampling", "augmentation", "budget", "reasons"}`` (JSON-able).
+        "sampling", "augmentation", "budget", "reasons", "notes"}`` (JSON-able).
     """
     if dims not in ("auto", "2d", "3d"):
         raise PlanError(f"dims must be 'auto', '2d' or '3d', got {dims!r}")
@@ -231,6 +246,7 @@ def make_plan(
             "normalise": {key: _normalise_reason(step) for key, step in normalise.items()},
             "augmentation": _augmentation_reason(has_mr, spatial_dims),
         },
+        "notes": _notes(fingerprint),
     }
 
 
