@@ -62,7 +62,9 @@ def test_ranks_default_to_one_process_and_bad_values_are_named(monkeypatch):
 def test_data_parallel_outside_torchrun_says_so(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(RuntimeError, match="needs torchrun .*RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set"):
+    with pytest.raises(
+        RuntimeError, match="needs torchrun .*RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set"
+    ):
         distributed.data_parallel(torch.nn.Linear(2, 1), torch.device("cpu"))
 
 
@@ -86,7 +88,9 @@ def test_overlay_wires_local_device_global_rank_and_samplers(bundle, monkeypatch
     assert parser["train#dataloader#shuffle"] is False  # the sampler shuffles
     assert "data_parallel(@network_def, @device)" in parser["network"]
     # the base workflow's finalize is kept, the process group is left after it
-    assert parser["finalize"][-1] == "$pipeline.training.distributed.shutdown()" and len(parser["finalize"]) > 1
+    assert (
+        parser["finalize"][-1] == "$pipeline.training.distributed.shutdown()" and len(parser["finalize"]) > 1
+    )
     monkeypatch.setenv("RANK", "0")
     parser.parse()
     assert parser.get_parsed_content("is_not_rank0") is False
@@ -98,7 +102,13 @@ def one_process_group(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     yield

@@ -131,4 +131,6 @@ def test_the_torchrun_overlay_is_written_and_fits(planned):
     parser.read_config([str(configs / n) for n in ("common.yaml", "train.yaml", "multi_gpu_train.yaml")])
     for id_ in ("network_def", "train#dataset", "validate#dataset", "seed"):  # what the overlay refers to
         assert id_ in parser, id_
-    assert parser["finalize"][-1] == "$pipeline.training.distributed.shutdown()" and len(parser["finalize"]) > 1
+    assert (
+        parser["finalize"][-1] == "$pipeline.training.distributed.shutdown()" and len(parser["finalize"]) > 1
+    )

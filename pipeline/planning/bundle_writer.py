@@ -1,6 +1,7 @@
 """Write a plan as a MONAI bundle: ``configs/common.yaml`` from the plan, the workflow configs from the
 package's template (``train.yaml``, ``inference.yaml``, ``evaluate.yaml``, ``logging.conf``, the torchrun
-overlay ``multi_gpu_train.yaml``), ``metadata.json``, ``plan.json`` and ``fingerprint.json`` (logged to MLflow with the other configs), and ``docs/README.md``.
+overlay ``multi_gpu_train.yaml``), ``metadata.json``, ``plan.json`` and ``fingerprint.json`` (logged to MLflow
+with the other configs), and ``docs/README.md``.
 
 The template's workflows read only named knobs, so a planned bundle runs through ``python -m monai.bundle run``
 and ``clinseg train|evaluate|predict`` like the shipped bundles; all planned values live in ``common.yaml``.

@@ -27,7 +27,9 @@ def _env_int(name: str, default: int = 0) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (torchrun sets it)") from None
+        raise ValueError(
+            f"environment variable {name}={value!r} is not an integer (torchrun sets it)"
+        ) from None
 
 
 def global_rank() -> int:
