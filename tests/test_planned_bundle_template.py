@@ -126,3 +126,16 @@ def test_metadata_and_docs_describe_the_plan(planned):
         "liver",
         "tumour",
     ]
+
+
+def test_the_torchrun_overlay_is_written_and_fits(planned):
+    bundle, _ = planned
+    configs = bundle / "configs"
+    assert (configs / "multi_gpu_train.yaml").read_text() == (BUNDLES / "multi_gpu_train.yaml").read_text()
+    parser = ConfigParser()
+    parser.read_config([str(configs / n) for n in ("common.yaml", "train.yaml", "multi_gpu_train.yaml")])
+    for id_ in ("network_def", "train#dataset", "validate#dataset", "seed"):  # what the overlay refers to
+        assert id_ in parser, id_
+    assert (
+        parser["finalize"][-1] == "$pipeline.training.distributed.shutdown()" and len(parser["finalize"]) > 1
+    )

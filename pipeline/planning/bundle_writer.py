@@ -1,6 +1,7 @@
 """Write a plan as a MONAI bundle: ``configs/common.yaml`` from the plan, the workflow configs from the
-package's template (``train.yaml``, ``inference.yaml``, ``evaluate.yaml``, ``logging.conf``), ``metadata.json``,
-``plan.json`` and ``fingerprint.json`` (logged to MLflow with the other configs), and ``docs/README.md``.
+package's template (``train.yaml``, ``inference.yaml``, ``evaluate.yaml``, ``logging.conf``, the torchrun
+overlay ``multi_gpu_train.yaml``), ``metadata.json``, ``plan.json`` and ``fingerprint.json`` (logged to MLflow
+with the other configs), and ``docs/README.md``.
 
 The template's workflows read only named knobs, so a planned bundle runs through ``python -m monai.bundle run``
 and ``clinseg train|evaluate|predict`` like the shipped bundles; all planned values live in ``common.yaml``.
@@ -275,7 +276,8 @@ def write_planned_bundle(
                     "\n" + indent + SLICE_INFERER.format(indent=indent),
                 )
         atomic_write_text(configs / template, text)
-    shutil.copyfile(TEMPLATE / "logging.conf", configs / "logging.conf")
+    for name in ("logging.conf", "multi_gpu_train.yaml"):  # overlays and files used as they are
+        shutil.copyfile(TEMPLATE / name, configs / name)
     atomic_write_json(configs / "metadata.json", _metadata(plan, name))
     atomic_write_json(configs / "plan.json", dict(plan))
     atomic_write_json(configs / "fingerprint.json", dict(fingerprint))

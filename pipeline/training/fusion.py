@@ -17,6 +17,7 @@ from monai.metrics import SSIMMetric
 from torch import nn
 
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
+from pipeline.training.distributed import unwrap
 from pipeline.training.losses import rescale_unit
 
 __all__ = ["FusionSSIMMetric", "PretrainedWeightsLoader"]
@@ -74,7 +75,7 @@ class PretrainedWeightsLoader:
 
     Args:
         load_path: checkpoint written by the earlier stage (e.g. its best ``model.pt``), or ``None``.
-        network: the module to load into.
+        network: the module to load into (or its DDP wrapper: the wrapped module is loaded).
         resume: whether this run resumes; then nothing is loaded.
         map_location: device for the loaded tensors.
     """
@@ -101,7 +102,7 @@ class PretrainedWeightsLoader:
             return
         state = load_checkpoint(self.load_path, map_location=self.map_location)["model"]
         try:
-            self.network.load_state_dict(state)
+            unwrap(self.network).load_state_dict(state)
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {self.load_path} does not fit the network: {e}") from e
         logger.info("loaded pretrained weights from %s", self.load_path)

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, SSIMLoss
 from torch import nn
 
+from pipeline.training.distributed import unwrap
+
 __all__ = [
     "DeepSupervisionStackLoss",
     "FusionLoss",
@@ -213,7 +215,9 @@ class JointFusionSegLoss(nn.Module):
         seg_loss: segmentation loss taking ``(logits, label)``, e.g. :func:`dice_focal_loss`.
         fusion_loss: fusion loss taking ``(fused, sources)``; defaults to :class:`FusionLoss`.
         fusion_weight: weight of the fusion term in the joint stage (>= 0).
-        network: the ``FusionSegNet`` whose last forward supplies ``fused`` and ``sources``.
+        network: the ``FusionSegNet`` whose last forward supplies ``fused`` and ``sources``, or its
+            ``DistributedDataParallel`` wrapper (multi-GPU overlay): the attributes are read from ``.module``,
+            the module that ran the forward inside DDP's, so the fusion term's gradients reach DDP's reducer.
     """
 
     def __init__(
@@ -239,7 +243,7 @@ class JointFusionSegLoss(nn.Module):
     ) -> torch.Tensor:
         if isinstance(input, (tuple, list)):
             input, fused = input
-        network = self.network
+        network = None if self.network is None else unwrap(self.network)
         if fused is None or sources is None:
             if network is None:
                 raise ValueError(
