@@ -85,7 +85,7 @@ def run_clinseg(datalist: Path, work: Path, budget_s: float, threads: int) -> di
 def _row(name: str, side: dict, train_key: str = "train_s") -> str:
     d = side["dice"]["mean"]
     return (
-        f"| {name} | {d[1]:.4f} | {d[2]:.4f} | {side['dice']['mean_all']:.4f} | {side[train_key]:.0f} | "
+        f"| {name} | {d['1']:.4f} | {d['2']:.4f} | {side['dice']['mean_all']:.4f} | {side[train_key]:.0f} | "
         f"{side.get('plan_s', side.get('preprocess_s', 0)):.0f} | {side['predict_s']:.0f} |"
     )
 
@@ -132,6 +132,7 @@ def main() -> None:
             "dice": dice_per_label(run.predictions, json.loads(datalist.read_text())["test"]),
         }  # fmt: skip
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    results = json.loads((work / "results.json").read_text())  # label keys as strings on both sides
     print(
         "| pipeline | Dice anterior | Dice posterior | mean | training s | planning/preprocessing s | predict s |"
     )
