@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -87,3 +88,4 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        idist.sync()  # ignite caches the distributed context it saw; without this it keeps asking the dead group
