@@ -14,6 +14,7 @@ from pipeline.planning.bundle_writer import write_planned_bundle
 from pipeline.planning.compute import ComputeBudget
 from pipeline.planning.plan import make_plan
 from tests.conftest import BUNDLES
+from tests.planning_fixtures import fake_fingerprint
 from tests.test_bundle_configs import SAME_INFERENCE, SAME_TRAINING, _get, _handlers, _load
 
 SHIPPED = BUNDLES / "ct_organ_resunet3d"
@@ -21,31 +22,8 @@ PLANNED_SCHEDULE = {"lr_scheduler"}  # polynomial decay over the planned epochs,
 
 
 def _fingerprint(channels):
-    stats = {
-        "mean": 40.0,
-        "std": 20.0,
-        "p00_5": -100.0,
-        "p99_5": 200.0,
-        "min": -1000.0,
-        "max": 3000.0,
-        "median": 40,
-    }
-    return {
-        "datalist": "/data/dataset.json",
-        "cases": 8,
-        "channels": channels,
-        "labels": {"1": "liver", "2": "tumour"},
-        "spacing": {
-            "median": [0.8, 0.8, 2.5],
-            "p10": [0.7, 0.7, 2.0],
-            "min": [0.7] * 3,
-            "max": [1.0, 1.0, 5.0],
-        },
-        "shape": {"median": [256, 256, 60], "p10": [256] * 3, "min": [200] * 3, "max": [512] * 3},
-        "intensity": {k: stats for k in channels},
-        "nonzero_fraction": {k: 0.95 for k in channels},
-        "background_fraction": {k: 0.01 for k in channels},
-    }
+    return fake_fingerprint([0.8, 0.8, 2.5], [0.7, 0.7, 2.0], [256, 256, 60], channels,
+                            nonzero=0.95, background=0.01, labels=("liver", "tumour"))  # fmt: skip
 
 
 @pytest.fixture(params=[(3, {"ct": "CT"}), (2, {"ct": "CT"}), (3, {"t1": "MR", "flair": "MR"}), (2, {"t2": "MR"})],

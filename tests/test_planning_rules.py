@@ -17,28 +17,11 @@ from pipeline.planning.rules import (
     resampled_shape,
     target_spacing,
 )
+from tests.planning_fixtures import fake_fingerprint
 
 
 def _fingerprint(spacing, p10, shape, modality="MR", nonzero=1.0, labels=("a", "b")):
-    intensity = {
-        "mean": 40.0,
-        "std": 20.0,
-        "p00_5": -100.0,
-        "p99_5": 200.0,
-        "min": -1000.0,
-        "max": 3000.0,
-        "median": 40.0,
-    }
-    return {
-        "datalist": "/x/dataset.json",
-        "cases": 10,
-        "channels": {"image": modality},
-        "labels": {str(i + 1): n for i, n in enumerate(labels)},
-        "spacing": {"median": spacing, "p10": p10, "min": p10, "max": spacing},
-        "shape": {"median": shape, "p10": shape, "min": shape, "max": shape},
-        "intensity": {"image": intensity},
-        "nonzero_fraction": {"image": nonzero},
-    }
+    return fake_fingerprint(spacing, p10, shape, {"image": modality}, nonzero=nonzero, labels=labels)
 
 
 @pytest.mark.parametrize(
