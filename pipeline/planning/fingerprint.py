@@ -64,7 +64,9 @@ def _grids_differ(data: Mapping[str, Any], channels: Sequence[str]) -> bool:
     """True when a channel's shape differs from the first's, or its grid corners lie elsewhere (> 1e-3 mm)."""
     reference = data[channels[0]]
     shape = np.asarray(reference.shape[1:])
-    corners = np.array([[*c, 1.0] for c in np.ndindex(*(2,) * len(shape))]).T * np.append(shape - 1, 1)[:, None]
+    corners = (
+        np.array([[*c, 1.0] for c in np.ndindex(*(2,) * len(shape))]).T * np.append(shape - 1, 1)[:, None]
+    )
     for key in channels[1:]:
         if tuple(data[key].shape[1:]) != tuple(shape):
             return True

@@ -26,6 +26,7 @@ from typing import Any
 from networks.registry import get_network_class
 from pipeline.planning.compute import ComputeBudget, measure_step_seconds
 from pipeline.planning.rules import (
+    is_anisotropic,
     normalisation_for,
     patch_and_levels,
     prefers_2d,
@@ -42,7 +43,9 @@ MAX_WIDTH = 320
 MIN_STEPS = 1500
 VALIDATIONS = 20
 BUDGET_USE = 0.85
-DATA_OVERHEAD = 1.25  # loading, augmentation, handlers: hippocampus, 2-core CPU: 29 s epochs of 64 steps of 0.37 s
+DATA_OVERHEAD = (
+    1.25  # loading, augmentation, handlers: hippocampus, 2-core CPU: 29 s epochs of 64 steps of 0.37 s
+)
 LEARNING_RATE = 2e-3
 SLICES_PER_VOLUME = 4  # 2D: axial patches drawn from each volume per epoch
 
@@ -185,7 +188,7 @@ def make_plan(
     schedule = _schedule(
         counts["training"], counts["validation"], batch, samples, step_s, windows, budget.time_budget_s
     )
-    anisotropic = max(spacing) > 3.0 * min(spacing)
+    anisotropic = is_anisotropic(spacing)
     has_mr = "MR" in channels.values()
     normalise = {
         key: normalisation_for(

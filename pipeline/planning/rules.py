@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "is_anisotropic",
     "normalisation_for",
     "patch_and_levels",
     "prefers_2d",
@@ -42,11 +43,16 @@ NONZERO_MASK_BELOW = 0.9
 CONSTANT_BACKGROUND_ABOVE = 0.1
 
 
+def is_anisotropic(spacing: Sequence[float]) -> bool:
+    """Whether the coarsest axis is more than :data:`ANISOTROPY_RATIO` times the finest."""
+    return max(spacing) > ANISOTROPY_RATIO * min(spacing)
+
+
 def target_spacing(fingerprint: Mapping[str, Any]) -> list[float]:
     """The resampling target in mm, RAS order: median spacing, 10th percentile on a much coarser axis."""
     median = [float(s) for s in fingerprint["spacing"]["median"]]
     coarse = int(np.argmax(median))
-    if median[coarse] > ANISOTROPY_RATIO * min(median):
+    if is_anisotropic(median):
         median[coarse] = float(fingerprint["spacing"]["p10"][coarse])
     return [round(s, 4) for s in median]
 
