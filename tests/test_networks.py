@@ -17,6 +17,7 @@ TINY: dict[str, dict] = {
     "attention_unet": {"channels": (4, 8, 16)},
     "dense_unet": {"init_features": 8, "growth_rate": 4, "layers_per_block": 2, "levels": 2},
     "dual_encoder_fusion": {"features": (4, 8, 16)},
+    "feature_fusion_unet": {"features": (4, 8, 16)},
     "fusion_seg_net": {"fusion_features": (4, 8), "segmenter_kwargs": {"channels": (4, 8, 16)}},
     "res_unet": {"channels": (4, 8, 16)},
     "unet": {"features": (4, 8, 16)},
@@ -264,3 +265,34 @@ def test_fusion_seg_net_stages_freeze_the_right_parameters():
     assert trainable(net) == {True}
     with pytest.raises(ValueError, match="FusionSegNet: stage must be one of .*got 'pretrain'"):
         net.set_stage("pretrain")
+
+
+def test_fusion_pretrain_stage_does_not_run_the_frozen_segmenter():
+    net = tiny("fusion_seg_net", 2).set_stage("fusion_pretrain")
+    calls = []
+    net.segmenter.register_forward_hook(lambda *_: calls.append(1))
+    out = net(torch.rand(2, IN, 33, 34))
+    assert calls == [] and out.shape == (2, 1, 33, 34) and out is net.last_fused
+    net.set_stage("joint")
+    assert net(torch.rand(2, IN, 33, 34)).shape == (2, OUT, 33, 34) and calls == [1]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_feature_fusion_unet_fuses_every_level_and_offers_a_fused_image(spatial_dims):
+    shape = SHAPES[spatial_dims]
+    x = torch.rand(2, IN, *shape)
+    plain = tiny("feature_fusion_unet", spatial_dims)
+    assert plain(x).shape == (2, OUT, *shape) and plain.last_fused.numel() == 0
+    with pytest.raises(ValueError, match="built without fused_image_head"):
+        plain.forward_with_fused(x)
+    net = tiny("feature_fusion_unet", spatial_dims, fused_image_head=True)
+    logits = net(x)
+    assert logits.shape == (2, OUT, *shape) and net.last_input is x
+    assert net.last_fused.shape == (2, 1, *shape) and 0 <= net.last_fused.min() <= net.last_fused.max() <= 1
+    assert len(net.fusers) == 3 and len(net.encoders) == IN  # one encoder per modality, a fusion per level
+    net.set_stage("fusion_pretrain")
+    assert trainable(net.head) == {False} and trainable(net.encoders) == trainable(net.fused_head) == {True}
+    net.set_stage("joint")
+    assert trainable(net) == {True}
+    with pytest.raises(ValueError, match="fusion pretraining needs fused_image_head=True"):
+        plain.set_stage("fusion_pretrain")

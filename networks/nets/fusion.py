@@ -15,7 +15,7 @@ from networks.blocks.validation import check_channels, check_choice
 from networks.nets.base import BaseNet
 from networks.registry import get_network_class, register_network
 
-__all__ = ["DualEncoderFusion", "FusionSegNet"]
+__all__ = ["DualEncoderFusion", "FeatureFusionUNet", "FusionSegNet"]
 
 FUSION_MODES = ("concat", "attention")
 STAGES = ("fusion_pretrain", "joint")
@@ -81,6 +81,10 @@ class DualEncoderFusion(BaseNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, *spatial)`` modalities -> fused image ``(B, out_channels, *spatial)`` in ``[0, 1]``."""
+        return torch.sigmoid(self.head(self.decode(x)))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, *spatial)`` -> the decoder's last features ``(B, features[0], *spatial)``."""
         per_modality: list[list[torch.Tensor]] = []
         for k, encoder in enumerate(self.encoders):
             h = x[:, k : k + 1]
@@ -95,7 +99,76 @@ class DualEncoderFusion(BaseNet):
         h = fused.pop()
         for up in self.ups:
             h = up(h, fused.pop())
-        return torch.sigmoid(self.head(h))
+        return h
+
+
+@register_network("feature_fusion_unet")
+class FeatureFusionUNet(DualEncoderFusion):
+    """Feature-level fusion segmenter: one encoder per modality, per-level fusion, one decoder to class logits.
+
+    The :class:`DualEncoderFusion` architecture with a segmentation head: the ``N`` modalities are fused at
+    every encoder level and the decoder sees all fused levels, instead of a segmenter seeing one fused
+    *image* (:class:`FusionSegNet`, which lost to channel stacking on BRATS, benchmarks/RESULTS.md).
+    ``fused_image_head=True`` adds a 1x1 conv + sigmoid on the decoder's last features that makes a fused
+    image for the auxiliary fusion loss (``pipeline.training.losses.JointFusionSegLoss``); then each
+    ``forward`` stores ``last_fused`` ``(B, 1, *spatial)`` and ``last_input`` as :class:`FusionSegNet` does.
+    ``set_stage("fusion_pretrain")`` trains everything but the segmentation head (on the fusion loss alone).
+
+    Args:
+        out_channels: segmentation classes (logits).
+        fused_image_head: add the fused-image head for an auxiliary fusion loss.
+        Other arguments as :class:`DualEncoderFusion`.
+
+    Shapes:
+        ``(B, N, *spatial)`` -> logits ``(B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 2,
+        out_channels: int = 2,
+        features: Sequence[int] = (32, 64, 128, 256),
+        fusion: str = "concat",
+        fused_image_head: bool = False,
+        norm: str | tuple = ("instance", {"affine": True}),
+        act: str | tuple = ("relu", {"inplace": True}),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(spatial_dims, in_channels, out_channels, features, fusion, norm, act, dropout)
+        self.fused_head = (
+            Conv[Conv.CONV, self.spatial_dims](self.head.in_channels, 1, kernel_size=1)
+            if fused_image_head
+            else None
+        )
+        self.stage = "joint"
+        # plain attributes (not buffers: never saved); empty until the first forward with a fused-image head
+        self.last_fused = torch.empty(0)
+        self.last_input = torch.empty(0)
+
+    def forward_with_fused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, N, *spatial)`` -> ``(logits (B, out_channels, *spatial), fused (B, 1, *spatial))``."""
+        if self.fused_head is None:
+            raise ValueError("FeatureFusionUNet: built without fused_image_head, so it makes no fused image.")
+        h = self.decode(x)
+        return self.head(h), torch.sigmoid(self.fused_head(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, out_channels, *spatial)``; sets ``last_fused``/``last_input`` with the head."""
+        if self.fused_head is None:
+            return self.head(self.decode(x))
+        logits, self.last_fused = self.forward_with_fused(x)
+        self.last_input = x
+        return logits
+
+    def set_stage(self, stage: str) -> FeatureFusionUNet:
+        """``"fusion_pretrain"``: all but the segmentation head trains; ``"joint"``: everything trains."""
+        self.stage = check_choice(type(self).__name__, "stage", stage, STAGES)
+        if self.stage == "fusion_pretrain" and self.fused_head is None:
+            raise ValueError("FeatureFusionUNet: fusion pretraining needs fused_image_head=True.")
+        self.requires_grad_(True)
+        self.head.requires_grad_(self.stage == "joint")
+        return self
 
 
 @register_network("fusion_seg_net")
@@ -162,10 +235,16 @@ class FusionSegNet(BaseNet):
         return self.segmenter(fused), fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits ``(B, out_channels, *spatial)``; sets ``last_fused`` and ``last_input``."""
-        logits, fused = self.forward_with_fused(x)
-        self.last_fused = fused
+        """Segmentation logits ``(B, out_channels, *spatial)``; sets ``last_fused`` and ``last_input``.
+
+        In the ``"fusion_pretrain"`` stage the frozen segmenter is not run (its output would feed nothing: the
+        loss is the fusion term alone) and the fused image ``(B, 1, *spatial)`` is returned instead.
+        """
         self.last_input = x
+        if self.stage == "fusion_pretrain":
+            self.last_fused = self.fusion_net(x)
+            return self.last_fused
+        logits, self.last_fused = self.forward_with_fused(x)
         return logits
 
     def freeze_fusion(self, frozen: bool = True) -> FusionSegNet:
