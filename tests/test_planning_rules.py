@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.planning import plan as plan_module
 from pipeline.planning.compute import ComputeBudget
-from pipeline.planning.plan import MIN_STEPS, PlanError, make_plan
+from pipeline.planning.plan import MIN_STEPS, MIN_STEPS_PER_EPOCH, PlanError, make_plan
 from pipeline.planning.rules import (
     normalisation_for,
     patch_and_levels,
@@ -144,6 +144,13 @@ def test_schedule_fits_the_budget(stub_step, budget_s):
     assert planned <= budget_s
     assert t["time_budget_s"] == budget_s and t["steps_per_epoch"] == 50
     assert 1 <= t["val_interval"] <= t["max_epochs"]
+
+
+def test_a_few_cases_still_get_long_epochs(stub_step):
+    stub_step.update({32: 0.1, 16: 0.1, 8: 0.1})
+    fp = _fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [35, 50, 36])
+    plan = make_plan(fp, ComputeBudget("cpu", 300.0), counts={"training": 3, "validation": 1})
+    assert plan["training"]["steps_per_epoch"] == MIN_STEPS_PER_EPOCH  # not ceil(3 * samples / batch)
 
 
 def test_ct_and_mr_sets_get_their_own_normalisation_and_grid(stub_step):

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
+import torch
 from ignite.engine import Engine
 
 from pipeline.core.duration import format_duration, parse_duration
@@ -125,6 +126,38 @@ def test_terminate_ends_an_ignite_run_with_completed():
     assert engine.state.epoch == 2 and seen == ["saved 1", "saved 2", "completed"]
 
 
+@pytest.mark.parametrize(("epoch_s", "expected_epochs"), [(10, 10), (20, 5), (40, 2)])
+def test_polynomial_decay_is_fitted_to_the_measured_epochs(epoch_s, expected_epochs):
+    """Planned for 10 epochs of 10 s in 100 s; slower epochs shrink the run and the decay still ends at 0."""
+    from ignite.engine import Events
+
+    clock = FakeClock()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10, power=0.9)
+    started = clock.now
+
+    def step(engine: Engine, batch: int) -> None:
+        optimizer.step()
+        clock.now += epoch_s
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: scheduler.step())
+    lrs: list[float] = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: lrs.append(optimizer.param_groups[0]["lr"]))
+    TimeBudgetStop(100.0, lr_scheduler=scheduler, clock=clock).attach(engine)
+    engine.run([0], max_epochs=10)
+    assert engine.state.epoch == expected_epochs and clock.now - started <= 100.0
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert scheduler.total_iters == expected_epochs
+
+
+def test_a_scheduler_without_a_horizon_is_refused():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau has no total_iters"):
+        TimeBudgetStop(100.0, lr_scheduler=plateau)
+
+
 @pytest.mark.slow
 def test_budgeted_bundle_run_stops_early_finishes_and_resumes(tiny_dataset, tmp_path):
     from pipeline.core.checkpoint import load_checkpoint
@@ -160,3 +193,23 @@ def test_budgeted_bundle_run_stops_early_finishes_and_resumes(tiny_dataset, tmp_
     unlimited = train_bundle(bundle, max_epochs=3, resume=True, overrides=small,
                              **{k: v for k, v in kwargs.items() if k != "max_epochs"})  # fmt: skip
     assert unlimited.epochs == 3 and unlimited.stop_reason == "" and "time budget" not in unlimited.summary()
+
+
+@pytest.mark.parametrize(("max_epochs", "interval", "validated"), [(5, 2, [2, 4, 5]), (4, 2, [2, 4]), (3, 10, [3])])
+def test_final_validation_scores_the_last_epoch_once(max_epochs, interval, validated):
+    """An end off the interval (or before the first validation) is validated once more; an end on it is not."""
+    from ignite.engine import Events
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import ValidationHandler
+
+    from pipeline.training.handlers import FinalValidation
+
+    batch = [{"image": torch.zeros(1, 1, 2, 2), "label": torch.zeros(1, 1, 2, 2)}]
+    validator = SupervisedEvaluator(torch.device("cpu"), batch, torch.nn.Identity())
+    runs: list[int] = []
+    validator.add_event_handler(Events.COMPLETED, lambda e: runs.append(e.state.epoch))
+    trainer = Engine(lambda e, b: None)
+    ValidationHandler(interval=interval, validator=validator, epoch_level=True).attach(trainer)
+    FinalValidation(validator).attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    assert runs == validated

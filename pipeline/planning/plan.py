@@ -7,10 +7,15 @@ network width and the schedule follow the budget:
 - **Width**: the base width (doubling per level, capped at :data:`MAX_WIDTH`) is the widest of
   :data:`BASE_WIDTHS` whose *measured* training step leaves at least :data:`MIN_STEPS` optimizer steps in the
   budget; the narrowest when none does.
-- **Schedule**: epochs of ``ceil(cases * samples / batch)`` steps; validation every ``val_interval`` epochs
-  (about :data:`VALIDATIONS` validations in all); ``max_epochs`` fills :data:`BUDGET_USE` of the budget at
+- **Schedule**: epochs of ``ceil(cases * samples / batch)`` steps, at least :data:`MIN_STEPS_PER_EPOCH` (the
+  loader is iterated again within an epoch, as nnU-Net's fixed 250-iteration epochs: on a 3-case set, 2-step
+  epochs spent more time in per-epoch work — checkpoint, handlers, loader start — than in steps, and the
+  budget stopped training at 38 % of its planned epochs); validation every ``val_interval`` epochs
+  (about :data:`VALIDATIONS` validations in all, fewer when they would take more than
+  :data:`VALIDATION_SHARE` of the budget); ``max_epochs`` fills :data:`BUDGET_USE` of the budget at
   the measured step time (plus data loading and validation estimates), so the polynomial learning-rate decay
-  ends inside the budget; the budget itself is the hard stop (``time_budget_s``).
+  ends inside the budget; the budget itself is the hard stop (``time_budget_s``), and training refits
+  ``max_epochs`` and the decay to the epoch length it measures (``TimeBudgetStop(lr_scheduler=...)``).
 - **Sampling**: patches centred on each foreground class and on background equally often
   (``RandCropByLabelClassesd``), which keeps small and rare classes in view (nnU-Net forces a third of its
   patches onto foreground).
@@ -41,7 +46,10 @@ DEFAULT_NETWORK = "res_unet"
 BASE_WIDTHS = (32, 16, 8)
 MAX_WIDTH = 320
 MIN_STEPS = 1500
+MIN_STEPS_PER_EPOCH = 50
 VALIDATIONS = 20
+VALIDATION_SHARE = 0.1  # of the budget at most, however large the validation volumes
+VALIDATION_VOXEL_CLASS_S = 2.5e-7  # BRATS 240x240x155, 5 classes, 2-core CPU: about 10 s beyond the network
 BUDGET_USE = 0.85
 DATA_OVERHEAD = (
     1.25  # loading, augmentation, handlers: hippocampus, 2-core CPU: 29 s epochs of 64 steps of 0.37 s
@@ -101,15 +109,27 @@ def _choose_width(
 
 
 def _schedule(
-    n_train: int, n_val: int, batch: int, samples: int, step_s: float, windows: float, budget: float
+    n_train: int,
+    n_val: int,
+    batch: int,
+    samples: int,
+    step_s: float,
+    windows: float,
+    voxel_classes: float,
+    budget: float,
 ) -> dict[str, Any]:
-    """Epoch length, estimated epoch and validation seconds, ``max_epochs`` and ``val_interval`` for the budget."""
-    steps_per_epoch = math.ceil(n_train * samples / batch)
+    """Epoch length, estimated epoch and validation seconds, ``max_epochs`` and ``val_interval`` for the budget.
+
+    ``windows``: sliding windows per validation volume; ``voxel_classes``: its voxels times the classes
+    (activation, one-hot and Dice cost per voxel and class)."""
+    steps_per_epoch = max(math.ceil(n_train * samples / batch), MIN_STEPS_PER_EPOCH)
     epoch_s = steps_per_epoch * step_s * DATA_OVERHEAD
-    validation_s = n_val * windows * step_s / (3.0 * batch)  # a patch's forward pass: a third of its step
+    # a patch's forward pass is a third of its step; then the whole volume's postprocessing and metrics
+    validation_s = n_val * (windows * step_s / (3.0 * batch) + voxel_classes * VALIDATION_VOXEL_CLASS_S)
     usable = budget * BUDGET_USE
     epochs = max(1, int(usable / epoch_s))
-    interval = max(1, round(epochs / VALIDATIONS))
+    validations = min(VALIDATIONS, max(1, int(VALIDATION_SHARE * usable / max(validation_s, 1e-9))))
+    interval = max(1, round(epochs / validations))
     epochs = max(1, int(usable / (epoch_s + validation_s / interval)))
     interval = max(1, min(interval, epochs))
     return {
@@ -186,8 +206,9 @@ def make_plan(
     )
     samples = 1 if spatial_dims == 3 else SLICES_PER_VOLUME
     schedule = _schedule(
-        counts["training"], counts["validation"], batch, samples, step_s, windows, budget.time_budget_s
-    )
+        counts["training"], counts["validation"], batch, samples, step_s, windows,
+        math.prod(median) * out_channels, budget.time_budget_s,
+    )  # fmt: skip
     anisotropic = is_anisotropic(spacing)
     has_mr = "MR" in channels.values()
     normalise = {

@@ -153,6 +153,31 @@ class EpochLrSchedulerHandler:
             self.lr_scheduler.step()
 
 
+class FinalValidation:
+    """Validates once more when training ends on an epoch that was not validated.
+
+    A time budget (``TimeBudgetStop``, which may also shorten ``max_epochs``) or a ``max_epochs`` off the
+    validation interval can end training after the last validation, or before the first: the last epochs'
+    weights would never be scored and the best checkpoint (``model.pt``, written by the validator's handlers)
+    might not exist at all. Attach it right after MONAI's ``ValidationHandler``, before the checkpoint
+    savers and the MLflow handler, whose ``COMPLETED`` handlers then see the final validation.
+
+    Args:
+        validator: the evaluator ``ValidationHandler`` runs.
+    """
+
+    def __init__(self, validator: Engine) -> None:
+        self.validator = validator
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.validator.state.epoch != engine.state.epoch:
+            logger.info("final validation after epoch %d", engine.state.epoch)
+            self.validator.run(engine.state.epoch)
+
+
 class ValidationEarlyStopping:
     """Stops training after ``patience`` validations without improvement of the validator's key metric.
 
