@@ -370,16 +370,18 @@ def _load_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def dice_per_label(
     predictions: Mapping[str, str | Path] | str | Path,
     test_entries: Sequence[Mapping[str, str]],
-    labels: Sequence[int] = (1, 2),
+    labels: Sequence[int] | Mapping[str, Sequence[int]] = (1, 2),
     *,
     atol_mm: float = 1e-3,
 ) -> dict:
-    """Dice per case and label of predicted label maps against ``test_entries``' ``label`` files.
+    """Dice per case and label (or region) of predicted label maps against ``test_entries``' ``label`` files.
 
     Args:
         predictions: ``{case: prediction path}``, or a folder holding ``<case>.nii.gz`` per test case.
         test_entries: datalist entries with ``case`` and ``label`` (the reference, on the original grid).
-        labels: label values scored; a label absent from both prediction and reference scores 1.0.
+        labels: label values scored, or regions ``{name: label values}`` scored as the union of their values
+            (BRATS' whole tumour ``{"whole_tumour": [1, 2, 3, 4]}``); a label or region absent from both
+            prediction and reference scores 1.0.
         atol_mm: tolerance on affine entries (mm) for "same grid".
 
     Returns:
@@ -392,7 +394,12 @@ def dice_per_label(
     if not isinstance(predictions, Mapping):
         folder = Path(predictions)
         predictions = {e["case"]: folder / f"{e['case']}.nii.gz" for e in test_entries}
-    per_case: dict[str, dict[int, float]] = {}
+    classes = (
+        {name: list(values) for name, values in labels.items()}
+        if isinstance(labels, Mapping)
+        else {int(label): [int(label)] for label in labels}
+    )
+    per_case: dict[str | int, dict[str | int, float]] = {}
     for entry in test_entries:
         case = entry["case"]
         pred_path = Path(predictions[case]) if case in predictions else None
@@ -410,12 +417,12 @@ def dice_per_label(
         pred = np.rint(pred).astype(np.int64)
         ref = np.rint(ref).astype(np.int64)
         scores = {}
-        for label in labels:
-            p, r = pred == label, ref == label
+        for name, values in classes.items():
+            p, r = np.isin(pred, values), np.isin(ref, values)
             denom = int(p.sum()) + int(r.sum())
-            scores[int(label)] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, r).sum()) / denom
+            scores[name] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, r).sum()) / denom
         per_case[case] = scores
-    mean = {int(label): float(np.mean([s[int(label)] for s in per_case.values()])) for label in labels}
+    mean = {name: float(np.mean([s[name] for s in per_case.values()])) for name in classes}
     return {"cases": per_case, "mean": mean, "mean_all": float(np.mean(list(mean.values())))}
 
 

@@ -127,3 +127,13 @@ def test_prepare_raw_dataset_names_missing_file(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps(datalist))
     with pytest.raises(FileNotFoundError, match="nope.nii.gz"):
         prepare_raw_dataset(tmp_path / "dataset.json", tmp_path / "nnunet")
+
+
+def test_dice_per_region_scores_the_union_of_its_labels(tmp_path):
+    ref = _label_map(FRONT, BACK)
+    pred = _label_map((2, FRONT[1]), (1, BACK[1]))  # labels swapped: each label wrong, their union right
+    entries = [{"case": "c1", "label": str(_save(tmp_path / "ref.nii.gz", ref))}]
+    result = dice_per_label(
+        {"c1": _save(tmp_path / "pred.nii.gz", pred)}, entries, {"both": [1, 2], "front": [1]}
+    )
+    assert result["cases"]["c1"] == pytest.approx({"both": 1.0, "front": 0.0})
