@@ -152,3 +152,20 @@ def test_hippocampus_mr_case(shared_data):
     assert not torch.allclose(out["image"], data["image"])
     assert torch.equal(out["image"].affine, data["image"].affine)
     assert np.array_equal(np.asarray(nib.load(label_file).dataobj), out["label"][0].numpy())
+
+
+def test_torchio_gets_a_compact_plain_tensor_of_a_cropped_view(monkeypatch):
+    """A crop is a view of the cached scan; TorchIO deep-copies what it gets, so it must get the patch alone."""
+    from monai.transforms import RandTorchIOd
+
+    from transforms.mr_augment import RandTorchIOMetad
+
+    seen = []
+    monkeypatch.setattr(RandTorchIOd, "__call__", lambda self, data: seen.append(data["image"]) or dict(data))
+    scan = MetaTensor(torch.randn(2, 40, 40, 30), affine=AFFINE.clone())
+    patch = scan[:, 5:21, 5:21, 4:12]
+    assert not patch.is_contiguous()
+    out = RandTorchIOMetad(["image"], "RandomSpike", p=1.0)({"image": patch})
+    (given,) = seen
+    assert type(given) is torch.Tensor and given.is_contiguous() and given.untyped_storage().size() == given.nbytes
+    assert isinstance(out["image"], MetaTensor) and torch.equal(out["image"].affine, patch.affine)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 
+import torch
 from monai.config import NdarrayOrTensor
+from monai.data import MetaTensor
 from monai.transforms import Compose, RandAdjustContrastd, RandTorchIOd
 from monai.utils import convert_to_dst_type
 
@@ -44,7 +46,8 @@ class RandTorchIOMetad(RandTorchIOd):
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         sources = {}
-        for key in self.key_iterator(dict(data)):
+        plain = dict(data)
+        for key in self.key_iterator(plain):
             value = data[key]
             if value.ndim != 4:
                 raise ValueError(
@@ -52,7 +55,10 @@ class RandTorchIOMetad(RandTorchIOd):
                     f"got shape {tuple(value.shape)}; TorchIO's MR artefacts are 3D only."
                 )
             sources[key] = value
-        out = super().__call__(data)
+            # TorchIO gets a plain, compact tensor: it deep-copies its Subject, and a patch cropped from a cached
+            # scan is a view whose deep copy copies the whole scan (seconds per BRATS patch instead of ms)
+            plain[key] = torch.as_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value).contiguous()
+        out = super().__call__(plain)
         for key, src in sources.items():
             out[key], *_ = convert_to_dst_type(out[key], src)  # src's type, dtype and MONAI meta
         return out
