@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="plan for this device (default: detected)")
     p.add_argument("--dims", choices=("auto", "2d", "3d"), default="auto",
                    help="3D patches, 2D axial slices of the volumes, or auto (2D for very anisotropic data)")
-    p.add_argument("--network", default="res_unet", help="registered network with a channels or features width: res_unet, attention_unet, unet")
+    p.add_argument("--network", default="res_unet", help="registered network with a channels or features width: res_unet, attention_unet, unet, or "
+                   "feature_fusion_unet (two or more channels: one encoder each, fused at every level)")
     p.add_argument("--threads", type=int, help="CPU threads while timing training steps")
     p.add_argument("--max-cases", type=int, help="fingerprint at most this many training cases")
     p.set_defaults(func=cmd_plan)
