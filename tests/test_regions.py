@@ -187,3 +187,37 @@ def test_evaluation_scores_each_region_as_the_union_of_its_labels():
     assert [r["dice"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])
     per_label = case_metrics(pred, label, [1.0, 1.0, 1.0], {int(k): v for k, v in LABELS.items() if k != "0"})
     assert {r["name"]: r["dice"] for r in per_label}["non-enhancing"] == 0.0
+
+
+class _Predictor:
+    """What evaluation reads of a Predictor to pick the structures it scores."""
+
+    def __init__(self, regions):
+        self.regions, self.bundle_name = regions, "b"
+        self.label_names = {int(k): v for k, v in LABELS.items() if k != "0"}
+
+
+@pytest.mark.parametrize(
+    "bundle_regions, option, expected",
+    [
+        ({"wt": [1, 2, 3, 4]}, None, {"wt": [1, 2, 3, 4]}),  # a region bundle scores its regions
+        ({"wt": [1, 2, 3, 4]}, {}, None),  # --regions none: per label
+        ({}, {"core": [1, 3, 4], "et": [4]}, {"core": [1, 3, 4], "et": [4]}),  # a label bundle scored by regions
+        ({}, None, None),
+    ],
+)
+def test_evaluation_scores_the_option_s_regions_else_the_bundle_s(bundle_regions, option, expected):
+    from pipeline.evaluation.evaluate import EvaluationOptions, _regions
+
+    assert _regions(_Predictor(bundle_regions), EvaluationOptions(regions=option)) == expected
+    with pytest.raises(ValueError, match=r"\[9\]"):
+        _regions(_Predictor({}), EvaluationOptions(regions={"x": [9]}))
+
+
+def test_cli_takes_regions_for_plan_and_evaluate():
+    from pipeline.cli import _regions_option, build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["plan", "d", "--out", "b", "--regions", "wt=1,2"]).regions == "wt=1,2"
+    assert parser.parse_args(["evaluate", "b", "--regions", "none"]).regions == "none"
+    assert _regions_option("none") == {} and _regions_option("wt=1,2;et=2") == {"wt": [1, 2], "et": [2]}
