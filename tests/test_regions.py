@@ -130,7 +130,10 @@ def test_parse_errors_say_what_is_wrong(spec, match):
 @pytest.mark.parametrize(
     "regions, match",
     [
-        ({"whole_tumour": [1, 2, 5]}, r"label value\(s\) \[5\] that the dataset's labels \[1, 2, 3, 4\] lack"),
+        (
+            {"whole_tumour": [1, 2, 5]},
+            r"label value\(s\) \[5\] that the dataset's labels \[1, 2, 3, 4\] lack",
+        ),
         ({"enhancing": [4], "core": [1, 3, 4]}, "outermost to innermost"),
         ({"core": []}, "must list label values"),
     ],
@@ -145,9 +148,17 @@ def test_validation_names_the_source_and_the_problem(regions, match):
     "spec, content, expected",
     [
         (None, {"labels": LABELS}, None),
-        (None, {"labels": LABELS, "regions": {"wt": [1, 2, 3, 4], "et": [4]}}, {"wt": [1, 2, 3, 4], "et": [4]}),
+        (
+            None,
+            {"labels": LABELS, "regions": {"wt": [1, 2, 3, 4], "et": [4]}},
+            {"wt": [1, 2, 3, 4], "et": [4]},
+        ),
         ("none", {"labels": LABELS, "regions": {"wt": [1, 2, 3, 4]}}, None),
-        ("wt=4,3,2,1;core=1,3,4", {"labels": LABELS, "regions": {"et": [4]}}, {"wt": [1, 2, 3, 4], "core": [1, 3, 4]}),
+        (
+            "wt=4,3,2,1;core=1,3,4",
+            {"labels": LABELS, "regions": {"et": [4]}},
+            {"wt": [1, 2, 3, 4], "core": [1, 3, 4]},
+        ),
     ],
 )
 def test_resolve_prefers_the_option_then_the_datalist(spec, content, expected):
@@ -162,7 +173,9 @@ def test_restore_turns_region_probabilities_into_labels_on_the_input_grid():
     probs[:, 1:3, 1:3, 1:3] = torch.tensor([0.9, 0.8, 0.1]).view(3, 1, 1, 1)  # whole + core: label 1
     probs[0, 0, 0, 0] = 0.9  # whole only: label 2
     for mode in ("linear", "nearest"):
-        out = RestoreToInputd("pred", "image", mode=mode, regions=BRATS)({"pred": probs, "image": image})["pred"]
+        out = RestoreToInputd("pred", "image", mode=mode, regions=BRATS)({"pred": probs, "image": image})[
+            "pred"
+        ]
         assert out.shape == (1, 8, 8, 8) and out.dtype == torch.uint8
         assert set(torch.unique(out).tolist()) <= {0, 1, 2}
         assert int(out[0, 4, 4, 4]) == 1 and int(out[0, 0, 0, 0]) == 2 and int(out[0, 7, 7, 7]) == 0
@@ -202,7 +215,11 @@ class _Predictor:
     [
         ({"wt": [1, 2, 3, 4]}, None, {"wt": [1, 2, 3, 4]}),  # a region bundle scores its regions
         ({"wt": [1, 2, 3, 4]}, {}, None),  # --regions none: per label
-        ({}, {"core": [1, 3, 4], "et": [4]}, {"core": [1, 3, 4], "et": [4]}),  # a label bundle scored by regions
+        (
+            {},
+            {"core": [1, 3, 4], "et": [4]},
+            {"core": [1, 3, 4], "et": [4]},
+        ),  # a label bundle scored by regions
         ({}, None, None),
     ],
 )

@@ -93,12 +93,14 @@ def test_step_timing_uses_the_region_loss(monkeypatch):
 
     monkeypatch.setattr(DiceCELoss, "forward", forward)
     args = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [4, 8]}
-    measure_step_seconds("res_unet", args, (1, 1, 16, 16), 3, ComputeBudget("cpu", 10.0), repeats=1, regions=True)
+    measure_step_seconds(
+        "res_unet", args, (1, 1, 16, 16), 3, ComputeBudget("cpu", 10.0), repeats=1, regions=True
+    )
     assert seen == {"sigmoid": True, "target": (1, 3, 16, 16)}
 
 
 def test_region_configs_build_and_run_on_tiny_cases(region_bundle):
-    bundle, plan = region_bundle
+    bundle, _ = region_bundle
     common = _parser(bundle)
     assert common.get_parsed_content("out_channels") == 3 and common.get_parsed_content("label_classes") == 5
     assert common.get_parsed_content("region_labels") == [[1, 2, 3, 4], [1, 3, 4], [4]]
@@ -136,7 +138,11 @@ def test_docs_and_metadata_describe_the_regions(region_bundle):
     bundle, _ = region_bundle
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     pred = meta["network_data_format"]["outputs"]["pred"]
-    assert pred["num_channels"] == 3 and pred["channel_def"] == {"0": "whole_tumour", "1": "core", "2": "enhancing"}
+    assert pred["num_channels"] == 3 and pred["channel_def"] == {
+        "0": "whole_tumour",
+        "1": "core",
+        "2": "enhancing",
+    }
     readme = (bundle / "docs" / "README.md").read_text()
     assert "| core | 1, 3, 4 | 1 |" in readme and "innermost region" in readme
     assert json.loads((bundle / "configs" / "plan.json").read_text())["regions"]["names"] == list(REGIONS)

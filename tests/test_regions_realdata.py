@@ -91,4 +91,6 @@ def test_brats_region_bundle_trains_evaluates_per_region_and_predicts_labels(bra
     np.testing.assert_allclose(seg.affine, image.affine, atol=1e-5)
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3, 4}
     volumes = json.loads((tmp_path / "pred" / entry["case"] / "volumes.json").read_text())
-    assert "necrosis" in json.dumps(volumes) and "whole_tumour" not in json.dumps(volumes)  # volumes per label
+    assert "necrosis" in json.dumps(volumes) and "whole_tumour" not in json.dumps(
+        volumes
+    )  # volumes per label

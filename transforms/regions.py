@@ -11,7 +11,7 @@ its labels that no later region holds: whole tumour -> 2, core -> 1 (1 and 3 are
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from monai.config import KeysCollection
@@ -72,7 +72,7 @@ class LabelToRegions(Transform):
         regions: label values per region, outermost first, e.g. ``[[1, 2, 3, 4], [1, 3, 4], [4]]``.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, regions: Sequence[Sequence[int]]) -> None:
         self.regions = check_regions(regions)
@@ -80,7 +80,9 @@ class LabelToRegions(Transform):
     def __call__(self, label: NdarrayOrTensor) -> torch.Tensor:
         values = _plain(label)
         if values.ndim < 2 or values.shape[0] != 1:
-            raise ValueError(f"LabelToRegions: label must be (1, ...) label values, got shape {tuple(values.shape)}")
+            raise ValueError(
+                f"LabelToRegions: label must be (1, ...) label values, got shape {tuple(values.shape)}"
+            )
         values = values[0].round().long()
         masks = [torch.isin(values, torch.tensor(r, device=values.device)) for r in self.regions]
         return _like(label, torch.stack(masks).to(torch.float32))
@@ -95,7 +97,7 @@ class RegionsToLabels(Transform):
         threshold: probability above which a voxel is inside a region (0.5 for sigmoid outputs).
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, regions: Sequence[Sequence[int]], threshold: float = 0.5) -> None:
         self.regions = check_regions(regions)
@@ -123,7 +125,9 @@ def _plain(values: NdarrayOrTensor) -> torch.Tensor:
 def _like(reference: NdarrayOrTensor, values: torch.Tensor) -> torch.Tensor:
     """``values`` with ``reference``'s meta (affine, applied operations) when it is a MetaTensor."""
     if isinstance(reference, MetaTensor):
-        return MetaTensor(values, meta=dict(reference.meta), applied_operations=list(reference.applied_operations))
+        return MetaTensor(
+            values, meta=dict(reference.meta), applied_operations=list(reference.applied_operations)
+        )
     return values
 
 

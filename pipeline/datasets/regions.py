@@ -33,13 +33,19 @@ def parse_regions(spec: str) -> dict[str, list[int]]:
         try:
             regions[name] = [int(v) for v in values.split(",") if v.strip()]
         except ValueError as err:
-            raise ValueError(f"--regions: region {name!r} needs integer label values, got {values!r}") from err
+            raise ValueError(
+                f"--regions: region {name!r} needs integer label values, got {values!r}"
+            ) from err
     if not regions:
-        raise ValueError(f"--regions: no region in {spec!r}; e.g. 'whole_tumour=1,2,3,4;core=1,3,4;enhancing=4'")
+        raise ValueError(
+            f"--regions: no region in {spec!r}; e.g. 'whole_tumour=1,2,3,4;core=1,3,4;enhancing=4'"
+        )
     return regions
 
 
-def validate_regions(regions: Mapping[str, Any], labels: Mapping[Any, str], source: str) -> dict[str, list[int]]:
+def validate_regions(
+    regions: Mapping[str, Any], labels: Mapping[Any, str], source: str
+) -> dict[str, list[int]]:
     """``regions`` (name -> label values) checked against the dataset's ``labels`` (value -> name).
 
     Raises:

@@ -182,11 +182,11 @@ def _outputs(plan: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     classes, regions = plan["class_names"], plan.get("regions")
     if regions:
         described = [f"{n} (labels {', '.join(map(str, v))})" for n, v in zip(regions["names"], regions["labels"])]
-        return (
+        pred_classes = (
             f"{len(regions['names'])} channels logits, one per region: {'; '.join(described)}; sigmoid > 0.5, "
-            "the innermost region's label wins",
-            {str(i): n for i, n in enumerate(regions["names"])},
+            "the innermost region's label wins"
         )
+        return pred_classes, {str(i): n for i, n in enumerate(regions["names"])}
     names = ["background", *classes]
     return f"{len(names)} channels logits; argmax gives the label classes", {str(i): n for i, n in enumerate(names)}
 
@@ -285,10 +285,12 @@ def _regions_readme(plan: Mapping[str, Any]) -> list[str]:
         for n, v, c in zip(regions["names"], regions["labels"], regions["class_order"])
     ]
     return [
-        "Region-based training (nnU-Net's): one sigmoid output per region, Dice + BCE per region, validation Dice "
-        "per region (`val_dice_<region>`). Inference gives each voxel the label of the innermost region with "
-        "probability > 0.5, so predictions, volumes and DICOM SEG keep label values; labels that no region tells "
-        "apart come back as the one in the table. Sampling still centres patches on each label.",
+        (
+            "Region-based training (nnU-Net's): one sigmoid output per region, Dice + BCE per region, validation "
+            "Dice per region (`val_dice_<region>`). Inference gives each voxel the label of the innermost region "
+            "with probability > 0.5, so predictions, volumes and DICOM SEG keep label values; labels that no "
+            "region tells apart come back as the one in the table. Sampling still centres patches on each label."
+        ),
         "",
         "| region (outermost first) | labels | label at inference |",
         "|---|---|---|",

@@ -8,8 +8,8 @@ bundle carries its split. Only the training split is fingerprinted; the test cas
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.core.datalist import read_datalist

@@ -23,26 +23,37 @@ _ACTIVATION_SIGMOID = """\
         sigmoid: true                 # one probability per region (region plan)
 """
 
+_LOSS_LABELS = """\
+  mode: multiclass                    # softmax + CE on one-hot labels
+  include_background: false
+"""
+_LOSS_REGIONS = """\
+  mode: binary                        # region plan: sigmoid + BCE per region mask
+  include_background: true            # no background channel: every channel is a region
+"""
+_DISCRETE_LABELS = """\
+      - _target_: AsDiscreted
+        keys: [pred, label]
+        argmax: [true, false]
+        to_onehot: '@out_channels'
+"""
+_DISCRETE_REGIONS = """\
+      - _target_: AsDiscreted            # inside a region: probability > 0.5
+        keys: pred
+        threshold: 0.5
+      - _target_: transforms.regions.LabelToRegionsd   # reference labels -> region masks
+        keys: label
+        regions: '@region_labels'
+"""
+_RESTORE_REGIONS = """\
+      image_key: $@input_keys[0]
+      regions: '@region_labels'       # region probabilities -> labels: innermost region > 0.5
+"""
+
 REGION_EDITS: dict[str, list[tuple[str, str]]] = {
     "train.yaml": [
-        (
-            "  mode: multiclass                    # softmax + CE on one-hot labels\n"
-            "  include_background: false\n",
-            "  mode: binary                        # region plan: sigmoid + BCE per region mask\n"
-            "  include_background: true            # no background channel: every channel is a region\n",
-        ),
-        (
-            _ACTIVATION_SOFTMAX + "      - _target_: AsDiscreted\n"
-            "        keys: [pred, label]\n"
-            "        argmax: [true, false]\n"
-            "        to_onehot: '@out_channels'\n",
-            _ACTIVATION_SIGMOID + "      - _target_: AsDiscreted            # inside a region: probability > 0.5\n"
-            "        keys: pred\n"
-            "        threshold: 0.5\n"
-            "      - _target_: transforms.regions.LabelToRegionsd   # reference labels -> region masks\n"
-            "        keys: label\n"
-            "        regions: '@region_labels'\n",
-        ),
+        (_LOSS_LABELS, _LOSS_REGIONS),
+        (_ACTIVATION_SOFTMAX + _DISCRETE_LABELS, _ACTIVATION_SIGMOID + _DISCRETE_REGIONS),
         (
             "      _target_: MeanDice\n      include_background: false\n",
             "      _target_: MeanDice\n      include_background: true   # every channel is a region\n",
@@ -60,11 +71,7 @@ REGION_EDITS: dict[str, list[tuple[str, str]]] = {
         ("['val_dice_' + n for n in @class_names]", "['val_dice_' + n for n in @region_names]"),
     ],
     "inference.yaml": [
-        (
-            "      image_key: $@input_keys[0]\n",
-            "      image_key: $@input_keys[0]\n"
-            "      regions: '@region_labels'       # region probabilities -> labels: innermost region > 0.5\n",
-        ),
+        ("      image_key: $@input_keys[0]\n", _RESTORE_REGIONS),
         (_ACTIVATION_SOFTMAX, _ACTIVATION_SIGMOID),
     ],
 }
