@@ -65,8 +65,8 @@ def region_class_order(regions: Sequence[Sequence[int]]) -> list[int]:
 
 
 class LabelToRegions(Transform):
-    """Label map ``(1, ...)`` -> region masks ``(R, ...)`` (float32 0/1 of the input's type), channel ``r`` set
-    where the label is one of ``regions[r]``.
+    """Label map ``(1, ...)`` -> region masks ``(R, ...)``, float32 0/1 (a tensor; a MetaTensor with the input's
+    meta when given one), channel ``r`` set where the label is one of ``regions[r]``.
 
     Args:
         regions: label values per region, outermost first, e.g. ``[[1, 2, 3, 4], [1, 3, 4], [4]]``.
