@@ -138,11 +138,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         train_run_id=args.train_run_id,
         experiment_name=args.experiment_name,
         progress=not args.quiet,
+        regions=None if args.regions is None else _regions_option(args.regions),
     )
     if args.folds and (not args.checkpoint_pattern or args.checkpoint):
         raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
-    if not args.folds and not args.checkpoint:
-        raise SystemExit("give --checkpoint (repeat for an ensemble) or --folds and --checkpoint-pattern")
+    if not args.folds and not args.checkpoint:  # the bundle's best checkpoint, as clinseg predict uses
+        args.checkpoint = [str(bundle.default_checkpoint)]
     tracking_uri = None
     if not args.no_tracking:
         first = args.checkpoint_pattern.format(fold=0) if args.folds else args.checkpoint[0]
@@ -159,6 +160,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     print(result.summary_line())
     return 0
+
+
+def _regions_option(spec: str) -> dict[str, list[int]]:
+    """``--regions`` of evaluate: ``none`` (per label, ``{}``) or regions to score."""
+    from pipeline.datasets.regions import NO_REGIONS, parse_regions
+
+    return {} if spec.strip().lower() == NO_REGIONS else parse_regions(spec)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -245,6 +253,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         network=args.network,
         threads=args.threads,
         max_cases=args.max_cases,
+        regions=args.regions,
     )
     t, n = plan["training"], plan["network"]
     print(
@@ -253,6 +262,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{t['max_epochs']} epochs (validation every {t['val_interval']}) in {t['time_budget_s']:.0f} s"
     )
     print(f"normalisation: {plan['reasons']['normalise']}")
+    if plan["regions"]:
+        print(f"regions (sigmoid outputs, outermost first): {dict(zip(*map(plan['regions'].get, ('names', 'labels'))))}")
     for note in plan["notes"]:
         print(f"note: {note}")
     print(f"wrote {Path(args.out) / 'configs'} (common.yaml, plan.json, fingerprint.json); train: clinseg train {args.out}")
@@ -395,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "evaluate", "score checkpoints per case: Dice, IoU, HD95, surface distance")
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
-    p.add_argument("--checkpoint", action="append", default=[], help="weights (repeat for an ensemble)")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="weights (repeat for an ensemble; default: the bundle's models/model.pt)")
     p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
     p.add_argument("--split", default="validation", help="datalist split to evaluate")
     p.add_argument("--output", default="evaluation", help="folder for per_case.csv and summary.csv/.json")
@@ -409,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-pattern", help="fold checkpoints, e.g. 'runs/fold{fold}/model.pt'")
     p.add_argument("--fold-seed", type=int, default=0, help="seed the folds were split with")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance, mm")
+    p.add_argument("--regions", metavar="SPEC",
+                   help="score regions instead of labels, e.g. 'whole_tumour=1,2,3,4;core=1,3,4;enhancing=4' "
+                   "(default: a region bundle's own regions; 'none': per label)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     _add_inference_options(p)
     _add_config_overlays(p, "inference")
@@ -505,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "feature_fusion_unet (two or more channels: one encoder each, fused at every level)")
     p.add_argument("--threads", type=int, help="CPU threads while timing training steps")
     p.add_argument("--max-cases", type=int, help="fingerprint at most this many training cases")
+    p.add_argument("--regions", metavar="SPEC",
+                   help="region-based training (one sigmoid output per region), outermost first, e.g. "
+                   "'whole_tumour=1,2,3,4;core=1,3,4;enhancing=4' (default: the datalist's own regions, if any; "
+                   "'none': train on the labels)")
     p.set_defaults(func=cmd_plan)
 
     p = _command(

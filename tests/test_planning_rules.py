@@ -113,7 +113,7 @@ def stub_step(monkeypatch):
     """measure_step_seconds replaced by a table of seconds per base width (no timing in tests)."""
     table: dict[int, float] = {}
 
-    def fake(name, args, batch_shape, out_channels, budget, repeats=4):
+    def fake(name, args, batch_shape, out_channels, budget, repeats=4, *, regions=False):
         widths = args.get("channels") or args.get("features")
         return table[widths[0]]
 

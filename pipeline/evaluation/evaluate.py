@@ -1,5 +1,5 @@
 """Evaluate checkpoints case by case on each input's own grid: Dice, IoU, HD95, mean surface distance and
-surface Dice per label (MONAI metrics, distances in mm from the voxel spacing), written as CSV/JSON and logged to
+surface Dice per label, or per region for region bundles (MONAI metrics, distances in mm from the voxel spacing), written as CSV/JSON and logged to
 MLflow as an evaluation run with the per-case table as an MLflow table artifact.
 
 Empty structures: when neither prediction nor reference holds a label, Dice, IoU and surface Dice are 1 and the
@@ -33,6 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from pipeline.core.bundle import Bundle
 from pipeline.core.datalist import load_datalist
 from pipeline.core.splits import fold_of_entries
+from pipeline.datasets.regions import validate_regions
 from pipeline.evaluation.result import EvaluationResult, summarize
 from pipeline.evaluation.tables import log_evaluation, write_tables
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
@@ -66,8 +67,9 @@ def case_metrics(
     label_names: Mapping[int, str],
     *,
     surface_tolerance_mm: float = 1.0,
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-label metrics of one case.
+    """Per-label (or per-region) metrics of one case.
 
     Args:
         pred: predicted label map ``(1, X, Y[, Z])`` with integer values.
@@ -75,9 +77,12 @@ def case_metrics(
         spacing: voxel size in mm per spatial axis.
         label_names: foreground label value -> structure name, e.g. ``{1: "organ", 2: "lesion"}``.
         surface_tolerance_mm: tolerance of the surface Dice, mm.
+        regions: region name -> label values (BRATS: ``{"whole_tumour": [1, 2, 3, 4], "core": [1, 3, 4],
+            "enhancing": [4]}``): one row per region, scoring the union of its labels, instead of per label.
 
     Returns:
-        One row per label: ``label, name, dice, iou, hd95_mm, msd_mm, surface_dice, pred_voxels, label_voxels``.
+        One row per label: ``label, name, dice, iou, hd95_mm, msd_mm, surface_dice, pred_voxels, label_voxels``;
+        with ``regions`` one per region, ``label`` its values joined by ``+`` (``"1+3+4"``).
     """
     if pred.shape != label.shape or pred.shape[0] != 1:
         raise ValueError(
@@ -96,26 +101,41 @@ def case_metrics(
                 f"{name} holds label values {unknown} that label_names {dict(label_names)} lacks"
             )
     spacing = [float(s) for s in spacing]
+    if regions:
+        structures = [(_region_id(vs), name, [int(v) for v in vs]) for name, vs in regions.items()]
+    else:
+        structures = [(v, label_names[v], [v]) for v in values]
     rows = []
-    for v in values:
-        pv, yv = (pred_l == v).float()[None], (label_l == v).float()[None]  # (1, 1, X, Y[, Z]): one structure
-        n_pred, n_label = int(pv.sum()), int(yv.sum())
-        row: dict[str, Any] = {"label": v, "name": label_names[v]}
-        if n_pred and n_label:
-            common = {"include_background": True, "reduction": "none"}  # the single channel is the structure
-            row["dice"] = float(DiceMetric(**common)(pv, yv))
-            row["iou"] = float(MeanIoU(**common)(pv, yv))
-            hd95 = HausdorffDistanceMetric(percentile=95, **common)
-            row["hd95_mm"] = float(hd95(pv, yv, spacing=spacing))
-            row["msd_mm"] = float(SurfaceDistanceMetric(symmetric=True, **common)(pv, yv, spacing=spacing))
-            surface_dice = SurfaceDiceMetric([float(surface_tolerance_mm)], **common)
-            row["surface_dice"] = float(surface_dice(pv, yv, spacing=spacing))
-        else:
-            score = 1.0 if n_pred == n_label else 0.0  # both empty: perfect; one empty: total miss
-            row.update(dice=score, iou=score, hd95_mm=math.nan, msd_mm=math.nan, surface_dice=score)
-        row.update(pred_voxels=n_pred, label_voxels=n_label)
-        rows.append(row)
+    for key, name, members in structures:
+        inside = torch.tensor(members)
+        pv, yv = torch.isin(pred_l, inside).float()[None], torch.isin(label_l, inside).float()[None]
+        rows.append({"label": key, "name": name, **_mask_metrics(pv, yv, spacing, surface_tolerance_mm)})
     return rows
+
+
+def _region_id(values: Sequence[int]) -> str:
+    """A region's ``label`` column: its label values joined by ``+`` (``"1+3+4"``)."""
+    return "+".join(str(int(v)) for v in values)
+
+
+def _mask_metrics(pv: torch.Tensor, yv: torch.Tensor, spacing: list[float], tolerance_mm: float) -> dict[str, Any]:
+    """Metrics of one structure, masks ``(1, 1, X, Y[, Z])``: Dice, IoU, HD95, MSD, surface Dice, voxel counts."""
+    n_pred, n_label = int(pv.sum()), int(yv.sum())
+    row: dict[str, Any] = {}
+    if n_pred and n_label:
+        common = {"include_background": True, "reduction": "none"}  # the single channel is the structure
+        row["dice"] = float(DiceMetric(**common)(pv, yv))
+        row["iou"] = float(MeanIoU(**common)(pv, yv))
+        hd95 = HausdorffDistanceMetric(percentile=95, **common)
+        row["hd95_mm"] = float(hd95(pv, yv, spacing=spacing))
+        row["msd_mm"] = float(SurfaceDistanceMetric(symmetric=True, **common)(pv, yv, spacing=spacing))
+        surface_dice = SurfaceDiceMetric([float(tolerance_mm)], **common)
+        row["surface_dice"] = float(surface_dice(pv, yv, spacing=spacing))
+    else:
+        score = 1.0 if n_pred == n_label else 0.0  # both empty: perfect; one empty: total miss
+        row.update(dice=score, iou=score, hd95_mm=math.nan, msd_mm=math.nan, surface_dice=score)
+    row.update(pred_voxels=n_pred, label_voxels=n_label)
+    return row
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,8 @@ class EvaluationOptions:
         experiment_name: MLflow experiment of the evaluation run.
         train_run_id: MLflow run that trained the checkpoint (found by its checkpoint folder tag when None).
         progress: show a progress bar (cases done, last case's mean Dice) on stderr.
+        regions: score these regions (name -> label values) instead of the labels; ``None``: the bundle's own
+            ``regions`` (a region bundle), else per label; ``{}``: per label even for a region bundle.
     """
 
     surface_tolerance_mm: float = 1.0
@@ -145,6 +167,7 @@ class EvaluationOptions:
     experiment_name: str = "clinseg"
     train_run_id: str | None = None
     progress: bool = False
+    regions: Mapping[str, Sequence[int]] | None = None
 
 
 def evaluate_entries(
@@ -157,20 +180,33 @@ def evaluate_entries(
     """Predict and score each datalist entry (absolute paths) on its input grid; one row per case and label."""
     rows = []
     names = predictor.label_names
+    regions = _regions(predictor, options)
     bar = tqdm(entries, unit="case", desc=None if fold is None else f"fold {fold}", disable=not options.progress)
     with bar, logging_redirect_tqdm() if options.progress else nullcontext():
         for entry in bar:
-            case_rows = _evaluate_entry(predictor, entry, names, options)
+            case_rows = _evaluate_entry(predictor, entry, names, regions, options)
             extra = {"case": entry["case"], **({"fold": fold} if fold is not None else {})}
             rows.extend({**extra, **row} for row in case_rows)
             bar.set_postfix(dice=f"{np.mean([r['dice'] for r in case_rows]):.3f}")
     return rows
 
 
+def _regions(predictor: Predictor, options: EvaluationOptions) -> dict[str, list[int]] | None:
+    """The regions scored: the options', else the bundle's; checked against the bundle's labels."""
+    regions = predictor.regions if options.regions is None else options.regions
+    if not regions:
+        return None
+    return validate_regions(regions, predictor.label_names, f"regions to evaluate of {predictor.bundle_name}")
+
+
 def _evaluate_entry(
-    predictor: Predictor, entry: Mapping[str, Any], names: Mapping[int, str], options: EvaluationOptions
+    predictor: Predictor,
+    entry: Mapping[str, Any],
+    names: Mapping[int, str],
+    regions: Mapping[str, Sequence[int]] | None,
+    options: EvaluationOptions,
 ) -> list[dict[str, Any]]:
-    """Predict one datalist entry and score it on its input grid: one row per label."""
+    """Predict one datalist entry and score it on its input grid: one row per label (or region)."""
     if options.label_key not in entry:
         raise ValueError(f"case {entry.get('case')!r} has no {options.label_key!r} to evaluate against")
     pred = predictor.predict({k: entry[k] for k in predictor.input_keys}).labels
@@ -181,7 +217,9 @@ def _evaluate_entry(
             f"{tuple(pred.shape)} (shape or affine differ)"
         )
     spacing = voxel_spacing(pred.affine, pred.ndim - 1)
-    rows = case_metrics(pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm)
+    rows = case_metrics(
+        pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm, regions=regions
+    )
     logger.info("evaluated %s", entry["case"])
     return rows
 

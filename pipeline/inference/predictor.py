@@ -31,7 +31,7 @@ from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.restore import to_input_grid
-from pipeline.inference.tta import mirror_probabilities
+from pipeline.inference.tta import ACTIVATIONS, activate, mirror_probabilities
 from pipeline.inference.uniform_patches import UniformPatchCache
 from transforms.io import LoadScand
 
@@ -54,6 +54,9 @@ class Predictor:
         options: the options in effect (bundle, then the caller's), resolved: sliding window, TTA, crop, AMP,
             restore mode.
         postprocess: the label clean-up in effect (the ``CleanLabelsd`` step of ``postprocessing``).
+        activation: ``"softmax"`` (one output per class) or ``"sigmoid"`` (one per region: a region bundle's
+            ``output_activation``; its ``RestoreToInputd`` turns regions into labels).
+        regions: a region bundle's ``regions``, name -> label values, outermost first (``{}`` otherwise).
     """
 
     def __init__(
@@ -71,6 +74,8 @@ class Predictor:
         options: InferenceOptions | None = None,
         display_window: Sequence[float] | None = None,
         input_modalities: Mapping[str, str] | None = None,
+        activation: str = "softmax",
+        regions: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -92,6 +97,10 @@ class Predictor:
         self.checkpoint_names = list(checkpoint_names)
         self.display_window = None if display_window is None else tuple(float(v) for v in display_window)
         self.input_modalities = dict(input_modalities or {})
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        self.regions = {str(k): [int(v) for v in vs] for k, vs in (regions or {}).items()}
         self._loader = transforms[0]
         self.preprocessing = Compose(transforms[1:])
 
@@ -146,6 +155,8 @@ class Predictor:
             options=options,
             display_window=_window(parser.get("window", None)),
             input_modalities=bundle_modalities(meta, input_keys),
+            activation=parser.get("output_activation", "softmax"),  # sigmoid: a region bundle
+            regions=parser.get("regions", None),
         )
 
     @property
@@ -192,9 +203,11 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, case: LoadedCase) -> torch.Tensor:
-        """Mean softmax of the ensemble (and mirror TTA) on the network grid, (C, x, y[, z]) float32 on CPU.
+        """Mean probabilities of the ensemble (and mirror TTA) on the network grid, (C, x, y[, z]) float32 on
+        CPU: softmax over classes, or a sigmoid per region for a region bundle (``activation="sigmoid"``).
 
-        With ``crop_foreground`` only the body box is inferred; voxels outside it are background (probability 1).
+        With ``crop_foreground`` only the body box is inferred; voxels outside it are background (probability 1;
+        for regions: every region's probability 0).
         """
         image = case.network_input
         grid_shape = image.shape[2:]
@@ -204,15 +217,16 @@ class Predictor:
         total = None
         for forward in self._forwards:
             if self.options.tta:
-                probs = mirror_probabilities(lambda x, f=forward: self.inferer(x, f), image)
+                probs = mirror_probabilities(lambda x, f=forward: self.inferer(x, f), image, self.activation)
             else:
-                probs = torch.softmax(self.inferer(image, forward).float(), dim=1)[0].cpu()
+                probs = activate(self.inferer(image, forward), self.activation)[0].cpu()
             total = probs if total is None else total.add_(probs)
         total = total.div_(len(self.networks))
         if box is None:
             return total
         full = torch.zeros((total.shape[0], *grid_shape), dtype=total.dtype)
-        full[0] = 1.0
+        if self.activation == "softmax":
+            full[0] = 1.0
         full[(slice(None), *box)] = total
         return full
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from pipeline.inference.grid_restore import argmax_labels, resample_slabwise
+from transforms.regions import RegionsToLabels
 
 __all__ = ["RESTORE_MODES", "RestoreToInputd", "input_grid", "to_input_grid"]
 
@@ -48,30 +49,41 @@ class RestoreToInputd(MapTransform):
 
     ``mode="linear"``: argmax of the linearly resampled probabilities (as MONAI's ``Invertd`` +
     ``AsDiscreted(argmax)``); ``"nearest"``: argmax on the network grid, resampled by nearest neighbour
-    (staircase boundaries).
+    (staircase boundaries). With ``regions`` the probabilities are per region (sigmoid, ``(R, x, y[, z])``) and
+    :class:`transforms.regions.RegionsToLabels` takes the argmax's place (innermost region > 0.5).
 
     Args:
         keys: the probabilities (``pred``).
         image_key: the preprocessed image whose grid the probabilities lie on (its meta names the input grid).
         mode: ``"linear"`` or ``"nearest"``.
+        regions: label values per region, outermost first, for region outputs; ``None`` for class outputs.
     """
 
-    def __init__(self, keys: KeysCollection, image_key: str = "image", mode: str = "linear") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        mode: str = "linear",
+        regions: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         super().__init__(keys)
         if mode not in RESTORE_MODES:
             raise ValueError(f"restore mode must be one of {RESTORE_MODES}, got {mode!r}")
         self.image_key = image_key
         self.mode = mode
+        self.to_labels: Callable[[torch.Tensor], torch.Tensor] = (
+            argmax_labels if regions is None else RegionsToLabels(regions)
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = d[self.image_key]
         for key in self.key_iterator(d):
             if self.mode == "nearest":
-                labels = to_input_grid(argmax_labels(_plain(d[key])).float(), image, mode="nearest")
+                labels = to_input_grid(self.to_labels(_plain(d[key])).float(), image, mode="nearest")
                 d[key] = labels.to(torch.uint8)
             else:
-                d[key] = to_input_grid(d[key], image, reduce=argmax_labels)
+                d[key] = to_input_grid(d[key], image, reduce=self.to_labels)
         return d
 
 

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from pipeline.core.atomic import atomic_write_json, atomic_write_text
+from pipeline.planning.region_bundle import region_template
 
 __all__ = ["write_planned_bundle"]
 
@@ -57,7 +58,7 @@ def _random_transforms(plan: Mapping[str, Any]) -> list[Any]:
         {  # deterministic: cached by CacheDataset with the preprocessing
             "_target_": "ClassesToIndicesd",
             "keys": "label",
-            "num_classes": "@out_channels",
+            "num_classes": "@label_classes",
         },
         {
             "_target_": "RandCropByLabelClassesd",
@@ -65,7 +66,7 @@ def _random_transforms(plan: Mapping[str, Any]) -> list[Any]:
             "label_key": "label",
             "indices_key": "label_cls_indices",
             "spatial_size": "$@roi_size + [1] * (3 - @spatial_dims)",
-            "num_classes": "@out_channels",
+            "num_classes": "@label_classes",  # sampled by the labels, also in a region plan
             "ratios": "@sampling_ratios",
             "num_samples": "@samples_per_volume",
             "warn": False,
@@ -76,7 +77,22 @@ def _random_transforms(plan: Mapping[str, Any]) -> list[Any]:
     steps.append("@augmentation#standard")
     if plan["augmentation"]["mr_artifacts"]:
         steps.append("@augmentation#mr_artifacts")
+    if plan.get("regions"):
+        steps.append({"_target_": "transforms.regions.LabelToRegionsd", "keys": "label", "regions": "@region_labels"})
     return steps
+
+
+def _region_knobs(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """A region plan's knobs: regions (name -> labels, outermost first) and sigmoid outputs; none otherwise."""
+    regions = plan.get("regions")
+    if not regions:
+        return {}
+    return {
+        "regions": dict(zip(regions["names"], regions["labels"])),
+        "region_names": "$list(@regions)",
+        "region_labels": "$list(@regions.values())",
+        "output_activation": "sigmoid",
+    }
 
 
 def _augmentation(aug: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,7 +131,9 @@ def common_config(plan: Mapping[str, Any], datalist: Path, name: str) -> dict[st
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "spatial_dims": plan["spatial_dims"],
         "class_names": list(plan["class_names"]),
-        "out_channels": 1 + len(plan["class_names"]),
+        "label_classes": 1 + len(plan["class_names"]),
+        **_region_knobs(plan),
+        "out_channels": plan["network"]["args"]["out_channels"],
         "channels": dict(plan["channels"]),
         "input_keys": "$list(@channels)",
         "spacing": list(plan["spacing"]),
@@ -160,8 +178,23 @@ _COMMON_HEADER = """\
 """
 
 
+def _outputs(plan: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """``pred_classes`` and the output channels' names of the metadata: labels or regions."""
+    classes, regions = plan["class_names"], plan.get("regions")
+    if regions:
+        described = [f"{n} (labels {', '.join(map(str, v))})" for n, v in zip(regions["names"], regions["labels"])]
+        pred_classes = (
+            f"{len(regions['names'])} channels logits, one per region: {'; '.join(described)}; sigmoid > 0.5, "
+            "the innermost region's label wins"
+        )
+        return pred_classes, {str(i): n for i, n in enumerate(regions["names"])}
+    names = ["background", *classes]
+    return f"{len(names)} channels logits; argmax gives the label classes", {str(i): n for i, n in enumerate(names)}
+
+
 def _metadata(plan: Mapping[str, Any], name: str) -> dict[str, Any]:
     channels, classes = plan["channels"], plan["class_names"]
+    pred_classes, channel_def = _outputs(plan)
     return {
         "name": name,
         "version": "0.1.0",
@@ -180,7 +213,7 @@ def _metadata(plan: Mapping[str, Any], name: str) -> dict[str, Any]:
         "license": "see the training data's licence",
         "input_modalities": dict(channels),
         "label_classes": "; ".join(f"{i} {n}" for i, n in enumerate(["background", *classes])),
-        "pred_classes": f"{1 + len(classes)} channels logits; argmax gives the label classes",
+        "pred_classes": pred_classes,
         "intended_use": "Research use only, not for clinical diagnosis or treatment decisions.",
         "network_data_format": {
             "inputs": {
@@ -200,12 +233,12 @@ def _metadata(plan: Mapping[str, Any], name: str) -> dict[str, Any]:
                 "pred": {
                     "type": "image",
                     "format": "segmentation",
-                    "num_channels": 1 + len(classes),
+                    "num_channels": len(channel_def),
                     "spatial_shape": list(plan["patch"]),
                     "dtype": "float32",
                     "value_range": [],
                     "is_patch_data": True,
-                    "channel_def": {str(i): n for i, n in enumerate(["background", *classes])},
+                    "channel_def": channel_def,
                 }
             },
         },
@@ -237,10 +270,34 @@ def _readme(plan: Mapping[str, Any], fingerprint: Mapping[str, Any], name: str) 
         "",
         f"Augmentation: {plan['reasons']['augmentation']}.",
         "",
+        *_regions_readme(plan),
         "Train: `clinseg train BUNDLE`; evaluate: `clinseg evaluate BUNDLE`; predict: `clinseg predict BUNDLE ...`.",
         "Every value is a named knob in `configs/common.yaml`; the reasons are in `configs/plan.json`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _regions_readme(plan: Mapping[str, Any]) -> list[str]:
+    regions = plan.get("regions")
+    if not regions:
+        return []
+    rows = [
+        f"| {n} | {', '.join(map(str, v))} | {c} |"
+        for n, v, c in zip(regions["names"], regions["labels"], regions["class_order"])
+    ]
+    return [
+        (
+            "Region-based training (nnU-Net's): one sigmoid output per region, Dice + BCE per region, validation "
+            "Dice per region (`val_dice_<region>`). Inference gives each voxel the label of the innermost region "
+            "with probability > 0.5, so predictions, volumes and DICOM SEG keep label values; labels that no "
+            "region tells apart come back as the one in the table. Sampling still centres patches on each label."
+        ),
+        "",
+        "| region (outermost first) | labels | label at inference |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -270,6 +327,8 @@ def write_planned_bundle(
     atomic_write_text(configs / "common.yaml", header + body)
     for template in ("train.yaml", "inference.yaml", "evaluate.yaml"):
         text = (TEMPLATE / template).read_text().replace("BUNDLE", str(out))
+        if plan.get("regions"):
+            text = region_template(template, text)
         if plan["spatial_dims"] == 2:
             for indent in ("  ", "    "):
                 text = text.replace(

@@ -1,7 +1,8 @@
 """The compute a plan is sized for: the device, its patch budget, and the measured cost of a training step.
 
 A plan has to fit a wall-clock budget on *this* machine, so rather than guess from a table, the planner times
-a few real training steps (forward, Dice+CE, backward, optimizer step) of each candidate network width on
+a few real training steps (forward, Dice+CE — softmax, or sigmoid per region for a region plan — backward,
+optimizer step) of each candidate network width on
 the target device and keeps the widest that leaves enough optimizer steps in the budget.
 """
 
@@ -69,6 +70,8 @@ def measure_step_seconds(
     out_channels: int,
     budget: ComputeBudget,
     repeats: int = 4,
+    *,
+    regions: bool = False,
 ) -> float:
     """Seconds of one training step on ``budget.device``: the fastest of ``repeats`` after a warm-up step.
 
@@ -78,9 +81,11 @@ def measure_step_seconds(
     Args:
         network_name, network_args: as ``networks.build_network``.
         batch_shape: ``(B, C, H, W[, D])`` of the training input.
-        out_channels: classes including background.
+        out_channels: classes including background, or regions.
         budget: device and CPU threads.
         repeats: timed steps.
+        regions: time the region loss (sigmoid Dice + BCE on ``out_channels`` region masks) instead of
+            softmax Dice + CE on integer labels.
     """
     previous_threads = torch.get_num_threads()
     if budget.threads:
@@ -89,9 +94,13 @@ def measure_step_seconds(
     try:
         net = networks.build_network(network_name, **network_args).to(device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        loss = DiceCELoss(to_onehot_y=True, softmax=True)
         x = torch.randn(*batch_shape, device=device)
-        y = torch.randint(0, out_channels, (batch_shape[0], 1, *batch_shape[2:]), device=device)
+        if regions:
+            loss = DiceCELoss(sigmoid=True)
+            y = torch.randint(0, 2, (batch_shape[0], out_channels, *batch_shape[2:]), device=device).float()
+        else:
+            loss = DiceCELoss(to_onehot_y=True, softmax=True)
+            y = torch.randint(0, out_channels, (batch_shape[0], 1, *batch_shape[2:]), device=device)
         times = []
         for _ in range(repeats + 1):
             if device.type == "cuda":

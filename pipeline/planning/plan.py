@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from networks.registry import get_network_class
@@ -38,6 +38,7 @@ from pipeline.planning.rules import (
     resampled_shape,
     target_spacing,
 )
+from transforms.regions import region_class_order
 
 __all__ = ["PLAN_VERSION", "PlanError", "make_plan"]
 
@@ -86,6 +87,7 @@ def _choose_width(
     levels: int,
     batch: int,
     budget: ComputeBudget,
+    regions: bool = False,
 ) -> tuple[dict[str, Any], float, list[dict[str, float]]]:
     """Network arguments of the widest base width that leaves :data:`MIN_STEPS` steps, its step time and
     every width tried."""
@@ -99,7 +101,9 @@ def _choose_width(
             "out_channels": out_channels,
             width_arg: _widths(base, levels),
         }
-        step_s = measure_step_seconds(network, args, (batch, in_channels, *patch), out_channels, budget)
+        step_s = measure_step_seconds(
+            network, args, (batch, in_channels, *patch), out_channels, budget, regions=regions
+        )
         steps = budget.time_budget_s * BUDGET_USE / (step_s * DATA_OVERHEAD)
         trials.append({"base_width": base, "step_s": round(step_s, 4), "steps_in_budget": int(steps)})
         chosen = (args, step_s)
@@ -173,6 +177,7 @@ def make_plan(
     counts: Mapping[str, int],
     dims: str = "auto",
     network: str = DEFAULT_NETWORK,
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Plan a bundle for a fingerprinted dataset.
 
@@ -182,10 +187,13 @@ def make_plan(
         counts: cases per split, ``{"training": n, "validation": m}``.
         dims: ``"3d"``, ``"2d"`` (axial slices of the volumes) or ``"auto"`` (:func:`rules.prefers_2d`).
         network: a registered network with a ``channels`` or ``features`` width argument.
+        regions: region name -> label values, outermost first (checked by
+            :func:`pipeline.datasets.regions.validate_regions`): one sigmoid output per region instead of one
+            softmax output per label; ``None`` trains on the labels.
 
     Returns:
         The plan: ``{"version", "spatial_dims", "spacing", "patch", "network", "normalise", "training",
-        "sampling", "augmentation", "budget", "reasons", "notes"}`` (JSON-able).
+        "sampling", "augmentation", "budget", "reasons", "notes", "regions"}`` (JSON-able).
     """
     if dims not in ("auto", "2d", "3d"):
         raise PlanError(f"dims must be 'auto', '2d' or '3d', got {dims!r}")
@@ -196,10 +204,11 @@ def make_plan(
     spatial_dims = 2 if dims == "2d" or (dims == "auto" and prefers_2d(spacing, median)) else 3
     patch, levels = patch_and_levels(median[:spatial_dims], budget.max_patch_voxels(spatial_dims))
     channels = dict(fingerprint["channels"])
-    out_channels = 1 + len(fingerprint["labels"])
+    label_classes = 1 + len(fingerprint["labels"])
+    out_channels = len(regions) if regions else label_classes
     batch = budget.batch_size(spatial_dims)
     network_args, step_s, trials = _choose_width(
-        network, spatial_dims, len(channels), out_channels, patch, levels, batch, budget
+        network, spatial_dims, len(channels), out_channels, patch, levels, batch, budget, bool(regions)
     )
     windows = math.prod(math.ceil(m / p) for m, p in zip(median, patch)) * (
         median[2] if spatial_dims == 2 else 1
@@ -229,7 +238,8 @@ def make_plan(
         "patch": patch,
         "levels": levels,
         "channels": channels,
-        "class_names": [fingerprint["labels"][str(v)] for v in range(1, out_channels)],
+        "class_names": [fingerprint["labels"][str(v)] for v in range(1, label_classes)],
+        "regions": _regions(regions),
         "network": {
             "name": network,
             "args": network_args,
@@ -243,13 +253,16 @@ def make_plan(
             "learning_rate": LEARNING_RATE,
             "weight_decay": 1e-5,
             "optimizer": "AdamW, polynomial decay (power 0.9) over max_epochs",
-            "loss": "Dice + cross-entropy (softmax, background excluded from Dice)",
+            "loss": "Dice + binary cross-entropy per region (sigmoid)"
+            if regions
+            else "Dice + cross-entropy (softmax, background excluded from Dice)",
             **schedule,
             "time_budget_s": budget.time_budget_s,
         },
         "sampling": {
-            "ratios": [1] * out_channels,
-            "rule": "one patch centre per class, background included, equally often",
+            "ratios": [1] * label_classes,
+            "rule": "one patch centre per class, background included, equally often"
+            + (" (by the labels, before they become regions)" if regions else ""),
         },
         "augmentation": {
             "rotate_deg": 15.0 if anisotropic or spatial_dims == 2 else 30.0,
@@ -271,6 +284,20 @@ def make_plan(
             "augmentation": _augmentation_reason(has_mr, spatial_dims),
         },
         "notes": _notes(fingerprint),
+    }
+
+
+def _regions(regions: Mapping[str, Sequence[int]] | None) -> dict[str, Any] | None:
+    """The plan's ``regions``: names, label values and the label each region gives back at inference."""
+    if not regions:
+        return None
+    values = [sorted(int(v) for v in labels) for labels in regions.values()]
+    return {
+        "names": list(regions),
+        "labels": values,
+        "class_order": region_class_order(values),
+        "rule": "one sigmoid output per region, outermost first; inference gives each voxel the label of the "
+        "innermost region with probability > 0.5 (nnU-Net's regions_class_order)",
     }
 
 

@@ -8,11 +8,13 @@ bundle carries its split. Only the training split is fingerprinted; the test cas
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.datalist import read_datalist
 from pipeline.datasets.importer import import_dataset
+from pipeline.datasets.regions import resolve_regions
 from pipeline.planning.bundle_writer import write_planned_bundle
 from pipeline.planning.compute import ComputeBudget
 from pipeline.planning.fingerprint import dataset_fingerprint
@@ -48,6 +50,7 @@ def plan_dataset(
     network: str = DEFAULT_NETWORK,
     threads: int | None = None,
     max_cases: int | None = None,
+    regions: str | Mapping[str, Sequence[int]] | None = None,
     **import_options: Any,
 ) -> dict[str, Any]:
     """Fingerprint ``dataset``'s training split, plan within the budget, write the bundle ``out``.
@@ -61,6 +64,9 @@ def plan_dataset(
         network: registered network name.
         threads: CPU threads while timing training steps (``None``: torch's default).
         max_cases: fingerprint at most this many training cases.
+        regions: region-based training: ``"whole_tumour=1,2,3,4;core=1,3,4;enhancing=4"`` or a mapping,
+            outermost first; ``None`` takes the datalist's own ``regions`` if it has any; ``"none"`` trains on
+            the labels regardless.
         import_options: passed to the importer for raw folders (``structures``, ``channels``, ``layout``...).
 
     Returns:
@@ -70,9 +76,10 @@ def plan_dataset(
     out.mkdir(parents=True, exist_ok=True)
     datalist = resolve_datalist(dataset, out, **import_options)
     content = read_datalist(datalist)
+    region_map = resolve_regions(regions, content, str(datalist))
     counts = {split: len(content.get(split) or []) for split in ("training", "validation", "test")}
     budget = ComputeBudget.detect(time_budget_s, device=device, threads=threads)
     fingerprint = dataset_fingerprint(datalist, "training", max_cases=max_cases)
-    plan = make_plan(fingerprint, budget, counts=counts, dims=dims, network=network)
+    plan = make_plan(fingerprint, budget, counts=counts, dims=dims, network=network, regions=region_map)
     write_planned_bundle(out, plan, fingerprint, datalist)
     return plan

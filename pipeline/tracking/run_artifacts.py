@@ -34,6 +34,7 @@ from torch import nn
 from pipeline.core.checkpoint import network_from_checkpoint
 from pipeline.outputs.preview import render_preview
 from pipeline.tracking.journal import open_journal
+from transforms.regions import RegionsToLabels
 
 __all__ = [
     "RunArtifactsHandler",
@@ -188,8 +189,10 @@ def render_validation_overlays(
     out_dir: str | Path,
     class_names: Sequence[str],
     max_cases: int = 3,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> list[Path]:
-    """Overlay PNGs of ``network``'s argmax prediction on the first validation cases.
+    """Overlay PNGs of ``network``'s prediction (argmax, or for region outputs the labels of
+    :class:`transforms.regions.RegionsToLabels`) on the first validation cases.
 
     Uses the validator's (cached, preprocessed) data loader and its inferer, e.g. a sliding window; the
     image shown is the preprocessed one (windowed CT, ``(1, X, Y[, Z])``) on its own grid; of a multi-channel
@@ -201,6 +204,7 @@ def render_validation_overlays(
         out_dir: folder for ``<case>.png`` (the datalist's ``case`` id).
         class_names: names of labels ``1..N`` for the legend.
         max_cases: how many cases to render.
+        regions: label values per region, outermost first, when the network has one sigmoid output per region.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +213,12 @@ def render_validation_overlays(
     written: list[Path] = []
     for batch in validator.data_loader:
         images = batch["image"].to(device)
-        pred = validator.inferer(images, network).argmax(dim=1, keepdim=True)
+        logits = validator.inferer(images, network)
+        if regions is None:
+            pred = logits.argmax(dim=1, keepdim=True)
+        else:
+            to_labels = RegionsToLabels(regions)
+            pred = torch.stack([to_labels(torch.sigmoid(item.float())) for item in logits])
         for name, image, mask in zip(_case_names(batch, len(images), len(written)), images, pred):
             written.append(
                 render_preview(image[:1].cpu(), mask.cpu(), None, labels, out_dir / f"{name}.png", title=name)
@@ -306,6 +315,7 @@ class RunArtifactsHandler:
         best_checkpoint: ``model.pt`` written by ``BestCheckpointSaver``.
         validator: the evaluator whose data and inferer render the overlays (``None``: no overlays).
         class_names: names of labels ``1..N``.
+        regions: label values per region, outermost first, for a network with one sigmoid output per region.
         max_overlays: validation cases rendered.
         registered_model_name: register the PyTorch-flavour model under this name (``None``: no registration).
         pip_requirements: requirements of the logged model (default: the running torch and monai).
@@ -319,6 +329,7 @@ class RunArtifactsHandler:
         *,
         validator: Engine | None = None,
         class_names: Sequence[str] = (),
+        regions: Sequence[Sequence[int]] | None = None,
         max_overlays: int = 3,
         registered_model_name: str | None = None,
         pip_requirements: Sequence[str] | None = None,
@@ -330,6 +341,7 @@ class RunArtifactsHandler:
         self.best_checkpoint = Path(best_checkpoint)
         self.validator = validator
         self.class_names = [str(n) for n in class_names]
+        self.regions = None if regions is None else [list(r) for r in regions]
         self.max_overlays = int(max_overlays)
         self.registered_model_name = registered_model_name
         self.pip_requirements = list(pip_requirements) if pip_requirements else None
@@ -373,7 +385,8 @@ class RunArtifactsHandler:
                 journal.log_artifact(path, "curves")
             if self.validator is not None and self.max_overlays:
                 overlays = render_validation_overlays(
-                    network.to(device), self.validator, root / "overlays", self.class_names, self.max_overlays
+                    network.to(device), self.validator, root / "overlays", self.class_names, self.max_overlays,
+                    self.regions,
                 )
                 for path in overlays:
                     journal.log_artifact(path, "overlays")
