@@ -1,7 +1,11 @@
-"""Multimodal MR on real scans: feature-level fusion against channel stacking (and region-based against label
-training) on the 4 BRATS subjects, leave-one-subject-out, the same CPU budget per training, in one run.
+"""Multimodal MR on real scans: feature-level fusion against channel stacking, and region-based against label
+training, on the 4 BRATS subjects, leave-one-subject-out, the same CPU budget per training, in one run.
 
-    python benchmarks/bench_brats_fusion.py --work /tmp/brats-bench --budget 5m
+    python benchmarks/bench_brats_fusion.py --work /tmp/brats-bench --budget 3m
+
+Configurations: ``stacking`` (the two channels stacked into a U-Net, trained on the 4 labels), ``fusion`` (one
+encoder per channel fused at every level, ``feature_fusion_unet``, same labels), ``regions`` (stacking trained
+on the nested BRATS regions with one sigmoid output each, converted back to labels at inference).
 
 Each configuration is planned once by ``clinseg plan`` (fingerprint of fold 0's training subjects; the plan is the
 same for every fold: 1 mm grid, per-image z-score inside the brain, no dataset statistics) with the network it
@@ -37,6 +41,7 @@ REGIONS = {"whole_tumour": [1, 2, 3, 4], "core": [1, 3, 4], "enhancing": [4]}
 CONFIGS: dict[str, list[str]] = {  # name -> extra `clinseg plan` arguments
     "stacking": ["--network", "unet"],
     "fusion": ["--network", "feature_fusion_unet"],
+    "regions": ["--network", "unet", "--regions", ";".join(f"{k}={','.join(map(str, v))}" for k, v in REGIONS.items())],
 }
 
 
