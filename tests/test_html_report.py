@@ -149,7 +149,7 @@ def test_intensity_unit_follows_the_modality_and_unreadable_volumes_are_logged(r
     (report.out_dir / "case_2" / VOLUMES_NAME).write_text("{not json")
     report.run_info["intensity_modality"] = "MR"
     page = Page(report.write_html().read_text())
-    assert page.rows[page.cases.index("case 10")]["cells"][4].startswith("3000.00 mLintensity 55.2")
+    assert page.rows[page.cases.index("case 10")]["cells"][4] == "3000.00 mLintensity 55.25 ± 10.5 [-20, 140]"
     assert page.rows[page.cases.index("case_2")]["cells"][4] == ""
     assert "case_2" in caplog.text and "unreadable" in caplog.text
 

@@ -51,12 +51,14 @@ def _volume_cell(row: Mapping[str, Any] | None, unit: str) -> str:
     # small lesions keep 3 significant digits
     text = f"{volume:.2f} mL" if volume >= 1 or volume == 0 else f"{volume:.3g} mL"
     if row.get("mean_intensity") is not None:
+        # HU to 0.1 (extremes whole); other scanner units, of any scale, to 4 significant digits
+        fine, whole = (".1f", ".0f") if unit == "HU" else (".4g", ".4g")
+        mean, std = float(row["mean_intensity"]), float(row["std_intensity"])
         low, high = row.get("min_intensity"), row.get("max_intensity")
-        spread = f" [{_number(low, 0)}, {_number(high, 0)}]" if low is not None and high is not None else ""
-        text += (
-            f'<span class="stats">{_e(unit)} {_number(row["mean_intensity"], 1)} '
-            f"&plusmn; {_number(row['std_intensity'], 1)}{spread}</span>"
+        spread = (
+            f" [{float(low):{whole}}, {float(high):{whole}}]" if low is not None and high is not None else ""
         )
+        text += f'<span class="stats">{_e(unit)} {mean:{fine}} &plusmn; {std:{fine}}{spread}</span>'
     return f'<td class="num" data-sort="{_e(row["volume_ml"])}">{text}</td>'
 
 
