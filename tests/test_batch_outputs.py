@@ -159,6 +159,8 @@ def test_volumes_are_voxel_count_times_voxel_volume_with_hu_statistics(run, sour
             assert float(row["volume_ml"]) == pytest.approx(inside.sum() * voxel_ml, abs=1e-4)
             if inside.any():
                 assert float(row["mean_intensity"]) == pytest.approx(image[inside].mean(), abs=1e-2)
+                assert float(row["min_intensity"]) == pytest.approx(image[inside].min(), abs=1e-3)
+                assert float(row["max_intensity"]) == pytest.approx(image[inside].max(), abs=1e-3)
         per_case = json.loads((out / case / VOLUMES_NAME).read_text())
         assert [r["voxels"] for r in per_case] == [int(r["voxels"]) for r in rows if r["case"] == case]
 
@@ -349,5 +351,5 @@ def test_volumes_pooled_over_slabs_equal_the_whole_volume():
     pooled = _volumes_by_slab(seg, image, affine, labels)
     for a, b in zip(whole, pooled, strict=True):
         assert a["voxels"] == b["voxels"] and a["volume_ml"] == pytest.approx(b["volume_ml"])
-        for key in ("mean_intensity", "std_intensity"):
+        for key in ("mean_intensity", "std_intensity", "min_intensity", "max_intensity"):
             assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], rel=1e-9)

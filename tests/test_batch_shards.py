@@ -14,6 +14,7 @@ from pipeline.cli import main
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.batch.shard import Shard, shard_from_env
+from tests.test_html_report import Page
 from tests.test_predictor import BUNDLE, random_checkpoint
 
 
@@ -67,8 +68,10 @@ def test_two_shards_fill_one_folder_and_merge(checkpoint, flat_source, tmp_path)
         tmp_path / "volumes.shard-1-of-2.csv"
     ).is_file()
     assert not (tmp_path / "report.json").exists()
+    assert Page((tmp_path / "report.shard-1-of-2.html").read_text()).cases == ["case_001"]
     merged = merge_shards(tmp_path)
     assert merged.counts() == {"ok": 3, "failed": 0, "skipped": 0}
+    assert Page((tmp_path / "report.html").read_text()).cases == ["case_000", "case_001", "case_002"]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert [c["case"] for c in saved["cases"]] == ["case_000", "case_001", "case_002"]
     with (tmp_path / "volumes.csv").open() as f:

@@ -55,6 +55,7 @@ def test_volume_is_count_times_det_on_oblique_grid(kind):
             float(image[inside].astype(np.float64).mean()), rel=1e-9
         )
         assert row["std_intensity"] == pytest.approx(float(image[inside].astype(np.float64).std()), rel=1e-7)
+        assert (row["min_intensity"], row["max_intensity"]) == (float(image[inside].min()), float(image[inside].max()))
     assert rows[2] == {
         "label": 4,
         "name": "absent",
@@ -62,6 +63,8 @@ def test_volume_is_count_times_det_on_oblique_grid(kind):
         "volume_ml": 0.0,
         "mean_intensity": None,
         "std_intensity": None,
+        "min_intensity": None,
+        "max_intensity": None,
     }
 
 
@@ -69,7 +72,7 @@ def test_no_image_and_spacing():
     mask, _ = _mask_and_image()
     rows = structure_volumes(mask, None, (0.5, 0.5, 2.0), {1: "spleen"})
     assert rows[0]["volume_ml"] == pytest.approx((mask == 1).sum() * 0.5 / 1000)
-    assert rows[0]["mean_intensity"] is None and rows[0]["std_intensity"] is None
+    assert all(rows[0][k] is None for k in ("mean_intensity", "std_intensity", "min_intensity", "max_intensity"))
     assert structure_volumes(mask.astype(np.float32), None, (0.5, 0.5, 2.0), {1: "spleen"}) == rows
     assert voxel_volume_ml(np.diag([2.0, 3.0, 4.0, 1.0])) == pytest.approx(0.024)
 
@@ -113,8 +116,11 @@ def test_csv_header_rows_and_empty_cells(tmp_path):
         str((mask == 1).sum()),
         f"{(mask == 1).sum() / 1000:.4f}",
     ]
-    assert table[3][3:] == ["0", "0.0000", "", ""]
-    assert table[4][0] == "case_b" and table[4][5:] == ["", ""]
+    assert table[3][3:] == ["0", "0.0000", "", "", "", ""]
+    assert table[4][0] == "case_b" and table[4][5:] == ["", "", "", ""]
+    old = {k: v for k, v in rows[0].items() if k not in ("min_intensity", "max_intensity")}  # volumes.json before min/max
+    with open(write_volumes_csv([old], tmp_path / "old.csv"), newline="") as f:
+        assert list(csv.reader(f))[1][5:] == [f"{old['mean_intensity']:.3f}", f"{old['std_intensity']:.3f}", "", ""]
     with pytest.raises(ValueError, match=r"lacks columns \['case'\]"):
         write_volumes_csv(structure_volumes(mask, None, np.eye(4), LABELS), tmp_path / "bad.csv")
     assert not (tmp_path / "bad.csv").exists()

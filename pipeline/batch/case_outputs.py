@@ -93,7 +93,7 @@ def _on_input_grid(seg: MetaTensor, image: MetaTensor) -> np.ndarray:
 def _volumes_by_slab(
     seg: MetaTensor, image: MetaTensor, affine: np.ndarray, labels: Mapping[int, str]
 ) -> list[dict]:
-    """:func:`structure_volumes` over slabs of ``_SLAB`` slices, pooled exactly (count, mean, variance), so the
+    """:func:`structure_volumes` over slabs of ``_SLAB`` slices, pooled exactly (count, mean, variance, min, max), so the
     float64 working copies stay small for 512x512x300 CTs."""
     if seg.ndim != 4 or seg.shape[-1] <= _SLAB:
         return structure_volumes(seg, image, affine, labels)
@@ -112,6 +112,8 @@ def _volumes_by_slab(
                 r["voxels"] * (r["std_intensity"] ** 2 + (r["mean_intensity"] - mean) ** 2) for r in filled
             )
             row["mean_intensity"], row["std_intensity"] = mean, float(np.sqrt(second / n))
+            row["min_intensity"] = min(r["min_intensity"] for r in filled)
+            row["max_intensity"] = max(r["max_intensity"] for r in filled)
         rows.append(row)
     return rows
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.case_outputs import PREVIEW_NAME, VOLUMES_NAME
 from pipeline.core.atomic import atomic_write_json, atomic_write_text
+from pipeline.outputs.html_report import write_html_report
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "STATUSES", "BatchReport", "CaseResult", "error_text"]
 
@@ -117,6 +120,10 @@ class BatchReport:
     def csv_path(self) -> Path:
         return self.out_dir / "summary.csv"
 
+    @property
+    def html_path(self) -> Path:
+        return self.out_dir / "report.html"
+
     def counts(self) -> dict[str, int]:
         """Number of cases per status."""
         return {s: sum(r.status == s for r in self.results) for s in STATUSES}
@@ -139,9 +146,9 @@ class BatchReport:
         """:data:`EXIT_SOME_FAILED` if any case failed, else :data:`EXIT_OK`."""
         return EXIT_SOME_FAILED if any(r.status == "failed" for r in self.results) else EXIT_OK
 
-    def write(self) -> None:
-        """Rewrite ``report.json`` and ``summary.csv`` atomically."""
-        report = {
+    def as_dict(self) -> dict[str, Any]:
+        """The content of ``report.json``."""
+        return {
             "started": self.started,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "run": self.run_info,
@@ -149,7 +156,28 @@ class BatchReport:
             "exit_code": self.exit_code(),
             "cases": [asdict(r) for r in self.results],
         }
-        atomic_write_json(self.json_path, report)
+
+    def write_html(self) -> Path:
+        """Write ``report.html`` (:func:`~pipeline.outputs.html_report.write_html_report`) from the results and
+        each case's ``volumes.json`` and ``preview.png``; an unreadable ``volumes.json`` is logged and shown
+        without volumes."""
+        volumes, previews = {}, {}
+        for r in self.results:
+            if PREVIEW_NAME in r.outputs:
+                previews[r.case] = self.out_dir / r.outputs[PREVIEW_NAME]
+            if VOLUMES_NAME in r.outputs:
+                path = self.out_dir / r.outputs[VOLUMES_NAME]
+                try:
+                    volumes[r.case] = json.loads(path.read_text())
+                except (OSError, ValueError) as e:
+                    logger.warning(
+                        "case %s: %s unreadable, report.html shows no volumes for it: %s", r.case, path, e
+                    )
+        return write_html_report(self.html_path, self.as_dict(), volumes, previews)
+
+    def write(self) -> None:
+        """Rewrite ``report.json`` and ``summary.csv`` atomically."""
+        atomic_write_json(self.json_path, self.as_dict())
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(SUMMARY_COLUMNS)

@@ -4,6 +4,7 @@ Layout of ``OUT`` (see :mod:`pipeline.batch.case_outputs` for the per-case files
 
     OUT/<case>/seg.nii.gz, volumes.json, preview.png[, seg.dcm][, probabilities.nii.gz], .complete.json
     OUT/report.json, summary.csv, volumes.csv      (per shard: report.shard-i-of-n.json, ...)
+    OUT/report.html                                 (written when the batch ends; see pipeline.outputs.html_report)
 
 A case is finished when its ``.complete.json`` lists every output with its size and the run settings
 (bundle, checkpoints, sliding window, TTA, cropping, postprocessing) equal the current ones.
@@ -80,6 +81,10 @@ class _ShardReport(BatchReport):
     def csv_path(self) -> Path:
         return self.out_dir / f"summary{self.suffix}.csv"
 
+    @property
+    def html_path(self) -> Path:
+        return self.out_dir / f"report{self.suffix}.html"
+
 
 def predict_folder(
     predictor: Predictor,
@@ -114,6 +119,7 @@ def predict_folder(
         "device": str(predictor.device),
         "source_kind": _kind(source),
         "shard": shard_text,
+        "intensity_modality": predictor.input_modalities.get(predictor.input_keys[0]),  # HU statistics for CT
     }
     report = _ShardReport(output, run_info, options.shard.suffix)
     volumes: dict[str, list[dict]] = {}
@@ -170,12 +176,14 @@ def predict_folder(
             failed = report.counts()["failed"]
             bar.set_postfix(failed=failed, per_min=f"{60 * done / (time.perf_counter() - start):.1f}")
             bar.update()
+    report.write_html()
     logger.info("%s", report.summary_line())
     return report
 
 
 def merge_shards(output: str | Path) -> BatchReport:
-    """Merge the shard files of a finished sharded run into ``report.json``, ``summary.csv`` and ``volumes.csv``.
+    """Merge the shard files of a finished sharded run into ``report.json``, ``summary.csv``, ``volumes.csv`` and
+    one ``report.html``.
 
     Raises:
         FileNotFoundError: no shard reports, or some shard of the run has not written its report yet.
@@ -208,6 +216,7 @@ def merge_shards(output: str | Path) -> BatchReport:
         with (output / f"volumes{Shard(i, count).suffix}.csv").open(newline="") as f:
             rows.extend(csv.DictReader(f))
     write_volumes_csv(sorted(rows, key=lambda r: (r["case"], int(r["label"]))), output / "volumes.csv")
+    merged.write_html()
     return merged
 
 

@@ -18,8 +18,19 @@ __all__ = ["VOLUME_COLUMNS", "structure_volumes", "voxel_volume_ml", "write_volu
 
 logger = logging.getLogger(__name__)
 
-VOLUME_COLUMNS = ("case", "label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity")
-_DIGITS = (0, 0, 0, 0, 4, 3, 3)  # decimals per column for floats
+VOLUME_COLUMNS = (
+    "case",
+    "label",
+    "name",
+    "voxels",
+    "volume_ml",
+    "mean_intensity",
+    "std_intensity",
+    "min_intensity",
+    "max_intensity",
+)
+_DIGITS = (0, 0, 0, 0, 4, 3, 3, 3, 3)  # decimals per column for floats
+_OPTIONAL = ("min_intensity", "max_intensity")  # absent from volumes.json written before they existed
 
 
 def voxel_volume_ml(affine_or_spacing, reference=None) -> float:
@@ -51,9 +62,9 @@ def structure_volumes(
         labels: label id -> name.
 
     Returns:
-        Rows ``{"label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity"}`` in ascending
-        label order; ``volume_ml = voxels * voxel volume``; mean/std (population, ddof=0) of ``image`` inside
-        the label, ``None`` when there is no image or no voxel.
+        Rows ``{"label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity", "min_intensity",
+        "max_intensity"}`` in ascending label order; ``volume_ml = voxels * voxel volume``; mean/std (population,
+        ddof=0), min and max of ``image`` inside the label, ``None`` when there is no image or no voxel.
     """
     arr = label_array(mask)
     img = None
@@ -69,10 +80,13 @@ def structure_volumes(
     flat = arr.ravel()
     size = max([int(flat.max(initial=0)), *labels]) + 1
     counts = np.bincount(flat, minlength=size)
-    sums = sq = None
+    sums = sq = lows = highs = None
     shift = 0.0
     if img is not None:
         values = img.ravel()
+        lows, highs = np.full(size, np.inf), np.full(size, -np.inf)
+        np.minimum.at(lows, flat, values)
+        np.maximum.at(highs, flat, values)
         shift = float(values.mean()) if values.size else 0.0  # centring keeps the one-pass variance accurate
         values = values - shift
         sums = np.bincount(flat, weights=values, minlength=size)
@@ -80,11 +94,12 @@ def structure_volumes(
     rows = []
     for lid in sorted(labels):
         n = int(counts[lid])
-        mean = std = None
+        mean = std = low = high = None
         if sums is not None and n:
             centred_mean = sums[lid] / n
             mean = float(centred_mean + shift)
             std = float(np.sqrt(max(sq[lid] / n - centred_mean**2, 0.0)))
+            low, high = float(lows[lid]), float(highs[lid])
         rows.append(
             {
                 "label": int(lid),
@@ -93,6 +108,8 @@ def structure_volumes(
                 "volume_ml": n * voxel_ml,
                 "mean_intensity": mean,
                 "std_intensity": std,
+                "min_intensity": low,
+                "max_intensity": high,
             }
         )
     undeclared = sorted(set(np.flatnonzero(counts).tolist()) - set(labels) - {0})
@@ -112,8 +129,9 @@ def _cell(value, digits: int) -> str:
 def write_volumes_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> Path:
     """Write volume rows (each with a ``case`` key added) as CSV, atomically.
 
-    Columns: ``case,label,name,voxels,volume_ml,mean_intensity,std_intensity``; ``volume_ml`` with 4 decimals
-    (0.1 uL), intensities with 3; empty cells for ``None``.
+    Columns: ``case,label,name,voxels,volume_ml,mean_intensity,std_intensity,min_intensity,max_intensity``;
+    ``volume_ml`` with 4 decimals (0.1 uL), intensities with 3; empty cells for ``None`` (and for min/max in rows
+    of a ``volumes.json`` written before they were computed).
 
     Args:
         rows: dicts from :func:`structure_volumes` plus ``"case"``.
@@ -123,8 +141,8 @@ def write_volumes_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> Path:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(VOLUME_COLUMNS)
     for idx, row in enumerate(rows):
-        missing = [c for c in VOLUME_COLUMNS if c not in row]
+        missing = [c for c in VOLUME_COLUMNS if c not in row and c not in _OPTIONAL]
         if missing:
             raise ValueError(f"rows[{idx}] lacks columns {missing}; expected {list(VOLUME_COLUMNS)}")
-        writer.writerow([_cell(row[c], d) for c, d in zip(VOLUME_COLUMNS, _DIGITS, strict=True)])
+        writer.writerow([_cell(row.get(c), d) for c, d in zip(VOLUME_COLUMNS, _DIGITS, strict=True)])
     return atomic_write_text(path, buf.getvalue())
