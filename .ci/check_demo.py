@@ -31,6 +31,10 @@ def check_predictions(workdir: Path) -> int:
         fail(f"{report_path} does not list exactly the datalist's test cases")
     if not cases or any(case["status"] != "ok" for case in cases):
         fail(f"{report_path}: expected only ok cases, got {report['counts']}")
+    html_path = workdir / "predictions" / "report.html"
+    html = html_path.read_text() if html_path.is_file() else ""
+    if not all(f">{case['case']}<" in html for case in cases):
+        fail(f"{html_path} is missing or does not show every case")
     for case in cases:
         folder = workdir / "predictions" / case["case"]
         for name in ("seg.nii.gz", "preview.png", "volumes.json"):
