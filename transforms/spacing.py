@@ -60,7 +60,9 @@ class StableSpacing(Spacing):
     """``monai.transforms.Spacing`` whose output shape is :func:`stable_grid_shape` (same arguments, plus
     ``tolerance`` in output voxels); an explicit ``output_spatial_shape`` still wins."""
 
-    def __init__(self, pixdim: Sequence[float] | float, *args, tolerance: float = GRID_TOLERANCE, **kwargs) -> None:
+    def __init__(
+        self, pixdim: Sequence[float] | float, *args, tolerance: float = GRID_TOLERANCE, **kwargs
+    ) -> None:
         super().__init__(pixdim, *args, **kwargs)
         if not tolerance >= 0:
             raise ValueError(f"tolerance must be >= 0 output voxels, got {tolerance}.")
