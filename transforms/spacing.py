@@ -4,8 +4,9 @@ MONAI sizes the resampled grid as ``round(extent + 1)`` voxels (``monai.data.uti
 extent being the input's corner-to-corner span in output voxels. When that span lies on a half voxel (e.g. 129
 voxels of 1 mm resampled to 2 mm: 64.5), noise of a few nanometres decides the rounding: a DICOM series (decimal
 header strings) and its NIfTI conversion (float32 sform) then give 65 and 64 voxels, and different masks.
-:class:`StableSpacing` snaps spans within ``tolerance`` output voxels of a half voxel onto it before rounding, so
-both round alike (as MONAI rounds the exact half); every other shape, the output affine and its offset are MONAI's.
+:class:`StableSpacing` snaps spans within ``tolerance`` output voxels of a half voxel onto it and rounds those up
+(the grid covers the input's extent; MONAI's own result there depends on float round-off), so both give one shape;
+every other shape, the output affine and its offset are MONAI's.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def stable_grid_shape(
     scale_extent: bool = False,
     tolerance: float = GRID_TOLERANCE,
 ) -> tuple[int, ...]:
-    """Output grid shape as ``compute_shape_offset`` computes it, with spans within ``tolerance`` (output
-    voxels) of a half voxel snapped onto it.
+    """Output grid shape as ``compute_shape_offset`` computes it, except that spans within ``tolerance`` (output
+    voxels) of a half voxel are snapped onto it and rounded up.
 
     Args:
         spatial_shape: input spatial shape ``(X, Y[, Z])``.
@@ -53,7 +54,7 @@ def stable_grid_shape(
     span = np.ptp(mapped[:-1] / mapped[-1], axis=1)
     half = np.floor(span) + 0.5
     span = np.where(np.abs(span - half) <= tolerance, half, span)
-    return tuple(int(n) for n in np.round(span if scale_extent else span + 1.0))
+    return tuple(int(n) for n in np.floor((span if scale_extent else span + 1.0) + 0.5))
 
 
 class StableSpacing(Spacing):
