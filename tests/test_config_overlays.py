@@ -11,6 +11,7 @@ import mlflow
 import pytest
 import yaml
 from monai.bundle import ConfigParser
+from monai.transforms import Spacingd
 
 from pipeline.cli import build_parser, main
 from pipeline.core.bundle import Bundle, BundleError
@@ -81,7 +82,7 @@ def test_predictor_takes_inference_overlays_then_overrides(tmp_path):
         BUNDLE, checkpoint, options=options, config=["inference", overlay], spacing=[4.0, 4.0, 4.0]
     )
     assert predictor.class_names == ("liver", "tumour")
-    spacing = next(t for t in predictor.preprocessing.transforms if type(t).__name__ == "Spacingd")
+    spacing = next(t for t in predictor.preprocessing.transforms if isinstance(t, Spacingd))
     assert list(spacing.spacing_transform.pixdim) == [4.0, 4.0, 4.0]  # --set comes after --config
 
 

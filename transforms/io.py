@@ -3,23 +3,26 @@
 Returns channel-first MONAI MetaTensors ``(C, X, Y[, Z])`` with a RAS affine and the meta keys that
 ``LoadImaged`` + ``EnsureChannelFirstd`` produce (``filename_or_obj``, ``affine``, ``original_affine``,
 ``spatial_shape``, ``original_channel_dim``, ``space``), so ``Invertd`` and ``SaveImage`` work downstream.
+``LoadScan``/``LoadScand`` also take images already in memory (MetaTensor, nibabel, SimpleITK, ``(array,
+affine)``: :mod:`transforms.io_memory`), with the same checks and meta.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from os import PathLike
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+from monai.utils import ensure_tuple
 
 from transforms.dicom import load_dicom
 from transforms.dicom_discovery import SeriesRule
 from transforms.io_errors import ScanLoadError
+from transforms.io_memory import load_in_memory, scan_tensor
 from transforms.nifti import is_nifti_path, load_nifti
 
 __all__ = ["LoadScan", "LoadScand", "ScanLoadError", "SeriesRule", "load_scan"]
@@ -109,20 +112,13 @@ def load_scan(
             array = _as_labels(array, path)
     if channel_dim != 0:
         array = array[None]
-    meta = {
-        **extra,
-        MetaKeys.AFFINE: torch.as_tensor(affine, dtype=torch.float64),
-        MetaKeys.ORIGINAL_AFFINE: affine.copy(),
-        MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[1:], dtype=np.int64),
-        MetaKeys.SPACE: SpaceKeys.RAS,
-        MetaKeys.ORIGINAL_CHANNEL_DIM: channel_dim,
-        "filename_or_obj": str(path),
-    }
-    return MetaTensor(torch.from_numpy(array), meta=meta)
+    return scan_tensor(array, affine, filename=str(path), channel_dim=channel_dim, extra=extra)
 
 
 class LoadScan(Transform):
-    """Array transform: path -> MetaTensor ``(C, X, Y[, Z])`` via :func:`load_scan` (same arguments)."""
+    """Array transform: path -> MetaTensor ``(C, X, Y[, Z])`` via :func:`load_scan` (same arguments); an image
+    already in memory (MetaTensor, nibabel, SimpleITK, ``(array, affine)``) via
+    :func:`transforms.io_memory.load_in_memory`."""
 
     def __init__(
         self,
@@ -146,15 +142,23 @@ class LoadScan(Transform):
             "workers": workers,
         }
 
-    def __call__(self, path: str | Path) -> MetaTensor:
-        return load_scan(path, **self.kwargs)
+    def __call__(self, image: str | Path | object, source: str = "") -> MetaTensor:
+        """``source`` names the image in errors about in-memory images (e.g. ``"input 'image'"``)."""
+        if isinstance(image, (str, PathLike)):
+            return load_scan(image, **self.kwargs)
+        kwargs = {k: self.kwargs[k] for k in ("spatial_dims", "dtype", "label", "channel_axis")}
+        return load_in_memory(image, source=source, **kwargs)
 
 
 class LoadScand(MapTransform):
-    """Dictionary transform: each key's path -> MetaTensor ``(C, X, Y[, Z])``.
+    """Dictionary transform: each key's path or in-memory image -> MetaTensor ``(C, X, Y[, Z])``.
+
+    In-memory images (MetaTensor, nibabel, SimpleITK, ``(array, affine)`` with a RAS affine; see
+    :mod:`transforms.io_memory`) come out as a path load of the same scan would: same meta, same checks, so the
+    transforms after the loader (as in MONAI Deploy, which loads outside the bundle) work unchanged.
 
     Args:
-        keys: keys holding paths (e.g. ``["image", "label"]``).
+        keys: keys holding paths or in-memory images (e.g. ``["image", "label"]``).
         label_keys: the keys loaded as labels (integer values kept exact), e.g. ``["label"]``.
         series_uid, series_rule, spatial_dims, dtype, channel_axis, workers: as :func:`load_scan`.
         image_only: when False also store each meta dict under ``meta_keys`` or ``f"{key}_{meta_key_postfix}"``.
@@ -215,7 +219,7 @@ class LoadScand(MapTransform):
             raise KeyError(f"LoadScand: case {case!r} lacks input(s) {missing}; needed: {list(self.keys)}")
         meta_of = dict(zip(self.keys, self.meta_keys))
         for key in self.key_iterator(d):
-            d[key] = self.loaders[key](d[key])
+            d[key] = self.loaders[key](d[key], source=f"input {key!r}")
             if not self.image_only:
                 d[meta_of[key]] = d[key].meta
         return d

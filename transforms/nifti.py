@@ -15,7 +15,7 @@ import numpy as np
 
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["check_affine", "check_finite", "is_nifti_path", "load_nifti"]
+__all__ = ["check_affine", "check_finite", "is_nifti_path", "label_values", "load_nifti", "nifti_array"]
 
 
 def is_nifti_path(path: Path) -> bool:
@@ -71,7 +71,7 @@ def _size_text(nbytes: int) -> str:
     return f"{nbytes} bytes"
 
 
-def check_affine(affine: np.ndarray, path: Path) -> None:
+def check_affine(affine: np.ndarray, path: Path | str) -> None:
     """Raise when ``affine`` cannot place voxels in space: non-finite, a zero-length or collinear voxel axis.
 
     Raises:
@@ -112,7 +112,7 @@ def check_finite(data: np.ndarray, path: Path | str) -> None:
     )
 
 
-def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
+def label_values(data: np.ndarray, path: Path | str) -> np.ndarray:
     """Integer labels unchanged; integer-valued float storage cast to int32; anything else raises."""
     if data.dtype.kind in "iub":
         return data
@@ -169,6 +169,25 @@ def load_nifti(
         ) from err
     except Exception as err:
         raise ScanLoadError(f"{path}: cannot read as NIfTI: {_reason(err)}") from err
+    data = nifti_array(
+        data, path, spatial_dims=spatial_dims, channel_axis=channel_axis, label=label, dtype=dtype
+    )
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)[:spatial_dims])
+    return data, affine, {"spacing": spacing}
+
+
+def nifti_array(
+    data: np.ndarray,
+    path: Path | str,
+    *,
+    spatial_dims: int = 3,
+    channel_axis: int | None = None,
+    label: bool = False,
+    dtype: np.dtype | type | None = None,
+) -> np.ndarray:
+    """NIfTI voxel data as read (``(X, Y[, Z[, T]])``) -> ``(X, Y[, Z])``, or ``(C, X, Y[, Z])`` with
+    ``channel_axis``, checked and cast as :func:`load_nifti` describes; ``path`` names the source in errors.
+    """
     while data.ndim > 3 and data.shape[-1] == 1 and not (channel_axis is not None and data.ndim == 4):
         data = data[..., 0]
     if data.ndim == 2:
@@ -199,11 +218,10 @@ def load_nifti(
     elif spatial_dims != 3:
         raise ScanLoadError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     if label:
-        data = _label_array(data, path)
+        data = label_values(data, path)
     else:
         check_finite(data, path)
         data = data.astype(dtype or np.float32, copy=False)
     if not data.flags.writeable or not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
-    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)[:spatial_dims])
-    return data, affine, {"spacing": spacing}
+    return data

@@ -26,6 +26,7 @@ from monai.transforms import MapTransform
 from monai.utils import MetaKeys, SpaceKeys
 
 from transforms.io import load_scan
+from transforms.io_sitk import from_sitk, to_sitk
 
 __all__ = [
     "RegisterToReferenced",
@@ -38,7 +39,6 @@ __all__ = [
     "to_sitk",
 ]
 
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _INITS = {"geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
           "moments": sitk.CenteredTransformInitializerFilter.MOMENTS}  # fmt: skip
 
@@ -256,58 +256,6 @@ def resample_to(
     if default_value is None:
         default_value = float(sitk.GetArrayViewFromImage(moving).min())
     return sitk.Resample(moving, fixed, transform, interpolator, default_value, moving.GetPixelID())
-
-
-def to_sitk(image: torch.Tensor | np.ndarray, affine: np.ndarray | torch.Tensor | None = None) -> sitk.Image:
-    """A channel-first 3D image ``(1, X, Y, Z)`` (MetaTensor or array + affine) as a SimpleITK image.
-
-    Args:
-        image: ``(1, X, Y, Z)``; a MetaTensor carries its affine (RAS unless its meta says LPS).
-        affine: ``(4, 4)`` voxel -> RAS mm, needed for plain arrays (overrides a MetaTensor's).
-
-    Returns:
-        SimpleITK image with LPS origin and direction (ITK's convention), same voxel values.
-
-    Raises:
-        ValueError: not one channel of a 3D image, no affine, or an affine with a zero-length voxel axis.
-    """
-    space = SpaceKeys.RAS
-    if affine is None:
-        if not isinstance(image, MetaTensor):
-            raise ValueError("to_sitk: a plain array needs its affine (voxel -> RAS mm).")
-        affine = image.affine
-        space = image.meta.get(MetaKeys.SPACE, SpaceKeys.RAS)
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim != 4 or array.shape[0] != 1:
-        raise ValueError(
-            f"to_sitk: expected one channel of a 3D image (1, X, Y, Z), got shape {array.shape}."
-        )
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4):
-        raise ValueError(f"to_sitk: expected a (4, 4) affine, got shape {matrix.shape}.")
-    lps = matrix if str(space) == str(SpaceKeys.LPS) else _RAS_TO_LPS @ matrix
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    if np.any(spacing < 1e-6):
-        raise ValueError(f"to_sitk: the affine has a zero-length voxel axis (spacing {spacing.tolist()}).")
-    result = sitk.GetImageFromArray(np.ascontiguousarray(array[0].transpose(2, 1, 0)))
-    result.SetSpacing(spacing.tolist())
-    result.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
-    result.SetOrigin(lps[:3, 3].tolist())
-    return result
-
-
-def from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """A 3D SimpleITK image as ``(array (X, Y, Z), affine (4, 4) voxel -> RAS mm)``."""
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(
-            f"from_sitk: expected a 3D single-channel image, got dimension {image.GetDimension()} with "
-            f"{image.GetNumberOfComponentsPerPixel()} components."
-        )
-    lps = np.eye(4)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    lps[:3, :3] = direction * np.asarray(image.GetSpacing())
-    lps[:3, 3] = image.GetOrigin()
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0), _RAS_TO_LPS @ lps
 
 
 def read_image(path: str | Path) -> sitk.Image:

@@ -6,7 +6,9 @@ components MONAI's runner (``python -m monai.bundle run ... inference.yaml``) us
 On top the Predictor averages an ensemble and mirror TTA, crops to the body, autocasts, and skips uniform patches.
 
 API: :meth:`Predictor.from_bundle`, then :meth:`~Predictor.predict` per case, or :meth:`~Predictor.load` (a
-:class:`~pipeline.inference.case.LoadedCase`) and :meth:`~Predictor.segment` when loading runs ahead.
+:class:`~pipeline.inference.case.LoadedCase`) and :meth:`~Predictor.segment` when loading runs ahead. Inputs are
+paths or images already in memory (MetaTensor, nibabel, SimpleITK, ``(array, affine)``: :mod:`transforms.io_memory`);
+:meth:`~Predictor.predict_image` returns the label map as the kind of image it was given.
 """
 
 from __future__ import annotations
@@ -28,16 +30,22 @@ from pipeline.core.checkpoint import network_from_checkpoint
 from pipeline.inference.bundle_config import configure, resolved_options
 from pipeline.inference.case import LoadedCase, Segmentation
 from pipeline.inference.foreground_crop import case_box
+from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.restore import to_input_grid
 from pipeline.inference.tta import ACTIVATIONS, activate, mirror_probabilities
 from pipeline.inference.uniform_patches import UniformPatchCache
 from transforms.io import LoadScand
+from transforms.io_memory import is_in_memory
 
-__all__ = ["PRED_KEY", "Predictor"]
+__all__ = ["PRED_KEY", "CaseInput", "Predictor"]
 
 logger = logging.getLogger(__name__)
+
+CaseInput = str | Path | Any
+"""One input of a case: a path (NIfTI file, DICOM folder or file) or an in-memory image
+(:func:`transforms.io_memory.image_kind`)."""
 
 PRED_KEY = "pred"
 """The key of the prediction in the dict the bundle's ``postprocessing`` gets (MONAI's engines' name)."""
@@ -185,14 +193,10 @@ class Predictor:
             "postprocess": self.postprocess.as_dict() if self.postprocess.active else None,
         }
 
-    def load(self, inputs: str | Path | Mapping[str, str | Path]) -> LoadedCase:
-        """Read and preprocess one case; ``inputs`` is a path or ``{key: path}``."""
-        if not isinstance(inputs, Mapping):
-            inputs = {self.input_keys[0]: inputs}
-        missing = [k for k in self.input_keys if k not in inputs]
-        if missing:
-            raise KeyError(f"case inputs lack {missing}; the bundle needs {list(self.input_keys)}")
-        data = self._loader({k: str(v) for k, v in inputs.items()})
+    def load(self, inputs: CaseInput | Mapping[str, CaseInput]) -> LoadedCase:
+        """Read and preprocess one case; ``inputs`` is one input or ``{key: input}`` (paths or in-memory images)."""
+        inputs = self._case_inputs(inputs)
+        data = self._loader({k: v if is_in_memory(v) else str(v) for k, v in inputs.items()})
         read = {k: data[k] for k in self.input_keys}
         # a new MetaTensor over the same storage: the transforms record their operations on it, not on the kept one
         data = self.preprocessing(
@@ -243,7 +247,7 @@ class Predictor:
             labels, prob_map, {"inference": infer_s, "restore": time.perf_counter() - start - infer_s}
         )
 
-    def predict(self, inputs: str | Path | Mapping[str, str | Path], **kwargs: Any) -> Segmentation:
+    def predict(self, inputs: CaseInput | Mapping[str, CaseInput], **kwargs: Any) -> Segmentation:
         """:meth:`load` and :meth:`segment` one case (its warnings logged); ``kwargs`` go to :meth:`segment`."""
         start = time.perf_counter()
         case = self.load(inputs)
@@ -252,6 +256,37 @@ class Predictor:
         result = self.segment(case, **kwargs)
         logger.debug("case predicted in %.1f s", time.perf_counter() - start)
         return result
+
+    def predict_image(self, image: Any) -> Any:
+        """The label map of an in-memory image, as the same kind on its own grid.
+
+        Args:
+            image: a MetaTensor, nibabel image, SimpleITK image or ``(array, affine)`` (RAS affine); for a bundle
+                with several inputs, ``{key: image}`` with one image per input key (the first key's grid is
+                the output's).
+
+        Returns:
+            uint8 labels as ``image``'s kind (its first input's for several): MetaTensor -> MetaTensor,
+            nibabel -> nibabel, SimpleITK -> SimpleITK (same origin, spacing, direction), ``(array, affine)`` ->
+            array (numpy or torch as given, the input's affine applies); same shape as the input.
+        """
+        inputs = self._case_inputs(image)
+        paths = [k for k, v in inputs.items() if not is_in_memory(v)]
+        if paths:
+            raise TypeError(
+                f"predict_image takes in-memory images; input(s) {paths} are not (use predict for paths)"
+            )
+        labels = self.predict(inputs).labels
+        return labels_like(labels, inputs[self.input_keys[0]])
+
+    def _case_inputs(self, inputs: CaseInput | Mapping[str, CaseInput]) -> dict[str, CaseInput]:
+        """``{key: input}`` with every input key (one input alone goes to the first key)."""
+        if not isinstance(inputs, Mapping):
+            inputs = {self.input_keys[0]: inputs}
+        missing = [k for k in self.input_keys if k not in inputs]
+        if missing:
+            raise KeyError(f"case inputs lack {missing}; the bundle needs {list(self.input_keys)}")
+        return dict(inputs)
 
     def _forward(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The sliding window's forward for ``net``: channels-last on CPU (oneDNN's fast convolutions, same
@@ -288,7 +323,9 @@ def _resolve_amp(amp: bool | None, device: torch.device) -> bool:
         return True
     if device.type != "cpu":
         return False
-    native = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    native = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     return any(bool(check()) for check in native if check is not None)
 
 
@@ -300,4 +337,6 @@ def _window(window: Any) -> tuple[float, float] | None:
 
 
 def _load_network(parser, path: Path, device: torch.device) -> nn.Module:
-    return network_from_checkpoint(path, map_location=device, default=lambda: parser.get_parsed_content("network_def"))
+    return network_from_checkpoint(
+        path, map_location=device, default=lambda: parser.get_parsed_content("network_def")
+    )

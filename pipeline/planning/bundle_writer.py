@@ -41,7 +41,7 @@ def _preprocessing(plan: Mapping[str, Any]) -> list[Any]:
     steps += [
         {"_target_": "Orientationd", "keys": "@data_keys", "axcodes": "RAS", "labels": None},
         {
-            "_target_": "Spacingd",
+            "_target_": "transforms.spacing.StableSpacingd",
             "keys": "@data_keys",
             "pixdim": "$@spacing + [-1] * (3 - @spatial_dims)",
             "mode": "@resample_modes",
