@@ -86,7 +86,7 @@ def export_bundle(
     source = source_bundle(record, bundle)
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        raise ValueError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     checkpoint = load_checkpoint(record.checkpoint)
     if "network" not in checkpoint:
         raise CheckpointError(f"checkpoint {record.checkpoint} does not record its network (no 'network' entry)")
