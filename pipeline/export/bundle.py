@@ -39,8 +39,8 @@ _HEADERS = {
     "Train again: clinseg train BUNDLE --dataset-dir DATA",
     "inference": "Standalone inference config of {run} (common.yaml merged in, the run's grid, patch and "
     "network).\nFrom the bundle folder: python -m monai.bundle run --config_file configs/inference.yaml "
-    "--dataset_dir DATA\nor: clinseg predict BUNDLE --input PATIENTS --output OUT. post_transforms is for MONAI "
-    "Label (logits in).",
+    "--dataset_dir DATA\nor: clinseg predict BUNDLE --input PATIENTS --output OUT. pre_transforms, post_transforms "
+    "and monai_label are for MONAI Label's BundleInferTask.",
     "evaluate": "Validate models/model.pt with the training run's validation pipeline ({run}).\n"
     "python -m monai.bundle run --config_file configs/evaluate.yaml --dataset_dir DATA",
 }

@@ -19,7 +19,7 @@ from monai.bundle.utils import merge_kv
 
 from pipeline.core.bundle import COMMON, Bundle
 
-__all__ = ["LOCAL_KEYS", "MONAI_LABEL_POST", "exported_configs", "write_yaml"]
+__all__ = ["LOCAL_KEYS", "MONAI_LABEL_POST", "MONAI_LABEL_PRE", "exported_configs", "write_yaml"]
 
 LOCAL_KEYS = (
     "bundle_root", "dataset_dir", "datalist_file", "output_dir", "ckpt_dir", "tracking_uri", "run_name",
@@ -30,6 +30,33 @@ LOCAL_KEYS = (
 MONAI_LABEL_POST = "post_transforms"
 """MONAI Label's ``BundleInferTask`` prefers this key to ``postprocessing`` and feeds it logits, not the
 probabilities ``postprocessing`` takes (clinseg's Predictor and the evaluator apply the softmax first)."""
+
+MONAI_LABEL_PRE = "pre_transforms"
+"""MONAI Label's ``BundleInferTask`` prefers this key to ``preprocessing``. It adds the request's ``image_path``
+(a string) to the data, and MONAI's ``Spacingd`` updates every ``image_*`` entry as a meta dict for NIfTI inputs
+(``AttributeError: 'str' object has no attribute 'update'``), so the path is kept aside around the bundle's
+preprocessing and put back for MONAI Label's writer."""
+_PATH, _ASIDE = "image_path", "clinseg_image_path"
+_MONAI_LABEL = {
+    MONAI_LABEL_PRE: {
+        "_target_": "Compose",
+        "transforms": "$@monai_label#path_aside + @preprocessing_transforms + @monai_label#path_back",
+    },
+    MONAI_LABEL_POST: {
+        "_target_": "Compose",
+        "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}, "@postprocessing"],
+    },
+    "monai_label": {
+        "path_aside": [
+            {"_target_": "CopyItemsd", "keys": _PATH, "names": _ASIDE, "allow_missing_keys": True},
+            {"_target_": "DeleteItemsd", "keys": _PATH},
+        ],
+        "path_back": [
+            {"_target_": "CopyItemsd", "keys": _ASIDE, "names": _PATH, "allow_missing_keys": True},
+            {"_target_": "DeleteItemsd", "keys": _ASIDE},
+        ],
+    },
+}
 
 _MAIN = ("train", "inference", "evaluate")
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -82,11 +109,7 @@ def exported_configs(bundle: Bundle, config_as_run: Mapping[str, Any] | None) ->
     out = {"train": train}
     if _has(bundle, "inference"):
         inference = _with_run(_merged(bundle.config_files("inference")), run, shared)
-        inference[MONAI_LABEL_POST] = {
-            "_target_": "Compose",
-            "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}, "@postprocessing"],
-        }
-        out["inference"] = inference
+        out["inference"] = {**inference, **copy.deepcopy(_MONAI_LABEL)}
     if _has(bundle, "evaluate"):
         out["evaluate"] = _merged([str(bundle.config_file("evaluate"))], base=train)
     return out
