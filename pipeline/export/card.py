@@ -113,8 +113,10 @@ def exported_readme(meta: Mapping[str, Any], record: RunRecord, train_config: Ma
         "Needs the installed `clinseg` package (`metadata.json` `required_packages_version`).",
         "",
         "- `clinseg predict BUNDLE --input PATIENTS --output OUT` (weights: `models/model.pt`)",
-        "- from this folder: `python -m monai.bundle run --config_file configs/inference.yaml "
-        "--dataset_dir DATA` (a `dataset.json` with a `test` split; label maps in `eval/`)",
+        (
+            "- from this folder: `python -m monai.bundle run --config_file configs/inference.yaml "
+            "--dataset_dir DATA` (a `dataset.json` with a `test` split; label maps in `eval/`)"
+        ),
         "- MONAI Label: put the folder in the app's model folder; `BundleInferTask` serves it as is",
         "",
         f"Intended use: {meta.get('intended_use', 'research use only, not for diagnosis')}",

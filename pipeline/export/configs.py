@@ -19,7 +19,7 @@ from monai.bundle.utils import merge_kv
 
 from pipeline.core.bundle import COMMON, Bundle
 
-__all__ = ["LOCAL_KEYS", "MONAI_LABEL_POST", "MONAI_LABEL_PRE", "exported_configs", "write_yaml"]
+__all__ = ["LOCAL_KEYS", "MONAI_LABEL_POST", "MONAI_LABEL_PRE", "exported_configs", "other_config_files", "write_yaml"]
 
 LOCAL_KEYS = (
     "bundle_root", "dataset_dir", "datalist_file", "output_dir", "ckpt_dir", "tracking_uri", "run_name",
