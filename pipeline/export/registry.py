@@ -149,15 +149,40 @@ def _create_version(client: Any, name: str, record: RunRecord, alias: str | None
 
 def fetch_bundle(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
     """Download the bundle of a model version (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``) into ``dst``;
-    returns the bundle folder."""
-    import mlflow.artifacts
+    returns the bundle folder.
 
-    if not is_model_uri(uri):
-        raise ValueError(f"{uri!r} is not a registered-model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    The version is resolved with a client on ``tracking_uri`` (MLflow's ``models:/`` download asks the process's
+    default registry instead), then its source is downloaded from the same store.
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    name, version = _parse_model_uri(uri)
     store = tracking_uri or default_tracking_uri()
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=store, registry_uri=store)
-    )
+    client = _client(store)
+    try:
+        if version.isdigit():
+            found = client.get_model_version(name, version)
+        else:
+            found = client.get_model_version_by_alias(name, version)
+    except MlflowException as error:
+        raise ValueError(f"model version {uri} not found in {store}: {error.message}") from error
+    source = client.get_model_version_download_uri(name, found.version)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=store))
     if not (local / "configs" / "metadata.json").is_file():
         raise ValueError(f"model version {uri} in {store} is not a bundle (no configs/metadata.json in its artifact)")
+    logger.info("fetched %s (version %s) from %s", uri, found.version, store)
     return local
+
+
+def _parse_model_uri(uri: str) -> tuple[str, str]:
+    """``(name, version or alias)`` of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    rest = str(uri)[len(MODEL_URI) :] if is_model_uri(uri) else ""
+    name, sep, alias = rest.partition("@")
+    if not sep:
+        name, _, alias = rest.partition("/")
+        if not alias.isdigit():
+            alias = ""
+    if not name or not alias or "/" in alias:
+        raise ValueError(f"{uri!r} is not a registered-model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    return name, alias
