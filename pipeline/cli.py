@@ -80,15 +80,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
     )
     print(result.summary())
+    if args.register:
+        from pipeline.export.registry import register_run
+
+        print(register_run(result.ckpt_dir, args.register, bundle=args.bundle, alias=args.alias).summary())
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import os
+    import tempfile
 
     from pipeline.batch.case_outputs import OutputOptions
     from pipeline.batch.runner import BatchOptions, merge_shards, predict_folder
     from pipeline.batch.shard import Shard, shard_from_env
+    from pipeline.export.registry import fetch_bundle, is_model_uri
     from pipeline.inference.predictor import Predictor
 
     if args.merge_shards:
@@ -102,10 +108,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per torchrun worker
     options, postprocess = _inference_options(args, device)
-    predictor = Predictor.from_bundle(
-        args.bundle, args.checkpoint or None, options=options, postprocess=postprocess,
-        config=["inference", *args.config], **_overrides(args.set),
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="clinseg-model-") as fetched:
+        # a registered model version (models:/NAME/VERSION or models:/NAME@ALIAS): its bundle, for this run only
+        bundle = fetch_bundle(args.bundle, fetched, args.tracking_uri) if is_model_uri(args.bundle) else args.bundle
+        predictor = Predictor.from_bundle(
+            bundle, args.checkpoint or None, options=options, postprocess=postprocess,
+            config=["inference", *args.config], **_overrides(args.set),
+        )  # fmt: skip
     batch = BatchOptions(
         split=args.split, overwrite=args.overwrite, prefetch=args.prefetch, workers=args.workers, shard=shard,
         progress=not args.quiet,
@@ -172,6 +181,11 @@ def _regions_option(spec: str) -> dict[str, list[int]]:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.evaluation.compare import compare_runs, paired_comparison, plot_curves
 
+    if args.models:
+        from pipeline.evaluation.model_versions import model_versions
+
+        print(model_versions(args.tracking_uri, args.models).format(args.format))
+        return 0
     comparison = compare_runs(
         args.tracking_uri, experiment=args.experiment, run_ids=args.runs, metric=args.metric, sort=args.sort,
         filters=args.filter,
@@ -188,6 +202,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
         print("\npaired per-case differences (run B - run A, 95% t-interval, Wilcoxon signed-rank):")
         print(paired.format(args.format))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.export.bundle import export_bundle
+
+    out = export_bundle(args.run, args.out, bundle=args.bundle, version=args.version, overwrite=args.overwrite)
+    print(f"wrote bundle {out} (clinseg predict {out} --input ... needs no --checkpoint)")
+    return 0
+
+
+def cmd_register_model(args: argparse.Namespace) -> int:
+    from pipeline.export.registry import register_run
+
+    print(register_run(args.run, args.name, bundle=args.bundle, tracking_uri=args.tracking_uri, alias=args.alias).summary())
     return 0
 
 
@@ -371,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, help="train this cross-validation fold (0-based) of a patient-level split")
     p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold split (use the same for evaluate)")
+    p.add_argument("--register", metavar="NAME",
+                   help="then register the best model in the MLflow Model Registry as a version of NAME, its "
+                        "artifact the exported bundle (see clinseg register-model)")
+    p.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")
     _add_config_overlays(p, "train")
     p.set_defaults(func=cmd_train)
 
@@ -382,8 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Sharded runs (--shard or torchrun RANK/WORLD_SIZE) write report.shard-i-of-n.json etc.; "
         "when all shards are done, run with --merge-shards to write report.json, summary.csv and volumes.csv.",
     )  # fmt: skip
-    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d or an exported one, or a "
+                                  "registered model: models:/NAME/VERSION, models:/NAME@ALIAS")
     p.add_argument("--input", help="folder of patient folders, flat NIfTI folder or dataset.json")
+    p.add_argument("--tracking-uri",
+                   help="MLflow registry of a models:/ bundle (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--output", required=True, help="output folder (one sub-folder per case, batch reports)")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="weights, repeat for an ensemble (default: <bundle>/models/model.pt)")
@@ -437,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--experiment", help="compare every run of this experiment")
     group.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="compare these runs")
+    group.add_argument("--models", metavar="NAME",
+                       help="list the versions of registered model NAME: aliases, training run, metrics")
     p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--metric", help="metric for best/final and --plot (default: val_mean_dice for training runs "
                                     "and --plot, eval_mean_dice for evaluation runs)")
@@ -451,6 +489,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-case metrics compared by --paired")
     p.add_argument("--worse-threshold", type=float, default=0.05, help="list cases worse by more than this")
     p.set_defaults(func=cmd_compare)
+
+    p = _command(
+        sub, "export", "pack a training run as a self-contained MONAI bundle (configs as run, weights, metrics)",
+        epilog="OUT gets configs/ (train, inference, evaluate: standalone, the run's settings; metadata.json with "
+        "the measured metrics), models/model.pt and model.ts, docs/README.md and LICENSE. It runs with clinseg "
+        "predict OUT, python -m monai.bundle run --config_file OUT/configs/inference.yaml, and MONAI Label.",
+    )  # fmt: skip
+    p.add_argument("run", help="the run's checkpoint folder (--ckpt-dir of clinseg train) or a checkpoint in it")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--bundle", help="the bundle that trained it (default: the bundle_root of its config_run.json)")
+    p.add_argument("--version", help="version of the export (default: the bundle's version + the run's timestamp)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=cmd_export)
+
+    p = _command(
+        sub, "register-model", "register a training run's best model in the MLflow Model Registry, as a bundle",
+        epilog="The run's exported bundle (clinseg export) is logged as its bundle/ artifact and becomes the new "
+        "version's source; predict with it: clinseg predict models:/NAME/VERSION (or models:/NAME@ALIAS). "
+        "Credentials only from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN).",
+    )  # fmt: skip
+    p.add_argument("run", help="the run's checkpoint folder (its journal names the MLflow run) or an MLflow run id")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("--bundle", help="the bundle that trained it (default: from the run's config as run)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow store and registry (default: the store a run folder logged to, else "
+                        "MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
+    p.set_defaults(func=cmd_register_model)
 
     p = _command(sub, "tracking", "MLflow tracking kept on disk while the server was unreachable")
     tracking = p.add_subparsers(dest="tracking_command", required=True, metavar="ACTION", help="one of:")
