@@ -88,6 +88,7 @@ class StorageNode:
         self._stop = threading.Event()
         self._server = None
         self._lock = threading.Lock()
+        self._server_lock = threading.Lock()
 
     # receiving
     def _receive(self, ds: Dataset) -> None:
@@ -122,10 +123,12 @@ class StorageNode:
         logger.info("listening as %s on %s:%d", self.options.ae_title, self.options.host, self.options.port)
 
     def stop(self) -> None:
+        """Stop listening and processing (safe to call twice, from any thread)."""
         self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        with self._server_lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
 
     def serve_forever(self) -> None:
         """Listen and process complete series until :meth:`stop` (or Ctrl-C)."""
