@@ -123,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _archive(spec: str, args: argparse.Namespace):
     """The archive ``spec`` with the credentials (environment or --credentials) and DIMSE options of ``args``."""
-    from pipeline.pacs.archive import open_archive
+    from pipeline.pacs.connect import open_archive
     from pipeline.pacs.credentials import load_credentials
 
     return open_archive(

@@ -64,14 +64,19 @@ class Orthanc:
 
     def upload(self, paths) -> None:
         for path in paths:
-            response = requests.post(f"{self.url}/instances", data=Path(path).read_bytes(), auth=(USER, PASSWORD),
-                                     timeout=60)
+            response = requests.post(
+                f"{self.url}/instances", data=Path(path).read_bytes(), auth=(USER, PASSWORD), timeout=60
+            )
             response.raise_for_status()
 
     def series_of_modality(self, modality: str) -> list[dict]:
         """Every series of ``modality`` with its main tags and instance ids."""
-        response = requests.post(f"{self.url}/tools/find", auth=(USER, PASSWORD), timeout=60,
-                                 json={"Level": "Series", "Query": {"Modality": modality}, "Expand": True})
+        response = requests.post(
+            f"{self.url}/tools/find",
+            auth=(USER, PASSWORD),
+            timeout=60,
+            json={"Level": "Series", "Query": {"Modality": modality}, "Expand": True},
+        )
         response.raise_for_status()
         return response.json()
 
@@ -81,7 +86,9 @@ class Orthanc:
     def clear(self) -> None:
         """Delete every patient (a clean archive for the next test)."""
         for patient in self.get("/patients").json():
-            requests.delete(f"{self.url}/patients/{patient}", auth=(USER, PASSWORD), timeout=60).raise_for_status()
+            requests.delete(
+                f"{self.url}/patients/{patient}", auth=(USER, PASSWORD), timeout=60
+            ).raise_for_status()
 
 
 def start_orthanc(workdir: Path) -> Orthanc:
@@ -90,8 +97,10 @@ def start_orthanc(workdir: Path) -> Orthanc:
     if binary is None:
         pytest.skip("Orthanc is not installed (Debian package orthanc; .ci/run installs it)")
     if plugin is None:
-        pytest.skip(f"the Orthanc DICOMweb plugin is not installed (Debian package orthanc-dicomweb; looked in "
-                    f"{', '.join(map(str, PLUGIN_DIRS))})")
+        pytest.skip(
+            f"the Orthanc DICOMweb plugin is not installed (Debian package orthanc-dicomweb; looked in "
+            f"{', '.join(map(str, PLUGIN_DIRS))})"
+        )
     http_port, dicom_port, move_port, node_port = (free_port() for _ in range(4))
     storage = workdir / "storage"
     storage.mkdir(parents=True)

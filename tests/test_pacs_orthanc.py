@@ -16,9 +16,10 @@ from pynetdicom import AE
 from pipeline.batch.case_outputs import OutputOptions
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
-from pipeline.pacs.archive import Selection, open_archive
+from pipeline.pacs.archive import Selection
 from pipeline.pacs.batch import predict_archive
 from pipeline.pacs.cache import case_key
+from pipeline.pacs.connect import open_archive
 from pipeline.pacs.credentials import ENV_PASSWORD, ENV_USER, load_credentials
 from pipeline.pacs.dimse import DimseArchive
 from pipeline.pacs.serve import ServeOptions, StorageNode
@@ -38,7 +39,7 @@ def predictor(tmp_path_factory):
 
 
 def _series_uid(folder: Path) -> tuple[str, str]:
-    ds = pydicom.dcmread(sorted(folder.iterdir())[0], stop_before_pixels=True)
+    ds = pydicom.dcmread(min(folder.iterdir()), stop_before_pixels=True)
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
 
 
@@ -55,10 +56,23 @@ def archive_data(orthanc, tiny_dataset, tmp_path):  # noqa: F811
         uids[name] = _series_uid(folder)
     broken = tmp_path / "broken"
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
-    paths = write_dicom_series(np.zeros((20, 20, 3)), affine, broken, series_uid="1.2.826.0.1.3680043.8.498.1",
-                               study_uid="1.2.826.0.1.3680043.8.498.2", uid_seed="a")
-    paths += write_dicom_series(np.zeros((24, 24, 2)), affine, broken, series_uid="1.2.826.0.1.3680043.8.498.1",
-                                study_uid="1.2.826.0.1.3680043.8.498.2", uid_seed="b", file_names=["x1", "x2"])
+    paths = write_dicom_series(
+        np.zeros((20, 20, 3)),
+        affine,
+        broken,
+        series_uid="1.2.826.0.1.3680043.8.498.1",
+        study_uid="1.2.826.0.1.3680043.8.498.2",
+        uid_seed="a",
+    )
+    paths += write_dicom_series(
+        np.zeros((24, 24, 2)),
+        affine,
+        broken,
+        series_uid="1.2.826.0.1.3680043.8.498.1",
+        study_uid="1.2.826.0.1.3680043.8.498.2",
+        uid_seed="b",
+        file_names=["x1", "x2"],
+    )
     orthanc.upload(paths)
     uids["broken"] = ("1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.1")
     return uids
@@ -86,7 +100,9 @@ def test_dicomweb_batch_pushes_seg_and_rtstruct_once(orthanc, archive_data, pred
     studies = tuple(sorted({study for study, _ in archive_data.values()}))
     out = tmp_path / "out"
     outputs = OutputOptions(rtstruct=True)
-    run = predict_archive(predictor, archive, Selection(studies=studies), out, push_to=archive, outputs=outputs)
+    run = predict_archive(
+        predictor, archive, Selection(studies=studies), out, push_to=archive, outputs=outputs
+    )
     status = {r.case: r.status for r in run.report.results}
     assert status == {case_key(archive_data[n][1]): "ok" for n in CASES} | {
         case_key(archive_data["broken"][1]): "failed"
@@ -102,7 +118,9 @@ def test_dicomweb_batch_pushes_seg_and_rtstruct_once(orthanc, archive_data, pred
     patient_text = " ".join(p.name for p in out.rglob("*"))
     assert "PHANTOM" not in patient_text and "case_0" not in patient_text
 
-    rerun = predict_archive(predictor, archive, Selection(studies=studies), out, push_to=archive, outputs=outputs)
+    rerun = predict_archive(
+        predictor, archive, Selection(studies=studies), out, push_to=archive, outputs=outputs
+    )
     assert {r.status for r in rerun.report.results if r.status != "failed"} == {"skipped"}
     assert {p.status for p in rerun.pushed} == {"already"}
     assert all(len(v) == 1 for v in _results_in_orthanc(orthanc, "SEG").values())
@@ -117,8 +135,9 @@ def test_dicomweb_without_credentials_is_refused(orthanc, archive_data, predicto
 
 @pytest.mark.parametrize("retrieve", ["get", "move"])
 def test_dimse_batch_pushes_seg_with_c_store(orthanc, archive_data, predictor, tmp_path, retrieve):  # noqa: F811
-    archive = DimseArchive.parse(orthanc.dimse, calling_aet=CALLING_AET, retrieve=retrieve,
-                                 move_port=orthanc.move_port)
+    archive = DimseArchive.parse(
+        orthanc.dimse, calling_aet=CALLING_AET, retrieve=retrieve, move_port=orthanc.move_port
+    )
     name = CASES[0]
     selection = Selection(series=(archive_data[name][1],))
     run = predict_archive(predictor, archive, selection, tmp_path / "out", push_to=archive)
@@ -145,7 +164,7 @@ def test_serve_receives_a_series_and_returns_its_seg(orthanc, tiny_dataset, pred
                 break
             time.sleep(0.1)
         statuses = [assoc.send_c_store(pydicom.dcmread(p)).Status for p in sorted(folder.iterdir())]
-        bad = pydicom.dcmread(sorted(folder.iterdir())[0])
+        bad = pydicom.dcmread(min(folder.iterdir()))
         del bad.SeriesInstanceUID
         bad.SOPInstanceUID = "1.2.3.4"
         bad_status = assoc.send_c_store(bad).Status

@@ -12,15 +12,20 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.pacs.archive import Selection, SeriesRef, find_series, open_archive, read_uid_file
+from pipeline.pacs.archive import Selection, SeriesRef, find_series, read_uid_file
 from pipeline.pacs.batch import retrieve_cases
 from pipeline.pacs.cache import SeriesCache, case_key
+from pipeline.pacs.connect import open_archive
 from pipeline.pacs.credentials import ENV_PASSWORD, ENV_TOKEN, ENV_USER, load_credentials
 from pipeline.pacs.push import LEDGER, push_case
 from pipeline.pacs.serve import JOURNAL, ServeOptions, StorageNode
 from pipeline.synthetic.dicom_series import write_dicom_series
 
-STUDY, SERIES, OTHER = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.12"
+STUDY, SERIES, OTHER = (
+    "1.2.826.0.1.3680043.8.498.10",
+    "1.2.826.0.1.3680043.8.498.11",
+    "1.2.826.0.1.3680043.8.498.12",
+)
 
 
 class FakeArchive:
@@ -35,8 +40,12 @@ class FakeArchive:
         return sorted({r.study_uid for r in self.series})
 
     def query_series(self, study_uid, filters):
-        return [r for r in self.series if study_uid in (None, r.study_uid)
-                and filters.get("SeriesInstanceUID", r.series_uid) == r.series_uid]
+        return [
+            r
+            for r in self.series
+            if study_uid in (None, r.study_uid)
+            and filters.get("SeriesInstanceUID", r.series_uid) == r.series_uid
+        ]
 
     def _instances(self, ref):
         return next(v for r, v in self.series.items() if r.series_uid == ref.series_uid)
@@ -60,15 +69,20 @@ class FakeArchive:
 
 @pytest.fixture
 def series(tmp_path):
-    paths = write_dicom_series(np.zeros((8, 6, 4)), np.eye(4), tmp_path / "src", series_uid=SERIES, study_uid=STUDY,
-                               uid_seed="unit")
+    paths = write_dicom_series(
+        np.zeros((8, 6, 4)), np.eye(4), tmp_path / "src", series_uid=SERIES, study_uid=STUDY, uid_seed="unit"
+    )
     return SeriesRef(STUDY, SERIES, "CT", 4), [pydicom.dcmread(p) for p in paths]
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({}, "select what to segment"), ({"studies": ("1.2.abc",)}, "not DICOM UIDs"),
-     ({"study_date": "2020-01-01"}, "--study-date"), ({"series": ("1." * 40,)}, "not DICOM UIDs")],
+    [
+        ({}, "select what to segment"),
+        ({"studies": ("1.2.abc",)}, "not DICOM UIDs"),
+        ({"study_date": "2020-01-01"}, "--study-date"),
+        ({"series": ("1." * 40,)}, "not DICOM UIDs"),
+    ],
 )
 def test_bad_selections_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -109,8 +123,12 @@ def test_credentials_come_from_the_environment_or_a_file(tmp_path):
 
 @pytest.mark.parametrize(
     "spec, match",
-    [("dicomweb:http://user:pw@host/dicom-web", "must not carry credentials"), ("dicomweb:ftp://host", "http"),
-     ("dimse:host:104", "AET@host:port"), ("pacs:somewhere", "expected dicomweb")],
+    [
+        ("dicomweb:http://user:pw@host/dicom-web", "must not carry credentials"),
+        ("dicomweb:ftp://host", "http"),
+        ("dimse:host:104", "AET@host:port"),
+        ("pacs:somewhere", "expected dicomweb"),
+    ],
 )
 def test_bad_archive_specs_are_refused(spec, match):
     with pytest.raises(ValueError, match=match):
@@ -121,10 +139,14 @@ def test_cache_is_resumable_and_verified(series, tmp_path):
     ref, datasets = series
     archive, cache = FakeArchive({ref: datasets}), SeriesCache(tmp_path / "cache")
     folder = cache.fetch(archive, ref)
-    assert folder.name == case_key(SERIES) and len(list(folder.glob("*.dcm"))) == 4 and len(archive.retrieved) == 4
+    assert (
+        folder.name == case_key(SERIES)
+        and len(list(folder.glob("*.dcm"))) == 4
+        and len(archive.retrieved) == 4
+    )
     assert cache.fetch(archive, ref) == folder and len(archive.retrieved) == 4  # complete: nothing retrieved
     (folder / ".series.json").unlink()
-    sorted(folder.glob("*.dcm"))[0].unlink()  # an interrupted run
+    min(folder.glob("*.dcm")).unlink()  # an interrupted run
     cache.fetch(archive, ref)
     assert len(archive.retrieved) == 5  # only the missing instance
 
@@ -176,7 +198,9 @@ def test_node_waits_for_quiet_series_and_never_reprocesses(series, tmp_path):
     assert node.ready(now) == [] and node.ready(now + 6) == [case_key(SERIES)]
     with (tmp_path / "spool" / JOURNAL).open("a") as f:
         f.write(json.dumps({"case": case_key(SERIES), "status": "ok"}) + "\n")
-    restarted = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=ServeOptions(quiet_seconds=5))
+    restarted = StorageNode(
+        predictor, tmp_path / "spool", tmp_path / "out", options=ServeOptions(quiet_seconds=5)
+    )
     assert restarted.ready(now + 6) == []
     assert len(os.listdir(tmp_path / "spool" / "incoming" / case_key(SERIES))) == 4  # received files kept
     bad = pydicom.Dataset()

@@ -1,7 +1,7 @@
 """What every archive offers the batch (query, list, retrieve, store) and the selection of series to segment.
 
 ``--input`` specs: ``dicomweb:http://host:8042/dicom-web`` or ``dimse:AET@host:port``
-(:func:`open_archive`). A selection names studies and/or series by UID (also from a file) or queries by
+(:func:`pipeline.pacs.connect.open_archive`). A selection names studies and/or series by UID (also from a file) or queries by
 modality, study date range and study description; SEG, RTSTRUCT and other non-image series are never selected.
 """
 
@@ -15,9 +15,11 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
-__all__ = ["NON_IMAGE_MODALITIES", "Archive", "Selection", "SeriesRef", "find_series", "open_archive", "read_uid_file"]
+__all__ = ["NON_IMAGE_MODALITIES", "Archive", "Selection", "SeriesRef", "find_series", "read_uid_file"]
 
-NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "DOC"})
+NON_IMAGE_MODALITIES = frozenset(
+    {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "DOC"}
+)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DATE_RANGE = re.compile(r"^(\d{8})?-?(\d{8})?$")
 
@@ -55,7 +57,9 @@ class Selection:
         if bad:
             raise ValueError(f"not DICOM UIDs (digits and dots, at most 64 characters): {bad[:3]}")
         if self.study_date is not None and (not _DATE_RANGE.match(self.study_date) or self.study_date == "-"):
-            raise ValueError(f"--study-date must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD, got {self.study_date!r}")
+            raise ValueError(
+                f"--study-date must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD, got {self.study_date!r}"
+            )
         if not (self.studies or self.series or self.modality or self.study_date or self.study_description):
             raise ValueError(
                 "select what to segment: --study, --series, --uid-file, or a query (--modality, --study-date, "
@@ -82,7 +86,9 @@ class Archive(Protocol):
     def list_instances(self, ref: SeriesRef) -> list[str]:
         """SOPInstanceUIDs of the series."""
 
-    def retrieve(self, ref: SeriesRef, sop_uids: Sequence[str] | None, sink: Callable[[Dataset], None]) -> None:
+    def retrieve(
+        self, ref: SeriesRef, sop_uids: Sequence[str] | None, sink: Callable[[Dataset], None]
+    ) -> None:
         """Hand every instance of the series (only ``sop_uids`` when given) to ``sink``."""
 
     def store(self, paths: Sequence[Path]) -> None:
@@ -100,7 +106,9 @@ def read_uid_file(path: str | Path) -> tuple[list[str], list[str]]:
         elif len(fields) == 2:
             series.append(fields[1])
         elif fields:
-            raise ValueError(f"{path}:{number}: expected STUDY_UID or STUDY_UID SERIES_UID, got {len(fields)} fields")
+            raise ValueError(
+                f"{path}:{number}: expected STUDY_UID or STUDY_UID SERIES_UID, got {len(fields)} fields"
+            )
     return studies, series
 
 
@@ -121,21 +129,3 @@ def find_series(archive: Archive, selection: Selection) -> list[SeriesRef]:
         found = [r for r in found if r.study_uid in queried]
     keep = {r.series_uid: r for r in found if r.modality.upper() not in NON_IMAGE_MODALITIES}
     return sorted(keep.values())
-
-
-def open_archive(spec: str, *, credentials=None, calling_aet: str = "CLINSEG", **kwargs) -> Archive:
-    """The archive named by ``spec`` (``dicomweb:URL`` or ``dimse:AET@host:port``).
-
-    Raises:
-        ValueError: an unknown scheme, a URL carrying credentials, or a malformed DIMSE address.
-    """
-    scheme, sep, rest = spec.partition(":")
-    if scheme == "dicomweb" and sep:
-        from pipeline.pacs.dicomweb import DicomWebArchive
-
-        return DicomWebArchive(rest, credentials=credentials)
-    if scheme == "dimse" and sep:
-        from pipeline.pacs.dimse import DimseArchive
-
-        return DimseArchive.parse(rest, calling_aet=calling_aet, **kwargs)
-    raise ValueError(f"archive {spec!r}: expected dicomweb:http(s)://host[:port]/path or dimse:AET@host:port")

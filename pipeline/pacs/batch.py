@@ -44,12 +44,16 @@ class ArchiveRun:
     def summary_line(self) -> str:
         line = self.report.summary_line()
         if self.pushed:
-            counts = {s: sum(p.status == s for p in self.pushed) for s in ("pushed", "already", "nothing", "failed")}
+            counts = {
+                s: sum(p.status == s for p in self.pushed) for s in ("pushed", "already", "nothing", "failed")
+            }
             line += "; push: " + ", ".join(f"{n} {s}" for s, n in counts.items())
         return line
 
 
-def retrieve_cases(archive: Archive, refs: Sequence[SeriesRef], cache: SeriesCache, input_key: str) -> list[Case]:
+def retrieve_cases(
+    archive: Archive, refs: Sequence[SeriesRef], cache: SeriesCache, input_key: str
+) -> list[Case]:
     """One DICOM case per series, its folder in ``cache``; a series that cannot be retrieved is a failed case."""
     cases = []
     for ref in refs:
@@ -79,7 +83,7 @@ def predict_archive(
 
     Args:
         predictor: a single-input bundle's predictor.
-        archive: where the series come from (:func:`pipeline.pacs.archive.open_archive`).
+        archive: where the series come from (:func:`pipeline.pacs.connect.open_archive`).
         selection: which series.
         output: output folder (report, summary, one folder per series).
         cache_dir: where retrieved series are kept (default ``output/.cache``); reruns reuse it.
@@ -90,7 +94,9 @@ def predict_archive(
         ValueError: a multi-input bundle, or nothing in the archive matches the selection.
     """
     if len(predictor.input_keys) != 1:
-        raise ValueError(f"archive input feeds one image series; the bundle needs {list(predictor.input_keys)}")
+        raise ValueError(
+            f"archive input feeds one image series; the bundle needs {list(predictor.input_keys)}"
+        )
     output = Path(output)
     refs = find_series(archive, selection)
     if not refs:

@@ -81,8 +81,13 @@ class SeriesCache:
                 raise ValueError(f"series {key}: the archive lists no instances")
             missing = [u for u in expected if not (folder / _file_name(u)).is_file()]
             if missing:
-                logger.info("series %s: retrieving %d of %d instances from %s", key, len(missing), len(expected),
-                            archive.label)
+                logger.info(
+                    "series %s: retrieving %d of %d instances from %s",
+                    key,
+                    len(missing),
+                    len(expected),
+                    archive.label,
+                )
 
                 def sink(ds: Dataset) -> None:
                     if str(ds.get("SeriesInstanceUID", "")) != ref.series_uid:
@@ -93,7 +98,12 @@ class SeriesCache:
         self._verify(folder, ref, expected)
         atomic_write_json(
             folder / MANIFEST,
-            {"study_uid": ref.study_uid, "series_uid": ref.series_uid, "instances": expected, "complete": True},
+            {
+                "study_uid": ref.study_uid,
+                "series_uid": ref.series_uid,
+                "instances": expected,
+                "complete": True,
+            },
         )
         return folder
 
@@ -111,15 +121,19 @@ class SeriesCache:
     @staticmethod
     def _verify(folder: Path, ref: SeriesRef, expected: list[str]) -> None:
         if ref.instances is not None and ref.instances != len(expected):
-            raise ValueError(f"series {folder.name}: the archive reports {ref.instances} instances but lists "
-                             f"{len(expected)}")
+            raise ValueError(
+                f"series {folder.name}: the archive reports {ref.instances} instances but lists "
+                f"{len(expected)}"
+            )
         absent, wrong = 0, 0
         for uid in expected:
             path = folder / _file_name(uid)
             if not path.is_file():
                 absent += 1
                 continue
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SeriesInstanceUID"])
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SeriesInstanceUID"]
+            )
             if str(ds.get("SOPInstanceUID")) != uid or str(ds.get("SeriesInstanceUID")) != ref.series_uid:
                 wrong += 1
         if absent or wrong:

@@ -42,9 +42,15 @@ def load_credentials(path: str | Path | None = None, environ: Mapping[str, str] 
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise ValueError(f"credentials file {path}: cannot read it as JSON ({type(e).__name__})") from None
-        if not isinstance(data, dict) or not (data.get("token") or (data.get("username") and "password" in data)):
-            raise ValueError(f'credentials file {path}: expected {{"username": ..., "password": ...}} or {{"token": ...}}')
+            raise ValueError(
+                f"credentials file {path}: cannot read it as JSON ({type(e).__name__})"
+            ) from None
+        if not isinstance(data, dict) or not (
+            data.get("token") or (data.get("username") and "password" in data)
+        ):
+            raise ValueError(
+                f'credentials file {path}: expected {{"username": ..., "password": ...}} or {{"token": ...}}'
+            )
         return Credentials(data.get("username"), data.get("password"), data.get("token"))
     env = os.environ if environ is None else environ
     if env.get(ENV_TOKEN):

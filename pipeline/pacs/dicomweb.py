@@ -60,7 +60,9 @@ class DicomWebArchive:
         else:
             session = create_session()
         # dicomweb-client logs request headers (the Authorization header) at DEBUG level
-        logging.getLogger("dicomweb_client").setLevel(max(logging.INFO, logging.getLogger("dicomweb_client").level))
+        logging.getLogger("dicomweb_client").setLevel(
+            max(logging.INFO, logging.getLogger("dicomweb_client").level)
+        )
         self.client = DICOMwebClient(url.rstrip("/"), session=session, headers=headers, timeout=timeout)
 
     def query_studies(self, filters: dict[str, str]) -> list[str]:
@@ -88,7 +90,9 @@ class DicomWebArchive:
         records = self.client.search_for_instances(ref.study_uid, ref.series_uid, get_remaining=True)
         return sorted({str(_value(r, "SOPInstanceUID")) for r in records})
 
-    def retrieve(self, ref: SeriesRef, sop_uids: Sequence[str] | None, sink: Callable[[Dataset], None]) -> None:
+    def retrieve(
+        self, ref: SeriesRef, sop_uids: Sequence[str] | None, sink: Callable[[Dataset], None]
+    ) -> None:
         if sop_uids is None:
             for ds in self.client.iter_series(ref.study_uid, ref.series_uid):
                 sink(ds)
@@ -102,4 +106,6 @@ class DicomWebArchive:
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
             reasons = sorted({int(item.get("FailureReason", 0)) for item in failed})
-            raise RuntimeError(f"{self.label} refused {len(failed)} of {len(paths)} objects (failure reasons {reasons})")
+            raise RuntimeError(
+                f"{self.label} refused {len(failed)} of {len(paths)} objects (failure reasons {reasons})"
+            )

@@ -15,13 +15,13 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
+from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 
 from pipeline.pacs.archive import SeriesRef
 
@@ -52,7 +52,7 @@ def storage_handler(sink: Callable[[Dataset], None], errors: list[BaseException]
             ds = event.dataset
             ds.file_meta = event.file_meta
             sink(ds)
-        except Exception as e:  # a bad object must not stop the association
+        except Exception as e:  # noqa: BLE001 - a bad object must not stop the association
             errors.append(e)
             return 0xC211
         return 0x0000
@@ -83,7 +83,12 @@ class DimseArchive:
         if not 0 < len(calling_aet) <= 16:
             raise ValueError(f"calling AE title must be 1-16 characters, got {len(calling_aet)}")
         self.aet, self.host, self.port = aet, host, int(port)
-        self.calling_aet, self.retrieve_mode, self.move_port, self.timeout = calling_aet, retrieve, move_port, timeout
+        self.calling_aet, self.retrieve_mode, self.move_port, self.timeout = (
+            calling_aet,
+            retrieve,
+            move_port,
+            timeout,
+        )
         self.label = f"dimse:{aet}@{host}:{port}"
 
     @classmethod
@@ -103,7 +108,9 @@ class DimseArchive:
     def _association(self, ae: AE, **kwargs) -> Iterator[Association]:
         assoc = ae.associate(self.host, self.port, ae_title=self.aet, **kwargs)
         if not assoc.is_established:
-            raise ConnectionError(f"{self.label}: association refused or failed (calling AE {self.calling_aet})")
+            raise ConnectionError(
+                f"{self.label}: association refused or failed (calling AE {self.calling_aet})"
+            )
         try:
             yield assoc
         finally:
@@ -142,8 +149,14 @@ class DimseArchive:
         refs = []
         for m in self._find(ds):
             count = m.get("NumberOfSeriesRelatedInstances")
-            refs.append(SeriesRef(str(m.StudyInstanceUID), str(m.SeriesInstanceUID), str(m.get("Modality", "")),
-                                  int(count) if count not in (None, "") else None))
+            refs.append(
+                SeriesRef(
+                    str(m.StudyInstanceUID),
+                    str(m.SeriesInstanceUID),
+                    str(m.get("Modality", "")),
+                    int(count) if count not in (None, "") else None,
+                )
+            )
         return refs
 
     def list_instances(self, ref: SeriesRef) -> list[str]:
@@ -152,7 +165,9 @@ class DimseArchive:
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = ref.study_uid, ref.series_uid, ""
         return sorted({str(m.SOPInstanceUID) for m in self._find(ds)})
 
-    def retrieve(self, ref: SeriesRef, sop_uids: Sequence[str] | None, sink: Callable[[Dataset], None]) -> None:
+    def retrieve(
+        self, ref: SeriesRef, sop_uids: Sequence[str] | None, sink: Callable[[Dataset], None]
+    ) -> None:
         identifiers = []
         for uid in sop_uids if sop_uids is not None else [None]:
             ds = Dataset()
@@ -171,7 +186,9 @@ class DimseArchive:
             roles = [build_role(uid, scp_role=True) for uid in IMAGE_STORAGE]
             with self._association(ae, ext_neg=roles, evt_handlers=handlers) as assoc:
                 for ds in identifiers:
-                    self._check(assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), "C-GET", errors)
+                    self._check(
+                        assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet), "C-GET", errors
+                    )
             return
         ae = self._ae()
         for uid in IMAGE_STORAGE:
@@ -181,7 +198,9 @@ class DimseArchive:
         try:
             with self._association(ae) as assoc:
                 for ds in identifiers:
-                    responses = assoc.send_c_move(ds, self.calling_aet, StudyRootQueryRetrieveInformationModelMove)
+                    responses = assoc.send_c_move(
+                        ds, self.calling_aet, StudyRootQueryRetrieveInformationModelMove
+                    )
                     self._check(responses, "C-MOVE", errors)
         finally:
             server.shutdown()
@@ -199,11 +218,15 @@ class DimseArchive:
     def store(self, paths: Sequence[Path]) -> None:
         datasets = [pydicom.dcmread(p) for p in paths]
         ae = self._ae()
-        for sop_class, syntax in sorted({(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}):
+        for sop_class, syntax in sorted(
+            {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}
+        ):
             ae.add_requested_context(sop_class, [syntax])
         with self._association(ae) as assoc:
             for path, ds in zip(paths, datasets, strict=True):
                 status = assoc.send_c_store(ds)
                 code = int(getattr(status, "Status", -1))
                 if code != 0x0000:
-                    raise RuntimeError(f"{self.label}: C-STORE of {path.name} ended with status 0x{code & 0xFFFF:04X}")
+                    raise RuntimeError(
+                        f"{self.label}: C-STORE of {path.name} ended with status 0x{code & 0xFFFF:04X}"
+                    )

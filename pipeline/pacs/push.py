@@ -54,14 +54,16 @@ def push_case(case_dir: Path, destination: Archive, names: Sequence[str]) -> Pus
     ledger = _ledger(case_dir)
     entry = ledger.setdefault(destination.label, {"stored": [], "error": None})
     done = set(entry["stored"])
-    uids = {p: str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-            for p in files}
+    uids = {
+        p: str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        for p in files
+    }
     todo = [p for p in files if uids[p] not in done]
     if not todo:
         return PushResult(case, "already")
     try:
         destination.store(todo)
-    except Exception as e:  # recorded per case, retried on the next run
+    except Exception as e:  # noqa: BLE001 - recorded per case, retried on the next run
         entry["error"] = error_text(e)
         atomic_write_json(case_dir / LEDGER, ledger)
         logger.warning("case %s: push to %s failed: %s", case, destination.label, entry["error"])
@@ -79,11 +81,16 @@ def push_report(
     """Push every finished case (``ok`` or ``skipped``) of ``report``; write ``OUT/push.json``."""
     names = list(names)
     results = [
-        push_case(output / r.case, destination, names) for r in report.results if r.status in ("ok", "skipped")
+        push_case(output / r.case, destination, names)
+        for r in report.results
+        if r.status in ("ok", "skipped")
     ]
     atomic_write_json(
         output / PUSH_REPORT,
-        {"destination": destination.label, "cases": [asdict(r) for r in results],
-         "failed": sum(r.status == "failed" for r in results)},
+        {
+            "destination": destination.label,
+            "cases": [asdict(r) for r in results],
+            "failed": sum(r.status == "failed" for r in results),
+        },
     )
     return results

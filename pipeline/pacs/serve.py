@@ -77,7 +77,9 @@ class StorageNode:
         options: ServeOptions | None = None, batch: BatchOptions | None = None,
     ) -> None:  # fmt: skip
         if len(predictor.input_keys) != 1:
-            raise ValueError(f"clinseg serve feeds one image series; the bundle needs {list(predictor.input_keys)}")
+            raise ValueError(
+                f"clinseg serve feeds one image series; the bundle needs {list(predictor.input_keys)}"
+            )
         self.predictor, self.push_to = predictor, push_to
         self.options, self.batch = options or ServeOptions(), batch or BatchOptions()
         self.incoming, self.output = Path(spool) / "incoming", Path(output)
@@ -100,7 +102,9 @@ class StorageNode:
         folder.mkdir(exist_ok=True)
         write_instance(ds, folder)
         if key in self.journal():
-            logger.warning("series %s was already processed; a late instance is kept but not processed again", key)
+            logger.warning(
+                "series %s was already processed; a late instance is kept but not processed again", key
+            )
 
     def start(self) -> None:
         """Start listening (in background threads)."""
@@ -196,10 +200,19 @@ class StorageNode:
         retry = [k for k, r in done.items() if r["status"] == "ok" and r.get("push") == "failed"]
         for key in keys + retry:
             result = results[key]
-            record = {"case": key, "status": "ok" if result.status != "failed" else "failed", "error": result.error}
+            record = {
+                "case": key,
+                "status": "ok" if result.status != "failed" else "failed",
+                "error": result.error,
+            }
             if self.push_to is not None and record["status"] == "ok":
                 names = [DICOM_SEG_NAME] + ([RTSTRUCT_NAME] if self.batch.outputs.rtstruct else [])
                 pushed = push_case(self.output / key, self.push_to, names)
                 record.update(push=pushed.status, push_error=pushed.error)
             self._append(record)
-            logger.info("series %s: %s%s", key, record["status"], f", push {record['push']}" if "push" in record else "")
+            logger.info(
+                "series %s: %s%s",
+                key,
+                record["status"],
+                f", push {record['push']}" if "push" in record else "",
+            )
