@@ -4,6 +4,7 @@ and ``clinseg serve`` receiving a series and returning its SEG."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from pynetdicom import AE
 
 from pipeline.batch.case_outputs import OutputOptions
+from pipeline.cli import main
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.pacs.archive import Selection
@@ -33,8 +35,12 @@ CASES = ("case_000", "case_001")
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    ckpt = random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+def ckpt(tmp_path_factory):
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt):
     return Predictor.from_bundle(BUNDLE, ckpt, options=InferenceOptions(roi_size=(32, 32, 16), device="cpu"))
 
 
@@ -129,8 +135,23 @@ def test_dicomweb_batch_pushes_seg_and_rtstruct_once(orthanc, archive_data, pred
 
 def test_dicomweb_without_credentials_is_refused(orthanc, archive_data, predictor, tmp_path):  # noqa: F811
     archive = open_archive(f"dicomweb:{orthanc.dicomweb}")
-    with pytest.raises(Exception, match="401"):
+    with pytest.raises(RuntimeError, match="QIDO-RS study query failed with HTTP 401"):
         predict_archive(predictor, archive, Selection(modality="CT"), tmp_path / "out")
+
+
+def test_cli_predict_from_dicomweb_with_push(orthanc, archive_data, ckpt, tmp_path, monkeypatch, caplog):  # noqa: F811
+    monkeypatch.setenv(ENV_USER, USER)
+    monkeypatch.setenv(ENV_PASSWORD, PASSWORD)
+    out = tmp_path / "out"
+    argv = ["predict", str(BUNDLE), "--input", f"dicomweb:{orthanc.dicomweb}", "--output", str(out),
+            "--checkpoint", str(ckpt), "--roi-size", "32", "32", "16", "--device", "cpu", "--modality", "CT",
+            "--push", "--quiet"]  # fmt: skip
+    assert main(argv) == 3  # the broken series fails; the others are segmented and pushed
+    pushed = json.loads((out / "push.json").read_text())
+    assert [c["status"] for c in pushed["cases"]] == ["pushed", "pushed"] and pushed["failed"] == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"ok": 2, "failed": 1, "skipped": 0}
+    assert PASSWORD not in caplog.text and PASSWORD not in (out / "report.json").read_text()
 
 
 @pytest.mark.parametrize("retrieve", ["get", "move"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pydicom
+import requests
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 from pydicom.dataset import Dataset
@@ -27,6 +29,19 @@ def _value(record: dict, keyword: str) -> str | int | None:
     tag = f"{pydicom.datadict.tag_for_keyword(keyword):08X}"
     values = record.get(tag, {}).get("Value") or [None]
     return values[0]
+
+
+@contextmanager
+def _http(label: str, what: str) -> Iterator[None]:
+    """HTTP failures as one line naming the service and the status; never the request URL, whose query may hold
+    a StudyDescription."""
+    try:
+        yield
+    except requests.HTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        raise RuntimeError(f"{label}: {what} failed with HTTP {status}") from None
+    except requests.ConnectionError:
+        raise ConnectionError(f"{label}: {what} failed: cannot connect") from None
 
 
 class DicomWebArchive:
@@ -66,13 +81,15 @@ class DicomWebArchive:
         self.client = DICOMwebClient(url.rstrip("/"), session=session, headers=headers, timeout=timeout)
 
     def query_studies(self, filters: dict[str, str]) -> list[str]:
-        records = self.client.search_for_studies(search_filters=filters, get_remaining=True)
+        with _http(self.label, "QIDO-RS study query"):
+            records = self.client.search_for_studies(search_filters=filters, get_remaining=True)
         return sorted({str(_value(r, "StudyInstanceUID")) for r in records})
 
     def query_series(self, study_uid: str | None, filters: dict[str, str]) -> list[SeriesRef]:
-        records = self.client.search_for_series(
-            study_uid, fields=_SERIES_FIELDS, search_filters=filters, get_remaining=True
-        )
+        with _http(self.label, "QIDO-RS series query"):
+            records = self.client.search_for_series(
+                study_uid, fields=_SERIES_FIELDS, search_filters=filters, get_remaining=True
+            )
         refs = []
         for r in records:
             count = _value(r, "NumberOfSeriesRelatedInstances")
@@ -87,22 +104,25 @@ class DicomWebArchive:
         return refs
 
     def list_instances(self, ref: SeriesRef) -> list[str]:
-        records = self.client.search_for_instances(ref.study_uid, ref.series_uid, get_remaining=True)
+        with _http(self.label, "QIDO-RS instance query"):
+            records = self.client.search_for_instances(ref.study_uid, ref.series_uid, get_remaining=True)
         return sorted({str(_value(r, "SOPInstanceUID")) for r in records})
 
     def retrieve(
         self, ref: SeriesRef, sop_uids: Sequence[str] | None, sink: Callable[[Dataset], None]
     ) -> None:
-        if sop_uids is None:
-            for ds in self.client.iter_series(ref.study_uid, ref.series_uid):
-                sink(ds)
-            return
-        for uid in sop_uids:
-            sink(self.client.retrieve_instance(ref.study_uid, ref.series_uid, uid))
+        with _http(self.label, "WADO-RS retrieval"):
+            if sop_uids is None:
+                for ds in self.client.iter_series(ref.study_uid, ref.series_uid):
+                    sink(ds)
+                return
+            for uid in sop_uids:
+                sink(self.client.retrieve_instance(ref.study_uid, ref.series_uid, uid))
 
     def store(self, paths: Sequence[Path]) -> None:
         datasets = [pydicom.dcmread(p) for p in paths]
-        response = self.client.store_instances(datasets)
+        with _http(self.label, "STOW-RS"):
+            response = self.client.store_instances(datasets)
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
             reasons = sorted({int(item.get("FailureReason", 0)) for item in failed})
