@@ -206,3 +206,20 @@ def test_node_waits_for_quiet_series_and_never_reprocesses(series, tmp_path):
     bad = pydicom.Dataset()
     with pytest.raises(ValueError, match="without SeriesInstanceUID"):
         node._receive(bad)
+
+
+def test_cli_serve_maps_flags_to_the_node(tmp_path, monkeypatch):
+    from pipeline.cli import main
+    from tests.test_predictor import BUNDLE, random_checkpoint
+
+    nodes = []
+    monkeypatch.setattr(StorageNode, "serve_forever", lambda self: nodes.append(self))
+    ckpt = random_checkpoint(tmp_path / "model.pt")
+    argv = ["serve", str(BUNDLE), "--checkpoint", str(ckpt), "--device", "cpu", "--spool", str(tmp_path / "spool"),
+            "--output", str(tmp_path / "out"), "--port", "11999", "--ae-title", "NODE", "--quiet-seconds", "3",
+            "--push-to", "dimse:PACS@127.0.0.1:4242", "--calling-aet", "NODE", "--rtstruct"]  # fmt: skip
+    assert main(argv) == 0
+    (node,) = nodes
+    assert node.options == ServeOptions("NODE", "127.0.0.1", 11999, 3.0)
+    assert node.push_to.label == "dimse:PACS@127.0.0.1:4242" and node.push_to.calling_aet == "NODE"
+    assert node.batch.outputs.rtstruct and (tmp_path / "spool" / "incoming").is_dir()
