@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
 from pipeline.batch.case_outputs import DICOM_SEG_NAME, RTSTRUCT_NAME
