@@ -121,9 +121,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
         outputs=OutputOptions(dicom_seg=not args.no_dicom_seg, rtstruct=args.rtstruct,
                               probabilities=args.save_probabilities, preview=not args.no_preview),
     )
+    if args.input.startswith(("dicomweb:", "dimse:")):
+        run = _predict_archive(args, predictor, batch)
+        print(run.summary_line())
+        return run.exit_code()
     report = predict_folder(predictor, args.input, args.output, options=batch)
     print(report.summary_line())
     return report.exit_code()
+
+
+def _archive(spec: str, args: argparse.Namespace):
+    """The archive ``spec`` with the credentials (environment or --credentials) and DIMSE options of ``args``."""
+    from pipeline.pacs.connect import open_archive
+    from pipeline.pacs.credentials import load_credentials
+
+    return open_archive(
+        spec, credentials=load_credentials(args.credentials), calling_aet=args.calling_aet,
+        retrieve=args.retrieve, move_port=args.move_port,
+    )  # fmt: skip
+
+
+def _predict_archive(args: argparse.Namespace, predictor, batch):
+    from pipeline.pacs.archive import Selection, read_uid_file
+    from pipeline.pacs.batch import predict_archive
+
+    studies, series = read_uid_file(args.uid_file) if args.uid_file else ([], [])
+    selection = Selection(
+        tuple(args.study + studies), tuple(args.series + series), args.modality, args.study_date,
+        args.study_description,
+    )  # fmt: skip
+    archive = _archive(args.input, args)
+    push_to = _archive(args.push_url, args) if args.push_url else archive if args.push else None
+    return predict_archive(predictor, archive, selection, args.output, cache_dir=args.cache_dir, push_to=push_to,
+                           options=batch)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.batch.case_outputs import OutputOptions
+    from pipeline.batch.runner import BatchOptions
+    from pipeline.inference.predictor import Predictor
+    from pipeline.pacs.serve import ServeOptions, StorageNode
+
+    options, postprocess = _inference_options(args)
+    predictor = Predictor.from_bundle(
+        args.bundle, args.checkpoint or None, options=options, postprocess=postprocess,
+        config=["inference", *args.config], **_overrides(args.set),
+    )  # fmt: skip
+    batch = BatchOptions(outputs=OutputOptions(rtstruct=args.rtstruct, preview=not args.no_preview))
+    node = StorageNode(
+        predictor, args.spool, args.output, push_to=_archive(args.push_to, args) if args.push_to else None,
+        options=ServeOptions(args.ae_title, args.host, args.port, args.quiet_seconds), batch=batch,
+    )  # fmt: skip
+    node.serve_forever()
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -309,6 +359,29 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_archive_options(p: argparse.ArgumentParser, selection: bool = True) -> None:
+    """Archive access (credentials, DIMSE) and, for ``predict``, the series selection and push."""
+    g = p.add_argument_group(
+        "archive", "--input dicomweb:URL or dimse:AET@host:port; credentials only from CLINSEG_PACS_USER + "
+        "CLINSEG_PACS_PASSWORD, CLINSEG_PACS_TOKEN or --credentials FILE; case folders are named by hashed UIDs",
+    )  # fmt: skip
+    g.add_argument("--credentials", metavar="FILE", help='JSON {"username": ..., "password": ...} or {"token": ...}')
+    g.add_argument("--calling-aet", default="CLINSEG", help="this node's AE title for DIMSE")
+    g.add_argument("--retrieve", choices=("get", "move"), default="get", help="DIMSE retrieval: C-GET or C-MOVE")
+    g.add_argument("--move-port", type=int, help="local port the archive sends C-MOVE instances to")
+    if not selection:
+        return
+    g.add_argument("--study", action="append", default=[], metavar="UID", help="StudyInstanceUID (repeatable)")
+    g.add_argument("--series", action="append", default=[], metavar="UID", help="SeriesInstanceUID (repeatable)")
+    g.add_argument("--uid-file", metavar="FILE", help="per line a StudyInstanceUID or STUDY_UID SERIES_UID")
+    g.add_argument("--modality", help="only series of this modality, e.g. CT")
+    g.add_argument("--study-date", metavar="YYYYMMDD[-YYYYMMDD]", help="study date or range")
+    g.add_argument("--study-description", help="StudyDescription query (* wildcards)")
+    g.add_argument("--cache-dir", help="retrieved series (default: OUTPUT/.cache); reruns reuse it")
+    g.add_argument("--push", action="store_true", help="store seg.dcm (and rtstruct.dcm) back in the archive")
+    g.add_argument("--push-url", metavar="ARCHIVE", help="store them here instead (dicomweb:URL or dimse:AET@host:port)")
+
+
 def _add_config_overlays(parser: argparse.ArgumentParser, base: str) -> None:
     """``--config``: overlays merged after the ``base`` config; ``--set``: overrides, applied last."""
     parser.add_argument("--config", action="append", default=[], metavar="OVERLAY",
@@ -417,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d or an exported one, or a "
                                   "registered model: models:/NAME/VERSION, models:/NAME@ALIAS")
-    p.add_argument("--input", help="folder of patient folders, flat NIfTI folder or dataset.json")
+    p.add_argument("--input", help="folder of patient folders, flat NIfTI folder, dataset.json, dicomweb:URL or "
+                                   "dimse:AET@host:port")
     p.add_argument("--tracking-uri",
                    help="MLflow registry of a models:/ bundle (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--output", required=True, help="output folder (one sub-folder per case, batch reports)")
@@ -437,8 +511,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-shards", action="store_true", help="merge the shard reports in --output and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
+    _add_archive_options(p)
     _add_config_overlays(p, "inference")
     p.set_defaults(func=cmd_predict)
+
+    p = _command(sub, "serve", "listen as a DICOM Storage SCP; segment each received series, push the results",
+                 epilog="A series is segmented once no instance arrived for --quiet-seconds; SPOOL keeps received "
+                 "instances and a journal, so a restarted node loses nothing and processes nothing twice.")
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
+    p.add_argument("--checkpoint", action="append", default=[], help="weights (default: <bundle>/models/model.pt)")
+    p.add_argument("--spool", required=True, help="folder of received series and the journal")
+    p.add_argument("--output", required=True, help="results folder (one sub-folder per series, report.json)")
+    p.add_argument("--ae-title", default="CLINSEG", help="this node's AE title")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=11112, help="DICOM port")
+    p.add_argument("--quiet-seconds", type=float, default=10.0, help="a series is complete after this long quiet")
+    p.add_argument("--push-to", metavar="ARCHIVE", help="dicomweb:URL or dimse:AET@host:port for the results")
+    p.add_argument("--rtstruct", action="store_true", help="also write and push rtstruct.dcm")
+    p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    _add_inference_options(p)
+    _add_archive_options(p, selection=False)
+    _add_config_overlays(p, "inference")
+    p.set_defaults(func=cmd_serve)
 
     p = _command(sub, "evaluate", "score checkpoints per case: Dice, IoU, HD95, surface distance")
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")

@@ -19,6 +19,7 @@ import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ class _ShardReport(BatchReport):
 
 def predict_folder(
     predictor: Predictor,
-    source: str | Path,
+    source: str | Path | Sequence[Case],
     output: str | Path,
     *,
     options: BatchOptions | None = None,
@@ -98,7 +99,8 @@ def predict_folder(
 
     Args:
         predictor: a built :class:`~pipeline.inference.predictor.Predictor`.
-        source: folder of patient folders, flat folder of NIfTI files, or a datalist JSON.
+        source: folder of patient folders, flat folder of NIfTI files, a datalist JSON, or cases found by the
+            caller (e.g. series retrieved from an archive, :mod:`pipeline.pacs`).
         output: output folder; the report, summary and volumes table are rewritten after every case.
         options: batch options; ``changes`` replace single fields (``overwrite=True``, ``split="test"``).
 
@@ -108,9 +110,11 @@ def predict_folder(
     options = replace(options or BatchOptions(), **changes)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    found = discover_cases(
-        source, split=options.split, modalities={k: DEFAULT_MODALITIES.get(k, (k,)) for k in predictor.input_keys}
-    )
+    if isinstance(source, (str, Path)):
+        modalities = {k: DEFAULT_MODALITIES.get(k, (k,)) for k in predictor.input_keys}
+        found = discover_cases(source, split=options.split, modalities=modalities)
+    else:
+        found = sorted(source, key=lambda c: c.case_id)
     cases = options.shard.select(found)
     settings = {**predictor.settings(), **_output_settings(options.outputs)}
     shard_text = f"{options.shard.index}/{options.shard.count}"
@@ -317,5 +321,7 @@ def _output_settings(outputs: OutputOptions) -> dict[str, Any]:
     return asdict(outputs)
 
 
-def _kind(source: str | Path) -> str:
+def _kind(source: str | Path | Sequence[Case]) -> str:
+    if not isinstance(source, (str, Path)):
+        return "cases"
     return "datalist" if str(source).endswith(".json") else "folder"

@@ -1,0 +1,225 @@
+"""PACS pieces without a server: selection, credentials, the verified resumable cache, failure isolation of
+retrieval, the push ledger and the listening node's series bookkeeping (a fake in-memory archive)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.pacs.archive import Selection, SeriesRef, find_series, read_uid_file
+from pipeline.pacs.batch import retrieve_cases
+from pipeline.pacs.cache import SeriesCache, case_key
+from pipeline.pacs.connect import open_archive
+from pipeline.pacs.credentials import ENV_PASSWORD, ENV_TOKEN, ENV_USER, load_credentials
+from pipeline.pacs.push import LEDGER, push_case
+from pipeline.pacs.serve import JOURNAL, ServeOptions, StorageNode
+from pipeline.synthetic.dicom_series import write_dicom_series
+
+STUDY, SERIES, OTHER = (
+    "1.2.826.0.1.3680043.8.498.10",
+    "1.2.826.0.1.3680043.8.498.11",
+    "1.2.826.0.1.3680043.8.498.12",
+)
+
+
+class FakeArchive:
+    """Series held in memory; counts retrievals; ``fail`` makes store/retrieve raise."""
+
+    label = "fake:archive"
+
+    def __init__(self, series: dict[SeriesRef, list[pydicom.Dataset]]) -> None:
+        self.series, self.retrieved, self.stored, self.fail = series, [], [], False
+
+    def query_studies(self, filters):
+        return sorted({r.study_uid for r in self.series})
+
+    def query_series(self, study_uid, filters):
+        return [
+            r
+            for r in self.series
+            if study_uid in (None, r.study_uid)
+            and filters.get("SeriesInstanceUID", r.series_uid) == r.series_uid
+        ]
+
+    def _instances(self, ref):
+        return next(v for r, v in self.series.items() if r.series_uid == ref.series_uid)
+
+    def list_instances(self, ref):
+        return sorted(str(d.SOPInstanceUID) for d in self._instances(ref))
+
+    def retrieve(self, ref, sop_uids, sink):
+        if self.fail:
+            raise ConnectionError("archive unreachable")
+        for ds in self._instances(ref):
+            if sop_uids is None or ds.SOPInstanceUID in sop_uids:
+                self.retrieved.append(str(ds.SOPInstanceUID))
+                sink(ds)
+
+    def store(self, paths):
+        if self.fail:
+            raise ConnectionError("archive unreachable")
+        self.stored += [p.name for p in paths]
+
+
+@pytest.fixture
+def series(tmp_path):
+    paths = write_dicom_series(
+        np.zeros((8, 6, 4)), np.eye(4), tmp_path / "src", series_uid=SERIES, study_uid=STUDY, uid_seed="unit"
+    )
+    return SeriesRef(STUDY, SERIES, "CT", 4), [pydicom.dcmread(p) for p in paths]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "select what to segment"),
+        ({"studies": ("1.2.abc",)}, "not DICOM UIDs"),
+        ({"study_date": "2020-01-01"}, "--study-date"),
+        ({"series": ("1." * 40,)}, "not DICOM UIDs"),
+    ],
+)
+def test_bad_selections_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Selection(**kwargs)
+
+
+def test_uid_file_gives_studies_and_series(tmp_path):
+    path = tmp_path / "uids.txt"
+    path.write_text(f"# studies\n{STUDY}\n\n{STUDY} {SERIES}  # one series\n")
+    assert read_uid_file(path) == ([STUDY], [SERIES])
+    path.write_text("1.2 3.4 5.6\n")
+    with pytest.raises(ValueError, match="uids.txt:1"):
+        read_uid_file(path)
+
+
+def test_find_series_skips_non_image_series(series):
+    ref, datasets = series
+    seg = SeriesRef(STUDY, OTHER, "SEG", 1)
+    archive = FakeArchive({ref: datasets, seg: []})
+    assert find_series(archive, Selection(studies=(STUDY,))) == [ref]
+    assert find_series(archive, Selection(series=(SERIES,))) == [ref]
+
+
+def test_credentials_come_from_the_environment_or_a_file(tmp_path):
+    assert load_credentials(environ={ENV_USER: "u", ENV_PASSWORD: "p"}).password == "p"
+    assert load_credentials(environ={ENV_TOKEN: "t"}).token == "t"
+    assert not load_credentials(environ={})
+    with pytest.raises(ValueError, match=ENV_PASSWORD):
+        load_credentials(environ={ENV_USER: "u"})
+    path = tmp_path / "creds.json"
+    path.write_text(json.dumps({"username": "u", "password": "secret"}))
+    creds = load_credentials(path)
+    assert creds.username == "u" and "secret" not in repr(creds)
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="creds.json"):
+        load_credentials(path)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("dicomweb:http://user:pw@host/dicom-web", "must not carry credentials"),
+        ("dicomweb:ftp://host", "http"),
+        ("dimse:host:104", "AET@host:port"),
+        ("pacs:somewhere", "expected dicomweb"),
+    ],
+)
+def test_bad_archive_specs_are_refused(spec, match):
+    with pytest.raises(ValueError, match=match):
+        open_archive(spec)
+
+
+def test_cache_is_resumable_and_verified(series, tmp_path):
+    ref, datasets = series
+    archive, cache = FakeArchive({ref: datasets}), SeriesCache(tmp_path / "cache")
+    folder = cache.fetch(archive, ref)
+    assert (
+        folder.name == case_key(SERIES)
+        and len(list(folder.glob("*.dcm"))) == 4
+        and len(archive.retrieved) == 4
+    )
+    assert cache.fetch(archive, ref) == folder and len(archive.retrieved) == 4  # complete: nothing retrieved
+    (folder / ".series.json").unlink()
+    min(folder.glob("*.dcm")).unlink()  # an interrupted run
+    cache.fetch(archive, ref)
+    assert len(archive.retrieved) == 5  # only the missing instance
+
+
+def test_cache_refuses_incomplete_or_foreign_series(series, tmp_path):
+    ref, datasets = series
+    short = FakeArchive({ref: datasets})
+    short.list_instances = lambda r: sorted(str(d.SOPInstanceUID) for d in datasets) + ["1.2.3"]
+    with pytest.raises(ValueError, match="4 of 5 instances retrieved and verified"):
+        SeriesCache(tmp_path / "a").fetch(short, SeriesRef(STUDY, SERIES, "CT", None))
+    other = SeriesRef(STUDY, OTHER, "CT", 4)
+    with pytest.raises(ValueError, match="another series"):
+        SeriesCache(tmp_path / "b").fetch(FakeArchive({other: datasets}), other)
+
+
+def test_a_series_that_fails_to_retrieve_is_a_failed_case(series, tmp_path):
+    ref, datasets = series
+    archive = FakeArchive({ref: datasets})
+    archive.fail = True
+    (case,) = retrieve_cases(archive, [ref], SeriesCache(tmp_path / "cache"), "image")
+    assert case.case_id == case_key(SERIES) and case.kind == "missing"
+    assert "retrieval from fake:archive failed: ConnectionError: archive unreachable" in case.problem
+
+
+def test_push_stores_once_and_retries_failures(series, tmp_path):
+    _, datasets = series
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    datasets[0].save_as(case_dir / "seg.dcm", enforce_file_format=True)
+    archive = FakeArchive({})
+    archive.fail = True
+    failed = push_case(case_dir, archive, ["seg.dcm", "rtstruct.dcm"])
+    assert failed.status == "failed" and "unreachable" in failed.error
+    assert json.loads((case_dir / LEDGER).read_text())["fake:archive"]["error"]
+    archive.fail = False
+    assert push_case(case_dir, archive, ["seg.dcm", "rtstruct.dcm"]).status == "pushed"
+    assert push_case(case_dir, archive, ["seg.dcm", "rtstruct.dcm"]).status == "already"
+    assert archive.stored == ["seg.dcm"]
+    assert push_case(tmp_path, archive, ["seg.dcm"]).status == "nothing"
+
+
+def test_node_waits_for_quiet_series_and_never_reprocesses(series, tmp_path):
+    _, datasets = series
+    predictor = SimpleNamespace(input_keys=("image",))
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=ServeOptions(quiet_seconds=5))
+    for ds in datasets:
+        node._receive(ds)
+    now = time.time()
+    assert node.ready(now) == [] and node.ready(now + 6) == [case_key(SERIES)]
+    with (tmp_path / "spool" / JOURNAL).open("a") as f:
+        f.write(json.dumps({"case": case_key(SERIES), "status": "ok"}) + "\n")
+    restarted = StorageNode(
+        predictor, tmp_path / "spool", tmp_path / "out", options=ServeOptions(quiet_seconds=5)
+    )
+    assert restarted.ready(now + 6) == []
+    assert len(os.listdir(tmp_path / "spool" / "incoming" / case_key(SERIES))) == 4  # received files kept
+    bad = pydicom.Dataset()
+    with pytest.raises(ValueError, match="without SeriesInstanceUID"):
+        node._receive(bad)
+
+
+def test_cli_serve_maps_flags_to_the_node(tmp_path, monkeypatch):
+    from pipeline.cli import main
+    from tests.test_predictor import BUNDLE, random_checkpoint
+
+    nodes = []
+    monkeypatch.setattr(StorageNode, "serve_forever", lambda self: nodes.append(self))
+    ckpt = random_checkpoint(tmp_path / "model.pt")
+    argv = ["serve", str(BUNDLE), "--checkpoint", str(ckpt), "--device", "cpu", "--spool", str(tmp_path / "spool"),
+            "--output", str(tmp_path / "out"), "--port", "11999", "--ae-title", "NODE", "--quiet-seconds", "3",
+            "--push-to", "dimse:PACS@127.0.0.1:4242", "--calling-aet", "NODE", "--rtstruct"]  # fmt: skip
+    assert main(argv) == 0
+    (node,) = nodes
+    assert node.options == ServeOptions("NODE", "127.0.0.1", 11999, 3.0)
+    assert node.push_to.label == "dimse:PACS@127.0.0.1:4242" and node.push_to.calling_aet == "NODE"
+    assert node.batch.outputs.rtstruct and (tmp_path / "spool" / "incoming").is_dir()
