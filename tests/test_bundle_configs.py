@@ -158,6 +158,8 @@ def test_documented_monai_commands_load_common_first():
     documented = _documented_config_lists()
     assert len(documented) > 20
     for doc, files in documented:
+        if files == ["configs/inference.yaml"]:  # run inside an exported bundle: `clinseg export` flattens it
+            continue
         assert Path(files[0]).name == "common.yaml", f"{doc}: --config_file {files} must load common.yaml first"
         for f in files:
             path = Path(f.replace("$B", "bundles/ctmr_fusion_seg3d"))
