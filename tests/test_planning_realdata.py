@@ -90,7 +90,7 @@ def test_planned_bundle_trains_evaluates_and_predicts(planned, hippocampus, tmp_
     log = monai_bundle_run(
         out, ["train"], tmp_path,
         "--dataset_dir", str(small.parent), "--max_epochs", "1", "--val_interval", "1",
-        "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--log_run_artifacts", "false",
+        "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--log_run_artifacts", "False",
     )  # fmt: skip
     assert "Epoch[1] Complete" in log
     model = out / "models" / "model.pt"
