@@ -23,9 +23,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_hippocampus import clinseg_cli
 from hippocampus_nnunet import dice_per_label
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,23 +42,6 @@ CONFIGS: dict[str, list[str]] = {  # name -> extra `clinseg plan` arguments
     "fusion": ["--network", "feature_fusion_unet"],
     "regions": ["--network", "unet", "--regions", ";".join(f"{k}={','.join(map(str, v))}" for k, v in REGIONS.items())],
 }
-
-
-def _clinseg(args: list[str], threads: int, log_dir: Path) -> float:
-    """Run ``clinseg ARGS`` with ``threads`` torch threads; seconds taken. Output goes to ``log_dir/clinseg.log``."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{log_dir / 'mlflow.db'}"
-    start = time.perf_counter()
-    with open(log_dir / "clinseg.log", "a") as log:
-        log.write(f"\n$ clinseg {' '.join(args)}\n")
-        log.flush()
-        done = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", *args], check=False, cwd=log_dir, env=env, stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    if done.returncode:
-        raise RuntimeError(f"clinseg {args[0]} failed ({done.returncode}); see {log_dir / 'clinseg.log'}")
-    return time.perf_counter() - start
 
 
 def fold_datalists(imported: Path, out: Path) -> list[Path]:
@@ -84,9 +66,9 @@ def run_fold(bundle: Path, datalist: Path, work: Path, budget_s: float, threads:
     """Train ``bundle`` on ``datalist``'s training subjects, predict its test subject; Dice per region and times."""
     work.mkdir(parents=True, exist_ok=True)
     ckpt, pred = work / "models", work / "predictions"
-    train_s = _clinseg(["train", str(bundle), "--dataset-dir", str(datalist.parent), "--ckpt-dir", str(ckpt),
+    train_s = clinseg_cli(["train", str(bundle), "--dataset-dir", str(datalist.parent), "--ckpt-dir", str(ckpt),
                         "--time-budget", f"{budget_s}s"], threads, work)  # fmt: skip
-    predict_s = _clinseg(["predict", str(bundle), "--checkpoint", str(ckpt / "model_final.pt"), "--input",
+    predict_s = clinseg_cli(["predict", str(bundle), "--checkpoint", str(ckpt / "model_final.pt"), "--input",
                           str(datalist), "--split", "test", "--output", str(pred), "--no-preview", "--quiet",
                           "--overwrite"], threads, work)  # fmt: skip
     test = json.loads(datalist.read_text())["test"]
@@ -128,7 +110,7 @@ def main() -> None:
         bundle = work / name / "bundle"
         if not (bundle / "configs" / "plan.json").is_file():
             (work / name).mkdir(parents=True, exist_ok=True)
-            side["plan_s"] = _clinseg(["plan", str(folds[0]), "--out", str(bundle), "--time-budget", f"{budget_s}s",
+            side["plan_s"] = clinseg_cli(["plan", str(folds[0]), "--out", str(bundle), "--time-budget", f"{budget_s}s",
                                        "--threads", str(args.threads), *CONFIGS[name]], args.threads, work / name)  # fmt: skip
             plan = json.loads((bundle / "configs" / "plan.json").read_text())
             side["plan"] = {"network": plan["network"]["name"], "args": plan["network"]["args"],

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "hippocampus"
 
 
-def _clinseg(args: list[str], threads: int, cwd: Path) -> float:
+def clinseg_cli(args: list[str], threads: int, cwd: Path) -> float:
     """Run ``clinseg ARGS`` with ``threads`` torch threads; seconds taken. Output goes to ``cwd/clinseg.log``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
@@ -63,10 +63,10 @@ def _clinseg(args: list[str], threads: int, cwd: Path) -> float:
 def run_clinseg(datalist: Path, work: Path, budget_s: float, threads: int) -> dict:
     """Plan, train and predict with clinseg's CLI exactly as a user would; timings, plan and Dice."""
     bundle, pred = work / "bundle", work / "predictions"
-    plan_s = _clinseg(["plan", str(datalist), "--out", str(bundle), "--time-budget", f"{budget_s}s",
+    plan_s = clinseg_cli(["plan", str(datalist), "--out", str(bundle), "--time-budget", f"{budget_s}s",
                        "--threads", str(threads)], threads, work)  # fmt: skip
-    train_s = _clinseg(["train", str(bundle)], threads, work)
-    predict_s = _clinseg(["predict", str(bundle), "--input", str(datalist), "--split", "test", "--output", str(pred),
+    train_s = clinseg_cli(["train", str(bundle)], threads, work)
+    predict_s = clinseg_cli(["predict", str(bundle), "--input", str(datalist), "--split", "test", "--output", str(pred),
                           "--no-preview", "--quiet", "--overwrite"], threads, work)  # fmt: skip
     test = json.loads(datalist.read_text())["test"]
     dice = dice_per_label({e["case"]: pred / e["case"] / "seg.nii.gz" for e in test}, test)

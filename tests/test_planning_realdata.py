@@ -15,6 +15,7 @@ from pipeline.cli import main
 from pipeline.datasets.importer import import_dataset
 from pipeline.planning.fingerprint import dataset_fingerprint
 from pipeline.planning.planner import plan_dataset
+from tests.brats_data import import_brats
 from tests.bundle_runs import monai_bundle_run
 
 pytestmark = [pytest.mark.realdata]
@@ -153,24 +154,9 @@ def test_planned_2d_bundle_trains_on_slices_and_predicts_volumes(hippocampus, tm
 
 @pytest.mark.slow
 def test_brats_plans_two_mr_channels_z_scored_inside_the_brain(shared_data, tmp_path):
-    src = shared_data / "brats"
-    if not src.is_dir():
-        pytest.skip(f"{src} is absent")
-    dest = tmp_path / "brats"
-    import_dataset(
-        src,
-        dest,
-        channels="flair:MR=Flair_*;t1c:MR=T1c_*;label=OTMulti*",
-        structures="1=necrosis;2=edema;3=non-enhancing;4=enhancing",
-        test_fraction=0.25,
-        folds=1,
-    )
-    content = json.loads((dest / "dataset.json").read_text())
-    content["validation"] = content["training"][-1:]  # 2 training, 1 validation, 1 test
-    content["training"] = content["training"][:-1]
-    (dest / "dataset.json").write_text(json.dumps(content))
+    datalist = import_brats(shared_data, tmp_path / "brats")
     plan = plan_dataset(
-        dest / "dataset.json", tmp_path / "bundle", time_budget_s=600, device="cpu", threads=2
+        datalist, tmp_path / "bundle", time_budget_s=600, device="cpu", threads=2
     )
     assert list(plan["channels"]) == ["flair", "t1c"]
     for key in (

@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.core.datalist import load_datalist
-from pipeline.datasets.importer import import_dataset
 from pipeline.planning.planner import plan_dataset
+from tests.brats_data import import_brats
 from tests.bundle_runs import monai_bundle_run
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -28,23 +28,7 @@ REGION_NAMES = ["whole_tumour", "core", "enhancing"]
 @pytest.fixture(scope="module")
 def brats(shared_data, tmp_path_factory) -> Path:
     """The 4 BRATS subjects: 2 training, 1 validation, 1 test."""
-    src = shared_data / "brats"
-    if not src.is_dir():
-        pytest.skip(f"{src} is absent")
-    dest = tmp_path_factory.mktemp("brats")
-    import_dataset(
-        src,
-        dest,
-        channels="flair:MR=Flair_*;t1c:MR=T1c_*;label=OTMulti*",
-        structures="1=necrosis;2=edema;3=non-enhancing;4=enhancing",
-        test_fraction=0.25,
-        folds=1,
-    )
-    content = json.loads((dest / "dataset.json").read_text())
-    content["validation"] = content["training"][-1:]
-    content["training"] = content["training"][:-1]
-    (dest / "dataset.json").write_text(json.dumps(content))
-    return dest / "dataset.json"
+    return import_brats(shared_data, tmp_path_factory.mktemp("brats"))
 
 
 def test_unknown_region_labels_are_refused_before_planning(brats, tmp_path):
