@@ -23,6 +23,7 @@ LEARN: dict[str, dict] = {
         "norm": INSTANCE,
     },
     "dual_encoder_fusion": {"features": (8, 16)},
+    "feature_fusion_unet": {"features": (8, 16, 32), "norm": INSTANCE, "fused_image_head": True},
     "fusion_seg_net": {
         "fusion_features": (8, 16),
         "segmenter": "unet",
@@ -32,6 +33,7 @@ LEARN: dict[str, dict] = {
     "unet": {"features": (8, 16, 32), "norm": INSTANCE},
 }
 SEGMENTERS = [name for name in list_networks() if name != "dual_encoder_fusion"]
+FUSING = ("feature_fusion_unet", "fusion_seg_net")  # two modalities, trained with the auxiliary fusion loss
 
 
 def ellipse_case(in_channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,11 +62,11 @@ def test_every_network_has_a_learning_config():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SEGMENTERS)
 def test_network_overfits_one_case(name):
-    in_channels = 2 if name == "fusion_seg_net" else 1
+    in_channels = 2 if name in FUSING else 1
     image, label = ellipse_case(in_channels)
     net = build_network(name, spatial_dims=2, in_channels=in_channels, out_channels=2, **LEARN[name])
     loss_fn = dice_ce_loss()
-    if name == "fusion_seg_net":
+    if name in FUSING:
         loss_fn = JointFusionSegLoss(loss_fn, fusion_weight=0.1, network=net)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     dice = 0.0
