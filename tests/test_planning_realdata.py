@@ -90,7 +90,7 @@ def test_planned_bundle_trains_evaluates_and_predicts(planned, hippocampus, tmp_
     small = _small_datalist(hippocampus, tmp_path / "small", {"training": 4, "validation": 1, "test": 2})
     log = monai_bundle_run(
         out, ["train"], tmp_path,
-        "--dataset_dir", str(small.parent), "--max_epochs", "1", "--val_interval", "1",
+        "--dataset_dir", str(small.parent), "--max_epochs", "1", "--steps_per_epoch", "2", "--val_interval", "1",
         "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--log_run_artifacts", "False",
     )  # fmt: skip
     assert "Epoch[1] Complete" in log
@@ -137,6 +137,8 @@ def test_planned_2d_bundle_trains_on_slices_and_predicts_volumes(hippocampus, tm
             "1",
             "--set",
             "val_interval=1",
+            "--set",
+            "steps_per_epoch=2",  # a smoke run: the plan's epochs (at least 50 steps) are for real training
             "--tracking-uri",
             f"sqlite:///{tmp_path / 'mlflow.db'}",
             "--set",

@@ -45,7 +45,7 @@ def test_brats_region_bundle_trains_evaluates_per_region_and_predicts_labels(bra
     db = tmp_path / "mlflow.db"
     log = monai_bundle_run(
         out, ["train"], tmp_path,
-        "--max_epochs", "1", "--val_interval", "1", "--samples_per_volume", "1", "--sw_overlap", "0",
+        "--max_epochs", "1", "--steps_per_epoch", "1", "--val_interval", "1", "--samples_per_volume", "1", "--sw_overlap", "0",
         "--tracking_uri", f"sqlite:///{db}", "--log_run_artifacts", "False",  # fire reads False as a bool, "false" as a string
     )  # fmt: skip
     assert "Epoch[1] Complete" in log
