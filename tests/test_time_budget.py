@@ -126,14 +126,17 @@ def test_terminate_ends_an_ignite_run_with_completed():
     assert engine.state.epoch == 2 and seen == ["saved 1", "saved 2", "completed"]
 
 
-@pytest.mark.parametrize(("epoch_s", "expected_epochs"), [(10, 10), (20, 5), (40, 2)])
-def test_polynomial_decay_is_fitted_to_the_measured_epochs(epoch_s, expected_epochs):
-    """Planned for 10 epochs of 10 s in 100 s; slower epochs shrink the run and the decay still ends at 0."""
+@pytest.mark.parametrize(
+    ("epoch_s", "max_epochs", "expected_epochs"), [(10, 10, 10), (20, 10, 5), (40, 10, 2), (1, 10, 10), (1, 1, 1)]
+)
+def test_polynomial_decay_is_fitted_to_the_measured_epochs(epoch_s, max_epochs, expected_epochs):
+    """Planned for ``max_epochs`` in 100 s; slower epochs shrink the run and the decay still ends at 0, faster
+    ones never extend it past ``max_epochs`` (a 1-epoch smoke run in a long budget stays 1 epoch)."""
     from ignite.engine import Events
 
     clock = FakeClock()
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10, power=0.9)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_epochs, power=0.9)
     started = clock.now
 
     def step(engine: Engine, batch: int) -> None:
@@ -145,7 +148,7 @@ def test_polynomial_decay_is_fitted_to_the_measured_epochs(epoch_s, expected_epo
     lrs: list[float] = []
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: lrs.append(optimizer.param_groups[0]["lr"]))
     TimeBudgetStop(100.0, lr_scheduler=scheduler, clock=clock).attach(engine)
-    engine.run([0], max_epochs=10)
+    engine.run([0], max_epochs=max_epochs)
     assert engine.state.epoch == expected_epochs and clock.now - started <= 100.0
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and all(a >= b for a, b in zip(lrs, lrs[1:]))
     assert scheduler.total_iters == expected_epochs

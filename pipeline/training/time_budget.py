@@ -75,7 +75,7 @@ class TimeBudgetStop:
             decided = torch.tensor([int(stop), fitting], device=idist.device())
             stop, fitting = (int(v) for v in idist.broadcast(decided, src=0).tolist())
         if self.lr_scheduler is not None and not stop:
-            self._fit_schedule(engine, max(min(fitting, self._planned_epochs), engine.state.epoch + 1))
+            self._fit_schedule(engine, min(max(fitting, engine.state.epoch + 1), self._planned_epochs))
         if not stop or engine.state.epoch >= engine.state.max_epochs:
             return
         budget = format_duration(self.budget_s)
