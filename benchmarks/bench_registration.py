@@ -22,64 +22,28 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.known_transform import known_affine_case, max_error_mm, rotation_error_deg
 from transforms.registration import RegistrationOptions, register_images
 
 SOURCE = REPO.parent / "shared" / "data" / "brats" / "brats_2013_pat0003_1" / "T1c_subtrMeanDivStd.nii.gz"
 
 
-def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
-    a, b, c = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _rotation_error_deg(found: np.ndarray, truth: np.ndarray) -> float:
-    def polar(m: np.ndarray) -> np.ndarray:
-        u, _, vt = np.linalg.svd(m)
-        return u @ vt
-
-    relative = polar(found) @ polar(truth).T
-    return float(np.rad2deg(np.arccos(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0))))
-
-
 def measure(spacing: float, iterations: int) -> dict[str, float]:
     """Errors before and after registration at ``spacing`` mm, and the registration time."""
-    original = sitk.ReadImage(str(SOURCE), sitk.sitkFloat32)
-    size = [round(n * s / spacing) for n, s in zip(original.GetSize(), original.GetSpacing())]
-    fixed = sitk.Resample(
-        sitk.SmoothingRecursiveGaussian(original, spacing / 2), size, sitk.Transform(), sitk.sitkLinear,
-        original.GetOrigin(), [spacing] * 3, original.GetDirection(), 0.0, sitk.sitkFloat32,
-    )  # fmt: skip
-    background = float(sitk.GetArrayViewFromImage(fixed).min())
-    matrix = _rotation((5.0, -3.0, 4.0)) @ np.array([[1.03, 0.02, 0.0], [0.0, 0.97, 0.01], [0.0, 0.0, 1.02]])
-    truth = sitk.AffineTransform(3)
-    truth.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
-    truth.SetMatrix(matrix.ravel().tolist())
-    truth.SetTranslation([6.0, -4.0, 3.0])
-    moving = sitk.Resample(fixed, fixed, truth.GetInverse(), sitk.sitkLinear, background)
-    index = np.argwhere(sitk.GetArrayViewFromImage(fixed) > background + 0.5)[::37][:, ::-1]
-    points = [fixed.TransformIndexToPhysicalPoint([int(i) for i in v]) for v in index]
+    case = known_affine_case(SOURCE, spacing)
 
     start = time.perf_counter()
-    result = register_images(fixed, moving, options=RegistrationOptions(iterations=iterations))
+    result = register_images(case.fixed, case.moving, options=RegistrationOptions(iterations=iterations))
     seconds = time.perf_counter() - start
-
-    def max_error(transform: sitk.Transform) -> float:
-        return max(
-            float(np.linalg.norm(np.subtract(transform.TransformPoint(p), truth.TransformPoint(p))))
-            for p in points
-        )
 
     found = np.reshape(sitk.AffineTransform(result.transform.GetNthTransform(0)).GetMatrix(), (3, 3))
     return {
         "spacing_mm": spacing,
-        "size": "x".join(map(str, size)),
-        "error_before_mm": max_error(sitk.Transform(3, sitk.sitkIdentity)),
-        "error_after_mm": max_error(result.transform),
-        "rotation_before_deg": _rotation_error_deg(np.eye(3), matrix),
-        "rotation_after_deg": _rotation_error_deg(found, matrix),
+        "size": "x".join(map(str, case.fixed.GetSize())),
+        "error_before_mm": max_error_mm(sitk.Transform(3, sitk.sitkIdentity), case.truth, case.brain),
+        "error_after_mm": max_error_mm(result.transform, case.truth, case.brain),
+        "rotation_before_deg": rotation_error_deg(np.eye(3), case.matrix),
+        "rotation_after_deg": rotation_error_deg(found, case.matrix),
         "seconds": seconds,
     }
 

@@ -61,24 +61,17 @@ def archive_data(orthanc, tiny_dataset, tmp_path):  # noqa: F811
         orthanc.upload(sorted(folder.iterdir()))
         uids[name] = _series_uid(folder)
     broken = tmp_path / "broken"
-    affine = np.diag([1.0, 1.0, 2.0, 1.0])
-    paths = write_dicom_series(
-        np.zeros((20, 20, 3)),
-        affine,
-        broken,
-        series_uid="1.2.826.0.1.3680043.8.498.1",
-        study_uid="1.2.826.0.1.3680043.8.498.2",
-        uid_seed="a",
-    )
-    paths += write_dicom_series(
-        np.zeros((24, 24, 2)),
-        affine,
-        broken,
-        series_uid="1.2.826.0.1.3680043.8.498.1",
-        study_uid="1.2.826.0.1.3680043.8.498.2",
-        uid_seed="b",
-        file_names=["x1", "x2"],
-    )
+    paths = []
+    for shape, seed, names in (((20, 20, 3), "a", None), ((24, 24, 2), "b", ["x1", "x2"])):
+        paths += write_dicom_series(
+            np.zeros(shape),
+            np.diag([1.0, 1.0, 2.0, 1.0]),
+            broken,
+            series_uid="1.2.826.0.1.3680043.8.498.1",
+            study_uid="1.2.826.0.1.3680043.8.498.2",
+            uid_seed=seed,
+            file_names=names,
+        )
     orthanc.upload(paths)
     uids["broken"] = ("1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.1")
     return uids

@@ -15,6 +15,7 @@ from monai.utils import MetaKeys, SpaceKeys
 from pipeline.cli import main
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.synthetic.phantoms import make_phantom
+from tests.known_transform import known_affine_case, max_error_mm, rotation_error_deg, voxel_points
 from transforms.io import load_scan
 from transforms.registration import (
     RegisterToReferenced,
@@ -28,39 +29,6 @@ from transforms.registration import (
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 OFFSET_RAS = np.array([7.3, -4.6, 3.1])  # mm, MR relative to CT
 PAD = 6  # voxels of air around the phantom: the body lies inside the field of view, as in a head scan
-
-
-def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
-    a, b, c = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _polar_rotation(matrix: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(matrix)
-    return u @ vt
-
-
-def _rotation_error_deg(found: np.ndarray, truth: np.ndarray) -> float:
-    """Angle of the rotation between the rotation parts (polar decomposition) of two 3x3 matrices."""
-    relative = _polar_rotation(found) @ _polar_rotation(truth).T
-    return float(np.rad2deg(np.arccos(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0))))
-
-
-def _max_error_mm(transform: sitk.Transform, truth, points: np.ndarray) -> float:
-    """Largest distance between where ``transform`` and ``truth`` (a transform or a callable) send LPS points."""
-    send = truth.TransformPoint if isinstance(truth, sitk.Transform) else truth
-    return max(
-        float(np.linalg.norm(np.subtract(transform.TransformPoint(p.tolist()), send(p)))) for p in points
-    )
-
-
-def _points(image: sitk.Image, mask: np.ndarray, step: int = 37) -> np.ndarray:
-    """LPS points (mm) of every ``step``-th voxel of ``mask`` (``(Z, Y, X)``, SimpleITK's array order)."""
-    index = np.argwhere(mask)[::step][:, ::-1]
-    return np.array([image.TransformIndexToPhysicalPoint([int(i) for i in v]) for v in index])
 
 
 def _ct_mr_pair() -> tuple[MetaTensor, MetaTensor, np.ndarray]:
@@ -162,28 +130,14 @@ def test_images_of_different_dimension_are_refused():
 @pytest.mark.realdata
 def test_known_rigid_and_affine_transform_is_recovered_on_real_mr(shared_data):
     """BRATS T1c at 3 mm, moved by rotations 5/-3/4 degrees, translation 6/-4/3 mm, scaling and shear."""
-    original = sitk.ReadImage(
-        str(shared_data / "brats" / "brats_2013_pat0003_1" / "T1c_subtrMeanDivStd.nii.gz"), sitk.sitkFloat32
+    case = known_affine_case(
+        shared_data / "brats" / "brats_2013_pat0003_1" / "T1c_subtrMeanDivStd.nii.gz", 3.0
     )
-    size = [round(n * s / 3.0) for n, s in zip(original.GetSize(), original.GetSpacing())]
-    fixed = sitk.Resample(
-        sitk.SmoothingRecursiveGaussian(original, 1.5), size, sitk.Transform(), sitk.sitkLinear,
-        original.GetOrigin(), [3.0] * 3, original.GetDirection(), 0.0, sitk.sitkFloat32,
-    )  # fmt: skip
-    background = float(sitk.GetArrayViewFromImage(fixed).min())
-    matrix = _rotation((5.0, -3.0, 4.0)) @ np.array([[1.03, 0.02, 0.0], [0.0, 0.97, 0.01], [0.0, 0.0, 1.02]])
-    truth = sitk.AffineTransform(3)
-    truth.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
-    truth.SetMatrix(matrix.ravel().tolist())
-    truth.SetTranslation([6.0, -4.0, 3.0])
-    moving = sitk.Resample(fixed, fixed, truth.GetInverse(), sitk.sitkLinear, background)
+    result = register_images(case.fixed, case.moving, options=RegistrationOptions(iterations=100))
 
-    result = register_images(fixed, moving, options=RegistrationOptions(iterations=100))
-
-    brain = _points(fixed, sitk.GetArrayViewFromImage(fixed) > background + 0.5)
     found = np.reshape(sitk.AffineTransform(result.transform.GetNthTransform(0)).GetMatrix(), (3, 3))
-    assert _max_error_mm(result.transform, truth, brain) < 1.0
-    assert _rotation_error_deg(found, matrix) < 1.0
+    assert max_error_mm(result.transform, case.truth, case.brain) < 1.0
+    assert rotation_error_deg(found, case.matrix) < 1.0
     assert [s["stage"] for s in result.stages] == ["rigid", "affine"] and result.metric < 0
 
 
@@ -209,7 +163,7 @@ def test_synthetic_ct_and_mr_with_a_known_offset_are_aligned():
     found.SetTranslation(record["translation"])
     found.SetCenter(record["center"])
     fixed = to_sitk(ct)
-    assert _max_error_mm(found, _offset, _points(fixed, body.transpose(2, 1, 0))) < 1.0
+    assert max_error_mm(found, _offset, voxel_points(fixed, body.transpose(2, 1, 0))) < 1.0
     assert record["reference"] == "ct" and not record["deformable"]
 
 
@@ -269,7 +223,7 @@ def test_clinseg_register_writes_the_aligned_scan_on_the_fixed_grid_and_the_tran
     np.testing.assert_allclose(written.affine, reference.affine.numpy(), atol=1e-4)
     assert written.shape == tuple(reference.shape[1:])
     transform = sitk.ReadTransform(str(tmp_path / "mr_on_ct.tfm"))
-    assert _max_error_mm(transform, _offset, _points(to_sitk(reference), body.transpose(2, 1, 0))) < 1.0
+    assert max_error_mm(transform, _offset, voxel_points(to_sitk(reference), body.transpose(2, 1, 0))) < 1.0
     printed = capsys.readouterr().out
     assert "final metric (Mattes MI): -" in printed and "rigid + affine" in printed
     assert not list(tmp_path.glob(".tmp-*"))
