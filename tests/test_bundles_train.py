@@ -157,6 +157,11 @@ def test_fusion_predictor_segments_ct_and_mr_onto_the_ct_grid(fusion_runs, tiny_
     assert set(torch.unique(seg).tolist()) <= {0, 1, 2}
     with pytest.raises(KeyError, match="mr"):
         predictor.load({"image": ct_path})
+    # the same two scans in memory, each on its own grid (as a MONAI Deploy operator hands them over)
+    in_memory = predictor.predict_image({"image": nib.load(ct_path), "mr": nib.load(mr_path)})
+    assert isinstance(in_memory, nib.Nifti1Image)
+    np.testing.assert_array_equal(in_memory.affine, ct.affine)
+    np.testing.assert_array_equal(np.asarray(in_memory.dataobj), seg[0].numpy())
 
 
 def test_fusion_ssim_metric_is_one_for_identical_sources_and_lower_otherwise():
