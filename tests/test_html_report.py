@@ -131,6 +131,32 @@ def test_hostile_text_is_escaped(report):
     assert "/etc/passwd" not in text and "../x.txt" not in text  # never linked, only the output names shown
 
 
+def test_push_outcomes_get_a_column_and_a_summary(report):
+    """After ``--push``: each finished case's outcome (a failed store with its reason); failed cases: none."""
+    push = {
+        "destination": "dicomweb:http://127.0.0.1:8042/dicom-web",
+        "cases": [
+            {"case": "case 10", "status": "pushed", "stored": 2, "error": None},
+            {"case": "case_0", "status": "already", "stored": 0, "error": None},
+            {"case": "case_2", "status": "failed", "stored": 0, "error": f"HTTPError: 503 {HOSTILE}"},
+        ],
+        "failed": 1,
+    }
+    text = report.write_html(push=push).read_text()
+    page = Page(text)
+    pushed = {case: row["cells"][3] for case, row in zip(page.cases, page.rows)}
+    assert pushed == {
+        HOSTILE: "not pushed",
+        "zz_broken": "not pushed",
+        "case 10": "pushed (2)",
+        "case_0": "already",
+        "case_2": f"failed{'HTTPError: 503 ' + HOSTILE}",
+    }
+    assert "dicomweb:http://127.0.0.1:8042/dicom-web: 1 pushed, 1 already, 1 failed" in text
+    assert HOSTILE not in text
+    assert "Pushed" not in report.write_html().read_text()  # no push, no column
+
+
 @pytest.mark.parametrize("limit, embedded", [(0, 0), (10**6, 2)])
 def test_previews_are_embedded_within_the_budget_then_linked(report, limit, embedded):
     rows = {r.case: json.loads((report.out_dir / r.outputs[VOLUMES_NAME]).read_text()) for r in report.results

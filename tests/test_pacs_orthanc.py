@@ -27,6 +27,7 @@ from pipeline.pacs.dimse import DimseArchive
 from pipeline.pacs.serve import ServeOptions, StorageNode
 from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.orthanc_server import CALLING_AET, NODE_AET, PASSWORD, USER, free_port, orthanc  # noqa: F401
+from tests.test_html_report import Page
 from tests.test_predictor import BUNDLE, random_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -144,6 +145,11 @@ def test_cli_predict_from_dicomweb_with_push(orthanc, archive_data, ckpt, tmp_pa
     assert [c["status"] for c in pushed["cases"]] == ["pushed", "pushed"] and pushed["failed"] == 0
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == {"ok": 2, "failed": 1, "skipped": 0}
+    page = Page((out / "report.html").read_text())  # the page shows each case's push outcome
+    assert {case: row["cells"][3] for case, row in zip(page.cases, page.rows)} == {
+        c["case"]: "not pushed" if c["status"] == "failed" else "pushed (1)"  # seg.dcm; no --rtstruct
+        for c in report["cases"]
+    }
     assert PASSWORD not in caplog.text and PASSWORD not in (out / "report.json").read_text()
 
 

@@ -157,10 +157,10 @@ class BatchReport:
             "cases": [asdict(r) for r in self.results],
         }
 
-    def write_html(self) -> Path:
+    def write_html(self, push: Mapping[str, Any] | None = None) -> Path:
         """Write ``report.html`` (:func:`~pipeline.outputs.html_report.write_html_report`) from the results and
         each case's ``volumes.json`` and ``preview.png``; an unreadable ``volumes.json`` is logged and shown
-        without volumes."""
+        without volumes. ``push``: the push summary (``push.json``) when the results went to an archive."""
         volumes, previews = {}, {}
         for r in self.results:
             if PREVIEW_NAME in r.outputs:
@@ -173,7 +173,7 @@ class BatchReport:
                     logger.warning(
                         "case %s: %s unreadable, report.html shows no volumes for it: %s", r.case, path, e
                     )
-        return write_html_report(self.html_path, self.as_dict(), volumes, previews)
+        return write_html_report(self.html_path, self.as_dict(), volumes, previews, push=push)
 
     def write(self) -> None:
         """Rewrite ``report.json`` and ``summary.csv`` atomically."""

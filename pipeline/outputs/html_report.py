@@ -88,12 +88,26 @@ class _Previews:
         return f'<td><a href="{_e(href)}">{img}</a></td>' if href else f"<td>{img}</td>"
 
 
+def _push_cell(pushed: Mapping[str, Any] | None) -> str:
+    """A case's push outcome (its ``push.json`` entry): status, objects stored now, a failed push's error."""
+    if pushed is None:
+        return '<td class="push">not pushed</td>'
+    status = str(pushed["status"])
+    text = _e(status)
+    if pushed.get("stored"):
+        text += f" ({int(pushed['stored'])})"
+    if pushed.get("error"):
+        text += f'<div class="reason">{_e(pushed["error"])}</div>'
+    return f'<td class="push" data-push="{_e(status)}">{text}</td>'
+
+
 def _case_row(
     case: Mapping[str, Any],
     structures: Sequence[str],
     volumes: Sequence[Mapping[str, Any]],
     preview: str,
     unit: str,
+    push: Mapping[str, Mapping[str, Any]] | None,
 ) -> str:
     status = str(case["status"])
     reason = _e(case.get("error") or "")
@@ -112,6 +126,7 @@ def _case_row(
         f"<td>{_e(case['case'])}</td>",
         f'<td class="status" data-sort="{_STATUS_ORDER.get(status, 9)}">{_e(status)}</td>',
         f'<td class="reason">{reason}</td>',
+        *([_push_cell(push.get(str(case["case"])))] if push is not None else []),
         preview,
         *(_volume_cell(by_name.get(name), unit) for name in structures),
         f"<td>{shape}</td>",
@@ -122,7 +137,7 @@ def _case_row(
     return f'<tr data-status="{_e(status)}">{"".join(cells)}</tr>'
 
 
-def _header(structures: Sequence[str]) -> str:
+def _header(structures: Sequence[str], pushed: bool) -> str:
     def sortable(label: str, kind: str = "text") -> str:
         return f'<th data-type="{kind}"><button type="button">{label}</button></th>'
 
@@ -130,6 +145,7 @@ def _header(structures: Sequence[str]) -> str:
         sortable("Case"),
         sortable("Status", "number"),
         "<th>Reason / warnings</th>",
+        *([sortable("Pushed")] if pushed else []),
         "<th>Preview</th>",
         *(sortable(f"{_e(name)} (mL)", "number") for name in structures),
         "<th>Shape</th>",
@@ -140,11 +156,17 @@ def _header(structures: Sequence[str]) -> str:
     return f"<thead><tr>{''.join(cells)}</tr></thead>"
 
 
-def _run_facts(report: Mapping[str, Any], counts: Mapping[str, int]) -> str:
+def _run_facts(report: Mapping[str, Any], counts: Mapping[str, int], push: Mapping[str, Any] | None) -> str:
     run = report.get("run") or {}
+    pushed = None
+    if push is not None:
+        statuses = [str(c["status"]) for c in push.get("cases") or []]
+        outcome = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)) or "no finished case"
+        pushed = f"{push.get('destination')}: {outcome}"
     facts = {
         "bundle": run.get("bundle"),
         "cases": ", ".join(f"{n} {s}" for s, n in counts.items()),
+        "pushed to": pushed,
         "started": report.get("started"),
         "updated": report.get("updated"),
         "device": run.get("device"),
@@ -160,6 +182,7 @@ def write_html_report(
     volumes: Mapping[str, Sequence[Mapping[str, Any]]],
     previews: Mapping[str, Path],
     *,
+    push: Mapping[str, Any] | None = None,
     embed_limit: int = EMBED_LIMIT_BYTES,
 ) -> Path:
     """Write the batch page atomically.
@@ -171,6 +194,8 @@ def write_html_report(
         volumes: case -> rows of :func:`~pipeline.outputs.volumetry.structure_volumes` (``name``,
             ``volume_ml``, ``mean_intensity``, ``std_intensity``, ``min_intensity``, ``max_intensity``).
         previews: case -> its preview PNG.
+        push: the content of ``push.json`` (``destination``, ``cases`` with ``case``, ``status``, ``stored``,
+            ``error``) when the results were pushed to an archive: a column with each case's outcome.
         embed_limit: PNG bytes embedded as ``data:`` URIs, in page order; later previews are linked.
 
     Returns:
@@ -186,10 +211,11 @@ def write_html_report(
     for case in cases:
         counts[case["status"]] = counts.get(case["status"], 0) + 1
     pictures = _Previews(path.parent, embed_limit)
+    by_case = None if push is None else {str(p["case"]): p for p in push.get("cases") or []}
     rows = []
     for c in cases:
         preview = pictures.cell(c["case"], previews.get(c["case"]))
-        rows.append(_case_row(c, structures, volumes.get(c["case"], []), preview, unit))
+        rows.append(_case_row(c, structures, volumes.get(c["case"], []), preview, unit, by_case))
     body = "\n".join(rows)
     options = "".join(f'<option value="{s}">{s}</option>' for s in _STATUS_ORDER)
     title = f"clinseg batch report: {run.get('bundle') or 'batch'}"
@@ -199,7 +225,7 @@ def write_html_report(
 <style>{_ASSETS.joinpath("report.css").read_text(encoding="utf-8")}</style></head>
 <body>
 <h1>{_e(title)}</h1>
-{_run_facts(report, counts)}
+{_run_facts(report, counts, push)}
 <p class="note">Failed cases first. Intensities inside each structure: {_e(unit)} mean &plusmn; std [min, max].
 Previews: {pictures.embedded} embedded, {pictures.linked} linked to the case folders.</p>
 <div class="controls">
@@ -208,7 +234,7 @@ Previews: {pictures.embedded} embedded, {pictures.linked} linked to the case fol
 <span><span id="shown">{len(cases)}</span> of {len(cases)} cases shown</span>
 </div>
 <div class="scroll"><table id="cases">
-{_header(structures)}
+{_header(structures, push is not None)}
 <tbody>
 {body}
 </tbody></table></div>

@@ -78,19 +78,19 @@ def push_case(case_dir: Path, destination: Archive, names: Sequence[str]) -> Pus
 def push_report(
     report: BatchReport, output: Path, destination: Archive, names: Iterable[str]
 ) -> list[PushResult]:
-    """Push every finished case (``ok`` or ``skipped``) of ``report``; write ``OUT/push.json``."""
+    """Push every finished case (``ok`` or ``skipped``) of ``report``; write ``OUT/push.json`` and rewrite
+    ``OUT/report.html`` with each case's push outcome."""
     names = list(names)
     results = [
         push_case(output / r.case, destination, names)
         for r in report.results
         if r.status in ("ok", "skipped")
     ]
-    atomic_write_json(
-        output / PUSH_REPORT,
-        {
-            "destination": destination.label,
-            "cases": [asdict(r) for r in results],
-            "failed": sum(r.status == "failed" for r in results),
-        },
-    )
+    summary = {
+        "destination": destination.label,
+        "cases": [asdict(r) for r in results],
+        "failed": sum(r.status == "failed" for r in results),
+    }
+    atomic_write_json(output / PUSH_REPORT, summary)
+    report.write_html(push=summary)
     return results
