@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.batch.case_outputs import DICOM_SEG_NAME, RTSTRUCT_NAME
 from pipeline.batch.discovery import Case
-from pipeline.batch.report import BatchReport, error_text
+from pipeline.batch.report import EXIT_SOME_FAILED, BatchReport, error_text
 from pipeline.batch.runner import BatchOptions, predict_folder
 from pipeline.inference.predictor import Predictor
 from pipeline.pacs.archive import Archive, Selection, SeriesRef, find_series
 from pipeline.pacs.cache import SeriesCache, case_key
-from pipeline.pacs.push import PushResult, push_report
+from pipeline.pacs.push import PushResult, push_report, result_names
 
 __all__ = ["ArchiveRun", "predict_archive", "retrieve_cases"]
 
@@ -37,9 +36,9 @@ class ArchiveRun:
     pushed: list[PushResult] = field(default_factory=list)
 
     def exit_code(self) -> int:
-        """3 when a case failed or a push failed, else 0."""
+        """:data:`~pipeline.batch.report.EXIT_SOME_FAILED` when a case or a push failed, else 0."""
         failed_push = any(p.status == "failed" for p in self.pushed)
-        return self.report.exit_code() or (3 if failed_push else 0)
+        return self.report.exit_code() or (EXIT_SOME_FAILED if failed_push else 0)
 
     def summary_line(self) -> str:
         line = self.report.summary_line()
@@ -104,12 +103,10 @@ def predict_archive(
     logger.info("%d series selected on %s", len(refs), archive.label)
     cache = SeriesCache(cache_dir if cache_dir is not None else output / CACHE_DIR)
     cases = retrieve_cases(archive, refs, cache, next(iter(predictor.input_keys)))
-    batch = options or BatchOptions()
-    report = predict_folder(predictor, cases, output, options=batch, **changes)
+    batch = replace(options or BatchOptions(), **changes)
+    report = predict_folder(predictor, cases, output, options=batch)
     run = ArchiveRun(report)
     if push_to is not None:
-        outputs = changes.get("outputs", batch.outputs)
-        names = [DICOM_SEG_NAME] + ([RTSTRUCT_NAME] if outputs.rtstruct else [])
-        run.pushed = push_report(report, output, push_to, names)
+        run.pushed = push_report(report, output, push_to, result_names(batch.outputs))
     logger.info("%s", run.summary_line())
     return run

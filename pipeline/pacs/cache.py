@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 
-from pipeline.core.atomic import atomic_write_json
+from pipeline.core.atomic import atomic_write, atomic_write_json
 from pipeline.pacs.archive import Archive, SeriesRef
 
 __all__ = ["MANIFEST", "SeriesCache", "case_key", "write_instance"]
@@ -48,9 +47,8 @@ def write_instance(ds: Dataset, folder: Path) -> Path:
     if not sop_uid or meta is None or "TransferSyntaxUID" not in meta:
         raise ValueError("received an instance without SOPInstanceUID or transfer syntax")
     path = folder / _file_name(sop_uid)
-    tmp = folder / f".tmp-{path.name}"
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
     return path
 
 

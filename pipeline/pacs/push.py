@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pydicom
 
+from pipeline.batch.case_outputs import DICOM_SEG_NAME, RTSTRUCT_NAME, OutputOptions
 from pipeline.batch.report import BatchReport, error_text
 from pipeline.core.atomic import atomic_write_json
 from pipeline.pacs.archive import Archive
 
-__all__ = ["LEDGER", "PushResult", "push_case", "push_report"]
+__all__ = ["LEDGER", "PushResult", "push_case", "push_report", "result_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ class PushResult:
     status: str
     stored: int = 0
     error: str | None = None
+
+
+def result_names(outputs: OutputOptions) -> list[str]:
+    """The DICOM results a case's folder holds under ``outputs``: ``seg.dcm`` (and ``rtstruct.dcm``)."""
+    return [DICOM_SEG_NAME] + ([RTSTRUCT_NAME] if outputs.rtstruct else [])
 
 
 def _ledger(case_dir: Path) -> dict:

@@ -24,14 +24,13 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
-from pipeline.batch.case_outputs import DICOM_SEG_NAME, RTSTRUCT_NAME
 from pipeline.batch.discovery import Case
 from pipeline.batch.runner import BatchOptions, predict_folder
 from pipeline.inference.predictor import Predictor
 from pipeline.pacs.archive import Archive
 from pipeline.pacs.cache import case_key, write_instance
 from pipeline.pacs.dimse import IMAGE_STORAGE, storage_handler
-from pipeline.pacs.push import push_case
+from pipeline.pacs.push import push_case, result_names
 
 __all__ = ["ServeOptions", "StorageNode"]
 
@@ -90,6 +89,7 @@ class StorageNode:
         self._server = None
         self._lock = threading.Lock()
         self._server_lock = threading.Lock()
+        self._done = self.journal()  # this node is the journal's only writer: kept in memory after this read
 
     # receiving
     def _receive(self, ds: Dataset) -> None:
@@ -100,7 +100,7 @@ class StorageNode:
         folder = self.incoming / key
         folder.mkdir(exist_ok=True)
         write_instance(ds, folder)
-        if key in self.journal():
+        if key in self._done:
             logger.warning(
                 "series %s was already processed; a late instance is kept but not processed again", key
             )
@@ -165,13 +165,13 @@ class StorageNode:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self._done[record["case"]] = record
 
     def ready(self, now: float | None = None) -> list[str]:
         """Series not processed yet whose last instance arrived at least ``quiet_seconds`` ago."""
         now = time.time() if now is None else now
-        done = self.journal()
         keys = []
-        for folder in sorted(p for p in self.incoming.iterdir() if p.is_dir() and p.name not in done):
+        for folder in sorted(p for p in self.incoming.iterdir() if p.is_dir() and p.name not in self._done):
             times = [p.stat().st_mtime for p in folder.iterdir() if p.suffix == ".dcm"]
             if times and now - max(times) >= self.options.quiet_seconds:
                 keys.append(folder.name)
@@ -186,7 +186,7 @@ class StorageNode:
             return keys
 
     def _process(self, keys: list[str]) -> None:
-        done = self.journal()
+        done = dict(self._done)
         key_name = next(iter(self.predictor.input_keys))
         cases = [Case(k, {key_name: str(self.incoming / k)}, "dicom") for k in keys]
         for k, record in done.items():  # keeps report.json cumulative; finished cases are only skipped
@@ -205,8 +205,7 @@ class StorageNode:
                 "error": result.error,
             }
             if self.push_to is not None and record["status"] == "ok":
-                names = [DICOM_SEG_NAME] + ([RTSTRUCT_NAME] if self.batch.outputs.rtstruct else [])
-                pushed = push_case(self.output / key, self.push_to, names)
+                pushed = push_case(self.output / key, self.push_to, result_names(self.batch.outputs))
                 record.update(push=pushed.status, push_error=pushed.error)
             self._append(record)
             logger.info(
