@@ -24,11 +24,9 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 
-import torch
 from monai.config import NdarrayOrTensor
-from monai.data import MetaTensor
 from monai.transforms import Compose, RandAdjustContrastd, RandTorchIOd
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from transforms.augment import _check
 
@@ -57,7 +55,7 @@ class RandTorchIOMetad(RandTorchIOd):
             sources[key] = value
             # TorchIO gets a plain, compact tensor: it deep-copies its Subject, and a patch cropped from a cached
             # scan is a view whose deep copy copies the whole scan (seconds per BRATS patch instead of ms)
-            plain[key] = torch.as_tensor(value.as_tensor() if isinstance(value, MetaTensor) else value).contiguous()
+            plain[key] = convert_to_tensor(value).contiguous()
         out = super().__call__(plain)
         for key, src in sources.items():
             out[key], *_ = convert_to_dst_type(out[key], src)  # src's type, dtype and MONAI meta

@@ -18,7 +18,7 @@ from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_tensor
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 __all__ = [
     "LabelToRegions",
@@ -78,7 +78,7 @@ class LabelToRegions(Transform):
         self.regions = check_regions(regions)
 
     def __call__(self, label: NdarrayOrTensor) -> torch.Tensor:
-        values = _plain(label)
+        values = convert_to_tensor(label)  # a plain tensor (MetaTensor's meta dropped)
         if values.ndim < 2 or values.shape[0] != 1:
             raise ValueError(
                 f"LabelToRegions: label must be (1, ...) label values, got shape {tuple(values.shape)}"
@@ -105,7 +105,7 @@ class RegionsToLabels(Transform):
         self.threshold = float(threshold)
 
     def __call__(self, probabilities: NdarrayOrTensor) -> torch.Tensor:
-        probs = _plain(probabilities)
+        probs = convert_to_tensor(probabilities)
         if probs.ndim < 2 or probs.shape[0] != len(self.regions):
             raise ValueError(
                 f"RegionsToLabels: expected ({len(self.regions)}, ...) region probabilities, got shape "
@@ -117,17 +117,10 @@ class RegionsToLabels(Transform):
         return _like(probabilities, labels)
 
 
-def _plain(values: NdarrayOrTensor) -> torch.Tensor:
-    """A plain ``torch.Tensor`` view of an array, tensor or MetaTensor (no meta bookkeeping in the maths)."""
-    return values.as_tensor() if isinstance(values, MetaTensor) else convert_to_tensor(values)
-
-
 def _like(reference: NdarrayOrTensor, values: torch.Tensor) -> torch.Tensor:
     """``values`` with ``reference``'s meta (affine, applied operations) when it is a MetaTensor."""
     if isinstance(reference, MetaTensor):
-        return MetaTensor(
-            values, meta=dict(reference.meta), applied_operations=list(reference.applied_operations)
-        )
+        return convert_to_dst_type(values, reference, dtype=values.dtype)[0]
     return values
 
 

@@ -89,11 +89,15 @@ def export_bundle(
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     checkpoint = load_checkpoint(record.checkpoint)
     if "network" not in checkpoint:
-        raise CheckpointError(f"checkpoint {record.checkpoint} does not record its network (no 'network' entry)")
+        raise CheckpointError(
+            f"checkpoint {record.checkpoint} does not record its network (no 'network' entry)"
+        )
     source_meta = json.loads(source.meta_file.read_text())
-    meta = exported_metadata(source_meta, record, version or export_version(str(source_meta["version"]), record))
+    meta = exported_metadata(
+        source_meta, record, version or export_version(str(source_meta["version"]), record)
+    )
     configs = exported_configs(source, record.config_as_run)
-    run_text = f"training run {record.run_name}" if record.run_name else f"checkpoint {record.checkpoint.name}"
+    run_text = record.source()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -104,7 +108,9 @@ def export_bundle(
         for path in other_config_files(source):
             shutil.copyfile(path, staging / "configs" / path.name)
         atomic_write_json(staging / "configs" / "metadata.json", meta)
-        torch.save({"model": checkpoint["model"], "network": checkpoint["network"]}, staging / "models" / "model.pt")
+        torch.save(
+            {"model": checkpoint["model"], "network": checkpoint["network"]}, staging / "models" / "model.pt"
+        )
         if "inference" in configs:
             _torchscript(staging)
         (staging / "docs" / "README.md").write_text(exported_readme(meta, record, configs["train"]))

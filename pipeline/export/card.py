@@ -40,7 +40,11 @@ def export_version(source_version: str, record: RunRecord) -> str:
 def _metric_text(record: RunRecord) -> str:
     best = record.metrics.get(KEY_METRIC)
     of = f" of {record.epochs}" if record.epochs else ""
-    return f"best {KEY_METRIC} {best:.4f} at epoch {record.best_epoch}{of}" if best is not None else "no validation metric"
+    return (
+        f"best {KEY_METRIC} {best:.4f} at epoch {record.best_epoch}{of}"
+        if best is not None
+        else "no validation metric"
+    )
 
 
 def exported_metadata(source: Mapping[str, Any], record: RunRecord, version: str) -> dict[str, Any]:
@@ -48,9 +52,11 @@ def exported_metadata(source: Mapping[str, Any], record: RunRecord, version: str
     ``eval_metrics`` and their source, the running MONAI/PyTorch/NumPy versions and ``required_packages_version``
     naming the installed ``clinseg`` (the only package loading needs beyond MONAI's)."""
     meta = copy.deepcopy(dict(source))
-    run = f"training run {record.run_name}" if record.run_name else f"checkpoint {record.checkpoint.name}"
     meta["version"] = version
-    meta["changelog"] = {version: f"exported from {run}: {_metric_text(record)}", **meta.get("changelog", {})}
+    meta["changelog"] = {
+        version: f"exported from {record.source()}: {_metric_text(record)}",
+        **meta.get("changelog", {}),
+    }
     meta["monai_version"] = monai.__version__
     meta["pytorch_version"] = torch.__version__.split("+")[0]
     meta["numpy_version"] = np.__version__
@@ -60,7 +66,7 @@ def exported_metadata(source: Mapping[str, Any], record: RunRecord, version: str
     packages["clinseg"] = _installed("clinseg") or packages.get("clinseg", "0.1.0")
     meta["required_packages_version"] = packages
     meta["eval_metrics"] = {k: round(v, 4) for k, v in record.metrics.items()}
-    meta["eval_metrics_source"] = f"validation split during {run} ({_metric_text(record)})"
+    meta["eval_metrics_source"] = f"validation split during {record.source()} ({_metric_text(record)})"
     meta["training_run"] = {
         "run_name": record.run_name, "mlflow_run_id": record.run_id, "best_epoch": record.best_epoch,
         "epochs": record.epochs,
@@ -86,7 +92,7 @@ def exported_readme(meta: Mapping[str, Any], record: RunRecord, train_config: Ma
         str(meta.get("description", meta.get("task", ""))),
         "",
         "Exported by `clinseg export` from "
-        + (f"training run `{record.run_name}`" if record.run_name else f"checkpoint `{record.checkpoint.name}`")
+        + record.source(quote="`")
         + (f" (MLflow run `{record.run_id}`)" if record.run_id else "")
         + ". Self-contained: `configs/` hold the configs as run, each standalone; `models/model.pt` the weights "
         "(`torch.load(weights_only=True)`), `models/model.ts` the TorchScript network.",

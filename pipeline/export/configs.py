@@ -17,9 +17,16 @@ import yaml
 from monai.bundle import ConfigParser
 from monai.bundle.utils import merge_kv
 
-from pipeline.core.bundle import COMMON, Bundle
+from pipeline.core.bundle import COMMON, CONFIG_SUFFIXES, Bundle
 
-__all__ = ["LOCAL_KEYS", "MONAI_LABEL_POST", "MONAI_LABEL_PRE", "exported_configs", "other_config_files", "write_yaml"]
+__all__ = [
+    "LOCAL_KEYS",
+    "MONAI_LABEL_POST",
+    "MONAI_LABEL_PRE",
+    "exported_configs",
+    "other_config_files",
+    "write_yaml",
+]
 
 LOCAL_KEYS = (
     "bundle_root", "dataset_dir", "datalist_file", "output_dir", "ckpt_dir", "tracking_uri", "run_name",
@@ -59,7 +66,6 @@ _MONAI_LABEL = {
 }
 
 _MAIN = ("train", "inference", "evaluate")
-_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _merged(files: list[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -116,7 +122,7 @@ def exported_configs(bundle: Bundle, config_as_run: Mapping[str, Any] | None) ->
 
 
 def _has(bundle: Bundle, name: str) -> bool:
-    return any((bundle.root / "configs" / f"{name}{s}").is_file() for s in _CONFIG_SUFFIXES)
+    return any((bundle.root / "configs" / f"{name}{s}").is_file() for s in CONFIG_SUFFIXES)
 
 
 def other_config_files(bundle: Bundle) -> list[Path]:
@@ -125,7 +131,7 @@ def other_config_files(bundle: Bundle) -> list[Path]:
     skip = {COMMON, *_MAIN, "metadata"}
     return sorted(
         p for p in (bundle.root / "configs").iterdir()
-        if p.is_file() and p.stem not in skip and p.suffix in {*_CONFIG_SUFFIXES, ".conf"}
+        if p.is_file() and p.stem not in skip and p.suffix in {*CONFIG_SUFFIXES, ".conf"}
     )  # fmt: skip
 
 

@@ -41,6 +41,13 @@ class RunRecord:
     run_id: str | None = None
     tracking_uri: str | None = None
 
+    def source(self, quote: str = "") -> str:
+        """What was exported, in words: ``training run NAME``, or ``checkpoint FILE`` for an unnamed run; the
+        name between ``quote``s (a backtick for Markdown)."""
+        if self.run_name:
+            return f"training run {quote}{self.run_name}{quote}"
+        return f"checkpoint {quote}{self.checkpoint.name}{quote}"
+
 
 def best_checkpoint_of(path: str | Path) -> Path:
     """The checkpoint a run folder or checkpoint path names: ``<folder>/model.pt`` for a folder."""
@@ -48,7 +55,9 @@ def best_checkpoint_of(path: str | Path) -> Path:
     if path.is_dir():
         checkpoint = path / BEST_CHECKPOINT
         if not checkpoint.is_file():
-            raise FileNotFoundError(f"run folder {path} has no best checkpoint {BEST_CHECKPOINT} (no validation ran?)")
+            raise FileNotFoundError(
+                f"run folder {path} has no best checkpoint {BEST_CHECKPOINT} (no validation ran?)"
+            )
         return checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")

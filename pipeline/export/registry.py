@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.bundle import Bundle
+from pipeline.core.bundle import CONFIG_SUFFIXES, Bundle
 from pipeline.export.bundle import export_bundle
 from pipeline.export.record import BEST_CHECKPOINT, RunRecord, record_from_histories, run_record
 from pipeline.tracking.store import CONFIG_AS_RUN, default_tracking_uri
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_ARTIFACT = "bundle"
 """Artifact path of the exported bundle under the training run; the model version's source."""
 MODEL_URI = "models:/"
-_CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".conf")
+_CONFIG_SUFFIXES = (*CONFIG_SUFFIXES, ".conf")
 
 
 @dataclass
@@ -46,7 +46,9 @@ class RegisteredBundle:
     def summary(self) -> str:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(self.metrics.items()))
         alias = f" (alias {self.alias})" if self.alias else ""
-        return f"registered {self.uri}{alias} from MLflow run {self.run_id}" + (f": {metrics}" if metrics else "")
+        return f"registered {self.uri}{alias} from MLflow run {self.run_id}" + (
+            f": {metrics}" if metrics else ""
+        )
 
 
 def is_model_uri(text: str | Path) -> bool:
@@ -73,8 +75,10 @@ def _record_from_mlflow(client: Any, run_id: str, folder: Path) -> tuple[RunReco
     configs = folder / "configs"
     configs.mkdir(parents=True)
     for name in sorted(names):
-        if name == BEST_CHECKPOINT or name == CONFIG_AS_RUN or Path(name).suffix in _CONFIG_SUFFIXES:
-            client.download_artifacts(run_id, name, str(folder if name in (BEST_CHECKPOINT, CONFIG_AS_RUN) else configs))
+        if name == BEST_CHECKPOINT or Path(name).suffix in _CONFIG_SUFFIXES:
+            client.download_artifacts(
+                run_id, name, str(folder if name in (BEST_CHECKPOINT, CONFIG_AS_RUN) else configs)
+            )
     histories = {
         key: client.get_metric_history(run_id, key)
         for key in run.data.metrics
@@ -84,7 +88,6 @@ def _record_from_mlflow(client: Any, run_id: str, folder: Path) -> tuple[RunReco
     config_file = folder / CONFIG_AS_RUN
     if config_file.is_file():
         record.config_as_run = json.loads(config_file.read_text())
-    (configs / CONFIG_AS_RUN).unlink(missing_ok=True)
     return record_from_histories(record.checkpoint, histories, record), Bundle.at(folder)
 
 
@@ -142,7 +145,9 @@ def _create_version(client: Any, name: str, record: RunRecord, alias: str | None
     )  # fmt: skip
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
-    registered = RegisteredBundle(name, str(version.version), record.run_id, source, dict(record.metrics), alias)
+    registered = RegisteredBundle(
+        name, str(version.version), record.run_id, source, dict(record.metrics), alias
+    )
     logger.info("%s", registered.summary())
     return registered
 
@@ -168,9 +173,13 @@ def fetch_bundle(uri: str, dst: str | Path, tracking_uri: str | None = None) -> 
     except MlflowException as error:
         raise ValueError(f"model version {uri} not found in {store}: {error.message}") from error
     source = client.get_model_version_download_uri(name, found.version)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=store))
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=store)
+    )
     if not (local / "configs" / "metadata.json").is_file():
-        raise ValueError(f"model version {uri} in {store} is not a bundle (no configs/metadata.json in its artifact)")
+        raise ValueError(
+            f"model version {uri} in {store} is not a bundle (no configs/metadata.json in its artifact)"
+        )
     logger.info("fetched %s (version %s) from %s", uri, found.version, store)
     return local
 
@@ -184,5 +193,7 @@ def _parse_model_uri(uri: str) -> tuple[str, str]:
         if not alias.isdigit():
             alias = ""
     if not name or not alias or "/" in alias:
-        raise ValueError(f"{uri!r} is not a registered-model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+        raise ValueError(
+            f"{uri!r} is not a registered-model URI (models:/NAME/VERSION or models:/NAME@ALIAS)"
+        )
     return name, alias

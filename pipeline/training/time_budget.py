@@ -70,7 +70,9 @@ class TimeBudgetStop:
         elapsed = self.clock() - self._start
         mean_epoch = elapsed / self._epochs
         stop = elapsed + mean_epoch > self.budget_s
-        fitting = engine.state.epoch + int(max(self.budget_s - elapsed, 0.0) // mean_epoch)
+        fitting = 0  # epochs that fit in the budget: only a schedule to refit needs them
+        if self.lr_scheduler is not None and mean_epoch > 0:
+            fitting = engine.state.epoch + int(max(self.budget_s - elapsed, 0.0) // mean_epoch)
         if idist.get_world_size() > 1:
             decided = torch.tensor([int(stop), fitting], device=idist.device())
             stop, fitting = (int(v) for v in idist.broadcast(decided, src=0).tolist())
