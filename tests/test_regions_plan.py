@@ -13,11 +13,14 @@ import torch
 from monai.bundle import ConfigParser
 from monai.losses import DiceCELoss
 
+from pipeline.export.bundle import export_bundle
+from pipeline.export.configs import MONAI_LABEL_POST
 from pipeline.planning import plan as plan_module
 from pipeline.planning.bundle_writer import TEMPLATE, write_planned_bundle
 from pipeline.planning.compute import ComputeBudget, measure_step_seconds
 from pipeline.planning.plan import make_plan
 from pipeline.planning.region_bundle import REGION_EDITS, region_template
+from tests.export_fixtures import untrained_checkpoint
 from tests.planning_fixtures import fake_fingerprint
 from transforms.regions import LabelToRegionsd
 
@@ -173,3 +176,22 @@ def test_label_to_regions_runs_after_the_label_based_crop(region_bundle):
     assert names.index("RandCropByLabelClassesd") < names.index("LabelToRegionsd") == len(names) - 1
     crop = steps[names.index("RandCropByLabelClassesd")]
     assert crop.cropper.num_classes == 5 and isinstance(steps[-1], LabelToRegionsd)
+
+
+def test_exported_region_bundle_gives_monai_label_sigmoid_probabilities(region_bundle, tmp_path):
+    """MONAI Label's post_transforms take logits: a region bundle's get a sigmoid per region, as Predictor's."""
+    bundle, _ = region_bundle
+    out = export_bundle(untrained_checkpoint(bundle, tmp_path / "run"), tmp_path / "out", bundle=bundle)
+    parser = ConfigParser()
+    parser.read_config(str(out / "configs" / "inference.yaml"))
+    activation = parser[MONAI_LABEL_POST]["transforms"][0]
+    assert activation == {"_target_": "Activationsd", "keys": "pred", "sigmoid": True}
+
+
+def test_export_names_the_bundle_of_an_unknown_output_activation(region_bundle, tmp_path):
+    bundle, _ = region_bundle
+    common = bundle / "configs" / "common.yaml"
+    assert "output_activation: sigmoid" in common.read_text()
+    common.write_text(common.read_text().replace("output_activation: sigmoid", "output_activation: Sigmoid"))
+    with pytest.raises(ValueError, match=r"configs: output_activation must be softmax or sigmoid, got 'Sigmoid'"):
+        export_bundle(untrained_checkpoint(bundle, tmp_path / "run"), tmp_path / "out", bundle=bundle)

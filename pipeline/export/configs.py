@@ -52,7 +52,7 @@ _MONAI_LABEL = {
     MONAI_LABEL_POST: {
         "_target_": "Compose",
         "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}, "@postprocessing"],
-    },
+    },  # a region bundle (output_activation: sigmoid) gets sigmoid instead: _monai_label
     "monai_label": {
         "path_aside": [
             {"_target_": "CopyItemsd", "keys": _PATH, "names": _ASIDE, "allow_missing_keys": True},
@@ -115,10 +115,25 @@ def exported_configs(bundle: Bundle, config_as_run: Mapping[str, Any] | None) ->
     out = {"train": train}
     if _has(bundle, "inference"):
         inference = _with_run(_merged(bundle.config_files("inference")), run, shared)
-        out["inference"] = {**inference, **copy.deepcopy(_MONAI_LABEL)}
+        out["inference"] = {
+            **inference,
+            **_monai_label(bundle, inference.get("output_activation", "softmax")),
+        }
     if _has(bundle, "evaluate"):
         out["evaluate"] = _merged([str(bundle.config_file("evaluate"))], base=train)
     return out
+
+
+def _monai_label(bundle: Bundle, activation: str) -> dict[str, Any]:
+    """MONAI Label's pre/post transforms for a bundle whose logits become probabilities by ``activation``
+    (``output_activation``: softmax over labels, or sigmoid per region), as Predictor applies it."""
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(
+            f"{bundle.root / 'configs'}: output_activation must be softmax or sigmoid, got {activation!r}"
+        )
+    config = copy.deepcopy(_MONAI_LABEL)
+    config[MONAI_LABEL_POST]["transforms"][0] = {"_target_": "Activationsd", "keys": "pred", activation: True}
+    return config
 
 
 def _has(bundle: Bundle, name: str) -> bool:
