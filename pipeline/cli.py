@@ -44,7 +44,7 @@ def _inference_options(args: argparse.Namespace, device: str | None = None):
         roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, mode=args.mode,
         device=device or args.device, keep_volume_on_cpu=not args.volume_on_device, tta=args.tta,
         crop_foreground=args.crop_foreground, foreground_hu=args.foreground_hu, crop_margin=args.crop_margin,
-        restore=args.restore, amp=args.amp,
+        restore=args.restore, amp=args.amp, uncertainty=not args.no_uncertainty,
     )  # fmt: skip
     postprocess = None
     if args.keep_largest or args.min_size_ml or args.fill_holes:
@@ -117,7 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )  # fmt: skip
     batch = BatchOptions(
         split=args.split, overwrite=args.overwrite, prefetch=args.prefetch, workers=args.workers, shard=shard,
-        progress=not args.quiet,
+        progress=not args.quiet, qc_threshold=args.qc_threshold,
         outputs=OutputOptions(dicom_seg=not args.no_dicom_seg, rtstruct=args.rtstruct,
                               probabilities=args.save_probabilities, preview=not args.no_preview),
     )
@@ -167,7 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.bundle, args.checkpoint or None, options=options, postprocess=postprocess,
         config=["inference", *args.config], **_overrides(args.set),
     )  # fmt: skip
-    batch = BatchOptions(outputs=OutputOptions(rtstruct=args.rtstruct, preview=not args.no_preview))
+    batch = BatchOptions(
+        outputs=OutputOptions(rtstruct=args.rtstruct, preview=not args.no_preview), qc_threshold=args.qc_threshold
+    )
     node = StorageNode(
         predictor, args.spool, args.output, push_to=_archive(args.push_to, args) if args.push_to else None,
         options=ServeOptions(args.ae_title, args.host, args.port, args.quiet_seconds), batch=batch,
@@ -198,6 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         experiment_name=args.experiment_name,
         progress=not args.quiet,
         regions=None if args.regions is None else _regions_option(args.regions),
+        qc_threshold=args.qc_threshold,
     )
     if args.folds and (not args.checkpoint_pattern or args.checkpoint):
         raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
@@ -276,6 +279,27 @@ def cmd_tracking_sync(args: argparse.Namespace) -> int:
     report = sync_run(args.run_dir, tracking_uri=args.tracking_uri)
     print(report.summary_line())
     return 3 if report.left else 0
+
+
+def cmd_qc_reference(args: argparse.Namespace) -> int:
+    from pipeline.core.bundle import Bundle
+    from pipeline.qc.model_reference import write_model_reference
+
+    bundle = Bundle.at(args.bundle)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle.default_checkpoint
+    datalist = Path(args.datalist) if args.datalist else Path(
+        bundle.parser("inference").get_parsed_content("datalist_file")
+    )
+    path = write_model_reference(
+        bundle, checkpoint, datalist, max_cases=args.max_cases, max_validation_cases=args.max_validation_cases,
+        device=args.device,
+    )  # fmt: skip
+    reference = json.loads(path.read_text())
+    calibration = reference.get("calibration") or {}
+    print(f"wrote {path}: {reference['cases']} training cases; temperature {reference['temperature']:.3f}"
+          + (f", ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on "
+             f"{calibration['cases']} validation cases" if "ece_before" in calibration else ""))  # fmt: skip
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -442,6 +466,12 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-size-ml", nargs="+", default=[], metavar="ML|LABEL=ML",
                    help="remove components smaller than this (mL), for every label or per label")
     g.add_argument("--fill-holes", type=int, nargs="+", default=[], metavar="LABEL", help="labels to fill holes in")
+    g = p.add_argument_group("quality control", "every case gets a QC score (0-1, higher: more likely wrong) and a "
+                             "review flag from checks against the model's training data and its uncertainty")
+    g.add_argument("--qc-threshold", type=float, default=0.5,
+                   help="QC score from which a case is flagged for review")
+    g.add_argument("--no-uncertainty", action="store_true",
+                   help="skip the uncertainty (without TTA or an ensemble it costs one extra mirrored pass)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -618,6 +648,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run's checkpoint folder (--ckpt-dir of clinseg train) or its mlflow_journal")
     p.add_argument("--tracking-uri", help="MLflow store to replay to (default: the one the run was started with)")
     p.set_defaults(func=cmd_tracking_sync)
+
+    p = _command(sub, "qc-reference", "write a model's QC reference: its training data and a fitted temperature",
+                 epilog="clinseg train writes it when training ends; use this for a run trained otherwise "
+                        "(python -m monai.bundle run) or to refresh it. It goes beside the checkpoint as "
+                        "qc_reference.json, and clinseg export carries it in models/.")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--checkpoint", help="the model's checkpoint (default: the bundle's models/model.pt)")
+    p.add_argument("--datalist", help="dataset.json whose training split the model learnt from and whose "
+                                      "validation split calibrates it (default: the bundle's datalist_file)")
+    p.add_argument("--max-cases", type=int, default=100, help="training cases summarised (evenly spaced)")
+    p.add_argument("--max-validation-cases", type=int, default=30, help="validation cases calibrating")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.set_defaults(func=cmd_qc_reference)
 
     p = _command(sub, "demo", "synthesize, train, validate and predict end to end on CPU")
     p.add_argument("--workdir", default="clinseg-demo", help="folder for data, runs, MLflow store and predictions")

@@ -28,7 +28,10 @@ EXIT_SOME_FAILED = 3
 """At least one case failed; the others were still processed (2 is left to argparse/usage errors)."""
 
 STATUSES = ("ok", "failed", "skipped")
-SUMMARY_COLUMNS = ("case", "status", "input_kind", "shape", "spacing", "seconds", "error", "warnings")
+SUMMARY_COLUMNS = (
+    "case", "status", "input_kind", "shape", "spacing", "seconds", "error", "warnings",
+    "qc_score", "qc_review", "qc_findings",
+)  # fmt: skip
 
 
 def error_text(exc: BaseException) -> str:
@@ -59,6 +62,8 @@ class CaseResult:
         spacing: voxel sizes in mm.
         seconds: wall time spent on the case.
         outputs: output name -> path relative to the output root.
+        qc: the case's quality control (:meth:`pipeline.qc.assess.CaseQC.as_dict`): ``score`` (0-1, higher is
+            more likely wrong), ``review``, ``findings``; ``None`` for a failed case.
     """
 
     case: str
@@ -71,6 +76,7 @@ class CaseResult:
     spacing: Sequence[float] | None = None
     seconds: float | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    qc: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.case, str) or not self.case:
@@ -138,9 +144,10 @@ class BatchReport:
         self.write()
 
     def summary_line(self) -> str:
-        """``"4 cases: 3 ok, 1 failed, 0 skipped; report: OUT/report.json"``."""
+        """``"4 cases: 3 ok, 1 failed, 0 skipped; 1 flagged for review; report: OUT/report.json"``."""
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
-        return f"{len(self.results)} cases: {counts}; report: {self.json_path}"
+        review = sum(bool(r.qc and r.qc.get("review")) for r in self.results)
+        return f"{len(self.results)} cases: {counts}; {review} flagged for review; report: {self.json_path}"
 
     def exit_code(self) -> int:
         """:data:`EXIT_SOME_FAILED` if any case failed, else :data:`EXIT_OK`."""
@@ -193,6 +200,9 @@ class BatchReport:
                     seconds,
                     r.error or "",
                     " | ".join(r.warnings),
+                    "" if r.qc is None else f"{float(r.qc['score']):.4f}",
+                    "" if r.qc is None else str(bool(r.qc["review"])).lower(),
+                    "" if r.qc is None else " | ".join(r.qc.get("findings") or []),
                 ]
             )
         atomic_write_text(self.csv_path, buf.getvalue())

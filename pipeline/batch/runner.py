@@ -2,7 +2,7 @@
 
 Layout of ``OUT`` (see :mod:`pipeline.batch.case_outputs` for the per-case files)::
 
-    OUT/<case>/seg.nii.gz, volumes.json, preview.png[, seg.dcm][, probabilities.nii.gz], .complete.json
+    OUT/<case>/seg.nii.gz, volumes.json, qc.json, preview.png[, seg.dcm][, probabilities.nii.gz], .complete.json
     OUT/report.json, summary.csv, volumes.csv      (per shard: report.shard-i-of-n.json, ...)
     OUT/report.html                                 (written when the batch ends; see pipeline.outputs.html_report)
 
@@ -26,20 +26,24 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipeline.core.atomic import COMPLETE_MARKER, clear_complete, is_complete, mark_complete
+from pipeline.core.atomic import COMPLETE_MARKER, atomic_write_json, clear_complete, is_complete, mark_complete
 from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, required_outputs, write_case_outputs
 from pipeline.batch.discovery import DEFAULT_MODALITIES, Case, discover_cases
 from pipeline.inference.case import LoadedCase
 from pipeline.inference.predictor import Predictor
 from pipeline.batch.prefetch import Prefetched, prefetch
-from pipeline.batch.report import BatchReport, CaseResult
+from pipeline.batch.report import BatchReport, CaseResult, error_text
 from pipeline.batch.shard import Shard
 from pipeline.outputs.preview import preview_window
 from pipeline.outputs.volumetry import write_volumes_csv
+from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
 
-__all__ = ["SEG_NAME", "BatchOptions", "merge_shards", "predict_folder"]
+__all__ = ["QC_NAME", "SEG_NAME", "BatchOptions", "merge_shards", "predict_folder"]
 
 logger = logging.getLogger(__name__)
+
+QC_NAME = "qc.json"
+"""A case's QC block (as in ``report.json``), kept so a rerun that skips the case still reports it."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class BatchOptions:
         workers: loading threads.
         shard: the part of the sorted cases this process handles.
         progress: show a progress bar (cases done, failures, cases/min) on stderr.
+        qc_threshold: QC score from which a case is flagged for review (:mod:`pipeline.qc.assess`).
     """
 
     split: str = "test"
@@ -65,6 +70,7 @@ class BatchOptions:
     workers: int = 1
     shard: Shard = field(default_factory=Shard)
     progress: bool = False
+    qc_threshold: float = REVIEW_THRESHOLD
 
 
 class _ShardReport(BatchReport):
@@ -153,6 +159,7 @@ def predict_folder(
                     inputs=case.inputs,
                     warnings=_marker(case_dir).get("warnings", list(case.warnings)),
                     outputs=_relative(case, _listed_outputs(case_dir)),
+                    qc=_saved_qc(case_dir),
                 )
             )
         else:
@@ -168,7 +175,7 @@ def predict_folder(
         )
         for done, item in enumerate(loaded, 1):
             case = item.item
-            result, rows = _finish_case(predictor, item, output / case.case_id, options.outputs, settings)
+            result, rows = _finish_case(predictor, item, output / case.case_id, options, settings)
             if rows is not None:
                 volumes[case.case_id] = rows
             report.add(result)
@@ -225,9 +232,10 @@ def merge_shards(output: str | Path) -> BatchReport:
 
 
 def _finish_case(
-    predictor: Predictor, item: Prefetched, case_dir: Path, outputs: OutputOptions, settings: dict[str, Any]
+    predictor: Predictor, item: Prefetched, case_dir: Path, options: BatchOptions, settings: dict[str, Any]
 ) -> tuple[CaseResult, list[dict] | None]:
     case: Case = item.item
+    outputs = options.outputs
     start = time.perf_counter()
     if case_dir.is_dir():
         clear_complete(case_dir)  # before anything is rewritten: an interrupted redo must not look finished
@@ -261,6 +269,10 @@ def _finish_case(
             ),
             algorithm_name=predictor.bundle_name or "clinseg",
         )
+        qc = _case_qc(predictor, loaded, segmentation, options.qc_threshold, warnings)
+        if qc is not None:
+            atomic_write_json(case_dir / QC_NAME, qc)
+            names.append(QC_NAME)
         mark_complete(case_dir, names, info=settings, warnings=warnings)
     except Exception as e:  # one bad case must never stop the batch; the reason goes to the report
         logger.debug("case %s failed", case.case_id, exc_info=True)
@@ -276,9 +288,25 @@ def _finish_case(
         spacing=[float(v) for v in image.pixdim],
         seconds=item.seconds + time.perf_counter() - start,
         outputs=_relative(case, names),
+        qc=qc,
         **known,
     )
     return result, rows
+
+
+def _case_qc(
+    predictor: Predictor, loaded: LoadedCase, segmentation: Any, threshold: float, warnings: list[str]
+) -> dict[str, Any] | None:
+    """The case's QC block; a QC error is a warning of the case (its mask stands), never its failure."""
+    try:
+        return assess_case(
+            predictor.qc_reference, loaded.inputs, segmentation.labels, predictor.label_names,
+            segmentation.uncertainty, threshold=threshold,
+        ).as_dict()  # fmt: skip
+    except Exception as e:
+        logger.debug("QC failed", exc_info=True)
+        warnings.append(f"no QC verdict: {error_text(e)}")
+        return None
 
 
 def _prefetch(options: BatchOptions, predictor: Predictor) -> int:
@@ -299,6 +327,15 @@ def _marker(case_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _saved_qc(case_dir: Path) -> dict[str, Any] | None:
+    """The ``qc.json`` of a finished case, ``None`` when absent or unreadable (a case finished before QC)."""
+    try:
+        record = json.loads((case_dir / QC_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _listed_outputs(case_dir: Path) -> list[str]:

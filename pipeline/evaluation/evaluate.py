@@ -38,6 +38,7 @@ from pipeline.evaluation.result import EvaluationResult, summarize
 from pipeline.evaluation.tables import log_evaluation, write_tables
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
+from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
 from transforms.io import load_scan
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,9 @@ class EvaluationOptions:
         label_key: datalist key of the reference label map.
         experiment_name: MLflow experiment of the evaluation run.
         train_run_id: MLflow run that trained the checkpoint (found by its checkpoint folder tag when None).
+        qc_threshold: QC score from which a case is flagged for review; each row gets the case's
+            ``qc_score``, ``qc_review`` and ``qc_findings`` (:mod:`pipeline.qc.assess`), so QC can be checked
+            against the metrics.
         progress: show a progress bar (cases done, last case's mean Dice) on stderr.
         regions: score these regions (name -> label values) instead of the labels; ``None``: the bundle's own
             ``regions`` (a region bundle), else per label; ``{}``: per label even for a region bundle.
@@ -166,6 +170,7 @@ class EvaluationOptions:
     label_key: str = "label"
     experiment_name: str = "clinseg"
     train_run_id: str | None = None
+    qc_threshold: float = REVIEW_THRESHOLD
     progress: bool = False
     regions: Mapping[str, Sequence[int]] | None = None
 
@@ -209,7 +214,13 @@ def _evaluate_entry(
     """Predict one datalist entry and score it on its input grid: one row per label (or region)."""
     if options.label_key not in entry:
         raise ValueError(f"case {entry.get('case')!r} has no {options.label_key!r} to evaluate against")
-    pred = predictor.predict({k: entry[k] for k in predictor.input_keys}).labels
+    case = predictor.load({k: entry[k] for k in predictor.input_keys})
+    segmentation = predictor.segment(case)
+    pred = segmentation.labels
+    qc = assess_case(
+        predictor.qc_reference, case.inputs, pred, predictor.label_names, segmentation.uncertainty,
+        threshold=options.qc_threshold,
+    )  # fmt: skip
     label = load_scan(entry[options.label_key], label=True, spatial_dims=pred.ndim - 1)
     if tuple(label.shape) != tuple(pred.shape) or not np.allclose(label.affine, pred.affine, atol=1e-3):
         raise ValueError(
@@ -220,8 +231,10 @@ def _evaluate_entry(
     rows = case_metrics(
         pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm, regions=regions
     )
-    logger.info("evaluated %s", entry["case"])
-    return rows
+    findings = " | ".join(qc.as_dict()["findings"])
+    verdict = {"qc_score": round(qc.score, 4), "qc_review": qc.review, "qc_findings": findings}
+    logger.debug("evaluated %s", entry["case"])
+    return [{**row, **verdict} for row in rows]
 
 
 def evaluate_checkpoint(

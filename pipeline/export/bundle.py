@@ -3,6 +3,7 @@
     configs/    train.yaml (the config as run), inference.yaml, evaluate.yaml (standalone: common.yaml merged in),
                 metadata.json (measured metrics, version, changelog, pinned packages), overlays, logging.conf
     models/     model.pt ({"model": state_dict, "network": {name, kwargs}}, weights_only-loadable),
+                qc_reference.json (the training data's QC reference and fitted temperature, when the run has one),
                 model.ts (TorchScript with metadata and inference config, as ``monai.bundle ckpt_export`` writes)
     docs/       README.md (how it was trained, what it measured)
     LICENSE
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ckpt_export
 
+from pipeline.inference.predictor import QC_REFERENCE_NAME
 from pipeline.core.atomic import atomic_write_json
 from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
@@ -111,6 +113,14 @@ def export_bundle(
         torch.save(
             {"model": checkpoint["model"], "network": checkpoint["network"]}, staging / "models" / "model.pt"
         )
+        qc_reference = record.checkpoint.parent / QC_REFERENCE_NAME
+        if qc_reference.is_file():  # the training data's reference and temperature travel with the weights
+            shutil.copyfile(qc_reference, staging / "models" / QC_REFERENCE_NAME)
+        else:
+            logger.warning(
+                "%s has no %s: the exported bundle's predictions get QC from their uncertainty only "
+                "(write one with: clinseg qc-reference)", record.checkpoint.parent, QC_REFERENCE_NAME,
+            )  # fmt: skip
         if "inference" in configs:
             _torchscript(staging)
         (staging / "docs" / "README.md").write_text(exported_readme(meta, record, configs["train"]))

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
+from pipeline.inference.uncertainty import Uncertainty
+
 __all__ = ["LoadedCase", "Segmentation"]
 
 
@@ -58,8 +60,10 @@ class Segmentation:
         labels: label map ``(1, X, Y[, Z])`` uint8, affine equal to the input's.
         probabilities: class probabilities ``(C, X, Y[, Z])`` float32 when asked for, else ``None``.
         seconds: time per step (``inference``, ``restore``).
+        uncertainty: agreement between members and entropy (``InferenceOptions.uncertainty``), else ``None``.
     """
 
     labels: MetaTensor
     probabilities: MetaTensor | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    uncertainty: Uncertainty | None = None

@@ -40,6 +40,10 @@ class InferenceOptions:
             class probabilities (as MONAI's ``Invertd`` + ``AsDiscreted``, slab by slab so no full-resolution
             float map is held); ``"nearest"`` takes the argmax on the network grid and resamples the label map
             by nearest neighbour (staircase boundaries).
+        uncertainty: measure each case's uncertainty (:mod:`pipeline.inference.uncertainty`) from the
+            members the run has anyway (TTA flips, ensemble networks); with neither, one extra pass on the
+            left-right mirror of the image serves as the second member (the labels still come from the
+            unmirrored pass alone).
     """
 
     roi_size: Sequence[int] | None = None
@@ -55,6 +59,7 @@ class InferenceOptions:
     skip_uniform_patches: bool = True
     restore: str | None = None
     amp: bool | None = None
+    uncertainty: bool = True
 
     def __post_init__(self) -> None:
         if self.roi_size is not None and (not self.roi_size or any(int(v) < 1 for v in self.roi_size)):

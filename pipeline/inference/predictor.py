@@ -13,6 +13,7 @@ paths or images already in memory (MetaTensor, nibabel, SimpleITK, ``(array, aff
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,18 +35,22 @@ from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.restore import to_input_grid
-from pipeline.inference.tta import ACTIVATIONS, activate, mirror_probabilities
+from pipeline.inference.tta import ACTIVATIONS, activate, flip_combinations
+from pipeline.inference.uncertainty import Uncertainty, member_labels, summarize_members, temperature_scaled
 from pipeline.inference.uniform_patches import UniformPatchCache
 from transforms.io import LoadScand
 from transforms.io_memory import is_in_memory
 
-__all__ = ["PRED_KEY", "CaseInput", "Predictor"]
+__all__ = ["PRED_KEY", "QC_REFERENCE_NAME", "CaseInput", "Predictor", "find_qc_reference"]
 
 logger = logging.getLogger(__name__)
 
 CaseInput = str | Path | Any
 """One input of a case: a path (NIfTI file, DICOM folder or file) or an in-memory image
 (:func:`transforms.io_memory.image_kind`)."""
+
+QC_REFERENCE_NAME = "qc_reference.json"
+"""The training data's reference and the fitted temperature (:mod:`pipeline.qc.reference`), beside a model."""
 
 PRED_KEY = "pred"
 """The key of the prediction in the dict the bundle's ``postprocessing`` gets (MONAI's engines' name)."""
@@ -65,6 +70,11 @@ class Predictor:
         activation: ``"softmax"`` (one output per class) or ``"sigmoid"`` (one per region: a region bundle's
             ``output_activation``; its ``RestoreToInputd`` turns regions into labels).
         regions: a region bundle's ``regions``, name -> label values, outermost first (``{}`` otherwise).
+        temperature: divides the (log-)probabilities before they are saved or scored (fitted on the
+            validation split by :func:`pipeline.qc.calibration.fit_temperature`; 1: uncalibrated); labels
+            never change with it.
+        qc_reference: the training data's reference (:class:`pipeline.qc.reference` as a dict, from
+            ``qc_reference.json``) that each case is checked against, ``None`` when the model has none.
     """
 
     def __init__(
@@ -84,6 +94,8 @@ class Predictor:
         input_modalities: Mapping[str, str] | None = None,
         activation: str = "softmax",
         regions: Mapping[str, Sequence[int]] | None = None,
+        temperature: float = 1.0,
+        qc_reference: Mapping[str, Any] | None = None,
     ) -> None:
         if not networks:
             raise ValueError("a Predictor needs at least one network")
@@ -111,6 +123,10 @@ class Predictor:
         self.regions = {str(k): [int(v) for v in vs] for k, vs in (regions or {}).items()}
         self._loader = transforms[0]
         self.preprocessing = Compose(transforms[1:])
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.qc_reference = None if qc_reference is None else dict(qc_reference)
 
     @classmethod
     def from_bundle(
@@ -146,6 +162,7 @@ class Predictor:
         elif isinstance(checkpoints, (str, Path)):
             checkpoints = [checkpoints]
         nets = [_load_network(parser, Path(c), device) for c in checkpoints]
+        qc_reference = find_qc_reference(bundle.root, [Path(c) for c in checkpoints])
         input_keys = list(parser.get_parsed_content("input_keys")) if "input_keys" in parser else ["image"]
         # key -> modality: a bundle's `channels` (named inputs) wins over its metadata
         channels = parser.get_parsed_content("channels") if "channels" in parser else {}
@@ -165,6 +182,8 @@ class Predictor:
             input_modalities=bundle_modalities(meta, input_keys),
             activation=parser.get("output_activation", "softmax"),  # sigmoid: a region bundle
             regions=parser.get("regions", None),
+            temperature=float((qc_reference or {}).get("temperature", 1.0)),
+            qc_reference=qc_reference,
         )
 
     @property
@@ -191,6 +210,8 @@ class Predictor:
             "amp": self.amp,
             "crop_foreground": [opts.foreground_hu, opts.crop_margin] if opts.crop_foreground else None,
             "postprocess": self.postprocess.as_dict() if self.postprocess.active else None,
+            "uncertainty": opts.uncertainty,
+            "temperature": self.temperature,
         }
 
     def load(self, inputs: CaseInput | Mapping[str, CaseInput]) -> LoadedCase:
@@ -205,46 +226,72 @@ class Predictor:
         warnings = modality_warnings(read, self.input_modalities, self.bundle_name or "clinseg")
         return LoadedCase(data, read, self.input_keys, warnings)
 
-    @torch.no_grad()
     def probabilities(self, case: LoadedCase) -> torch.Tensor:
         """Mean probabilities of the ensemble (and mirror TTA) on the network grid, (C, x, y[, z]) float32 on
-        CPU: softmax over classes, or a sigmoid per region for a region bundle (``activation="sigmoid"``).
+        CPU: softmax over classes, or a sigmoid per region for a region bundle (``activation="sigmoid"``),
+        temperature-scaled by :attr:`temperature`.
 
         With ``crop_foreground`` only the body box is inferred; voxels outside it are background (probability 1;
         for regions: every region's probability 0).
+        """
+        return self.probabilities_and_uncertainty(case)[0]
+
+    @torch.no_grad()
+    def probabilities_and_uncertainty(self, case: LoadedCase) -> tuple[torch.Tensor, Uncertainty | None]:
+        """:meth:`probabilities`, and the :class:`Uncertainty` of its members when ``options.uncertainty``.
+
+        Members are the (network, flip) passes that are averaged; with one network and no TTA, the left-right
+        mirror (first spatial axis) is run as a second member for the uncertainty only.
         """
         image = case.network_input
         grid_shape = image.shape[2:]
         box = case_box(case, self.options)
         if box is not None:
             image = image[(slice(None), slice(None), *box)]
+        flips = flip_combinations(image.ndim - 2) if self.options.tta else [()]
+        extra = self.options.uncertainty and len(flips) * len(self._forwards) == 1
+        members: list[torch.Tensor] | None = [] if self.options.uncertainty else None
         total = None
         for forward in self._forwards:
-            if self.options.tta:
-                probs = mirror_probabilities(lambda x, f=forward: self.inferer(x, f), image, self.activation)
-            else:
-                probs = activate(self.inferer(image, forward), self.activation)[0].cpu()
-            total = probs if total is None else total.add_(probs)
-        total = total.div_(len(self.networks))
+            for dims in flips:
+                probs = self._member(forward, image, dims)
+                if members is not None:
+                    members.append(member_labels(probs, self.activation))
+                total = probs if total is None else total.add_(probs)
+        total = temperature_scaled(total.div_(len(self._forwards) * len(flips)), self.temperature, self.activation)
+        if extra:
+            mirrored = self._member(self._forwards[0], image, (2,))
+            members.append(member_labels(mirrored, self.activation))
+        uncertainty = None if members is None else summarize_members(members, total, self.activation)
         if box is None:
-            return total
+            return total, uncertainty
         full = torch.zeros((total.shape[0], *grid_shape), dtype=total.dtype)
         if self.activation == "softmax":
             full[0] = 1.0
         full[(slice(None), *box)] = total
-        return full
+        return full, uncertainty
+
+    def _member(self, forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, dims: tuple) -> torch.Tensor:
+        """Probabilities ``(C, ...)`` on CPU of one pass on ``image`` ``(1, C_in, ...)`` flipped along ``dims``
+        (tensor dims), flipped back."""
+        x = torch.flip(image, dims) if dims else image
+        probs = activate(self.inferer(x, forward), self.activation)
+        return (torch.flip(probs, dims) if dims else probs)[0].cpu()
 
     def segment(self, case: LoadedCase, *, keep_probabilities: bool = False) -> Segmentation:
         """Label map (and optionally probabilities) on the input's own grid: :meth:`probabilities`, then the
         bundle's ``postprocessing`` (back onto the input grid, clean-up); probabilities are resampled linearly
         only when asked for."""
         start = time.perf_counter()
-        probs = self.probabilities(case)
+        probs, uncertainty = self.probabilities_and_uncertainty(case)
         infer_s = time.perf_counter() - start
         labels = self.postprocessing(case.with_prediction(probs, PRED_KEY))[PRED_KEY]
         prob_map = to_input_grid(probs, case.data[case.keys[0]]) if keep_probabilities else None
         return Segmentation(
-            labels, prob_map, {"inference": infer_s, "restore": time.perf_counter() - start - infer_s}
+            labels,
+            prob_map,
+            {"inference": infer_s, "restore": time.perf_counter() - start - infer_s},
+            uncertainty,
         )
 
     def predict(self, inputs: CaseInput | Mapping[str, CaseInput], **kwargs: Any) -> Segmentation:
@@ -327,6 +374,20 @@ def _resolve_amp(amp: bool | None, device: torch.device) -> bool:
         getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     ]
     return any(bool(check()) for check in native if check is not None)
+
+
+def find_qc_reference(bundle_root: Path, checkpoints: Sequence[Path]) -> dict[str, Any] | None:
+    """The ``qc_reference.json`` of a model: beside its first checkpoint (a training run's folder), else in the
+    bundle's ``models/``; ``None`` when there is none. An unreadable one is an error naming the file."""
+    for path in ([checkpoints[0].parent / QC_REFERENCE_NAME] if checkpoints else []) + [
+        bundle_root / "models" / QC_REFERENCE_NAME
+    ]:
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except ValueError as e:
+                raise ValueError(f"{path}: not a readable QC reference ({e})") from e
+    return None
 
 
 def _window(window: Any) -> tuple[float, float] | None:

@@ -1,6 +1,7 @@
 """``report.html``: one self-contained page for a whole batch, to browse offline from disk.
 
-Every case's status and reason (failed cases first), its preview, per-structure volumes (mL) with intensity
+Every case's status and reason (failed cases first, then those QC flags for review), its QC score and findings,
+its preview (click to enlarge), per-structure volumes (mL) with intensity
 statistics (HU for CT), and relative links to its files, in a table sorted and filtered by inline script (no
 library, no network). Previews are embedded as ``data:`` URIs while their total stays within ``embed_limit``
 bytes, so a small batch's page can be mailed on its own; later ones are linked relative to the page, which then
@@ -101,6 +102,19 @@ def _push_cell(pushed: Mapping[str, Any] | None) -> str:
     return f'<td class="push" data-push="{_e(status)}">{text}</td>'
 
 
+def _qc_cell(qc: Mapping[str, Any] | None) -> str:
+    """A case's QC score, review flag and named findings (the ``qc`` block of ``report.json``)."""
+    if not qc:
+        return '<td class="qc" data-sort="-1"></td>'
+    review = bool(qc.get("review"))
+    text = f'<span class="qc-score">{float(qc["score"]):.2f}</span>'
+    text += ' <span class="qc-flag review">review</span>' if review else ' <span class="qc-flag">ok</span>'
+    findings = qc.get("findings") or []
+    if findings:
+        text += "<ul>" + "".join(f"<li>{_e(f)}</li>" for f in findings) + "</ul>"
+    return f'<td class="qc" data-sort="{float(qc["score"]):.4f}" data-review="{str(review).lower()}">{text}</td>'
+
+
 def _case_row(
     case: Mapping[str, Any],
     structures: Sequence[str],
@@ -126,6 +140,7 @@ def _case_row(
         f"<td>{_e(case['case'])}</td>",
         f'<td class="status" data-sort="{_STATUS_ORDER.get(status, 9)}">{_e(status)}</td>',
         f'<td class="reason">{reason}</td>',
+        _qc_cell(case.get("qc")),
         *([_push_cell(push.get(str(case["case"])))] if push is not None else []),
         preview,
         *(_volume_cell(by_name.get(name), unit) for name in structures),
@@ -145,6 +160,7 @@ def _header(structures: Sequence[str], pushed: bool) -> str:
         sortable("Case"),
         sortable("Status", "number"),
         "<th>Reason / warnings</th>",
+        sortable("QC (review first)", "number"),
         *([sortable("Pushed")] if pushed else []),
         "<th>Preview</th>",
         *(sortable(f"{_e(name)} (mL)", "number") for name in structures),
@@ -176,6 +192,12 @@ def _run_facts(report: Mapping[str, Any], counts: Mapping[str, int], push: Mappi
     return f'<dl class="run">{items}</dl>'
 
 
+def _review_order(case: Mapping[str, Any]) -> tuple:
+    """Failed cases first, then cases flagged for review, each by QC score (highest first), then by case."""
+    qc = case.get("qc") or {}
+    return (case["status"] != "failed", not qc.get("review", False), -float(qc.get("score", 0.0)), str(case["case"]))
+
+
 def write_html_report(
     path: str | os.PathLike,
     report: Mapping[str, Any],
@@ -204,7 +226,7 @@ def write_html_report(
     path = Path(path)
     run = report.get("run") or {}
     unit = "HU" if str(run.get("intensity_modality", "")).upper() == "CT" else "intensity"
-    cases = sorted(report.get("cases") or [], key=lambda c: (c["status"] != "failed", str(c["case"])))
+    cases = sorted(report.get("cases") or [], key=_review_order)
     labels = {str(r["name"]): int(r["label"]) for rows in volumes.values() for r in rows}
     structures = sorted(labels, key=lambda name: (labels[name], name))
     counts: dict[str, int] = {}
@@ -217,7 +239,7 @@ def write_html_report(
         preview = pictures.cell(c["case"], previews.get(c["case"]))
         rows.append(_case_row(c, structures, volumes.get(c["case"], []), preview, unit, by_case))
     body = "\n".join(rows)
-    options = "".join(f'<option value="{s}">{s}</option>' for s in _STATUS_ORDER)
+    options = "".join(f'<option value="{s}">{s}</option>' for s in [*_STATUS_ORDER, "review"])
     title = f"clinseg batch report: {run.get('bundle') or 'batch'}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -226,7 +248,8 @@ def write_html_report(
 <body>
 <h1>{_e(title)}</h1>
 {_run_facts(report, counts, push)}
-<p class="note">Failed cases first. Intensities inside each structure: {_e(unit)} mean &plusmn; std [min, max].
+<p class="note">Failed cases first, then those flagged for review by QC, highest score first (score 0-1: how
+likely the case is wrong, from its checks against the training data and its uncertainty). Intensities inside each structure: {_e(unit)} mean &plusmn; std [min, max].
 Previews: {pictures.embedded} embedded, {pictures.linked} linked to the case folders.</p>
 <div class="controls">
 <label>Filter <input type="search" id="filter-text" placeholder="case, status, reason"></label>

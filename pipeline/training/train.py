@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 from pipeline.core.bundle import Bundle
 from pipeline.tracking.store import default_tracking_uri
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,7 @@ def train_bundle(
     overrides: dict[str, Any] | None = None,
     config: str | Path | Sequence[str | Path] = "train",
     time_budget_s: float | None = None,
+    qc_reference: bool = True,
 ) -> TrainResult:
     """Run a bundle's train config (exactly what ``python -m monai.bundle run`` runs) with overrides.
 
@@ -78,6 +82,8 @@ def train_bundle(
     training + validation cases (the fold's datalist is written into ``ckpt_dir``; the run is tagged).
     ``time_budget_s`` ends training cleanly before an epoch that would overrun it (the bundle's ``time_budget_s``;
     see :class:`pipeline.training.time_budget.TimeBudgetStop`); a resumed run gets the budget anew.
+    ``qc_reference`` writes the training data's QC reference and the temperature fitted on the validation split
+    beside the best checkpoint when training ends (:func:`pipeline.qc.model_reference.write_model_reference`).
     """
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     settings: dict[str, Any] = dict(overrides or {})
@@ -121,7 +127,22 @@ def train_bundle(
     )
     if parser.get("tracking_journal") is not None:
         _read_back_run(result, Path(parser.get_parsed_content("tracking_journal")))
+    if qc_reference and result.best_checkpoint.is_file():
+        _write_qc_reference(bundle, result.best_checkpoint, parser)
     return result
+
+
+def _write_qc_reference(bundle: Bundle, checkpoint: Path, parser: Any) -> None:
+    """``qc_reference.json`` beside the best checkpoint (:mod:`pipeline.qc.model_reference`); a failure is a
+    warning: the model stands, its predictions then get QC from their uncertainty only."""
+    from pipeline.qc.model_reference import write_model_reference
+
+    try:
+        datalist = Path(parser.get_parsed_content("datalist_file"))
+        path = write_model_reference(bundle, checkpoint, datalist)
+        logger.info("QC reference of the training data and the fitted temperature: %s", path)
+    except Exception as error:  # the trained model must survive a reference that cannot be built
+        logger.warning("no QC reference written for %s: %s", checkpoint, error)
 
 
 def _read_back_run(result: TrainResult, journal_dir: Path) -> None:

@@ -14,7 +14,9 @@
     let count = 0;
     for (const row of rows) {
       const haystack = row.textContent.toLowerCase();
-      const visible = (!wanted || row.dataset.status === wanted) && words.every((w) => haystack.includes(w));
+      const review = row.querySelector("td.qc[data-review=true]") !== null;
+      const matches = !wanted || row.dataset.status === wanted || (wanted === "review" && review);
+      const visible = matches && words.every((w) => haystack.includes(w));
       row.hidden = !visible;
       count += visible ? 1 : 0;
     }
@@ -62,6 +64,10 @@
   for (const img of document.querySelectorAll("img.preview")) {
     if (img.complete && img.naturalWidth === 0) markMissing(img);
     else img.addEventListener("error", () => markMissing(img));
+    img.addEventListener("click", (event) => {  // open larger in place; a second click closes it
+      event.preventDefault();
+      img.classList.toggle("zoomed");
+    });
   }
   applyFilter();
   document.body.dataset.ready = "1";
