@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipeline.core.atomic import COMPLETE_MARKER
-from pipeline.batch.runner import predict_folder
+from pipeline.batch.runner import QC_NAME, predict_folder
 from pipeline.batch.case_outputs import (
     DICOM_SEG_NAME,
     PREVIEW_NAME,
@@ -74,7 +74,7 @@ def test_every_case_is_ok_and_its_marker_lists_every_output(run):
     assert report.counts() == {"ok": 3, "failed": 0, "skipped": 0}
     for result in report.results:
         listed = set(json.loads((out / result.case / COMPLETE_MARKER).read_text())["outputs"])
-        expected = {SEG_NAME, VOLUMES_NAME, PREVIEW_NAME, PROBABILITIES_NAME}
+        expected = {SEG_NAME, VOLUMES_NAME, PREVIEW_NAME, PROBABILITIES_NAME, QC_NAME}
         assert listed == expected | ({DICOM_SEG_NAME, RTSTRUCT_NAME} if result.case == "case_002" else set())
         assert set(result.outputs) == listed
         assert not list((out / result.case).glob(".tmp-*"))

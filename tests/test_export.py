@@ -158,3 +158,18 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
     export_bundle(checkpoint, tmp_path / "out", bundle=BUNDLE, overwrite=True)
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "models" / "model.ts").is_file()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--bundle", str(BUNDLE)]) == 2
+
+
+@pytest.mark.slow
+def test_qc_reference_is_written_when_training_ends_and_travels_with_the_export(trained):
+    from pipeline.inference.predictor import QC_REFERENCE_NAME, Predictor
+
+    result, out = trained
+    written = json.loads((result.ckpt_dir / QC_REFERENCE_NAME).read_text())
+    assert written["cases"] > 0 and written["temperature"] > 0
+    assert {"ece_before", "ece_after"} <= set(written["calibration"])
+    assert set(written["structures"]) == {"1", "2"}
+    assert "datalist" not in json.dumps(written) and str(result.ckpt_dir) not in json.dumps(written)  # no paths
+    assert json.loads((out / "models" / QC_REFERENCE_NAME).read_text()) == written
+    predictor = Predictor.from_bundle(out)
+    assert predictor.qc_reference == written and predictor.temperature == written["temperature"]

@@ -111,10 +111,10 @@ def test_every_case_failed_first_with_reason_volumes_and_relative_links(report):
     assert [r["status"] for r in page.rows] == ["failed", "failed", "ok", "skipped", "ok"]
     broken = page.rows[page.cases.index("zz_broken")]["cells"]
     assert broken[2] == f"ValueError: bad header in ct.nii.gz: {HOSTILE}{HOSTILE}"  # error, then the warning
-    liver = page.rows[page.cases.index("case 10")]["cells"][4]  # columns by label: liver (1), lesion (2)
+    liver = page.rows[page.cases.index("case 10")]["cells"][5]  # columns by label: liver (1), lesion (2)
     assert liver == "3000.00 mLHU 55.2 ± 10.5 [-20, 140]"
-    assert page.rows[page.cases.index("case 10")]["cells"][5] == "0.00 mL"
-    assert page.rows[page.cases.index("case_2")]["cells"][4].startswith("0.00123 mL")  # 3 significant digits
+    assert page.rows[page.cases.index("case 10")]["cells"][6] == "0.00 mL"
+    assert page.rows[page.cases.index("case_2")]["cells"][5].startswith("0.00123 mL")  # 3 significant digits
     assert page.scripts == 1 and page.external == 0
     names = (PREVIEW_NAME, VOLUMES_NAME, "seg.nii.gz")
     files = [f"{case}/{name}" for case in ("case%2010", "case_2") for name in names]
@@ -144,7 +144,7 @@ def test_push_outcomes_get_a_column_and_a_summary(report):
     }
     text = report.write_html(push=push).read_text()
     page = Page(text)
-    pushed = {case: row["cells"][3] for case, row in zip(page.cases, page.rows)}
+    pushed = {case: row["cells"][4] for case, row in zip(page.cases, page.rows)}
     assert pushed == {
         HOSTILE: "not pushed",
         "zz_broken": "not pushed",
@@ -175,8 +175,8 @@ def test_intensity_unit_follows_the_modality_and_unreadable_volumes_are_logged(r
     (report.out_dir / "case_2" / VOLUMES_NAME).write_text("{not json")
     report.run_info["intensity_modality"] = "MR"
     page = Page(report.write_html().read_text())
-    assert page.rows[page.cases.index("case 10")]["cells"][4] == "3000.00 mLintensity 55.25 ± 10.5 [-20, 140]"
-    assert page.rows[page.cases.index("case_2")]["cells"][4] == ""
+    assert page.rows[page.cases.index("case 10")]["cells"][5] == "3000.00 mLintensity 55.25 ± 10.5 [-20, 140]"
+    assert page.rows[page.cases.index("case_2")]["cells"][5] == ""
     assert "case_2" in caplog.text and "unreadable" in caplog.text
 
 
@@ -268,3 +268,17 @@ def test_real_batch_page_renders_in_chromium_without_console_errors(batch_page, 
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(shot) as img:
         assert img.size == (1400, 900) and len(img.getcolors(2**24)) > 10  # not a blank page
+
+
+def test_cases_flagged_by_qc_come_first_after_failures_with_their_findings(report):
+    flagged = report.results[0]
+    flagged.qc = {"score": 0.91, "review": True, "findings": [f"volume 3x training {HOSTILE}"]}
+    report.results[1].qc = {"score": 0.05, "review": False, "findings": []}
+    page_text = report.write_html().read_text()
+    page = Page(page_text)
+    assert page.cases[:3] == [HOSTILE, "zz_broken", flagged.case]
+    qc = page.rows[2]["cells"][3]
+    assert qc.startswith("0.91 review") and f"volume 3x training {HOSTILE}" in qc
+    assert page.rows[3]["cells"][3] == "0.05 ok"
+    assert HOSTILE not in page_text  # escaped
+    assert 'data-review="true"' in page_text and '<option value="review">' in page_text

@@ -47,6 +47,9 @@ def test_report_is_rewritten_after_each_case(tmp_path):
         "seconds": "3.14",
         "error": "",
         "warnings": "input 'image': odd | second",
+        "qc_score": "",
+        "qc_review": "",
+        "qc_findings": "",
     }
     assert data["cases"][0]["inputs"] == {"image": "in/case_a"}
 

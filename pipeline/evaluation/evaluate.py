@@ -214,11 +214,10 @@ def _evaluate_entry(
     """Predict one datalist entry and score it on its input grid: one row per label (or region)."""
     if options.label_key not in entry:
         raise ValueError(f"case {entry.get('case')!r} has no {options.label_key!r} to evaluate against")
-    case = predictor.load({k: entry[k] for k in predictor.input_keys})
-    segmentation = predictor.segment(case)
+    segmentation = predictor.predict({k: entry[k] for k in predictor.input_keys})
     pred = segmentation.labels
     qc = assess_case(
-        predictor.qc_reference, case.inputs, pred, predictor.label_names, segmentation.uncertainty,
+        predictor.qc_reference, segmentation.inputs, pred, predictor.label_names, segmentation.uncertainty,
         threshold=options.qc_threshold,
     )  # fmt: skip
     label = load_scan(entry[options.label_key], label=True, spatial_dims=pred.ndim - 1)

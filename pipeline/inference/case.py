@@ -61,9 +61,11 @@ class Segmentation:
         probabilities: class probabilities ``(C, X, Y[, Z])`` float32 when asked for, else ``None``.
         seconds: time per step (``inference``, ``restore``).
         uncertainty: agreement between members and entropy (``InferenceOptions.uncertainty``), else ``None``.
+        inputs: the case's images as read (:attr:`LoadedCase.inputs`), for checks in the scan's own units.
     """
 
     labels: MetaTensor
     probabilities: MetaTensor | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     uncertainty: Uncertainty | None = None
+    inputs: dict[str, MetaTensor] = field(default_factory=dict)

@@ -292,6 +292,7 @@ class Predictor:
             prob_map,
             {"inference": infer_s, "restore": time.perf_counter() - start - infer_s},
             uncertainty,
+            case.inputs,
         )
 
     def predict(self, inputs: CaseInput | Mapping[str, CaseInput], **kwargs: Any) -> Segmentation:

@@ -71,13 +71,14 @@ def assess_case(
     Args:
         reference: the model's training reference (:func:`pipeline.qc.reference.build_reference`), ``None``
             when it has none: then only the uncertainty is checked, against fixed floors.
-        inputs: input key -> image as read ``(C, X, Y[, Z])`` MetaTensor (scan units), the output grid's first.
+        inputs: input key -> image as read ``(C, X, Y[, Z])`` MetaTensor (scan units), the output grid's first;
+            empty: the input and output checks are skipped.
         labels: predicted label map ``(1, X, Y[, Z])`` on the first input's grid.
         names: label value -> structure name.
         uncertainty: the prediction's :class:`~pipeline.inference.uncertainty.Uncertainty`, if measured.
     """
     findings: list[Finding] = []
-    if reference is not None:
+    if reference is not None and inputs:
         first = next(iter(inputs.values()))
         geometry = geometry_features(first)
         label_map = np.asarray(labels.as_tensor() if hasattr(labels, "as_tensor") else labels)[0]
@@ -95,5 +96,5 @@ def assess_case(
         review=score >= threshold,
         findings=findings,
         uncertainty=None if uncertainty is None else uncertainty.as_dict(),
-        reference=reference is not None,
+        reference=reference is not None and bool(inputs),
     )
