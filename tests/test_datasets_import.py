@@ -452,8 +452,10 @@ def test_dicom_rtstruct_round_trip_aliases_and_missing_structures(tmp_path):
         assert loaded["ct"].shape == loaded["label"].shape
     assert report["cases"]["p1"]["matched"] == {"Lung L": ["LUNG-LEFT"], "GTV-1": ["gtv-1"]}
     assert report["cases"]["p0"]["volumes_ml"]["Lung L"] == pytest.approx(
-        400 * 0.8 * 0.8 * 2.5 / 1000, abs=0.01
+        {"structure": 400 * 0.8 * 0.8 * 2.5 / 1000, "label_map": 400 * 0.8 * 0.8 * 2.5 / 1000}, abs=0.01
     )
+    assert report["cases"]["p0"]["contours_placed_by_plane"] == 0
+    assert report["cases"]["p0"]["duplicate_contours_merged"] == {}
 
     kept = import_dataset(
         src, tmp_path / "out2", structures=spec, test_fraction=0, folds=2, allow_missing=True
@@ -502,8 +504,11 @@ def test_dicom_seg_with_overlapping_segments_follows_the_overlap_rule(tmp_path):
         tmp_path / "src", tmp_path / "out", structures="1=liver;2=LIVER_LESION", test_fraction=0, folds=1
     )
     assert report["cases"]["p0"]["label_object"] == "SEG" and report["cases"]["p0"]["overlap_voxels"] == {
-        "1&2": 18
+        "liver&LIVER_LESION": 18
     }
+    assert report["cases"]["p0"]["volumes_ml"]["liver"] == pytest.approx(
+        {"structure": 320 * 0.49 * 2 / 1000, "label_map": (320 - 18) * 0.49 * 2 / 1000}, abs=0.01
+    )
     label = nib.load(tmp_path / "out" / "labels" / "p0.nii.gz").get_fdata()
     np.testing.assert_array_equal(label, np.where(lesion, 2, np.where(organ, 1, 0)))
 
@@ -567,7 +572,11 @@ def test_nsclc_rtstruct_labels_on_the_ct_grid(shared_data, tmp_path):
         "lung_r": ["Lung R"],
         "SPINAL-CORD": ["Spinal cord"],
     }
-    ml = case["volumes_ml"]
+    ml = {name: v["label_map"] for name, v in case["volumes_ml"].items()}
+    own = {name: v["structure"] for name, v in case["volumes_ml"].items()}
+    assert all(own[n] >= ml[n] for n in ml) and own["Lung L"] > ml["Lung L"]  # the GTV takes part of it
+    assert case["contours_placed_by_plane"] == case["contours"] == 21 + 117 + 98 + 84  # refs absent from the CT
+    assert any("placed on the slice of their plane position" in note for note in report["notes"])
     assert 100 < ml["GTV-1"] < 250 and 1500 < ml["Lung L"] < 4000 and 1500 < ml["lung_r"] < 4500
     assert (
         10 < ml["SPINAL-CORD"] < 100 and case["overlap_voxels"]
@@ -597,7 +606,7 @@ def test_nsclc_rtstruct_labels_on_the_ct_grid(shared_data, tmp_path):
     )
     back = nib.load(tmp_path / "out2" / "labels" / "p.nii.gz").get_fdata()
     np.testing.assert_array_equal(back, label)
-    assert again["cases"]["p"]["volumes_ml"] == ml
+    assert {n: v["structure"] for n, v in again["cases"]["p"]["volumes_ml"].items()} == ml
 
 
 def test_dcmqi_seg_labels_equal_the_reference_nifti(shared_data, tmp_path):

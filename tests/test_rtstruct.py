@@ -18,7 +18,8 @@ from skimage.draw import polygon
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.outputs.preview import label_colour
 from pipeline.outputs.rtstruct import write_rtstruct
-from pipeline.outputs.rtstruct_read import _fill_even_odd, read_rtstruct, rtstruct_to_mask
+from pipeline.outputs.contour_fill import fill_even_odd
+from pipeline.outputs.rtstruct_read import read_rtstruct, rtstruct_to_mask
 from tests.dicom_checks import dice, fill_each_contour
 from transforms.dicom import load_dicom
 
@@ -302,8 +303,8 @@ def test_scanline_fill_matches_skimage_polygon_xor(seed):
         fill = np.zeros(shape, bool)
         fill[polygon(poly[:, 0], poly[:, 1], shape=shape)] = True
         expected ^= fill
-        np.testing.assert_array_equal(_fill_even_odd(polygons, shape), expected)
-    assert not _fill_even_odd([np.array([[-9.0, 1.0], [-5.0, 3.0], [-7.0, 8.0]])], shape).any()
+        np.testing.assert_array_equal(fill_even_odd(polygons, shape), expected)
+    assert not fill_even_odd([np.array([[-9.0, 1.0], [-5.0, 3.0], [-7.0, 8.0]])], shape).any()
 
 
 @pytest.mark.realdata

@@ -23,7 +23,7 @@ from pipeline.datasets.model import Case, LayoutResult, Skipped, channel_name, s
 from pipeline.datasets.nifti_files import write_image
 from pipeline.datasets.structures import combine, match_structures
 from pipeline.outputs.nifti import write_mask_nifti
-from pipeline.outputs.rtstruct_read import read_rtstruct, rtstruct_to_mask
+from pipeline.outputs.rtstruct_read import RoiRaster, rasterise_rois, read_rtstruct
 from transforms.dicom import series_to_volume
 from transforms.dicom_discovery import SeriesInfo, discover_series, read_header
 from transforms.io_errors import ScanLoadError
@@ -79,14 +79,31 @@ def _choose_series(series: list[SeriesInfo], ds: Dataset) -> SeriesInfo:
     )
 
 
-def _rtstruct_masks(path: Path, files: list[str], rois: dict[int, list[str]]) -> dict[int, np.ndarray]:
-    masks = {}
-    for value, names in rois.items():
-        masks[value] = np.zeros(0, dtype=bool)
-        for name in names:
-            mask = rtstruct_to_mask(path, files, {1: name}) == 1
-            masks[value] = mask if masks[value].size == 0 else masks[value] | mask
-    return masks
+def _rtstruct_masks(
+    path: Path, files: list[str], rois: dict[int, list[str]]
+) -> tuple[dict[int, np.ndarray], dict[str, RoiRaster]]:
+    """Per-label boolean ``(X, Y, Z)`` masks (the label's source ROIs united) and the source ROIs' rasters."""
+    rasters = rasterise_rois(path, files, {n for names in rois.values() for n in names})
+    masks = {v: np.logical_or.reduce([rasters[n].mask for n in names]) for v, names in rois.items()}
+    return masks, rasters
+
+
+def _contour_notes(case: str, rasters: dict[str, RoiRaster], result: LayoutResult) -> dict[str, object]:
+    """Report fields on the contours read (duplicates merged per ROI and slice, references placed by plane),
+    and a dataset note when references did not resolve."""
+    total, unresolved = sum(r.contours for r in rasters.values()), sum(r.unresolved for r in rasters.values())
+    if unresolved:
+        result.notes.append(
+            f"{case}: {unresolved} of {total} contours reference images absent from the series; "
+            "placed on the slice of their plane position"
+        )
+    return {
+        "contours": total,
+        "contours_placed_by_plane": unresolved,
+        "duplicate_contours_merged": {
+            name: {str(k): n for k, n in sorted(r.duplicates.items())} for name, r in rasters.items() if r.duplicates
+        },
+    }
 
 
 def _seg_masks(
@@ -149,10 +166,12 @@ def _import_case(
     files = meta["dicom_files"]
     found, numbers = _structure_names(path, ds)
     matched = {v: names for v, names in match_structures(structures, found).items() if names}
+    contour_notes: dict[str, object] = {}
     if ds.Modality == "SEG":
         masks = _seg_masks(path, files, matched, numbers) if matched else {}
     else:
-        masks = _rtstruct_masks(path, files, matched)
+        masks, rasters = _rtstruct_masks(path, files, matched)
+        contour_notes = _contour_notes(case, rasters, result)
     present = {v: matched[v] for v, mask in masks.items() if mask.any()}
     missing = [names[0] for v, names in structures.items() if v not in present]
     if missing:
@@ -181,9 +200,16 @@ def _import_case(
         "matched": {structures[v][0]: names for v, names in present.items()},
         "unmapped": sorted(set(found) - {n for names in present.values() for n in names}),
         "volumes_ml": {
-            structures[v][0]: round(float(np.count_nonzero(labels == v)) * voxel_ml, 2) for v in present
+            structures[v][0]: {
+                "structure": round(float(np.count_nonzero(masks[v])) * voxel_ml, 2),
+                "label_map": round(float(np.count_nonzero(labels == v)) * voxel_ml, 2),
+            }
+            for v in present
         },
-        "overlap_voxels": overlaps,
+        "overlap_voxels": {
+            "&".join(structures[int(v)][0] for v in pair.split("&")): n for pair, n in overlaps.items()
+        },
+        **contour_notes,
     }
     if missing:
         item.extra["missing_labels"] = missing
