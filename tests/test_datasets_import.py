@@ -600,6 +600,7 @@ def test_nsclc_rtstruct_labels_on_the_ct_grid(shared_data, tmp_path):
         loaded["ct"].meta["dicom_files"],
         {1: "GTV-1", 2: "Lung L", 3: "Lung R", 4: "Spinal cord"},
         mirror / "rs_clinseg.dcm",
+        min_component_mm3=0,  # the exact label map: the GTV's specks below 20 mm³ too
     )
     again = import_dataset(
         mirror.parent, tmp_path / "out2", structures=spec.replace(";5=Heart", ""), test_fraction=0, folds=1
