@@ -10,7 +10,6 @@ A mapped structure absent (or empty) in a case is reported; the case is skipped 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pipeline.datasets.structures import combine, match_structures
 from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.rtstruct_read import RoiRaster, rasterise_rois, read_rtstruct
 from transforms.dicom import series_to_volume
-from transforms.dicom_discovery import SeriesInfo, discover_series, read_header
+from transforms.dicom_discovery import SeriesInfo, discover_series, read_header, walk_files
 from transforms.io_errors import ScanLoadError
 
 LABEL_MODALITIES = ("RTSTRUCT", "SEG")
@@ -35,16 +34,6 @@ def case_folders(src: Path) -> list[Path]:
     """The case folders of ``src``: ``src`` itself when it holds DICOM files directly, else its sub-folders."""
     direct = [p for p in src.iterdir() if p.is_file() and read_header(p) is not None]
     return [src] if direct else sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def walk_files(folder: Path) -> list[Path]:
-    """The non-hidden files under ``folder`` at any depth, following symbolic links, sorted."""
-    return sorted(
-        Path(root) / name
-        for root, _, names in os.walk(folder, followlinks=True)
-        for name in names
-        if not name.startswith(".")
-    )
 
 
 def _label_objects(folder: Path) -> list[tuple[Path, Dataset]]:
