@@ -172,7 +172,7 @@ def test_msd_3d_imports_in_place_with_split_folds_and_report(tmp_path, capsys):
     src = _msd(tmp_path / "Task09", 10, 1)
     assert detect_layout(src) == "msd"
     dest = tmp_path / "imported"
-    assert main(["import", str(src), str(dest), "--folds", "4", "--seed", "1"]) == 0
+    assert main(["import", str(src), str(dest), "--folds", "4", "--seed", "1"]) == 3  # "gone" is skipped
     printed = capsys.readouterr().out
     assert "imported 10 case(s) (msd): 6 training, 2 validation, 2 test, 1 unlabelled" in printed
     assert "skipped gone: " in printed and "does not exist" in printed
@@ -464,6 +464,13 @@ def test_dicom_rtstruct_round_trip_aliases_and_missing_structures(tmp_path):
     content = json.loads((tmp_path / "out2" / "dataset.json").read_text())
     p2 = next(e for s in ("training", "validation") for e in content[s] if e["case"] == "p2")
     assert p2["missing_labels"] == ["GTV-1"]
+
+    # the command line: a patient skipped is exit code 3, all taken 0
+    skipping = ["import", str(src), str(tmp_path / "cli"), "--structures", spec, "--test-fraction", "0"]
+    assert main([*skipping, "--folds", "2"]) == 3
+    assert main([*skipping, "--folds", "2", "--allow-missing"]) == 3  # 'notes' holds no label object: skipped
+    (src / "notes").rmdir()
+    assert main([*skipping, "--folds", "2", "--allow-missing"]) == 0
 
 
 @pytest.mark.filterwarnings("ignore:The string .PHANTOM. is unlikely")
