@@ -13,8 +13,14 @@ from monai.handlers import MeanDice  # noqa: F401  (the validation metric the bu
 from monai.losses import DiceCELoss, DiceFocalLoss
 from monai.metrics import DiceMetric
 
+import json
+import shutil
+
+from pipeline.core.checkpoint import load_checkpoint
 from pipeline.evaluation.evaluate import case_metrics
 from pipeline.training.losses import DeepSupervisionStackLoss, dice_ce_loss, dice_focal_loss
+from tests.bundle_runs import monai_bundle_run
+from tests.conftest import BUNDLES
 from transforms.partial_labels import MarkMissingLabelsd, mark_missing, split_missing
 
 torch.set_num_threads(1)
@@ -139,3 +145,22 @@ def test_evaluate_leaves_missing_labels_unscored():
     assert math.isnan(region[0]["dice"])
     with pytest.raises(ValueError, match="not among label_names"):
         case_metrics(pred, label, [1.0, 1.0, 2.0], names, missing=["GTV-2"])
+
+
+@pytest.mark.slow
+def test_a_bundle_trains_and_validates_on_entries_with_missing_labels(tiny_dataset, tmp_path):
+    """The shipped bundle's chain batches a case lacking 'lesion' with complete ones, trains and validates."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset.parent, data, symlinks=True)
+    datalist = json.loads((data / tiny_dataset.name).read_text())
+    for split in ("training", "validation"):
+        datalist[split][0]["missing_labels"] = ["lesion"]
+    (data / tiny_dataset.name).write_text(json.dumps(datalist))
+    ckpt = tmp_path / "ckpt"
+    monai_bundle_run(
+        BUNDLES / "ct_organ_resunet3d", ["train"], tmp_path,
+        "--dataset_dir", str(data), "--ckpt_dir", str(ckpt), "--tracking_uri", f"sqlite:///{tmp_path / 'm.db'}",
+        "--max_epochs", "1", "--val_interval", "1", "--batch_size", "2", "--samples_per_volume", "1",
+        "--roi_size", "[32, 32, 16]", "--log_run_artifacts", "false",
+    )  # fmt: skip
+    assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 2
