@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import CacheDataset, DataLoader, MetaTensor
-from monai.handlers import MeanDice  # noqa: F401  (the validation metric the bundles use)
 from monai.losses import DiceCELoss, DiceFocalLoss
 from monai.metrics import DiceMetric
 
