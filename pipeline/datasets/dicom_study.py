@@ -6,6 +6,9 @@ rasterised onto that series' grid (``labels/<case>.nii.gz``, the overlap rule of
 :mod:`pipeline.datasets.structures`) and the image channel references the case folder when it holds one image
 series (LoadScand reads it), else the series is written as ``images/<case>_<channel>.nii.gz``.
 A mapped structure absent (or empty) in a case is reported; the case is skipped unless ``allow_missing``.
+The report gives per case each structure's own volume and its volume in the label map, the overlapping voxels
+per pair, the duplicated contours merged (structure -> slice index -> copies) and the contours placed by plane
+position because the image they reference is not in the series.
 """
 
 from __future__ import annotations
@@ -214,8 +217,9 @@ def read_dicom_studies(
         src: a folder of case folders (or one case folder) of DICOM files.
         dest: the import's output folder.
         structures: label number -> structure names (first = label name), :func:`parse_structures`.
-        allow_missing: take a case lacking some mapped structures (they stay background, listed in the entry's
-            ``missing_labels`` and the report) instead of skipping it.
+        allow_missing: take a case lacking some mapped structures instead of skipping it: they are 0 in the label
+            file and listed in the entry's ``missing_labels`` (which the loss and the metrics ignore for the case,
+            :mod:`transforms.partial_labels`) and in the report.
     """
     labels = {0: "background", **{v: names[0] for v, names in structures.items()}}
     result = LayoutResult("dicom", src, {}, labels)
