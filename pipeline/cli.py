@@ -341,7 +341,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
     )
     print(summary(report))
-    return 0
+    return 3 if report["counts"]["skipped"] else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -686,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "import", "import an MSD, nnU-Net v2, DICOM (RTSTRUCT/SEG) or NIfTI dataset as a datalist",
         epilog="writes DEST/dataset.json (named channels, label names, training/validation/test split, folds) and "
         "DEST/import_report.json (cases taken, skipped and why, structures missing per patient); images stay in "
-        "place unless converted (4D MSD images, DICOM labels).",
+        "place unless converted (4D MSD images, DICOM labels). exit codes: 0 every case taken; 3 some cases "
+        "skipped (the datalist holds the rest; see import_report.json); 2 nothing importable or a usage error.",
     )
     p.add_argument("src", help="dataset folder: MSD task, nnU-Net raw dataset, DICOM case folders or NIfTI folder")
     p.add_argument("dest", help="output folder for dataset.json, import_report.json and converted files")
@@ -702,8 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patient-level cross-validation folds (fold 0 is the validation split; 1: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test split and the folds")
     p.add_argument("--allow-missing", action="store_true",
-                   help="DICOM: keep patients lacking a mapped structure (left unlabelled, reported) instead of "
-                   "skipping them")
+                   help="DICOM: keep patients lacking a mapped structure (listed in the entry's missing_labels: "
+                   "the loss and the metrics ignore that class for the patient) instead of skipping them")
     p.set_defaults(func=cmd_import)
 
     p = _command(

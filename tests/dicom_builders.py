@@ -59,3 +59,31 @@ def to_enhanced(paths: list[Path], out: Path, order: list[int], per_frame_geomet
     ds.PixelData = b"".join(slices[k].PixelData for k in order)
     ds.save_as(out)
     return out
+
+
+def write_contours(files: list, contours: dict[str, list[tuple[int, np.ndarray]]], path: Path) -> Path:
+    """An RT Structure Set over the series ``files`` whose ROIs hold exactly the given contours: ROI name ->
+    ``(slice index, (N, 2) pixel (row, column) polygon)`` items, written in order (copies, holes as their own
+    contours), each referencing its slice's image."""
+    from pipeline.outputs.rtstruct import read_source_slices, write_rtstruct
+
+    slices = read_source_slices(files)
+    empty = np.zeros((slices[0].size[1], slices[0].size[0], len(slices)), np.uint8)
+    names = {i + 1: name for i, name in enumerate(contours)}
+    write_rtstruct(empty, files, names, path)
+    ds = pydicom.dcmread(path)
+    for roi in ds.ROIContourSequence:
+        items = []
+        for k, rc in contours[names[int(roi.ReferencedROINumber)]]:
+            item = Dataset()
+            image = Dataset()
+            image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = slices[k].sop_class, slices[k].uid
+            item.ContourImageSequence = DicomSequence([image])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(rc)
+            item.ContourNumber = len(items) + 1
+            item.ContourData = [f"{v:.4f}" for v in slices[k].to_patient(np.asarray(rc, float)).ravel()]
+            items.append(item)
+        roi.ContourSequence = DicomSequence(items)
+    ds.save_as(path, enforce_file_format=True)
+    return path

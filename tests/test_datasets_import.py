@@ -172,7 +172,7 @@ def test_msd_3d_imports_in_place_with_split_folds_and_report(tmp_path, capsys):
     src = _msd(tmp_path / "Task09", 10, 1)
     assert detect_layout(src) == "msd"
     dest = tmp_path / "imported"
-    assert main(["import", str(src), str(dest), "--folds", "4", "--seed", "1"]) == 0
+    assert main(["import", str(src), str(dest), "--folds", "4", "--seed", "1"]) == 3  # "gone" is skipped
     printed = capsys.readouterr().out
     assert "imported 10 case(s) (msd): 6 training, 2 validation, 2 test, 1 unlabelled" in printed
     assert "skipped gone: " in printed and "does not exist" in printed
@@ -452,8 +452,10 @@ def test_dicom_rtstruct_round_trip_aliases_and_missing_structures(tmp_path):
         assert loaded["ct"].shape == loaded["label"].shape
     assert report["cases"]["p1"]["matched"] == {"Lung L": ["LUNG-LEFT"], "GTV-1": ["gtv-1"]}
     assert report["cases"]["p0"]["volumes_ml"]["Lung L"] == pytest.approx(
-        400 * 0.8 * 0.8 * 2.5 / 1000, abs=0.01
+        {"structure": 400 * 0.8 * 0.8 * 2.5 / 1000, "label_map": 400 * 0.8 * 0.8 * 2.5 / 1000}, abs=0.01
     )
+    assert report["cases"]["p0"]["contours_placed_by_plane"] == 0
+    assert report["cases"]["p0"]["duplicate_contours_merged"] == {}
 
     kept = import_dataset(
         src, tmp_path / "out2", structures=spec, test_fraction=0, folds=2, allow_missing=True
@@ -462,6 +464,13 @@ def test_dicom_rtstruct_round_trip_aliases_and_missing_structures(tmp_path):
     content = json.loads((tmp_path / "out2" / "dataset.json").read_text())
     p2 = next(e for s in ("training", "validation") for e in content[s] if e["case"] == "p2")
     assert p2["missing_labels"] == ["GTV-1"]
+
+    # the command line: a patient skipped is exit code 3, all taken 0
+    skipping = ["import", str(src), str(tmp_path / "cli"), "--structures", spec, "--test-fraction", "0"]
+    assert main([*skipping, "--folds", "2"]) == 3
+    assert main([*skipping, "--folds", "2", "--allow-missing"]) == 3  # 'notes' holds no label object: skipped
+    (src / "notes").rmdir()
+    assert main([*skipping, "--folds", "2", "--allow-missing"]) == 0
 
 
 @pytest.mark.filterwarnings("ignore:The string .PHANTOM. is unlikely")
@@ -502,8 +511,11 @@ def test_dicom_seg_with_overlapping_segments_follows_the_overlap_rule(tmp_path):
         tmp_path / "src", tmp_path / "out", structures="1=liver;2=LIVER_LESION", test_fraction=0, folds=1
     )
     assert report["cases"]["p0"]["label_object"] == "SEG" and report["cases"]["p0"]["overlap_voxels"] == {
-        "1&2": 18
+        "liver&LIVER_LESION": 18
     }
+    assert report["cases"]["p0"]["volumes_ml"]["liver"] == pytest.approx(
+        {"structure": 320 * 0.49 * 2 / 1000, "label_map": (320 - 18) * 0.49 * 2 / 1000}, abs=0.01
+    )
     label = nib.load(tmp_path / "out" / "labels" / "p0.nii.gz").get_fdata()
     np.testing.assert_array_equal(label, np.where(lesion, 2, np.where(organ, 1, 0)))
 
@@ -567,7 +579,11 @@ def test_nsclc_rtstruct_labels_on_the_ct_grid(shared_data, tmp_path):
         "lung_r": ["Lung R"],
         "SPINAL-CORD": ["Spinal cord"],
     }
-    ml = case["volumes_ml"]
+    ml = {name: v["label_map"] for name, v in case["volumes_ml"].items()}
+    own = {name: v["structure"] for name, v in case["volumes_ml"].items()}
+    assert all(own[n] >= ml[n] for n in ml) and own["Lung L"] > ml["Lung L"]  # the GTV takes part of it
+    assert case["contours_placed_by_plane"] == case["contours"] == 21 + 117 + 98 + 84  # refs absent from the CT
+    assert any("placed on the slice of their plane position" in note for note in report["notes"])
     assert 100 < ml["GTV-1"] < 250 and 1500 < ml["Lung L"] < 4000 and 1500 < ml["lung_r"] < 4500
     assert (
         10 < ml["SPINAL-CORD"] < 100 and case["overlap_voxels"]
@@ -591,13 +607,14 @@ def test_nsclc_rtstruct_labels_on_the_ct_grid(shared_data, tmp_path):
         loaded["ct"].meta["dicom_files"],
         {1: "GTV-1", 2: "Lung L", 3: "Lung R", 4: "Spinal cord"},
         mirror / "rs_clinseg.dcm",
+        min_component_mm3=0,  # the exact label map: the GTV's specks below 20 mm³ too
     )
     again = import_dataset(
         mirror.parent, tmp_path / "out2", structures=spec.replace(";5=Heart", ""), test_fraction=0, folds=1
     )
     back = nib.load(tmp_path / "out2" / "labels" / "p.nii.gz").get_fdata()
     np.testing.assert_array_equal(back, label)
-    assert again["cases"]["p"]["volumes_ml"] == ml
+    assert {n: v["structure"] for n, v in again["cases"]["p"]["volumes_ml"].items()} == ml
 
 
 def test_dcmqi_seg_labels_equal_the_reference_nifti(shared_data, tmp_path):

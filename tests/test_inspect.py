@@ -71,3 +71,40 @@ def test_single_dicom_file_is_a_one_slice_volume(folder, tmp_path):
     assert out.shape == (9, 8, 1)
     np.testing.assert_array_equal(np.asarray(out.dataobj), vol[:, :, :1])
     np.testing.assert_allclose(out.affine, AFFINE, atol=1e-5)
+
+
+def test_symlinked_case_folders_are_followed_like_import(tmp_path):
+    """A folder of symbolic links to case folders (as `clinseg import` and `predict` read) is inspected, and a
+    link cycle ends."""
+    vol = np.zeros((9, 8, 6), np.int16)
+    write_dicom_series(vol, AFFINE, tmp_path / "store" / "p1", series_uid="1.2.3.7")
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "p1").symlink_to(tmp_path / "store" / "p1", target_is_directory=True)
+    (tmp_path / "store" / "p1" / "loop").symlink_to(tmp_path / "cases", target_is_directory=True)
+    rows = inspect_path(tmp_path / "cases")
+    assert [(r["series_uid"], r["slices"], r["problems"]) for r in rows] == [("1.2.3.7", 6, [])]
+
+
+def test_mixed_image_types_are_named_and_selectable(tmp_path):
+    """Magnitude and phase images of one SWI series under one SeriesInstanceUID: refused naming the ImageType
+    values (not only "duplicate slice positions"), and the magnitude images load with image_type='M'."""
+    from transforms.dicom import load_dicom
+    from transforms.dicom_discovery import SeriesRule
+
+    vol = np.random.default_rng(1).integers(0, 400, (9, 8, 4)).astype(np.int16)
+    mag = write_dicom_series(vol, AFFINE, tmp_path / "swi" / "m", series_uid="1.2.3.9", uid_seed="m")
+    phase = write_dicom_series(vol, AFFINE, tmp_path / "swi" / "p", series_uid="1.2.3.9", uid_seed="p")
+    for paths, kind in ((mag, "M"), (phase, "P")):
+        for p in paths:
+            ds = pydicom.dcmread(p)
+            ds.ImageType = ["ORIGINAL", "PRIMARY", kind, "ND"]
+            ds.save_as(p)
+    (row,) = inspect_path(tmp_path / "swi")
+    assert "ImageType" in row["problems"][0] and "ORIGINAL\\PRIMARY\\M\\ND (4 images)" in row["problems"][0]
+    assert "image_type': 'M'" in row["problems"][0]
+    with pytest.raises(ScanLoadError, match=r"2 ImageType values share slice positions"):
+        load_dicom(tmp_path / "swi")
+    array, _, meta = load_dicom(tmp_path / "swi", rule=SeriesRule(image_type="m"))
+    assert array.shape == (9, 8, 4) and all("/m/" in f for f in meta["dicom_files"])
+    with pytest.raises(ScanLoadError, match="has ImageType 'X'"):
+        load_dicom(tmp_path / "swi", rule=SeriesRule(image_type="X"))

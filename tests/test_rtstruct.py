@@ -18,7 +18,8 @@ from skimage.draw import polygon
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.outputs.preview import label_colour
 from pipeline.outputs.rtstruct import write_rtstruct
-from pipeline.outputs.rtstruct_read import _fill_even_odd, read_rtstruct, rtstruct_to_mask
+from pipeline.outputs.contour_fill import fill_even_odd
+from pipeline.outputs.rtstruct_read import read_rtstruct, rtstruct_to_mask
 from tests.dicom_checks import dice, fill_each_contour
 from transforms.dicom import load_dicom
 
@@ -164,7 +165,7 @@ def test_box_is_exact_and_ring_keeps_its_hole(oblique_series, tmp_path):
     mask[15:18, 16:19, 4] = 4  # island inside the ring's hole
     labels = {2: "box", 3: "ring", 4: "island"}
     tensor = MetaTensor(torch.from_numpy(mask)[None])
-    out = write_rtstruct(tensor, files, labels, tmp_path / "rs.dcm")
+    out = write_rtstruct(tensor, files, labels, tmp_path / "rs.dcm", min_component_mm3=0)
     np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
     for lid, filled in zip(labels, fill_each_contour(out, files).values(), strict=True):
         np.testing.assert_array_equal(filled, mask == lid)
@@ -226,7 +227,7 @@ def test_holes_and_islands_read_back_both_ways(oblique_series, tmp_path, name):
     files, _ = oblique_series
     mask = _shapes(name)
     labels = {1: "organ", 2: "lesion"}
-    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm")
+    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm", min_component_mm3=0)
     even_odd = rtstruct_to_mask(out, files)
     union = fill_each_contour(out, files)
     for lid, roi in labels.items():
@@ -244,7 +245,7 @@ def test_contours_cut_into_bands_still_read_back_both_ways(oblique_series, tmp_p
     monkeypatch.setattr("pipeline.outputs.rtstruct._MAX_DS_BYTES", 600)  # about 20 points a contour: many cuts
     files, _ = oblique_series
     mask = _shapes(name)
-    out = write_rtstruct(mask, files, {1: "organ", 2: "lesion"}, tmp_path / "rs.dcm")
+    out = write_rtstruct(mask, files, {1: "organ", 2: "lesion"}, tmp_path / "rs.dcm", min_component_mm3=0)
     for roi in pydicom.dcmread(out).ROIContourSequence:
         for item in roi.get("ContourSequence", []):
             assert len("\\".join(v.original_string for v in item.ContourData)) <= 600
@@ -259,7 +260,7 @@ def test_contours_without_image_references_go_to_the_nearest_slice(oblique_serie
     mask = np.zeros((33, 34, 5), np.uint8)
     mask[3:30:2, 4:30:3, :] = 1
     mask[10:20, 10:20, 2] = 1
-    out = write_rtstruct(mask, files, {1: "spots"}, tmp_path / "rs.dcm")
+    out = write_rtstruct(mask, files, {1: "spots"}, tmp_path / "rs.dcm", min_component_mm3=0)
     ds = pydicom.dcmread(out)
     for item in ds.ROIContourSequence[0].ContourSequence:
         del item.ContourImageSequence
@@ -302,8 +303,8 @@ def test_scanline_fill_matches_skimage_polygon_xor(seed):
         fill = np.zeros(shape, bool)
         fill[polygon(poly[:, 0], poly[:, 1], shape=shape)] = True
         expected ^= fill
-        np.testing.assert_array_equal(_fill_even_odd(polygons, shape), expected)
-    assert not _fill_even_odd([np.array([[-9.0, 1.0], [-5.0, 3.0], [-7.0, 8.0]])], shape).any()
+        np.testing.assert_array_equal(fill_even_odd(polygons, shape), expected)
+    assert not fill_even_odd([np.array([[-9.0, 1.0], [-5.0, 3.0], [-7.0, 8.0]])], shape).any()
 
 
 @pytest.mark.realdata
@@ -313,7 +314,7 @@ def test_real_ct_round_trip(shared_data, tmp_path, caplog):
     mask = np.asarray(nib.load(shared_data / "dcmqi" / "liver_spine_seg.nii.gz").dataobj).astype(np.uint8)
     patient = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientName)
     with caplog.at_level(logging.DEBUG):
-        out = write_rtstruct(mask, files, {1: "Liver", 2: "Spine"}, tmp_path / "rs.dcm")
+        out = write_rtstruct(mask, files, {1: "Liver", 2: "Spine"}, tmp_path / "rs.dcm", min_component_mm3=0)
     assert patient and not any(patient in r.getMessage() for r in caplog.records)
     assert str(pydicom.dcmread(out).PatientName) == patient
     np.testing.assert_array_equal(rtstruct_to_mask(out, files), mask)
@@ -398,7 +399,7 @@ def test_planning_ct_structures_read_back_both_ways(shared_data, tmp_path):
     assert len(files) >= 5 and set(np.unique(mask)) == {0, *labels}
     body = mask[:, :, 0] == 1
     assert ndimage.label(ndimage.binary_fill_holes(body) & ~body)[1] >= 2  # lungs and more: holes in the body
-    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm")
+    out = write_rtstruct(mask, files, labels, tmp_path / "rs.dcm", min_component_mm3=0)
     even_odd = rtstruct_to_mask(out, files, labels)
     union = fill_each_contour(out, files)
     for lid, roi in labels.items():

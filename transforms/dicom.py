@@ -24,6 +24,7 @@ from transforms.dicom_discovery import (
     DicomFile,
     SeriesInfo,
     SeriesRule,
+    check_image_types,
     discover_series,
     read_header,
     select_series,
@@ -298,6 +299,8 @@ def series_to_volume(
         raise ScanLoadError(
             f"series {label}: spatial_dims=2 needs a single slice, the series has {len(planes)}."
         )
+    if not multi:
+        check_image_types([files[p.file] for p in planes], [float(p.ipp @ normal) for p in planes], label)
     planes = _sort_and_check(planes, normal, label)
     hdr = files[0].header
     thickness = float(hdr.get("SpacingBetweenSlices", 0) or hdr.get("SliceThickness", 0) or 1.0)

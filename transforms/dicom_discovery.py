@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pydicom
@@ -15,7 +16,10 @@ from pydicom.uid import MediaStorageDirectoryStorage
 
 from transforms.io_errors import ScanLoadError
 
-__all__ = ["DicomFile", "SeriesInfo", "SeriesRule", "discover_series", "read_header", "select_series"]
+__all__ = [
+    "DicomFile", "SeriesInfo", "SeriesRule", "check_image_types", "discover_series", "image_type", "read_header",
+    "select_series", "walk_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +78,15 @@ class SeriesRule:
         description: regular expression searched (case-insensitive) in SeriesDescription; ``None`` keeps all.
         prefer_most_slices: among several matches take the one with most slices (a tie is still ambiguous);
             ``False`` makes several matches an error.
+        image_type: keep only the chosen series' images whose ImageType holds this value (case-insensitive),
+            e.g. ``"M"`` (magnitude) of an SWI series storing magnitude and phase under one SeriesInstanceUID;
+            ``None`` keeps all.
     """
 
     modality: str | None = None
     description: str | None = None
     prefer_most_slices: bool = True
+    image_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.description is not None:
@@ -128,12 +136,68 @@ def _broken_reason(path: Path) -> str | None:
     return None
 
 
+def walk_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` at any depth whose names are not hidden, following symbolic links to folders
+    (each real folder once, so a link cycle ends), sorted."""
+    seen: set[str] = set()
+    out = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        out += [Path(root) / name for name in names if not name.startswith(".")]
+    return sorted(out)
+
+
 def _candidate_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.name.upper() != "DICOMDIR" and not p.name.startswith(".")
+    return [p for p in walk_files(folder) if p.is_file() and p.name.upper() != "DICOMDIR"]
+
+
+def image_type(item: DicomFile) -> str:
+    """A file's ImageType values joined by backslashes (``ORIGINAL\\PRIMARY\\M\\ND``); ``""`` when absent."""
+    value = item.header.get("ImageType", "")
+    return "\\".join(str(v) for v in value) if not isinstance(value, str) else value
+
+
+_MAGNITUDE = ("M", "MAGNITUDE")
+
+
+def check_image_types(files: list[DicomFile], positions: list[float], label: str) -> None:
+    """Refuse a series whose slice positions (mm along the normal, one per file) repeat across images of
+    different ImageType (SWI magnitude and phase under one SeriesInstanceUID, say), naming the types and how to
+    keep one.
+
+    Raises:
+        ScanLoadError: several ImageType values and a repeated position.
+    """
+    types = [image_type(f) for f in files]
+    if len(set(types)) < 2 or len({round(p, 3) for p in positions}) == len(positions):
+        return
+    counts = {t: types.count(t) for t in sorted(set(types))}
+    listed = ", ".join(f"{t or '(none)'} ({n} images)" for t, n in counts.items())
+    magnitude = [t for t in counts if set(t.upper().split("\\")) & set(_MAGNITUDE)]
+    hint = (
+        f"; the magnitude images ({magnitude[0]}) are likely the image: keep them with "
+        "series_rule={'image_type': 'M'} (SeriesRule(image_type='M'))"
+        if len(magnitude) == 1
+        else "; keep one type with series_rule={'image_type': VALUE} (SeriesRule(image_type=VALUE))"
     )
+    raise ScanLoadError(
+        f"series {label}: images of {len(counts)} ImageType values share slice positions: {listed}{hint}."
+    )
+
+
+def _with_image_type(series: SeriesInfo, wanted: str | None, source: Path) -> SeriesInfo:
+    """``series`` with only the files whose ImageType holds ``wanted`` (``None``: unchanged)."""
+    if wanted is None:
+        return series
+    keep = [f for f in series.files if wanted.upper() in image_type(f).upper().split("\\")]
+    if not keep:
+        found = sorted({image_type(f) for f in series.files})
+        raise ScanLoadError(f"{source}: no image of series {series.summary()} has ImageType {wanted!r}; found {found}.")
+    return replace(series, files=keep)
 
 
 def discover_series(folder: Path) -> list[SeriesInfo]:
@@ -224,7 +288,7 @@ def select_series(
         series: the series found in ``source`` (:func:`discover_series`).
         source: the folder, for messages.
         series_uid: SeriesInstanceUID to load; overrides ``rule``.
-        rule: modality / description / most-slices rule.
+        rule: modality / description / most-slices rule, and the ImageType kept of the chosen series.
 
     Raises:
         ScanLoadError: no series, the UID is absent, nothing matches the rule, or the choice is ambiguous;
@@ -238,7 +302,7 @@ def select_series(
             raise ScanLoadError(
                 f"{source}: series_uid {series_uid!r} not found; series found: {_listing(series)}."
             )
-        return hits[0]
+        return _with_image_type(hits[0], rule.image_type if rule else None, source)
     rule = rule or SeriesRule()
     hits = [
         s
@@ -249,7 +313,7 @@ def select_series(
     if not hits:
         raise ScanLoadError(f"{source}: no series matches {rule}; series found: {_listing(series)}.")
     if len(hits) == 1:
-        return hits[0]
+        return _with_image_type(hits[0], rule.image_type, source)
     most = max(s.n_slices for s in hits)
     top = [s for s in hits if s.n_slices == most]
     if rule.prefer_most_slices and len(top) == 1:
@@ -259,7 +323,7 @@ def select_series(
             top[0].summary(),
             len(hits),
         )
-        return top[0]
+        return _with_image_type(top[0], rule.image_type, source)
     raise ScanLoadError(
         f"{source}: ambiguous choice, {len(hits)} series match {rule}; pass series_uid or a narrower rule. "
         f"Series found: {_listing(hits)}."

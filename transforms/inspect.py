@@ -12,7 +12,7 @@ import numpy as np
 from nibabel.orientations import aff2axcodes
 
 from transforms.dicom import find_series, series_to_volume
-from transforms.dicom_discovery import SeriesInfo, SeriesRule, discover_series
+from transforms.dicom_discovery import SeriesInfo, SeriesRule, discover_series, walk_files
 from transforms.io_errors import ScanLoadError
 from transforms.nifti import is_nifti_path, load_nifti
 
@@ -125,7 +125,7 @@ def inspect_path(path: str | Path) -> list[dict]:
             return [_row("dicom", None, None, path=path.name, problems=[str(err)])]
     rows = [
         _nifti_row(f, _shown(f, path))
-        for f in sorted(path.rglob("*"))
+        for f in walk_files(path)
         if is_nifti_path(f) and not any(part.startswith(".") for part in f.relative_to(path).parts)
     ]
     try:

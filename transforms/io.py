@@ -32,10 +32,11 @@ def _rule(series_rule: SeriesRule | Mapping | None) -> SeriesRule | None:
     if series_rule is None or isinstance(series_rule, SeriesRule):
         return series_rule
     if isinstance(series_rule, Mapping):
-        unknown = set(series_rule) - {"modality", "description", "prefer_most_slices"}
+        unknown = set(series_rule) - {"modality", "description", "prefer_most_slices", "image_type"}
         if unknown:
             raise ValueError(
-                f"series_rule has unknown keys {sorted(unknown)}; valid: modality, description, prefer_most_slices."
+                f"series_rule has unknown keys {sorted(unknown)}; valid: modality, description, prefer_most_slices, "
+                "image_type."
             )
         return SeriesRule(**series_rule)
     raise ValueError(
@@ -67,7 +68,8 @@ def load_scan(
         path: NIfTI file, DICOM folder (or a patient folder with DICOM files in sub-folders), or one DICOM file
             (e.g. enhanced multi-frame CT/MR).
         series_uid: DICOM SeriesInstanceUID to load when the folder holds several series.
-        series_rule: :class:`SeriesRule` or mapping (``modality``, ``description`` regex, ``prefer_most_slices``).
+        series_rule: :class:`SeriesRule` or mapping (``modality``, ``description`` regex, ``prefer_most_slices``,
+            ``image_type``).
         spatial_dims: 3 -> ``(C, X, Y, Z)``; 2 -> ``(C, X, Y)`` from a single slice / 2D file.
         dtype: image dtype (default float32; CT in HU). Ignored when ``label`` is set.
         label: keep integer label values exact (integer dtype, no float conversion).

@@ -6,11 +6,13 @@ rasterised onto that series' grid (``labels/<case>.nii.gz``, the overlap rule of
 :mod:`pipeline.datasets.structures`) and the image channel references the case folder when it holds one image
 series (LoadScand reads it), else the series is written as ``images/<case>_<channel>.nii.gz``.
 A mapped structure absent (or empty) in a case is reported; the case is skipped unless ``allow_missing``.
+The report gives per case each structure's own volume and its volume in the label map, the overlapping voxels
+per pair, the duplicated contours merged (structure -> slice index -> copies) and the contours placed by plane
+position because the image they reference is not in the series.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from pipeline.datasets.model import Case, LayoutResult, Skipped, channel_name, s
 from pipeline.datasets.nifti_files import write_image
 from pipeline.datasets.structures import combine, match_structures
 from pipeline.outputs.nifti import write_mask_nifti
-from pipeline.outputs.rtstruct_read import read_rtstruct, rtstruct_to_mask
+from pipeline.outputs.rtstruct_read import RoiRaster, rasterise_rois, read_rtstruct
 from transforms.dicom import series_to_volume
-from transforms.dicom_discovery import SeriesInfo, discover_series, read_header
+from transforms.dicom_discovery import SeriesInfo, discover_series, read_header, walk_files
 from transforms.io_errors import ScanLoadError
 
 LABEL_MODALITIES = ("RTSTRUCT", "SEG")
@@ -35,16 +37,6 @@ def case_folders(src: Path) -> list[Path]:
     """The case folders of ``src``: ``src`` itself when it holds DICOM files directly, else its sub-folders."""
     direct = [p for p in src.iterdir() if p.is_file() and read_header(p) is not None]
     return [src] if direct else sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def walk_files(folder: Path) -> list[Path]:
-    """The non-hidden files under ``folder`` at any depth, following symbolic links, sorted."""
-    return sorted(
-        Path(root) / name
-        for root, _, names in os.walk(folder, followlinks=True)
-        for name in names
-        if not name.startswith(".")
-    )
 
 
 def _label_objects(folder: Path) -> list[tuple[Path, Dataset]]:
@@ -79,14 +71,31 @@ def _choose_series(series: list[SeriesInfo], ds: Dataset) -> SeriesInfo:
     )
 
 
-def _rtstruct_masks(path: Path, files: list[str], rois: dict[int, list[str]]) -> dict[int, np.ndarray]:
-    masks = {}
-    for value, names in rois.items():
-        masks[value] = np.zeros(0, dtype=bool)
-        for name in names:
-            mask = rtstruct_to_mask(path, files, {1: name}) == 1
-            masks[value] = mask if masks[value].size == 0 else masks[value] | mask
-    return masks
+def _rtstruct_masks(
+    path: Path, files: list[str], rois: dict[int, list[str]]
+) -> tuple[dict[int, np.ndarray], dict[str, RoiRaster]]:
+    """Per-label boolean ``(X, Y, Z)`` masks (the label's source ROIs united) and the source ROIs' rasters."""
+    rasters = rasterise_rois(path, files, {n for names in rois.values() for n in names})
+    masks = {v: np.logical_or.reduce([rasters[n].mask for n in names]) for v, names in rois.items()}
+    return masks, rasters
+
+
+def _contour_notes(case: str, rasters: dict[str, RoiRaster], result: LayoutResult) -> dict[str, object]:
+    """Report fields on the contours read (duplicates merged per ROI and slice, references placed by plane),
+    and a dataset note when references did not resolve."""
+    total, unresolved = sum(r.contours for r in rasters.values()), sum(r.unresolved for r in rasters.values())
+    if unresolved:
+        result.notes.append(
+            f"{case}: {unresolved} of {total} contours reference images absent from the series; "
+            "placed on the slice of their plane position"
+        )
+    return {
+        "contours": total,
+        "contours_placed_by_plane": unresolved,
+        "duplicate_contours_merged": {
+            name: {str(k): n for k, n in sorted(r.duplicates.items())} for name, r in rasters.items() if r.duplicates
+        },
+    }
 
 
 def _seg_masks(
@@ -149,10 +158,12 @@ def _import_case(
     files = meta["dicom_files"]
     found, numbers = _structure_names(path, ds)
     matched = {v: names for v, names in match_structures(structures, found).items() if names}
+    contour_notes: dict[str, object] = {}
     if ds.Modality == "SEG":
         masks = _seg_masks(path, files, matched, numbers) if matched else {}
     else:
-        masks = _rtstruct_masks(path, files, matched)
+        masks, rasters = _rtstruct_masks(path, files, matched)
+        contour_notes = _contour_notes(case, rasters, result)
     present = {v: matched[v] for v, mask in masks.items() if mask.any()}
     missing = [names[0] for v, names in structures.items() if v not in present]
     if missing:
@@ -181,9 +192,16 @@ def _import_case(
         "matched": {structures[v][0]: names for v, names in present.items()},
         "unmapped": sorted(set(found) - {n for names in present.values() for n in names}),
         "volumes_ml": {
-            structures[v][0]: round(float(np.count_nonzero(labels == v)) * voxel_ml, 2) for v in present
+            structures[v][0]: {
+                "structure": round(float(np.count_nonzero(masks[v])) * voxel_ml, 2),
+                "label_map": round(float(np.count_nonzero(labels == v)) * voxel_ml, 2),
+            }
+            for v in present
         },
-        "overlap_voxels": overlaps,
+        "overlap_voxels": {
+            "&".join(structures[int(v)][0] for v in pair.split("&")): n for pair, n in overlaps.items()
+        },
+        **contour_notes,
     }
     if missing:
         item.extra["missing_labels"] = missing
@@ -199,8 +217,9 @@ def read_dicom_studies(
         src: a folder of case folders (or one case folder) of DICOM files.
         dest: the import's output folder.
         structures: label number -> structure names (first = label name), :func:`parse_structures`.
-        allow_missing: take a case lacking some mapped structures (they stay background, listed in the entry's
-            ``missing_labels`` and the report) instead of skipping it.
+        allow_missing: take a case lacking some mapped structures instead of skipping it: they are 0 in the label
+            file and listed in the entry's ``missing_labels`` (which the loss and the metrics ignore for the case,
+            :mod:`transforms.partial_labels`) and in the report.
     """
     labels = {0: "background", **{v: names[0] for v, names in structures.items()}}
     result = LayoutResult("dicom", src, {}, labels)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic import atomic_write_json
-from pipeline.datasets.dicom_study import read_dicom_studies, walk_files
+from pipeline.datasets.dicom_study import read_dicom_studies
 from pipeline.datasets.model import Case, DatasetImportError, LayoutResult
 from pipeline.datasets.msd import read_msd
 from pipeline.datasets.nifti_files import is_nifti
@@ -24,7 +24,7 @@ from pipeline.datasets.nifti_folder import read_nifti_folder
 from pipeline.datasets.nnunet import read_nnunet
 from pipeline.datasets.split import split_cases
 from pipeline.datasets.structures import parse_structures
-from transforms.dicom_discovery import read_header
+from transforms.dicom_discovery import read_header, walk_files
 
 LAYOUTS = ("auto", "msd", "nnunet", "dicom", "nifti")
 SPLIT_RULE = (

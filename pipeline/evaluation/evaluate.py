@@ -5,6 +5,9 @@ MLflow as an evaluation run with the per-case table as an MLflow table artifact.
 Empty structures: when neither prediction nor reference holds a label, Dice, IoU and surface Dice are 1 and the
 distances are nan; when exactly one holds it, Dice, IoU and surface Dice are 0 and the distances are nan (MONAI
 would give inf or nan). Summaries skip nan values and report how many values they used (``n``).
+
+Missing structures: a datalist entry's ``missing_labels`` (structures not contoured in that case, imported with
+``--allow-missing``) are not scored: every metric of those labels, and of regions holding one, is nan for the case.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def case_metrics(
     *,
     surface_tolerance_mm: float = 1.0,
     regions: Mapping[str, Sequence[int]] | None = None,
+    missing: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Per-label (or per-region) metrics of one case.
 
@@ -80,6 +84,8 @@ def case_metrics(
         surface_tolerance_mm: tolerance of the surface Dice, mm.
         regions: region name -> label values (BRATS: ``{"whole_tumour": [1, 2, 3, 4], "core": [1, 3, 4],
             "enhancing": [4]}``): one row per region, scoring the union of its labels, instead of per label.
+        missing: names of structures the reference lacks (the entry's ``missing_labels``): their rows, and
+            those of regions holding one, have nan metrics.
 
     Returns:
         One row per label: ``label, name, dice, iou, hd95_mm, msd_mm, surface_dice, pred_voxels, label_voxels``;
@@ -106,17 +112,27 @@ def case_metrics(
         structures = [(_region_id(vs), name, [int(v) for v in vs]) for name, vs in regions.items()]
     else:
         structures = [(v, label_names[v], [v]) for v in values]
+    unknown_missing = sorted(set(missing) - set(label_names.values()))
+    if unknown_missing:
+        raise ValueError(f"missing labels {unknown_missing} are not among label_names {dict(label_names)}")
+    unscored = {v for v in values if label_names[v] in set(missing)}
     rows = []
     for key, name, members in structures:
         inside = torch.tensor(members)
         pv, yv = torch.isin(pred_l, inside).float()[None], torch.isin(label_l, inside).float()[None]
-        rows.append({"label": key, "name": name, **_mask_metrics(pv, yv, spacing, surface_tolerance_mm)})
+        row = _mask_metrics(pv, yv, spacing, surface_tolerance_mm)
+        if unscored & set(members):
+            row.update(dict.fromkeys(_SCORES, math.nan))
+        rows.append({"label": key, "name": name, **row})
     return rows
 
 
 def _region_id(values: Sequence[int]) -> str:
     """A region's ``label`` column: its label values joined by ``+`` (``"1+3+4"``)."""
     return "+".join(str(int(v)) for v in values)
+
+
+_SCORES = ("dice", "iou", "hd95_mm", "msd_mm", "surface_dice")
 
 
 def _mask_metrics(pv: torch.Tensor, yv: torch.Tensor, spacing: list[float], tolerance_mm: float) -> dict[str, Any]:
@@ -192,7 +208,8 @@ def evaluate_entries(
             case_rows = _evaluate_entry(predictor, entry, names, regions, options)
             extra = {"case": entry["case"], **({"fold": fold} if fold is not None else {})}
             rows.extend({**extra, **row} for row in case_rows)
-            bar.set_postfix(dice=f"{np.mean([r['dice'] for r in case_rows]):.3f}")
+            scored = [r["dice"] for r in case_rows if not math.isnan(r["dice"])]
+            bar.set_postfix(dice=f"{np.mean(scored):.3f}" if scored else "n/a")
     return rows
 
 
@@ -228,8 +245,9 @@ def _evaluate_entry(
         )
     spacing = voxel_spacing(pred.affine, pred.ndim - 1)
     rows = case_metrics(
-        pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm, regions=regions
-    )
+        pred, label, spacing, names, surface_tolerance_mm=options.surface_tolerance_mm, regions=regions,
+        missing=entry.get("missing_labels", ()),
+    )  # fmt: skip
     findings = " | ".join(qc.as_dict()["findings"])
     verdict = {"qc_score": round(qc.score, 4), "qc_review": qc.review, "qc_findings": findings}
     logger.debug("evaluated %s", entry["case"])

@@ -16,6 +16,10 @@ space (LPS, mm) from each slice's own ImagePositionPatient, ImageOrientationPati
 oblique series are exact. Rasterising the contours back (pixel centres inside) with
 :func:`pipeline.outputs.rtstruct_read.rtstruct_to_mask` gives the mask again.
 
+Before tracing, the mask is cleaned up and each ROI held to a contour budget (tiny components removed, tiny holes
+filled, at most ``max_contours`` contours: :mod:`pipeline.outputs.contour_budget`), so a noisy prediction does not
+become hundreds of thousands of contours; ``min_component_mm3=0, max_contours=None`` writes the mask as it is.
+
 The structure set copies patient and study attributes from the source images, as the DICOM standard requires;
 nothing of them is logged.
 """
@@ -41,6 +45,7 @@ from scipy import ndimage
 from skimage.measure import find_contours
 
 from pipeline.core.atomic import atomic_write
+from pipeline.outputs.contour_budget import MAX_CONTOURS, MIN_COMPONENT_MM3, clean_labels, limit_contours
 from pipeline.outputs.dicom_common import (
     check_ascending,
     check_labels,
@@ -222,13 +227,22 @@ def _contour_values(binary: np.ndarray, sl: SourceSlice, origin: tuple[int, int]
     return out
 
 
-def _contours(arr: np.ndarray, lid: int, slices: list[SourceSlice]) -> list[Dataset]:
-    """ContourSequence items of label ``lid`` on every slice of ``arr`` ``(X, Y, Z)``."""
+def _contours(binary: np.ndarray, slices: list[SourceSlice]) -> list[Dataset]:
+    """ContourSequence items of the boolean ``(X, Y, Z)`` mask of one label on every slice."""
     items = []
-    for k in np.flatnonzero(np.any(arr == lid, axis=(0, 1))):
-        for values in _contour_values((arr[:, :, k] == lid).T, slices[k]):  # (rows, columns)
+    for k in np.flatnonzero(np.any(binary, axis=(0, 1))):
+        for values in _contour_values(binary[:, :, k].T, slices[k]):  # (rows, columns)
             items.append(_contour_item(values, slices[k], len(items) + 1))
     return items
+
+
+def _voxel_mm3(slices: list[SourceSlice]) -> float:
+    """Voxel volume of the series: pixel spacing times the slice gap (SliceThickness, else 1 mm, for one slice)."""
+    if len(slices) > 1:
+        gap = float(np.median(np.diff([slices[0].normal @ s.ipp for s in slices])))
+    else:
+        gap = float(slices[0].ds.get("SliceThickness", 1.0) or 1.0)
+    return slices[0].dr * slices[0].dc * abs(gap)
 
 
 def _references(slices: list[SourceSlice]) -> Dataset:
@@ -293,8 +307,13 @@ def write_rtstruct(
     algorithm_name: str = "clinseg",
     series_description: str = "clinseg RT structures",
     series_number: int = 301,
+    min_component_mm3: float = MIN_COMPONENT_MM3,
+    max_contours: int | None = MAX_CONTOURS,
 ) -> Path:
     """Write an RT Structure Set with one ROI per declared label of ``mask``, atomically.
+
+    Before tracing, each label is cleaned up and held to a contour budget
+    (:mod:`pipeline.outputs.contour_budget`; both warn when they change the mask).
 
     Args:
         mask: integer labels ``(X, Y, Z)`` or ``(1, X, Y, Z)`` (numpy, torch or MetaTensor) on the source grid:
@@ -306,6 +325,9 @@ def write_rtstruct(
         algorithm_name: ROIGenerationDescription of every ROI (at most 64 characters).
         series_description: the RTSTRUCT series' description.
         series_number: the RTSTRUCT series' number.
+        min_component_mm3: 3D components, and enclosed holes, of a label smaller than this volume (mm³) are
+            removed / filled first; 0 keeps the mask as it is.
+        max_contours: most contours per ROI (the largest slice components are kept); ``None``: no budget.
 
     Returns:
         ``path``.
@@ -322,8 +344,15 @@ def write_rtstruct(
         raise ValueError(f"structure_set_label must be 1..16 characters, got {structure_set_label!r}")
     if not algorithm_name.strip() or len(algorithm_name) > 64:
         raise ValueError(f"algorithm_name must be 1..64 characters, got {algorithm_name!r}")
+    if min_component_mm3 < 0 or (max_contours is not None and max_contours < 1):
+        raise ValueError(
+            f"min_component_mm3 must be >= 0 and max_contours >= 1 or None, got {min_component_mm3}, {max_contours}"
+        )
     slices = read_source_slices(source_files)
     _check_sources(slices, arr.shape)
+    voxel_mm3 = _voxel_mm3(slices)
+    arr = np.array(arr, copy=True)
+    clean_labels(arr, {lid: labels[lid] for lid in ids}, int(np.ceil(min_component_mm3 / voxel_mm3)))
 
     ds = _base_dataset(slices[0].ds, series_description, series_number)
     ds.StructureSetLabel = structure_set_label
@@ -343,7 +372,7 @@ def write_rtstruct(
         rois.append(roi)
         contour = Dataset()
         contour.ROIDisplayColor = [round(c * 255) for c in label_colour(lid, labels)]
-        items = _contours(arr, lid, slices)
+        items = _contours(limit_contours(arr == lid, max_contours, labels[lid], voxel_mm3 / 1000.0), slices)
         if items:
             contour.ContourSequence = DicomSequence(items)
         contour.ReferencedROINumber = lid

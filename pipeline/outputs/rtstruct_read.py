@@ -2,22 +2,44 @@
 
 The label map follows the shared voxel order ``mask[i, j, k] = frame_k[j, i]`` for the source files passed in
 slice order ``k``, so a structure set written by :func:`pipeline.outputs.rtstruct.write_rtstruct` rasterises back to
-its mask. Pixels are filled by the even-odd rule on pixel centres, so holes stay holes.
+its mask. Pixels are pixel centres inside a structure's contours by the rule of
+:mod:`pipeline.outputs.contour_fill`: duplicated contours of one structure on one slice count once, contours nested
+in another are holes (islands in holes are kept), merely overlapping contours are united. Contours that are not
+``CLOSED_PLANAR`` (points, open lines) enclose nothing and are skipped.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import RTStructureSetStorage
 
+from pipeline.outputs.contour_fill import fill_structure_slice
 from pipeline.outputs.rtstruct import SourceSlice, read_source_slices
 
-__all__ = ["read_rtstruct", "rtstruct_to_mask"]
+__all__ = ["RoiRaster", "rasterise_rois", "read_rtstruct", "rtstruct_to_mask"]
+
+
+@dataclass
+class RoiRaster:
+    """One ROI rasterised onto the source slices.
+
+    Attributes:
+        mask: boolean ``(X, Y, Z)`` mask, ``mask[i, j, k] = frame_k[j, i]``.
+        contours: closed planar contours read.
+        duplicates: slice index ``k`` -> duplicate contours merged there (absent: none).
+        unresolved: contours whose referenced image is not among the source files (placed by plane position).
+    """
+
+    mask: np.ndarray
+    contours: int = 0
+    duplicates: dict[int, int] = field(default_factory=dict)
+    unresolved: int = 0
 
 
 def _read_structure_set(path: str | os.PathLike) -> Dataset:
@@ -51,37 +73,15 @@ def read_rtstruct(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def _fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """``(rows, columns)`` mask of the pixel centres inside an odd number of closed ``(N, 2)`` (row, column)
-    polygons, by scanlines: the same pixels as XOR-ing ``skimage.draw.polygon`` fills, without its cost per
-    vertex and pixel."""
-    start = np.concatenate(polygons)
-    end = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])
-    out = np.zeros(shape, dtype=bool)
-    lo, hi = max(0, int(np.ceil(start[:, 0].min()))), min(shape[0] - 1, int(np.floor(start[:, 0].max())))
-    if hi < lo:
-        return out
-    y = np.arange(lo, hi + 1, dtype=np.float64)[:, None]
-    (r0, c0), (r1, c1) = start.T, end.T
-    spans = (r0 <= y) != (r1 <= y)  # half-open in y, so a vertex on a scanline counts once
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(spans, c0 + (y - r0) * (c1 - c0) / (r1 - r0), np.inf)
-    x = np.sort(x, axis=1)[:, : x.shape[1] // 2 * 2]  # an even count of finite crossings per row
-    pairs = np.isfinite(x[:, 1::2])  # crossings come in pairs: inside from x[0] to x[1], x[2] to x[3] ...
-    rows = np.broadcast_to(np.arange(hi - lo + 1)[:, None], pairs.shape)[pairs]
-    diff = np.zeros((hi - lo + 1, shape[1] + 1), dtype=np.int32)
-    np.add.at(diff, (rows, np.clip(np.ceil(x[:, 0::2][pairs]), 0, shape[1]).astype(int)), 1)
-    np.add.at(diff, (rows, np.clip(np.ceil(x[:, 1::2][pairs]), 0, shape[1]).astype(int)), -1)
-    out[lo : hi + 1] = np.cumsum(diff[:, :-1], axis=1) > 0
-    return out
-
-
-def _slice_of(item: Dataset, points: np.ndarray, slices: list[SourceSlice], by_uid: dict[str, int]) -> int:
-    """Index of the source slice a contour lies on: its referenced image, else the nearest plane."""
-    for image in item.get("ContourImageSequence", []):
-        k = by_uid.get(str(image.ReferencedSOPInstanceUID))
-        if k is not None:
-            return k
+def _slice_of(
+    item: Dataset, points: np.ndarray, slices: list[SourceSlice], by_uid: dict[str, int]
+) -> tuple[int, bool]:
+    """Index of the source slice a contour lies on (its referenced image, else the nearest plane) and whether
+    it referenced an image that is not among the slices."""
+    refs = [str(image.ReferencedSOPInstanceUID) for image in item.get("ContourImageSequence", [])]
+    for uid in refs:
+        if uid in by_uid:
+            return by_uid[uid], False
     normal = slices[0].normal
     pos = np.array([normal @ s.ipp for s in slices])
     dist = np.abs(pos - float(np.mean(points @ normal)))
@@ -91,7 +91,58 @@ def _slice_of(item: Dataset, points: np.ndarray, slices: list[SourceSlice], by_u
         raise ValueError(
             f"a contour lies {dist[k]:.3f} mm from the nearest source slice (tolerance {tol:.3f} mm)"
         )
-    return k
+    return k, bool(refs)
+
+
+def rasterise_rois(
+    path: str | os.PathLike, source_files: Sequence[str | os.PathLike], names: Iterable[str] | None = None
+) -> dict[str, RoiRaster]:
+    """Rasterise ROIs of an RT Structure Set onto its source slices, each on its own (no overlap rule).
+
+    Contours are matched to slices by their referenced SOP Instance UID, else by the nearest slice plane
+    (counted in :attr:`RoiRaster.unresolved` when a reference was given but not found), and filled by
+    :func:`pipeline.outputs.contour_fill.fill_structure_slice`.
+
+    Args:
+        path: the RTSTRUCT file.
+        source_files: the referenced single-frame images, in the wanted slice order.
+        names: ROI names to rasterise (exact names; unknown ones are skipped); all ROIs when ``None``.
+
+    Returns:
+        ROI name -> :class:`RoiRaster` (ROIs listed in ``StructureSetROISequence`` order; two ROIs of one name
+        are united).
+
+    Raises:
+        ValueError: the file is not an RT Structure Set, or a contour without a known referenced image lies
+            more than half a slice gap from every source slice.
+    """
+    slices = read_source_slices(source_files)
+    rows, cols = slices[0].size
+    by_uid = {s.uid: k for k, s in enumerate(slices)}
+    ds = _read_structure_set(path)
+    numbers = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
+    wanted = set(numbers.values()) if names is None else set(names)
+    out: dict[str, RoiRaster] = {}
+    for roi in sorted(ds.get("ROIContourSequence", []), key=lambda r: int(r.ReferencedROINumber)):
+        name = numbers.get(int(roi.ReferencedROINumber))
+        if name not in wanted:
+            continue
+        raster = out.setdefault(name, RoiRaster(np.zeros((cols, rows, len(slices)), dtype=bool)))
+        on_slice: dict[int, list[np.ndarray]] = {}
+        for item in roi.get("ContourSequence", []):
+            if str(item.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
+                continue
+            points = np.asarray(item.ContourData, dtype=np.float64).reshape(-1, 3)
+            k, unresolved = _slice_of(item, points, slices, by_uid)
+            raster.contours += 1
+            raster.unresolved += unresolved
+            on_slice.setdefault(k, []).append(slices[k].to_pixel(points))
+        for k, polygons in on_slice.items():
+            fill, merged = fill_structure_slice(polygons, (rows, cols))
+            raster.mask[:, :, k] |= fill.T
+            if merged:
+                raster.duplicates[k] = raster.duplicates.get(k, 0) + merged
+    return out
 
 
 def rtstruct_to_mask(
@@ -101,9 +152,8 @@ def rtstruct_to_mask(
 ) -> np.ndarray:
     """Rasterise an RT Structure Set onto its source slices as an ``(X, Y, Z)`` label map.
 
-    A pixel belongs to an ROI when its centre lies inside an odd number of the ROI's contours on that slice
-    (even-odd rule, so holes come back as holes). Contours are matched to slices by their referenced SOP
-    Instance UID, else by the nearest slice plane. Where ROIs overlap, the higher ROI number wins.
+    Each ROI is filled by :func:`rasterise_rois` (duplicates once, nested contours are holes); where ROIs
+    overlap, the higher ROI number wins.
 
     Args:
         path: the RTSTRUCT file.
@@ -118,24 +168,18 @@ def rtstruct_to_mask(
         ValueError: the file is not an RT Structure Set, or a contour without a known referenced image lies
             more than half a slice gap from every source slice.
     """
-    slices = read_source_slices(source_files)
-    rows, cols = slices[0].size
-    by_uid = {s.uid: k for k, s in enumerate(slices)}
     ds = _read_structure_set(path)
     numbers = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
     by_name = {name: int(lid) for lid, name in (labels or {}).items()}
     values = {n: (by_name.get(name) if labels is not None else n) for n, name in numbers.items()}
+    rasters = rasterise_rois(path, source_files, {numbers[n] for n, v in values.items() if v})
     top = max([0, *(v for v in values.values() if v is not None)])
-    out = np.zeros((cols, rows, len(slices)), dtype=np.uint16 if top > 255 else np.uint8)
-    for roi in sorted(ds.get("ROIContourSequence", []), key=lambda r: int(r.ReferencedROINumber)):
-        value = values.get(int(roi.ReferencedROINumber))
-        if not value:
-            continue
-        on_slice: dict[int, list[np.ndarray]] = {}
-        for item in roi.get("ContourSequence", []):
-            points = np.asarray(item.ContourData, dtype=np.float64).reshape(-1, 3)
-            k = _slice_of(item, points, slices, by_uid)
-            on_slice.setdefault(k, []).append(slices[k].to_pixel(points))
-        for k, polygons in on_slice.items():
-            out[:, :, k][_fill_even_odd(polygons, (rows, cols)).T] = value
+    shape = next(iter(rasters.values())).mask.shape if rasters else None
+    if shape is None:
+        slices = read_source_slices(source_files)
+        shape = (slices[0].size[1], slices[0].size[0], len(slices))
+    out = np.zeros(shape, dtype=np.uint16 if top > 255 else np.uint8)
+    for n in sorted(numbers):
+        if values[n] and numbers[n] in rasters:
+            out[rasters[numbers[n]].mask] = values[n]
     return out

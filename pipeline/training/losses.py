@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, SSIMLoss
+from monai.losses import DeepSupervisionLoss, SSIMLoss
 from torch import nn
 
 from pipeline.training.distributed import unwrap
+from pipeline.training.partial_labels import MarginalDiceCELoss, MarginalDiceFocalLoss
 
 __all__ = [
     "DeepSupervisionStackLoss",
@@ -58,8 +59,10 @@ def dice_ce_loss(
     include_background: bool = True,
     class_weights: Sequence[float] | None = None,
     batch: bool = False,
-) -> DiceCELoss:
-    """MONAI ``DiceCELoss`` for logits ``(B, C, *spatial)`` and labels ``(B, 1, *spatial)``.
+) -> MarginalDiceCELoss:
+    """MONAI ``DiceCELoss`` for logits ``(B, C, *spatial)`` and labels ``(B, 1, *spatial)``; labels marked with
+    missing classes (``transforms.partial_labels.MarkMissingLabelsd``) get the marginal loss of
+    :mod:`pipeline.training.partial_labels` (multiclass mode).
 
     Args:
         mode: ``"multiclass"`` (softmax over C classes, integer labels one-hot) or ``"binary"`` (sigmoid;
@@ -70,7 +73,7 @@ def dice_ce_loss(
         class_weights: optional per-class CE weights (length C).
         batch: Dice over the whole batch instead of per sample.
     """
-    return DiceCELoss(
+    return MarginalDiceCELoss(
         **_dice_activation("dice_ce_loss", mode, include_background, batch),
         weight=None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32),
         lambda_dice=_check_weight("dice_ce_loss", "lambda_dice", lambda_dice),
@@ -88,8 +91,9 @@ def dice_focal_loss(
     include_background: bool = True,
     class_weights: Sequence[float] | None = None,
     batch: bool = False,
-) -> DiceFocalLoss:
-    """MONAI ``DiceFocalLoss`` (the ResUNet and fusion articles' hybrid loss) for logits ``(B, C, *spatial)``.
+) -> MarginalDiceFocalLoss:
+    """MONAI ``DiceFocalLoss`` (the ResUNet and fusion articles' hybrid loss) for logits ``(B, C, *spatial)``;
+    labels marked with missing classes are handled as :class:`MarginalDiceFocalLoss` says (multiclass mode).
 
     Args:
         mode: ``"multiclass"`` (softmax, one-hot labels) or ``"binary"`` (sigmoid, labels per channel).
@@ -101,7 +105,7 @@ def dice_focal_loss(
         class_weights: optional per-class focal weights (length C).
         batch: Dice over the whole batch instead of per sample.
     """
-    return DiceFocalLoss(
+    return MarginalDiceFocalLoss(
         **_dice_activation("dice_focal_loss", mode, include_background, batch),
         gamma=_check_weight("dice_focal_loss", "gamma", gamma),
         weight=None if class_weights is None else list(class_weights),
