@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pipeline.core.atomic import atomic_write_json
 from pipeline.pacs.cache import case_key, instance_name, write_instance
 
-__all__ = ["PROCESSED", "RECEIVING", "OutOfResources", "SeriesState", "Spool", "SpoolLimits"]
+__all__ = ["GIB", "PROCESSED", "RECEIVING", "OutOfResources", "SeriesState", "Spool", "SpoolLimits"]
 
 logger = logging.getLogger(__name__)
 
