@@ -161,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.batch.runner import BatchOptions
     from pipeline.inference.predictor import Predictor
     from pipeline.pacs.serve import ServeOptions, StorageNode
+    from pipeline.pacs.spool import GIB, SpoolLimits
 
     options, postprocess = _inference_options(args)
     predictor = Predictor.from_bundle(
@@ -170,9 +171,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     batch = BatchOptions(
         outputs=OutputOptions(rtstruct=args.rtstruct, preview=not args.no_preview), qc_threshold=args.qc_threshold
     )
+    push_to = _archive(args.push_to, args) if args.push_to else None
+    limits = SpoolLimits(
+        max_bytes=int(args.max_spool_gb * GIB) if args.max_spool_gb else None, min_free_bytes=int(args.min_free_gb * GIB),
+        keep_seconds=args.keep_processed_minutes * 60,
+    )  # fmt: skip
     node = StorageNode(
-        predictor, args.spool, args.output, push_to=_archive(args.push_to, args) if args.push_to else None,
-        options=ServeOptions(args.ae_title, args.host, args.port, args.quiet_seconds), batch=batch,
+        predictor, args.spool, args.output, push_to=push_to,
+        count_from=_archive(args.count_from, args) if args.count_from else push_to,
+        options=ServeOptions(args.ae_title, args.host, args.port, args.quiet_seconds, allow_aets=tuple(args.allow_aet),
+                             incomplete_seconds=args.incomplete_seconds),
+        limits=limits, batch=batch,
     )  # fmt: skip
     node.serve_forever()
     return 0
@@ -546,8 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = _command(sub, "serve", "listen as a DICOM Storage SCP; segment each received series, push the results",
-                 epilog="A series is segmented once no instance arrived for --quiet-seconds; SPOOL keeps received "
-                 "instances and a journal, so a restarted node loses nothing and processes nothing twice.")
+                 epilog="A series is segmented once every association sending it was released, no instance arrived "
+                 "for --quiet-seconds (the node's own clock; after a restart it counts from the restart) and it "
+                 "holds as many instances as the sender or --count-from reports. Late instances reprocess the whole "
+                 "series. SPOOL keeps received instances and a journal, so a restarted node loses nothing.")
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
     p.add_argument("--checkpoint", action="append", default=[], help="weights (default: <bundle>/models/model.pt)")
     p.add_argument("--spool", required=True, help="folder of received series and the journal")
@@ -557,6 +568,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=11112, help="DICOM port")
     p.add_argument("--quiet-seconds", type=float, default=10.0, help="a series is complete after this long quiet")
     p.add_argument("--push-to", metavar="ARCHIVE", help="dicomweb:URL or dimse:AET@host:port for the results")
+    p.add_argument("--count-from", metavar="ARCHIVE",
+                   help="archive whose series listing gives each series' instance count (default: --push-to)")
+    p.add_argument("--allow-aet", action="append", default=[], metavar="AET",
+                   help="calling AE title allowed to send (repeatable; --push-to's is added); required unless "
+                        "--host is loopback")
+    p.add_argument("--incomplete-seconds", type=float, default=600.0,
+                   help="a series known to lack instances is journaled incomplete after this long quiet")
+    p.add_argument("--max-spool-gb", type=float, help="refuse instances (status 0xA700) beyond this spool size")
+    p.add_argument("--min-free-gb", type=float, default=1.0, help="refuse instances below this free disk space")
+    p.add_argument("--keep-processed-minutes", type=float, default=60.0,
+                   help="received instances of a safe (written, pushed) result are pruned after this long")
     p.add_argument("--rtstruct", action="store_true", help="also write and push rtstruct.dcm")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
     _add_inference_options(p)

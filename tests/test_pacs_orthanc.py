@@ -169,7 +169,9 @@ def test_dimse_batch_pushes_seg_with_c_store(orthanc, archive_data, predictor, t
 def test_serve_receives_a_series_and_returns_its_seg(orthanc, tiny_dataset, predictor, tmp_path):  # noqa: F811
     orthanc.clear()
     push_to = DimseArchive.parse(orthanc.dimse, calling_aet=NODE_AET)
-    options = ServeOptions(ae_title=NODE_AET, port=orthanc.node_port, quiet_seconds=1.0, poll_seconds=0.2)
+    options = ServeOptions(
+        ae_title=NODE_AET, port=orthanc.node_port, quiet_seconds=1.0, poll_seconds=0.2, allow_aets=("SENDER",)
+    )
     node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", push_to=push_to, options=options)
     thread = threading.Thread(target=node.serve_forever, daemon=True)
     thread.start()
@@ -201,4 +203,4 @@ def test_serve_receives_a_series_and_returns_its_seg(orthanc, tiny_dataset, pred
     assert list(journal) == [case_key(series_uid)] and journal[case_key(series_uid)]["push"] == "pushed"
     # a restarted node over the same spool processes nothing again
     again = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", push_to=push_to, options=options)
-    assert again.process_ready(now=time.time() + 60) == []
+    assert again.process_ready() == []

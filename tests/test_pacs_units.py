@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -188,24 +187,87 @@ def test_push_stores_once_and_retries_failures(series, tmp_path):
     assert push_case(tmp_path, archive, ["seg.dcm"]).status == "nothing"
 
 
-def test_node_waits_for_quiet_series_and_never_reprocesses(series, tmp_path):
+class Clock:
+    """A settable stand-in for ``time.monotonic``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_node_waits_for_quiet_released_series_and_never_reprocesses(series, tmp_path):
     _, datasets = series
-    predictor = SimpleNamespace(input_keys=("image",))
-    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=ServeOptions(quiet_seconds=5))
+    predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
+    options = ServeOptions(quiet_seconds=5)
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=options, clock=clock)
     for ds in datasets:
-        node._receive(ds)
-    now = time.time()
-    assert node.ready(now) == [] and node.ready(now + 6) == [case_key(SERIES)]
+        assert node.spool.store(ds, sender=1)
+    assert not node.spool.store(datasets[0], sender=1)  # a duplicate is not written again
+    clock.now += 60
+    assert not node._triage(case_key(SERIES))  # the sending association is still open
+    node.spool.ended(1, released=True)
+    assert node._triage(case_key(SERIES))
     with (tmp_path / "spool" / JOURNAL).open("a") as f:
         f.write(json.dumps({"case": case_key(SERIES), "status": "ok"}) + "\n")
-    restarted = StorageNode(
-        predictor, tmp_path / "spool", tmp_path / "out", options=ServeOptions(quiet_seconds=5)
-    )
-    assert restarted.ready(now + 6) == []
-    assert len(os.listdir(tmp_path / "spool" / "incoming" / case_key(SERIES))) == 4  # received files kept
-    bad = pydicom.Dataset()
+    restarted = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=options, clock=clock)
+    assert not restarted._triage(case_key(SERIES))
+    assert len(os.listdir(tmp_path / "spool" / "incoming" / case_key(SERIES))) == 5  # 4 files + .processed.json
     with pytest.raises(ValueError, match="without SeriesInstanceUID"):
-        node._receive(bad)
+        node.spool.store(pydicom.Dataset(), sender=2)
+
+
+def test_an_interrupted_or_short_series_waits_then_is_incomplete(series, tmp_path):
+    _, datasets = series
+    predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
+    options = ServeOptions(quiet_seconds=1, incomplete_seconds=30)
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=options, clock=clock)
+    for ds in datasets[:2]:
+        node.spool.store(ds, sender=1)
+    node.spool.ended(1, released=False)  # aborted mid-series
+    restarted = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=options, clock=clock)
+    key = case_key(SERIES)
+    assert restarted.spool.series[key].interrupted  # .receiving survived the "crash"
+    clock.now += 5
+    assert not restarted._triage(key)
+    clock.now += 30
+    assert not restarted._triage(key) and restarted._done[key]["status"] == "incomplete"
+    for ds in datasets:  # the resend, released: complete
+        restarted.spool.store(ds, sender=2)
+    restarted.spool.ended(2, released=True)
+    clock.now += 2
+    assert restarted._triage(key)
+    counted = datasets[0].copy()
+    counted.NumberOfSeriesRelatedInstances = 9
+    counted.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"
+    restarted.spool.store(counted, sender=3)
+    restarted.spool.ended(3, released=True)
+    clock.now += 2
+    assert not restarted._triage(key)
+    assert "5 of 9 instances received" in restarted._waiting[key]
+
+
+def test_a_full_spool_refuses_with_out_of_resources(series, tmp_path):
+    from pipeline.pacs.spool import OutOfResources, Spool, SpoolLimits
+
+    _, datasets = series
+    spool = Spool(tmp_path / "spool", SpoolLimits(max_bytes=1))
+    assert spool.store(datasets[0], sender=1)
+    with pytest.raises(OutOfResources, match="limit"):
+        spool.store(datasets[1], sender=1)
+    with pytest.raises(OutOfResources, match="free on the spool's disk"):
+        Spool(tmp_path / "other", SpoolLimits(min_free_bytes=2**62)).store(datasets[0], sender=1)
+
+
+def test_a_non_loopback_node_needs_an_allow_list(tmp_path):
+    predictor = SimpleNamespace(input_keys=("image",))
+    with pytest.raises(ValueError, match="--allow-aet"):
+        StorageNode(predictor, tmp_path / "s", tmp_path / "o", options=ServeOptions(host="0.0.0.0"))
+    node = StorageNode(
+        predictor, tmp_path / "s", tmp_path / "o", options=ServeOptions(host="0.0.0.0", allow_aets=("PACS",))
+    )
+    assert node.allowed == ("PACS",)
 
 
 def test_cli_serve_maps_flags_to_the_node(tmp_path, monkeypatch):
@@ -217,9 +279,12 @@ def test_cli_serve_maps_flags_to_the_node(tmp_path, monkeypatch):
     ckpt = random_checkpoint(tmp_path / "model.pt")
     argv = ["serve", str(BUNDLE), "--checkpoint", str(ckpt), "--device", "cpu", "--spool", str(tmp_path / "spool"),
             "--output", str(tmp_path / "out"), "--port", "11999", "--ae-title", "NODE", "--quiet-seconds", "3",
-            "--push-to", "dimse:PACS@127.0.0.1:4242", "--calling-aet", "NODE", "--rtstruct"]  # fmt: skip
+            "--push-to", "dimse:PACS@127.0.0.1:4242", "--calling-aet", "NODE", "--rtstruct", "--allow-aet", "CT1",
+            "--max-spool-gb", "2", "--min-free-gb", "0.5", "--incomplete-seconds", "60"]  # fmt: skip
     assert main(argv) == 0
     (node,) = nodes
-    assert node.options == ServeOptions("NODE", "127.0.0.1", 11999, 3.0)
+    assert node.options == ServeOptions("NODE", "127.0.0.1", 11999, 3.0, allow_aets=("CT1",), incomplete_seconds=60)
+    assert node.allowed == ("CT1", "PACS") and node.count_from is node.push_to
+    assert node.spool.limits.max_bytes == 2 * 1024**3 and node.spool.limits.min_free_bytes == 1024**3 // 2
     assert node.push_to.label == "dimse:PACS@127.0.0.1:4242" and node.push_to.calling_aet == "NODE"
     assert node.batch.outputs.rtstruct and (tmp_path / "spool" / "incoming").is_dir()

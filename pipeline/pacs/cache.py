@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pipeline.core.atomic import atomic_write, atomic_write_json
 from pipeline.pacs.archive import Archive, SeriesRef
 
-__all__ = ["MANIFEST", "SeriesCache", "case_key", "write_instance"]
+__all__ = ["MANIFEST", "SeriesCache", "case_key", "instance_name", "write_instance"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def case_key(series_uid: str) -> str:
     return "s" + hashlib.sha256(series_uid.encode()).hexdigest()[:16]
 
 
-def _file_name(sop_uid: str) -> str:
+def instance_name(sop_uid: str) -> str:
+    """The file name of an instance: the first 24 hex digits of SHA-256 of its SOPInstanceUID, ``.dcm``."""
     return hashlib.sha256(sop_uid.encode()).hexdigest()[:24] + ".dcm"
 
 
@@ -46,7 +47,7 @@ def write_instance(ds: Dataset, folder: Path) -> Path:
     meta = getattr(ds, "file_meta", None)
     if not sop_uid or meta is None or "TransferSyntaxUID" not in meta:
         raise ValueError("received an instance without SOPInstanceUID or transfer syntax")
-    path = folder / _file_name(sop_uid)
+    path = folder / instance_name(sop_uid)
     with atomic_write(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return path
@@ -77,7 +78,7 @@ class SeriesCache:
             expected = archive.list_instances(ref)
             if not expected:
                 raise ValueError(f"series {key}: the archive lists no instances")
-            missing = [u for u in expected if not (folder / _file_name(u)).is_file()]
+            missing = [u for u in expected if not (folder / instance_name(u)).is_file()]
             if missing:
                 logger.info(
                     "series %s: retrieving %d of %d instances from %s",
@@ -125,7 +126,7 @@ class SeriesCache:
             )
         absent, wrong = 0, 0
         for uid in expected:
-            path = folder / _file_name(uid)
+            path = folder / instance_name(uid)
             if not path.is_file():
                 absent += 1
                 continue

@@ -20,11 +20,13 @@ ENV_USER, ENV_PASSWORD, ENV_TOKEN = "CLINSEG_PACS_USER", "CLINSEG_PACS_PASSWORD"
 
 @dataclass(frozen=True)
 class Credentials:
-    """HTTP basic or bearer credentials; ``repr`` hides the secrets."""
+    """HTTP basic or bearer credentials; ``repr`` hides the secrets. ``source`` names where they came from (an
+    environment variable or the file), for messages: never the values."""
 
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    source: str = "none"
 
     def __bool__(self) -> bool:
         return bool(self.token or self.username)
@@ -51,12 +53,14 @@ def load_credentials(path: str | Path | None = None, environ: Mapping[str, str] 
             raise ValueError(
                 f'credentials file {path}: expected {{"username": ..., "password": ...}} or {{"token": ...}}'
             )
-        return Credentials(data.get("username"), data.get("password"), data.get("token"))
+        return Credentials(
+            data.get("username"), data.get("password"), data.get("token"), source=f"--credentials file {path}"
+        )
     env = os.environ if environ is None else environ
     if env.get(ENV_TOKEN):
-        return Credentials(token=env[ENV_TOKEN])
+        return Credentials(token=env[ENV_TOKEN], source=ENV_TOKEN)
     if env.get(ENV_USER):
         if ENV_PASSWORD not in env:
             raise ValueError(f"{ENV_USER} is set but {ENV_PASSWORD} is not")
-        return Credentials(env[ENV_USER], env[ENV_PASSWORD])
+        return Credentials(env[ENV_USER], env[ENV_PASSWORD], source=f"{ENV_USER}/{ENV_PASSWORD}")
     return Credentials()

@@ -40,6 +40,7 @@ IMAGE_STORAGE = (
 )
 _ADDRESS = re.compile(r"^(?P<aet>[^@\\]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 _PENDING = (0xFF00, 0xFF01)
+CONNECT_TIMEOUT = 10.0
 
 
 def storage_handler(sink: Callable[[Dataset], None], errors: list[BaseException]) -> Callable:
@@ -68,7 +69,8 @@ class DimseArchive:
         retrieve: ``"get"`` (C-GET on the same association) or ``"move"`` (C-MOVE to a Storage SCP this object
             starts on ``move_port`` for the transfer).
         move_port: local port of the C-MOVE destination.
-        timeout: seconds for association, DIMSE and network timeouts.
+        timeout: seconds for association, DIMSE and network timeouts (opening the TCP connection: at most
+            :data:`CONNECT_TIMEOUT`; a refused connection fails at once).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class DimseArchive:
     def _ae(self) -> AE:
         ae = AE(ae_title=self.calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = min(CONNECT_TIMEOUT, self.timeout)
         return ae
 
     @contextmanager
