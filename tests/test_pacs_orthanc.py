@@ -146,7 +146,7 @@ def test_cli_predict_from_dicomweb_with_push(orthanc, archive_data, ckpt, tmp_pa
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == {"ok": 2, "failed": 1, "skipped": 0}
     page = Page((out / "report.html").read_text())  # the page shows each case's push outcome
-    assert {case: row["cells"][3] for case, row in zip(page.cases, page.rows)} == {
+    assert {case: row["cells"][4] for case, row in zip(page.cases, page.rows)} == {
         c["case"]: "not pushed" if c["status"] == "failed" else "pushed (1)"  # seg.dcm; no --rtstruct
         for c in report["cases"]
     }

@@ -40,7 +40,7 @@ def test_predictor_skips_air_with_the_same_probabilities(tmp_path):
     hu[30:36, 25:30, 10:14] = 300.0
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(hu, np.diag([1.6, 1.6, 2.5, 1.0])), path)
-    options = {"roi_size": (32, 32, 16), "device": "cpu", "amp": False}
+    options = {"roi_size": (32, 32, 16), "device": "cpu", "amp": False, "uncertainty": False}
     fast = Predictor.from_bundle(BUNDLE, checkpoint, options=InferenceOptions(**options))
     full = Predictor.from_bundle(
         BUNDLE, checkpoint, options=InferenceOptions(**options, skip_uniform_patches=False)

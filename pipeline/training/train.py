@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,10 @@ def train_bundle(
     if parser.get("tracking_journal") is not None:
         _read_back_run(result, Path(parser.get_parsed_content("tracking_journal")))
     if qc_reference and result.best_checkpoint.is_file():
-        _write_qc_reference(bundle, result.best_checkpoint, parser)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process of several: no rank may race the others
+            logger.info("distributed run: write its QC reference afterwards with clinseg qc-reference")
+        else:
+            _write_qc_reference(bundle, result.best_checkpoint, parser)
     return result
 
 
