@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from pipeline.batch.runner import predict_folder
 from pipeline.cli import main
@@ -80,6 +81,10 @@ def _huge_header(case: Path) -> Path:
     path = case / "ct.nii.gz"
     path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + _ct().tobytes()))
     return path
+
+
+def _huge_spacing(case: Path) -> Path:
+    return _nifti(case / "ct.nii.gz", _ct((64, 64, 40)), np.diag([0.8, 0.9, 1e6, 1.0]))
 
 
 def _truncated_gz(case: Path) -> Path:
@@ -269,6 +274,12 @@ CORPUS = {
     "dicom_with_readme": (_dicom_with_readme, "ok", None),
     "self_link": (_self_link, "failed", r"self_link: broken or self-referencing symbolic link"),
     "empty_folder": (_empty, "failed", r"no NIfTI image or DICOM files found in .*empty_folder"),
+    "huge_spacing": (
+        _huge_spacing,
+        "failed",
+        r"huge_spacing/ct\.nii\.gz: header spacing 0\.8, 0\.9, 1e\+06 mm over \(64, 64, 40\) voxels would resample "
+        r"to a .* grid .* the header's spacing or affine is wrong",
+    ),
 }
 LOADER_CASES = [
     name for name, (_, status, _) in CORPUS.items() if status == "failed" and name[:4] in ("nift", "dico")
@@ -368,7 +379,39 @@ def test_batch_records_every_bad_case_and_goes_on(tmp_path, caplog):
     text = (tmp_path / "out" / "report.json").read_text() + (tmp_path / "out" / "summary.csv").read_text()
     assert SECRET not in text and "np.float" not in text and SECRET not in caplog.text
     assert "README.txt" in caplog.text and "notes.txt" in caplog.text  # skipped files are named in the log
+    assert "DefaultCPUAllocator" not in cases["huge_spacing"]["error"]
 
     again = {r.case: r for r in predict_folder(predictor, source, tmp_path / "out").results}
     for name in ("dicom_mr_in_ct_bundle", "mr_nifti_in_ct_bundle", "nifti_and_dicom"):
         assert again[name].status == "skipped" and again[name].warnings == cases[name]["warnings"]
+
+
+def test_huge_spacing_is_refused_before_allocating():
+    from monai.data import MetaTensor
+
+    from transforms.spacing import StableSpacing
+
+    image = MetaTensor(torch.zeros(1, 64, 64, 40), affine=torch.diag(torch.tensor([0.8, 0.9, 1e6, 1.0])))
+    image.meta["filename_or_obj"] = "/data/p1/ct.nii.gz"
+    with pytest.raises(ValueError, match=r"/data/p1/ct\.nii\.gz: header spacing 0\.8, 0\.9, 1e\+06 mm"):
+        StableSpacing((1.6, 1.6, 2.5))(image)
+    normal = MetaTensor(torch.zeros(1, 8, 7, 4), affine=torch.diag(torch.tensor([0.8, 0.9, 2.0, 1.0])))
+    assert StableSpacing((1.6, 1.6, 2.5))(normal).shape == (1, 5, 4, 3)  # 3.5-voxel span: rounded up
+
+
+def test_a_hidden_case_folder_is_listed_as_skipped(tmp_path):
+    source = tmp_path / "in"
+    _nifti(source / "p1" / "ct.nii.gz", _ct())
+    _nifti(source / ".p2" / "ct.nii.gz", _ct())
+    (source / ".DS_Store").write_bytes(b"junk")
+    predictor = Predictor.from_bundle(
+        BUNDLE,
+        random_checkpoint(tmp_path / "model.pt"),
+        options=InferenceOptions(roi_size=(32, 32, 16), device="cpu", uncertainty=False),
+    )
+    report = predict_folder(predictor, source, tmp_path / "out")
+    cases = {c["case"]: c for c in json.loads((tmp_path / "out" / "report.json").read_text())["cases"]}
+    assert set(cases) == {"p1", "p2"} and cases["p1"]["status"] == "ok"
+    assert cases["p2"]["status"] == "skipped"
+    assert re.search(r"hidden folder \.p2/ .*not read", cases["p2"]["warnings"][0])
+    assert report.exit_code() == 0

@@ -20,10 +20,14 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import Spacing, Spacingd
 
-__all__ = ["GRID_TOLERANCE", "StableSpacing", "StableSpacingd", "stable_grid_shape"]
+__all__ = ["GRID_TOLERANCE", "MAX_GRID_VOXELS", "StableSpacing", "StableSpacingd", "stable_grid_shape"]
 
 GRID_TOLERANCE = 1e-3
 """Output voxels: spans this close to a half voxel count as the half (1 um at 1 mm; affine noise is ~1e-5 um)."""
+
+MAX_GRID_VOXELS = 2**30
+"""Largest resampled grid accepted (4 GiB as float32): a whole-body CT at 1 mm is ~0.3e9 voxels; beyond this a
+header is wrong (e.g. a slice spacing of 1e6 mm), and the allocator's failure would not name the file."""
 
 
 def stable_grid_shape(
@@ -80,13 +84,31 @@ class StableSpacing(Spacing):
         for op in image.pending_operations:
             view.push_pending_operation(op)
         planned = super().__call__(view, scale_extent=scale_extent, lazy=True)
-        return stable_grid_shape(
+        shape = stable_grid_shape(
             image.peek_pending_shape(),
             image.peek_pending_affine(),
             planned.peek_pending_affine(),
             scale_extent=self.scale_extent if scale_extent is None else scale_extent,
             tolerance=self.tolerance,
         )
+        _check_grid_size(image, shape, self.pixdim)
+        return shape
+
+
+def _check_grid_size(image: MetaTensor, shape: Sequence[int], pixdim: Sequence[float]) -> None:
+    """Refuse a resampled grid over :data:`MAX_GRID_VOXELS`, naming the file, its spacing and the grid."""
+    if int(np.prod(shape, dtype=np.float64)) <= MAX_GRID_VOXELS:
+        return
+    source = image.meta.get("filename_or_obj", "the image")
+    affine = np.asarray(to_affine_nd(len(shape), np.asarray(image.peek_pending_affine(), dtype=np.float64)))
+    spacing = np.sqrt((affine[:-1, :-1] ** 2).sum(axis=0))
+    raise ValueError(
+        f"{source}: header spacing {', '.join(f'{s:.6g}' for s in spacing)} mm over "
+        f"{tuple(int(n) for n in image.peek_pending_shape())} voxels would resample to a "
+        f"{' x '.join(str(n) for n in shape)} grid at {', '.join(f'{p:g}' for p in pixdim)} mm "
+        f"({np.prod(shape, dtype=np.float64):.3g} voxels, limit {MAX_GRID_VOXELS:.3g}): the header's spacing "
+        "or affine is wrong"
+    )
 
 
 class StableSpacingd(Spacingd):

@@ -26,14 +26,16 @@ DEFAULT_MODALITIES: Mapping[str, Sequence[str]] = {"image": ("ct", "image", "img
 class Case:
     """One case of a batch: a sanitized id and its input paths per modality key (``{"image": path}``).
 
-    ``problem`` makes the case fail before loading; ``warnings`` go to the log and the report (e.g. a folder
-    holding both NIfTI and DICOM, of which only the NIfTI is read).
+    ``problem`` makes the case fail before loading; ``skip`` (the reason) leaves it unread, listed as skipped
+    (a hidden folder); ``warnings`` go to the log and the report (e.g. a folder holding both NIfTI and DICOM, of
+    which only the NIfTI is read).
     """
 
     case_id: str
     inputs: dict[str, str]
-    kind: str  # "nifti" | "dicom" | "missing"
+    kind: str  # "nifti" | "dicom" | "missing" | "hidden"
     problem: str | None = None
+    skip: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -140,6 +142,7 @@ def discover_cases(
         cases = [_case_from_entry(e, modalities) for e in entries]
     elif source.is_dir():
         entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
+        hidden = sorted(p for p in source.iterdir() if p.name.startswith(".") and p.is_dir())
         flat = [p for p in entries if _is_nifti(p) and not NON_INPUT.match(_stem(p))]
         folders = [p for p in entries if p.is_dir()]
         links = [p for p in entries if _broken_link(p)]
@@ -150,11 +153,18 @@ def discover_cases(
         key = next(iter(modalities))
         cases = [Case(sanitize_case_id(_stem(p)), {key: str(p)}, "nifti") for p in flat]
         cases += [_case_from_folder(f, modalities) for f in folders] + [_broken_link_case(p) for p in links]
+        cases += [_hidden_case(p) for p in hidden]
     else:
         raise FileNotFoundError(f"input {source} is neither a folder nor a datalist .json file")
     if not cases:
         raise ValueError(f"no cases found in {source}")
     return _unique_ids(cases)
+
+
+def _hidden_case(folder: Path) -> Case:
+    """A hidden folder (``.name/``): listed as skipped, so that no case vanishes from the report unsaid."""
+    reason = f"hidden folder {folder.name}/ (its name starts with '.'): not read; rename it to segment it"
+    return Case(sanitize_case_id(folder.name.lstrip(".") or "hidden"), {}, "hidden", skip=reason)
 
 
 def _unique_ids(cases: list[Case]) -> list[Case]:

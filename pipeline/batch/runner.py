@@ -141,7 +141,12 @@ def predict_folder(
         # appended without a rewrite each: the report is written once after this loop
         for warning in case.warnings:
             logger.warning("case %s: %s", case.case_id, warning)
-        if case.problem:
+        if case.skip:
+            logger.warning("case %s skipped: %s", case.case_id, case.skip)
+            report.results.append(
+                CaseResult(case=case.case_id, status="skipped", input_kind=case.kind, warnings=[case.skip])
+            )
+        elif case.problem:
             logger.warning("case %s failed: %s", case.case_id, case.problem)
             report.results.append(
                 CaseResult(
