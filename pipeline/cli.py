@@ -348,6 +348,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         allow_missing=args.allow_missing,
+        contour_rule=args.contour_rule,
     )
     print(summary(report))
     return 3 if report["counts"]["skipped"] else 0
@@ -727,6 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true",
                    help="DICOM: keep patients lacking a mapped structure (listed in the entry's missing_labels: "
                    "the loss and the metrics ignore that class for the patient) instead of skipping them")
+    p.add_argument("--contour-rule", choices=("centre", "boundary"), default="centre",
+                   help="RTSTRUCT: a voxel is inside a contour when its centre is (centre, default), or also when "
+                   "the contour line passes through it (boundary, as rt-utils: about one voxel ring larger)")
     p.set_defaults(func=cmd_import)
 
     p = _command(

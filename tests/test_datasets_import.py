@@ -638,3 +638,73 @@ def test_dcmqi_seg_labels_equal_the_reference_nifti(shared_data, tmp_path):
     np.testing.assert_array_equal(loaded["label"].numpy(), (reference["label"] == 1).numpy().astype(np.int32))
     np.testing.assert_allclose(loaded["label"].affine, reference["label"].affine, atol=1e-4)
     assert int(loaded["label"].sum()) == 107098
+
+
+# --- nnU-Net's own folds, split checks before reading, the RTSTRUCT fill rule ---------------------------------
+
+
+def _splits_final(src: Path, folds: list[list[str]]) -> None:
+    every = sorted(c for fold in folds for c in fold)
+    content = [{"train": [c for c in every if c not in val], "val": val} for val in folds]
+    (src / "splits_final.json").write_text(json.dumps(content))
+
+
+def test_nnunet_splits_final_gives_the_folds(tmp_path):
+    src = _nnunet(tmp_path / "Dataset501_BraTS", 6)  # takes BRATS_000, 002, 003, 004, 005
+    folds = [["BRATS_000", "BRATS_004"], ["BRATS_002", "BRATS_003", "BRATS_005"]]
+    _splits_final(src, folds)
+    report = import_dataset(src, tmp_path / "out", test_fraction=0.4, folds=5)  # both overridden by the file
+    content = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert sorted(e["case"] for e in content["validation"]) == folds[0]
+    assert sorted(e["case"] for e in content["training"]) == folds[1] and content["test"] == []
+    assert content["folds"]["k"] == 2 and "splits_final.json" in content["folds"]["rule"]
+    assert {c: report["cases"][c]["fold"] for c in report["cases"]} == {c: k for k, f in enumerate(folds) for c in f}
+    assert any("nnU-Net's splits_final.json" in note for note in report["notes"])
+    fold1 = json.loads(fold_datalist(tmp_path / "out" / "dataset.json", 1, 2).read_text())
+    assert sorted(e["case"] for e in fold1["validation"]) == folds[1]
+    with pytest.raises(ValueError, match=r"fix 2 folds .* folds=3 contradicts it"):
+        fold_datalist(tmp_path / "out" / "dataset.json", 1, 3)
+
+
+@pytest.mark.parametrize(
+    "folds, match",
+    [
+        ([["BRATS_000", "BRATS_004"], ["BRATS_002", "BRATS_003"]], r"in no fold: BRATS_005"),
+        ([["BRATS_000", "BRATS_004", "BRATS_009"], ["BRATS_002", "BRATS_003", "BRATS_005"]], r"not imported: BRATS_009"),
+        ([["BRATS_000", "BRATS_004"], ["BRATS_000", "BRATS_002", "BRATS_003", "BRATS_005"]], r"folds 0 and 1"),
+    ],
+)
+def test_nnunet_splits_final_that_does_not_match_is_refused(tmp_path, folds, match):
+    src = _nnunet(tmp_path / "D", 6)
+    _splits_final(src, folds)
+    with pytest.raises(DatasetImportError, match=rf"splits_final\.json.*{match}"):
+        import_dataset(src, tmp_path / "out")
+
+
+def test_dicom_split_parameters_are_checked_before_rasterising(tmp_path, monkeypatch):
+    src = tmp_path / "export"
+    _dicom_case(src / "p0", 0, {1: "Lung_L"})
+    read = []
+    monkeypatch.setattr("pipeline.datasets.importer.read_dicom_studies", lambda *a, **k: read.append(a))
+    with pytest.raises(DatasetImportError, match=r"5 folds need at least 5 non-test cases; the folder holds 1 case"):
+        import_dataset(src, tmp_path / "out", structures="1=Lung L")
+    assert read == []
+
+
+@pytest.mark.parametrize("rule", ["centre", "boundary"])
+def test_rtstruct_fill_rule_is_selectable_and_reported(tmp_path, rule):
+    src = tmp_path / "export"
+    masks = {f"p{i}": _dicom_case(src / f"p{i}", i, {1: "Lung_L"}) for i in range(2)}
+    report = import_dataset(src, tmp_path / "out", structures="1=Lung L", test_fraction=0, folds=2,
+                            contour_rule=rule)
+    entry = next(e for e in _load(tmp_path / "out" / "dataset.json", "training"))
+    label = LoadScand(keys=["ct", "label"], label_keys=["label"])(entry)["label"][0].numpy() > 0
+    truth = masks[entry["case"]] > 0
+    assert any(f"by the {'voxel-centre' if rule == 'centre' else 'boundary-inclusive'} rule" in n
+               for n in report["notes"])
+    if rule == "centre":
+        np.testing.assert_array_equal(label, truth)
+    else:  # a superset: the contour line runs through the outer ring of the written mask's voxels, or beyond
+        assert (label & truth).sum() == truth.sum() and label.sum() > truth.sum()
+    with pytest.raises(DatasetImportError, match="contour rule must be one of"):
+        import_dataset(src, tmp_path / "bad", structures="1=Lung L", folds=2, contour_rule="inside")

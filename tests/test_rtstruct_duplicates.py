@@ -116,3 +116,19 @@ def test_planning_ct_every_contoured_slice_is_labelled(shared_data):
                 checked.add(name)
     assert {"GTV-1", "Lung L", "Lung R", "Spinal cord", "Patient", "1,SUV_primair"} <= checked
     assert rasters["1,SUV_primair"].duplicates and not rasters["Lung L"].duplicates
+
+
+def test_boundary_rule_adds_the_contour_line_and_keeps_a_holes_line():
+    from pipeline.outputs.contour_fill import fill_structure_slice
+
+    square = np.array([[2.0, 2.0], [2.0, 7.0], [7.0, 7.0], [7.0, 2.0]])  # (row, column), pixel centres on it
+    hole = np.array([[4.0, 4.0], [4.0, 5.0], [5.0, 5.0], [5.0, 4.0]])
+    centre, _ = fill_structure_slice([square + 0.5], (10, 10))
+    boundary, _ = fill_structure_slice([square + 0.5], (10, 10), "boundary")
+    assert centre.sum() == 25 and boundary.sum() == 49 and (boundary & centre).sum() == 25  # one ring: 7 x 7
+    ring, _ = fill_structure_slice([square, hole], (10, 10), "boundary")
+    assert ring[4:6, 4:6].all()  # the hole's line is structure under the boundary rule: nothing removed
+    ring_centre, _ = fill_structure_slice([square + 0.1, hole + 0.1], (10, 10))
+    assert not ring_centre[5, 5]
+    with pytest.raises(ValueError, match="contour rule 'inside' is not one of centre, boundary"):
+        fill_structure_slice([square], (10, 10), "inside")

@@ -3,6 +3,7 @@
 Entries are grouped by a patient key (default ``case``; use e.g. ``patient`` when a patient has several
 scans), groups are ordered by key, shuffled with ``numpy.random.default_rng(seed)`` and dealt, largest first,
 to the fold holding the fewest entries, so folds are balanced and a seed always gives the same split.
+Entries that all carry an integer ``fold`` (imported from nnU-Net's ``splits_final.json``) keep those folds.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def split_folds(
     Raises:
         ValueError: bad ``folds``, or an entry lacks ``patient_key``.
     """
+    recorded = _recorded_folds(entries, folds)
+    if recorded is not None:
+        return recorded
     groups: dict[str, list[int]] = {}
     for index, entry in enumerate(entries):
         if patient_key not in entry:
@@ -61,6 +65,20 @@ def split_folds(
         members[target].extend(groups[key])
         sizes[target] += len(groups[key])
     return [[dict(entries[i]) for i in sorted(fold)] for fold in members]
+
+
+def _recorded_folds(entries: Sequence[Mapping[str, Any]], folds: int) -> list[list[dict[str, Any]]] | None:
+    """The folds fixed by the entries' own ``fold`` fields (an import of nnU-Net's ``splits_final.json``), or
+    ``None`` when the entries carry none."""
+    if not entries or not all(isinstance(e.get("fold"), int) for e in entries):
+        return None
+    found = max(e["fold"] for e in entries) + 1
+    if found != folds:
+        raise ValueError(
+            f"the datalist's entries fix {found} folds (their 'fold' field, from nnU-Net's splits_final.json); "
+            f"folds={folds} contradicts it: use {found}"
+        )
+    return [[dict(e) for e in entries if e["fold"] == k] for k in range(folds)]
 
 
 def fold_of_entries(

@@ -72,10 +72,10 @@ def _choose_series(series: list[SeriesInfo], ds: Dataset) -> SeriesInfo:
 
 
 def _rtstruct_masks(
-    path: Path, files: list[str], rois: dict[int, list[str]]
+    path: Path, files: list[str], rois: dict[int, list[str]], rule: str
 ) -> tuple[dict[int, np.ndarray], dict[str, RoiRaster]]:
     """Per-label boolean ``(X, Y, Z)`` masks (the label's source ROIs united) and the source ROIs' rasters."""
-    rasters = rasterise_rois(path, files, {n for names in rois.values() for n in names})
+    rasters = rasterise_rois(path, files, {n for names in rois.values() for n in names}, rule=rule)
     masks = {v: np.logical_or.reduce([rasters[n].mask for n in names]) for v, names in rois.items()}
     return masks, rasters
 
@@ -138,6 +138,7 @@ def _import_case(
     dest: Path,
     result: LayoutResult,
     allow_missing: bool,
+    contour_rule: str,
 ) -> tuple[Case, str]:
     """One case folder as a :class:`Case` (label written under ``dest``) and its image modality.
 
@@ -162,7 +163,7 @@ def _import_case(
     if ds.Modality == "SEG":
         masks = _seg_masks(path, files, matched, numbers) if matched else {}
     else:
-        masks, rasters = _rtstruct_masks(path, files, matched)
+        masks, rasters = _rtstruct_masks(path, files, matched, contour_rule)
         contour_notes = _contour_notes(case, rasters, result)
     present = {v: matched[v] for v, mask in masks.items() if mask.any()}
     missing = [names[0] for v, names in structures.items() if v not in present]
@@ -209,7 +210,12 @@ def _import_case(
 
 
 def read_dicom_studies(
-    src: Path, dest: Path, structures: Mapping[int, list[str]], *, allow_missing: bool = False
+    src: Path,
+    dest: Path,
+    structures: Mapping[int, list[str]],
+    *,
+    allow_missing: bool = False,
+    contour_rule: str = "centre",
 ) -> LayoutResult:
     """Import every case folder of ``src`` (see the module docstring); labels are written under ``dest``.
 
@@ -220,6 +226,7 @@ def read_dicom_studies(
         allow_missing: take a case lacking some mapped structures instead of skipping it: they are 0 in the label
             file and listed in the entry's ``missing_labels`` (which the loss and the metrics ignore for the case,
             :mod:`transforms.partial_labels`) and in the report.
+        contour_rule: RTSTRUCT fill rule, ``"centre"`` or ``"boundary"`` (:mod:`pipeline.outputs.contour_fill`).
     """
     labels = {0: "background", **{v: names[0] for v, names in structures.items()}}
     result = LayoutResult("dicom", src, {}, labels)
@@ -232,7 +239,7 @@ def read_dicom_studies(
             )
             continue
         try:
-            item, modality = _import_case(folder, case, structures, dest, result, allow_missing)
+            item, modality = _import_case(folder, case, structures, dest, result, allow_missing, contour_rule)
         except (ValueError, ScanLoadError) as err:
             result.skipped.append(Skipped(case, str(err)))
             continue

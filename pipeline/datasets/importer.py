@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic import atomic_write_json
-from pipeline.datasets.dicom_study import read_dicom_studies
+from pipeline.datasets.dicom_study import case_folders, read_dicom_studies
 from pipeline.datasets.model import Case, DatasetImportError, LayoutResult
 from pipeline.datasets.msd import read_msd
 from pipeline.datasets.nifti_files import is_nifti
 from pipeline.datasets.nifti_folder import read_nifti_folder
 from pipeline.datasets.nnunet import read_nnunet
-from pipeline.datasets.split import split_cases
+from pipeline.datasets.split import check_split, splits_from_nnunet, split_cases
 from pipeline.datasets.structures import parse_structures
 from transforms.dicom_discovery import read_header, walk_files
+from pipeline.outputs.contour_fill import CONTOUR_RULES
 
 LAYOUTS = ("auto", "msd", "nnunet", "dicom", "nifti")
 SPLIT_RULE = (
@@ -76,8 +77,24 @@ def _entry(item: Case, dest: Path, with_label: bool) -> dict[str, Any]:
     return entry
 
 
+CONTOUR_NOTES = {
+    "centre": "RTSTRUCT contours filled by the voxel-centre rule: a voxel is inside when its centre lies inside "
+    "the contour (--contour-rule boundary also takes the voxels the contour line passes through)",
+    "boundary": "RTSTRUCT contours filled by the boundary-inclusive rule: voxels whose centre lies inside the "
+    "contour and every voxel the contour line passes through (as rt-utils); structures are about one voxel "
+    "ring larger than by the default voxel-centre rule",
+}
+
+
 def _read(
-    layout: str, src: Path, dest: Path, structures: str | None, channels: str | None, allow_missing: bool
+    layout: str,
+    src: Path,
+    dest: Path,
+    structures: str | None,
+    channels: str | None,
+    allow_missing: bool,
+    contour_rule: str,
+    split: tuple[float, int],
 ) -> LayoutResult:
     if layout in ("msd", "nnunet") and (structures or channels):
         raise DatasetImportError(
@@ -91,7 +108,8 @@ def _read(
     if layout == "dicom":
         if names is None:
             raise DatasetImportError("DICOM import needs a structure map (e.g. '1=GTV-1;2=Lung L|LUNG_LEFT')")
-        return read_dicom_studies(src, dest, names, allow_missing=allow_missing)
+        check_split(len(case_folders(src)), test_fraction=split[0], folds=split[1], source=src)  # before rasterising
+        return read_dicom_studies(src, dest, names, allow_missing=allow_missing, contour_rule=contour_rule)
     labels = {v: n[0] for v, n in names.items()} if names else None
     return read_nifti_folder(src, channels=channels, labels=labels)
 
@@ -107,6 +125,7 @@ def import_dataset(
     folds: int = 5,
     seed: int = 0,
     allow_missing: bool = False,
+    contour_rule: str = "centre",
 ) -> dict[str, Any]:
     """Import a dataset folder as ``dest/dataset.json`` plus ``dest/import_report.json``.
 
@@ -121,6 +140,8 @@ def import_dataset(
         folds: cross-validation folds over the other cases (fold 0 = ``validation``; 1: no validation split).
         seed: split seed.
         allow_missing: DICOM: take cases lacking mapped structures (reported) instead of skipping them.
+        contour_rule: RTSTRUCT: which voxels a contour covers, ``"centre"`` (voxel centre inside) or
+            ``"boundary"`` (also those its line passes through), :mod:`pipeline.outputs.contour_fill`.
 
     Returns:
         The report (also written as ``import_report.json``).
@@ -138,9 +159,22 @@ def import_dataset(
     if dest.resolve() == src:
         raise DatasetImportError("DEST must differ from SRC (dataset.json would overwrite the source's)")
     layout = detect_layout(src) if layout == "auto" else layout
-    result = _read(layout, src, dest, structures, channels, allow_missing)
+    if contour_rule not in CONTOUR_RULES:
+        raise DatasetImportError(f"contour rule must be one of {CONTOUR_RULES}, got {contour_rule!r}")
+    result = _read(layout, src, dest, structures, channels, allow_missing, contour_rule, (test_fraction, folds))
+    if layout == "dicom":
+        result.notes.append(CONTOUR_NOTES[contour_rule])
     split_of, fold_of = {}, {}
-    if result.cases:
+    if result.cases and result.splits_file:
+        split_of, fold_of = splits_from_nnunet([c.case for c in result.cases], result.splits_file)
+        folds = max(fold_of.values()) + 1
+        for item in result.cases:
+            item.extra["fold"] = fold_of[item.case]
+        result.notes.append(
+            f"folds: the {folds} of nnU-Net's {result.splits_file.name} (fold 0 = validation; no test split, "
+            "imagesTs is nnU-Net's test set); --test-fraction and --seed do not apply"
+        )
+    elif result.cases:
         split_of, fold_of = split_cases(
             [c.case for c in result.cases], test_fraction=test_fraction, folds=folds, seed=seed
         )
@@ -183,7 +217,7 @@ def _datalist(
         "seed": seed,
         "patient_key": "case",
         "validation_fold": 0,
-        "rule": SPLIT_RULE,
+        "rule": f"nnU-Net's {result.splits_file} (each entry's fold)" if result.splits_file else SPLIT_RULE,
     }
     return datalist
 

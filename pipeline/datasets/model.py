@@ -94,6 +94,7 @@ class LayoutResult:
         missing: case -> names of mapped structures that case lacks (taken or skipped).
         regions: nnU-Net region labels, region name -> label values (``None`` when not region-based).
         notes: dataset-level remarks for the report.
+        splits_file: nnU-Net's ``splits_final.json`` for this dataset, when found: its folds replace the seeded split.
     """
 
     layout: str
@@ -106,3 +107,4 @@ class LayoutResult:
     missing: dict[str, list[str]] = field(default_factory=dict)
     regions: dict[str, list[int]] | None = None
     notes: list[str] = field(default_factory=list)
+    splits_file: Path | None = None

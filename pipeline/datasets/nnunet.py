@@ -7,6 +7,8 @@ smallest region holding it (nnU-Net's ``regions_class_order`` semantics), so ``l
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,20 @@ def _case_ids(folder: Path, ending: str, suffix_len: int) -> list[str]:
     )
 
 
+SPLITS_NAME = "splits_final.json"
+
+
+def find_splits_file(src: Path) -> Path | None:
+    """nnU-Net's ``splits_final.json`` of the dataset ``src``: beside its ``dataset.json``, else in
+    ``$nnUNet_preprocessed/<dataset folder name>/`` (where ``nnUNetv2_plan_and_preprocess`` writes it)."""
+    candidates = [src / SPLITS_NAME]
+    if os.environ.get("nnUNet_preprocessed"):
+        candidates.append(Path(os.environ["nnUNet_preprocessed"]) / src.name / SPLITS_NAME)
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def read_nnunet(src: Path) -> LayoutResult:
-    """Read an nnU-Net v2 raw dataset folder (images referenced in place).
+    """Read an nnU-Net v2 raw dataset folder (images referenced in place), noting its ``splits_final.json``.
 
     Raises:
         DatasetImportError: no or a bad ``dataset.json``, or a ``file_ending`` other than NIfTI.
@@ -83,7 +97,7 @@ def read_nnunet(src: Path) -> LayoutResult:
         )
     names, channels = _channels(content.get("channel_names"), path)
     labels, regions = _labels(content.get("labels"), path)
-    result = LayoutResult("nnunet", src, channels, labels, regions=regions)
+    result = LayoutResult("nnunet", src, channels, labels, regions=regions, splits_file=find_splits_file(src))
     labelled = _case_ids(src / "labelsTr", ending, 0)
     for case in _case_ids(src / "imagesTr", ending, 5):
         if case not in labelled:

@@ -11,7 +11,9 @@ always give the same split.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.core.splits import fold_of_entries
 from pipeline.datasets.model import DatasetImportError
@@ -57,3 +59,48 @@ def split_cases(
     split_of = {c: "test" for c in ordered[:n_test]}
     split_of.update({c: "validation" if fold_of[c] == 0 else "training" for c in rest})
     return split_of, fold_of
+
+
+def splits_from_nnunet(cases: Sequence[str], path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The split of nnU-Net's ``splits_final.json`` (a list of ``{"train": [...], "val": [...]}``, one per fold):
+    each case's fold is the one whose ``val`` holds it; fold 0 is ``validation``, the rest ``training``, and
+    there is no ``test`` split (nnU-Net's test cases are ``imagesTs``).
+
+    Raises:
+        DatasetImportError: the file is not such a list, a case is in several or no ``val`` lists, or the file
+            names cases the import did not take.
+    """
+    try:
+        folds = json.loads(path.read_text())
+        val = [[str(c) for c in fold["val"]] for fold in folds]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise DatasetImportError(f"{path}: not nnU-Net's splits (a list of {{'train', 'val'}} folds): {err}") from err
+    fold_of: dict[str, int] = {}
+    for k, names in enumerate(val):
+        for case in names:
+            if case in fold_of:
+                raise DatasetImportError(f"{path}: case {case} is in the val lists of folds {fold_of[case]} and {k}")
+            fold_of[case] = k
+    unknown = sorted(set(fold_of) - set(cases))
+    absent = sorted(set(cases) - set(fold_of))
+    if unknown or absent:
+        raise DatasetImportError(
+            f"{path}: its folds do not match the imported cases"
+            + (f"; not imported: {', '.join(unknown[:5])}" if unknown else "")
+            + (f"; in no fold: {', '.join(absent[:5])}" if absent else "")
+        )
+    split_of = {c: "validation" if fold_of[c] == 0 else "training" for c in cases}
+    return split_of, {c: fold_of[c] for c in cases}
+
+
+def check_split(n_cases: int, *, test_fraction: float, folds: int, source: Path) -> None:
+    """Refuse split parameters that ``n_cases`` cannot satisfy, before any case is read (a DICOM import
+    rasterises every case first)."""
+    if not 0 <= test_fraction < 1:
+        raise DatasetImportError(f"test fraction must be in [0, 1), got {test_fraction}")
+    rest = n_cases - round(test_fraction * n_cases)
+    if folds < 1 or (folds > 1 and rest < folds):
+        raise DatasetImportError(
+            f"{source}: {folds} folds need at least {folds} non-test cases; the folder holds {n_cases} case(s), "
+            f"{rest} after the test split (use fewer --folds, a smaller --test-fraction, or --folds 1)"
+        )

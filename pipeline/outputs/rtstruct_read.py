@@ -95,7 +95,11 @@ def _slice_of(
 
 
 def rasterise_rois(
-    path: str | os.PathLike, source_files: Sequence[str | os.PathLike], names: Iterable[str] | None = None
+    path: str | os.PathLike,
+    source_files: Sequence[str | os.PathLike],
+    names: Iterable[str] | None = None,
+    *,
+    rule: str = "centre",
 ) -> dict[str, RoiRaster]:
     """Rasterise ROIs of an RT Structure Set onto its source slices, each on its own (no overlap rule).
 
@@ -107,6 +111,7 @@ def rasterise_rois(
         path: the RTSTRUCT file.
         source_files: the referenced single-frame images, in the wanted slice order.
         names: ROI names to rasterise (exact names; unknown ones are skipped); all ROIs when ``None``.
+        rule: which pixels a contour covers, ``"centre"`` or ``"boundary"`` (:mod:`pipeline.outputs.contour_fill`).
 
     Returns:
         ROI name -> :class:`RoiRaster` (ROIs listed in ``StructureSetROISequence`` order; two ROIs of one name
@@ -138,7 +143,7 @@ def rasterise_rois(
             raster.unresolved += unresolved
             on_slice.setdefault(k, []).append(slices[k].to_pixel(points))
         for k, polygons in on_slice.items():
-            fill, merged = fill_structure_slice(polygons, (rows, cols))
+            fill, merged = fill_structure_slice(polygons, (rows, cols), rule)
             raster.mask[:, :, k] |= fill.T
             if merged:
                 raster.duplicates[k] = raster.duplicates.get(k, 0) + merged
@@ -149,6 +154,8 @@ def rtstruct_to_mask(
     path: str | os.PathLike,
     source_files: Sequence[str | os.PathLike],
     labels: Mapping[int, str] | None = None,
+    *,
+    rule: str = "centre",
 ) -> np.ndarray:
     """Rasterise an RT Structure Set onto its source slices as an ``(X, Y, Z)`` label map.
 
@@ -160,6 +167,7 @@ def rtstruct_to_mask(
         source_files: the referenced single-frame images, in the wanted slice order.
         labels: label id -> ROI name; when given, ROIs are mapped to ids by name (ROIs whose name is not listed
             are skipped); otherwise values are the ROI numbers.
+        rule: the contour fill rule of :func:`rasterise_rois`.
 
     Returns:
         ``(X, Y, Z)`` label map, uint8 (uint16 when a value exceeds 255).
@@ -172,7 +180,7 @@ def rtstruct_to_mask(
     numbers = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
     by_name = {name: int(lid) for lid, name in (labels or {}).items()}
     values = {n: (by_name.get(name) if labels is not None else n) for n, name in numbers.items()}
-    rasters = rasterise_rois(path, source_files, {numbers[n] for n, v in values.items() if v})
+    rasters = rasterise_rois(path, source_files, {numbers[n] for n, v in values.items() if v}, rule=rule)
     top = max([0, *(v for v in values.values() if v is not None)])
     shape = next(iter(rasters.values())).mask.shape if rasters else None
     if shape is None:
