@@ -156,35 +156,39 @@ def output_findings(
     return found
 
 
+def _uncertainty_finding(
+    check: str, text: str, value: float, summary: Mapping[str, float] | None, fixed: tuple[float, float],
+    *, worse_when: str, min_sd: float,
+) -> Finding | None:
+    """A finding for ``value`` when it lies too far on its bad side (``worse_when``: ``"lower"`` or ``"higher"``)
+    of the validation ``summary`` (mean, std; the std floored at ``min_sd``), else of ``fixed`` (centre, sd)."""
+    centre, sd = (summary["mean"], max(summary["std"], min_sd)) if summary else fixed
+    z = (centre - value if worse_when == "lower" else value - centre) / sd
+    severity = severity_of_z(z)
+    if severity <= MIN_COUNTED:
+        return None
+    side = "below" if worse_when == "lower" else "above"
+    return Finding(check, text + (f", {z:.1f} SD {side} validation ({centre:.3f})" if summary else ""), severity)
+
+
 def uncertainty_findings(
     reference: Mapping[str, Any], uncertainty: Mapping[str, Any], names: Mapping[int, str]
 ) -> list[Finding]:
     """Agreement between members (low is bad) and foreground entropy (high is bad), against the validation
     cases' values in the reference when it has them, else against fixed floors (agreement 0.9, entropy 0.2)."""
-    found = []
     norms = reference.get("uncertainty") or {}
-    for key, agreement in (uncertainty.get("agreement") or {}).items():
-        if agreement is None:
-            continue
-        summary = (norms.get("agreement") or {}).get(str(key))
-        z = (
-            (summary["mean"] - agreement) / max(summary["std"], 0.02)
-            if summary else (0.9 - agreement) / 0.025  # fmt: skip
+    found = [
+        _uncertainty_finding(
+            "agreement", f"{names.get(int(key), key)}: members agree at Dice {agreement:.3f}", agreement,
+            (norms.get("agreement") or {}).get(str(key)), (0.9, 0.025), worse_when="lower", min_sd=0.02,
         )
-        severity = severity_of_z(z)
-        if severity > MIN_COUNTED:
-            found.append(Finding(
-                "agreement", f"{names.get(int(key), key)}: members agree at Dice {agreement:.3f}"
-                + (f", {z:.1f} SD below validation ({summary['mean']:.3f})" if summary else ""), severity,
-            ))  # fmt: skip
+        for key, agreement in (uncertainty.get("agreement") or {}).items()
+        if agreement is not None
+    ]
     entropy = uncertainty.get("foreground_entropy")
     if entropy is not None:
-        summary = norms.get("foreground_entropy")
-        z = (entropy - summary["mean"]) / max(summary["std"], 0.01) if summary else (entropy - 0.2) / 0.05
-        severity = severity_of_z(z)
-        if severity > MIN_COUNTED:
-            found.append(Finding(
-                "entropy", f"mean entropy in the predicted foreground {entropy:.3f}"
-                + (f", {z:.1f} SD above validation ({summary['mean']:.3f})" if summary else ""), severity,
-            ))  # fmt: skip
-    return found
+        found.append(_uncertainty_finding(
+            "entropy", f"mean entropy in the predicted foreground {entropy:.3f}", entropy,
+            norms.get("foreground_entropy"), (0.2, 0.05), worse_when="higher", min_sd=0.01,
+        ))  # fmt: skip
+    return [f for f in found if f is not None]

@@ -64,6 +64,16 @@ def _sample(values: np.ndarray) -> np.ndarray:
     return values.ravel()[::step]
 
 
+def _neighbour_steps(channel: np.ndarray) -> np.ndarray:
+    """``_sample(|np.diff(channel, axis=0)|)`` (the same values) without the full-volume temporary: only the
+    sampled voxels and their next neighbours along the first axis are read. ``channel``: ``(X, Y[, Z])``."""
+    flat = np.ascontiguousarray(channel).reshape(-1)
+    stride = int(np.prod(channel.shape[1:]))
+    count = flat.size - stride
+    index = np.arange(0, max(count, 0), max(1, count // MAX_SAMPLES))
+    return np.abs(flat[index + stride].astype(np.float64) - flat[index])
+
+
 def image_features(image: Any, mask: np.ndarray | None) -> list[dict[str, float | None]]:
     """Per channel of ``image`` ``(C, X, Y[, Z])``: percentiles ``p01``/``p50``/``p99`` of the image and
     ``fg_p01``/``fg_p50``/``fg_p99`` inside ``mask`` ``(X, Y[, Z])`` bool (``None`` when the mask is absent,
@@ -74,9 +84,8 @@ def image_features(image: Any, mask: np.ndarray | None) -> list[dict[str, float 
     for channel in array:
         p01, p50, p99 = (float(v) for v in np.percentile(_sample(channel), (1, 50, 99)))
         span = max(p99 - p01, 1e-6)
-        steps = np.abs(np.diff(channel, axis=0))
         features: dict[str, float | None] = {
-            "p01": p01, "p50": p50, "p99": p99, "roughness": float(np.median(_sample(steps))) / span,
+            "p01": p01, "p50": p50, "p99": p99, "roughness": float(np.median(_neighbour_steps(channel))) / span,
             "fg_p01": None, "fg_p50": None, "fg_p99": None, "fg_spread": None, "fg_position": None,
         }  # fmt: skip
         if usable:
