@@ -42,9 +42,18 @@ import networks  # noqa: E402
 from pipeline.training.losses import dice_ce_loss  # noqa: E402
 
 BUNDLE = REPO / "bundles" / "ct_organ_resunet3d"
-BUNDLE_NET = {"channels": [8, 16, 32, 64]}
-NNUNET_NET = {"channels": [32, 64, 128, 256, 320]}
+BUNDLE_BATCH = 4  # the bundle's train.yaml: batch_size 2 volumes x samples_per_volume 2 patches
+NNUNET_NET, NNUNET_PATCH, NNUNET_BATCH = {"channels": [32, 64, 128, 256, 320]}, [128, 128, 128], 2
+SMOKE_NET, SMOKE_PATCH = {"channels": [4, 8, 16]}, [16, 16, 16]
 SKIP_CUDA = "skipped: no CUDA"
+
+
+def bundle_network() -> tuple[dict, list[int]]:
+    """The bundle's network widths (``channels``) and training patch (``roi_size``), from its common.yaml."""
+    from pipeline.core.bundle import Bundle
+
+    parser = Bundle.at(BUNDLE).parser("inference")
+    return {"channels": list(parser.get_parsed_content("network_args")["channels"])}, list(parser.get("roi_size"))
 
 
 def build(net_args: dict) -> torch.nn.Module:
@@ -86,9 +95,10 @@ def train_step(net: torch.nn.Module, batch: int, patch: list[int], device: torch
 def part_training(args: argparse.Namespace, device: torch.device) -> tuple[list[str], dict]:
     """(a): rows, and the bf16 steps/s per config (the reference of (d))."""
     rows = ["| network (patch, batch) | float32 steps/s | bf16 AMP steps/s | ratio AMP/float32 |", "|---|---|---|---|"]
-    configs = [("ct_organ_resunet3d", BUNDLE_NET, [64, 64, 32], 4), ("nnU-Net-sized plan", NNUNET_NET, [128] * 3, 2)]
+    bundle_net, roi = bundle_network()
+    configs = [("ct_organ_resunet3d", bundle_net, roi, BUNDLE_BATCH), ("nnU-Net-sized plan", NNUNET_NET, NNUNET_PATCH, NNUNET_BATCH)]
     if args.smoke:
-        configs = [(name, {"channels": [4, 8, 16]}, [16, 16, 16], 1) for name, *_ in configs[:1]]
+        configs = [("ct_organ_resunet3d", SMOKE_NET, SMOKE_PATCH, 1)]
     amp_rates = {}
     for name, net_args, patch, batch in configs:
         rates = {}
@@ -185,26 +195,33 @@ def part_ddp(args: argparse.Namespace, device: torch.device, amp_rates: dict) ->
     _, patch, batch, plain = amp_rates["ct_organ_resunet3d"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", __file__, "--ddp-child",
            "--steps", str(args.steps), "--cap-s", str(args.cap_s), "--warmup", str(args.warmup)]
+    return rows + [_ddp_row(cmd, args.cap_s, patch, batch, plain)]
+
+
+def _ddp_row(cmd: list[str], cap_s: float, patch: list[int], batch: int, plain: float) -> str:
+    """Runs the torchrun ``cmd`` and turns its ``DDP_STEPS_PER_S`` line into a row (or a failure row)."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cap_s + 120, cwd=REPO)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s + 120, cwd=REPO)
     except subprocess.TimeoutExpired:
-        return rows + ["| ct_organ_resunet3d | failed: timed out | | |"]
+        return "| ct_organ_resunet3d | failed: timed out | | |"
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("DDP_STEPS_PER_S")]
     if done.returncode or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
-        return rows + [f"| ct_organ_resunet3d | failed (rc {done.returncode}): {tail} | | |"]
-    ddp = float(lines[-1].split()[1])
-    return rows + [f"| ct_organ_resunet3d ({'x'.join(map(str, patch))}, {batch}, bf16) | {ddp:.2f} | {plain:.2f} | {ddp / plain:.2f} |"]
+        return f"| ct_organ_resunet3d | failed (rc {done.returncode}): {tail} | | |"
+    ddp, backend = float(lines[-1].split()[1]), lines[-1].split()[3]
+    return f"| ct_organ_resunet3d ({'x'.join(map(str, patch))}, {batch}, bf16, {backend}) | {ddp:.2f} | {plain:.2f} | {ddp / plain:.2f} |"
 
 
 def ddp_child(args: argparse.Namespace) -> None:
-    """Under torchrun: DDP-wrapped bundle-sized net, bf16 steps; rank 0 prints ``DDP_STEPS_PER_S <rate>``."""
+    """Under torchrun: DDP-wrapped bundle-sized net (NCCL on CUDA, gloo on the CPU), bf16 steps; rank 0 prints
+    ``DDP_STEPS_PER_S <rate> backend <name>``."""
     from pipeline.training import distributed
 
     device = distributed.local_device()
+    net_args, patch, batch = (SMOKE_NET, SMOKE_PATCH, 1) if args.smoke else (*bundle_network(), BUNDLE_BATCH)
     torch.manual_seed(0)
-    net = distributed.data_parallel(build(BUNDLE_NET).train(), device)
-    steps_per_s = rate(train_step(net, 4, [64, 64, 32], device, True), args.steps, args.cap_s, device, args.warmup)
+    net = distributed.data_parallel(build(net_args).train(), device)
+    steps_per_s = rate(train_step(net, batch, patch, device, True), args.steps, args.cap_s, device, args.warmup)
     if distributed.global_rank() == 0:
         print(f"DDP_STEPS_PER_S {steps_per_s:.4f} backend {torch.distributed.get_backend()}", flush=True)
     distributed.shutdown()
