@@ -8,8 +8,9 @@ Every figure is a ratio against a reference timed in the same run:
     in for the data: the bundle's train.yaml wires MLflow tracking and a datalist, so its workflow is not run here;
     this times the network, loss and optimizer alone.
 (b) seconds per synthetic 512x512x300 int16 CT (0.8x0.8x1.5 mm, in memory) through clinseg's ``Predictor`` built
-    from the bundle with random weights: AMP vs float32 (reference), and AMP + ``torch.compile`` of the network
-    where it compiles (its failure is reported, not raised). The first case of each row is a warm-up.
+    from the bundle with random weights, load to labels on the input grid: AMP (the Predictor's float16 on CUDA)
+    vs float32 (reference), and AMP + ``torch.compile`` of the network where it compiles (its failure is reported,
+    not raised; TensorRT is not on the GPU image). The first case of each row is a warm-up (and the compile).
 (c) CLAHE (``transforms.clahe``) of a 256x256x128 volume: the torch path on the GPU vs the CPU default (numba).
 (d) a 1-process ``torchrun`` NCCL smoke train through ``pipeline.training.distributed`` (DDP), steps/s vs the
     same net, patch and precision without DDP from (a).
@@ -136,7 +137,8 @@ def part_predict(args: argparse.Namespace, device: torch.device) -> list[str]:
     torch.manual_seed(0)
     spec = NetworkSpec(parser.get_parsed_content("network_name"), parser.get_parsed_content("network_args"))
     ct = phantom(shape, (0.8, 0.8, 1.5))
-    runs = [("float32", False, False), ("AMP", True, False), ("AMP + torch.compile", True, True)]
+    amp_name = "AMP (float16)" if device.type == "cuda" else "AMP (bfloat16)"  # the Predictor's autocast dtypes
+    runs = [("float32", False, False), (amp_name, True, False), (f"{amp_name} + torch.compile", True, True)]
     ref = None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "model.pt"
@@ -152,7 +154,8 @@ def part_predict(args: argparse.Namespace, device: torch.device) -> list[str]:
             try:
                 seconds = _seconds_per_case(predictor, ct, args.cases, args.cap_s, device)
             except Exception as error:  # noqa: BLE001 - torch.compile failures are reported as a row
-                rows.append(f"| {name} | failed: {type(error).__name__}: {str(error).splitlines()[0][:120]} | |")
+                message = (str(error).splitlines() or [""])[0][:120].replace("|", "/")
+                rows.append(f"| {name} | failed: {type(error).__name__}: {message} | |")
                 continue
             ref = seconds if ref is None else ref
             rows.append(f"| {name} | {seconds:.2f} | {ref / seconds:.2f} |")
@@ -246,6 +249,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(min(2, torch.get_num_threads()))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True  # fixed shapes throughout: every row, reference included, autotunes
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
     out = Path(os.environ["OUT"]) / "gpu_results.md" if os.environ.get("OUT") else None
     emit(f"GPU check on {name}, torch {torch.__version__}{', --smoke' if args.smoke else ''}", out, first=True)
