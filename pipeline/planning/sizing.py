@@ -168,10 +168,10 @@ def schedule(
     if epoch_s + validation_s > usable:
         minimum = budget_for_steps((epoch_s + validation_s) / (step_s * DATA_OVERHEAD), step_s)
         raise PlanError(
-            f"a {format_duration(budget)} budget cannot hold one epoch: {steps_per_epoch} steps of {step_s:g} s "
+            f"a {budget:g} s budget cannot hold one epoch: {steps_per_epoch} steps of {step_s:g} s "
             f"(about {epoch_s:.0f} s with data loading) and one validation of {n_val} case(s) (about "
-            f"{validation_s:.0f} s) need {epoch_s + validation_s:.0f} s of the {usable:.0f} s it leaves for "
-            f"training; the minimum budget is --time-budget {format_duration(minimum)}"
+            f"{validation_s:.0f} s) need {epoch_s + validation_s:.0f} s of the {usable:.0f} s ({BUDGET_USE:.0%}) a "
+            f"plan fills; the minimum budget is --time-budget {format_duration(minimum)}"
         )
     epochs = max(1, int(usable / epoch_s))
     validations = min(VALIDATIONS, max(1, int(VALIDATION_SHARE * usable / max(validation_s, 1e-9))))
