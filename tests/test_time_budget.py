@@ -187,15 +187,15 @@ def test_budgeted_bundle_run_stops_early_finishes_and_resumes(tiny_dataset, tmp_
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and "val_mean_dice" in run.data.metrics
 
-    whole = train_bundle(bundle, max_epochs=1, overrides=small, **{k: v for k, v in kwargs.items() if k != "max_epochs"})
+    unbudgeted = {k: v for k, v in kwargs.items() if k != "max_epochs"}
+    whole = train_bundle(bundle, max_epochs=1, overrides=small, **unbudgeted)
     assert whole.epochs == 1 and whole.stop_reason == "" and (ckpt / "checkpoint_epoch=1.pt").is_file()
     resumed = train_bundle(bundle, time_budget_s=0.01, resume=True, overrides=small, **kwargs)
     assert resumed.epochs == 2 and resumed.stop_reason == "time budget 0.01s"
     assert resumed.run_id == whole.run_id and client.get_run(whole.run_id).info.status == "FINISHED"
     assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 3  # epoch 1, then 1 step
 
-    unlimited = train_bundle(bundle, max_epochs=3, resume=True, overrides=small,
-                             **{k: v for k, v in kwargs.items() if k != "max_epochs"})  # fmt: skip
+    unlimited = train_bundle(bundle, max_epochs=3, resume=True, overrides=small, **unbudgeted)
     assert unlimited.epochs == 3 and unlimited.stop_reason == "" and "time budget" not in unlimited.summary()
 
 
