@@ -367,6 +367,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_cases=args.max_cases,
         regions=args.regions,
+        profile=args.profile,
     )
     t, n = plan["training"], plan["network"]
     print(
@@ -748,7 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="3D patches, 2D axial slices of the volumes, or auto (2D for very anisotropic data)")
     p.add_argument("--network", default="res_unet", help="registered network with a channels or features width: res_unet, attention_unet, unet, or "
                    "feature_fusion_unet (two or more channels: one encoder each, fused at every level)")
-    p.add_argument("--threads", type=int, help="CPU threads while timing training steps")
+    p.add_argument("--threads", type=int, help="CPU threads training will use (steps are timed on one)")
+    p.add_argument("--profile", metavar="PLAN_JSON",
+                   help="replay the step timings recorded in another plan's plan.json instead of timing")
     p.add_argument("--max-cases", type=int, help="fingerprint at most this many training cases")
     p.add_argument("--regions", metavar="SPEC",
                    help="region-based training (one sigmoid output per region), outermost first, e.g. "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from pipeline.planning.compute import StepTiming
+
 FOREGROUND_STATS = {"mean": 40.0, "std": 20.0, "p00_5": -100.0, "p99_5": 200.0, "min": -1000.0, "max": 3000.0,
                     "median": 40.0}  # fmt: skip
 
@@ -33,3 +35,8 @@ def fake_fingerprint(
         "nonzero_fraction": {k: nonzero for k in channels},
         "background_fraction": {k: background for k in channels},
     }
+
+
+def step_timing(seconds: float) -> StepTiming:
+    """A measured step of ``seconds`` process CPU seconds on one thread, for a stubbed timer."""
+    return StepTiming(cpu_s=seconds, wall_s=seconds, threads=1, repeats=1)

@@ -108,9 +108,9 @@ def test_planned_bundle_exports_with_its_plan_and_a_license(tmp_path, monkeypatc
     from pipeline.planning.bundle_writer import write_planned_bundle
     from pipeline.planning.compute import ComputeBudget
     from pipeline.planning.plan import make_plan
-    from tests.planning_fixtures import fake_fingerprint
+    from tests.planning_fixtures import fake_fingerprint, step_timing
 
-    monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
+    monkeypatch.setattr(plan_module, "measure_step", lambda *a, **k: step_timing(0.05))
     fingerprint = fake_fingerprint([0.8, 0.8, 2.5], [0.7, 0.7, 2.0], [256, 256, 60], {"ct": "CT"},
                                    nonzero=0.95, background=0.01, labels=("liver", "tumour"))  # fmt: skip
     plan = make_plan(fingerprint, ComputeBudget("cpu", 600.0), counts={"training": 8, "validation": 2}, dims="3d")

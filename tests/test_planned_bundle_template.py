@@ -14,7 +14,7 @@ from pipeline.planning.bundle_writer import write_planned_bundle
 from pipeline.planning.compute import ComputeBudget
 from pipeline.planning.plan import make_plan
 from tests.conftest import BUNDLES
-from tests.planning_fixtures import fake_fingerprint
+from tests.planning_fixtures import fake_fingerprint, step_timing
 from tests.test_bundle_configs import SAME_INFERENCE, SAME_TRAINING, _get, _handlers, _load
 
 SHIPPED = BUNDLES / "ct_organ_resunet3d"
@@ -30,7 +30,7 @@ def _fingerprint(channels):
                 ids=["3d-ct", "2d-ct", "3d-two-mr", "2d-mr"])  # fmt: skip
 def planned(request, tmp_path, monkeypatch):
     dims, channels = request.param
-    monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
+    monkeypatch.setattr(plan_module, "measure_step", lambda *a, **k: step_timing(0.05))
     plan = make_plan(
         _fingerprint(channels),
         ComputeBudget("cpu", 600.0),

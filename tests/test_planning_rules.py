@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.planning import plan as plan_module
 from pipeline.planning.compute import ComputeBudget
-from pipeline.planning.plan import MIN_STEPS, MIN_STEPS_PER_EPOCH, PlanError, make_plan
+from pipeline.planning.plan import PlanError, make_plan
 from pipeline.planning.rules import (
     normalisation_for,
     patch_and_levels,
@@ -17,7 +17,8 @@ from pipeline.planning.rules import (
     resampled_shape,
     target_spacing,
 )
-from tests.planning_fixtures import fake_fingerprint
+from pipeline.planning.sizing import MIN_STEPS, MIN_STEPS_PER_EPOCH
+from tests.planning_fixtures import fake_fingerprint, step_timing
 
 
 def _fingerprint(spacing, p10, shape, modality="MR", nonzero=1.0, labels=("a", "b")):
@@ -110,14 +111,14 @@ def test_a_constant_non_zero_background_is_left_out_of_the_z_score():
 
 @pytest.fixture
 def stub_step(monkeypatch):
-    """measure_step_seconds replaced by a table of seconds per base width (no timing in tests)."""
+    """measure_step replaced by a table of seconds per base width (no timing in tests)."""
     table: dict[int, float] = {}
 
-    def fake(name, args, batch_shape, out_channels, budget, repeats=4, *, regions=False):
+    def fake(name, args, batch_shape, out_channels, budget, *, regions=False):
         widths = args.get("channels") or args.get("features")
-        return table[widths[0]]
+        return step_timing(table[widths[0]])
 
-    monkeypatch.setattr(plan_module, "measure_step_seconds", fake)
+    monkeypatch.setattr(plan_module, "measure_step", fake)
     return table
 
 
@@ -130,7 +131,8 @@ def test_width_is_the_widest_that_leaves_enough_steps(stub_step, seconds, expect
     fp = _fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [35, 50, 36])
     plan = make_plan(fp, ComputeBudget("cpu", 1800.0), counts={"training": 128, "validation": 32})
     assert plan["network"]["args"]["channels"][0] == expected_base
-    trial = plan["network"]["width_trials"][-1]
+    (trial,) = [t for t in plan["network"]["width_trials"] if t.get("chosen")]
+    assert trial["base_width"] == expected_base
     assert trial["steps_in_budget"] >= MIN_STEPS or expected_base == 8
 
 
@@ -207,7 +209,7 @@ def test_budget_rejects_impossible_devices_and_budgets():
 def test_channels_on_different_grids_are_noted_with_clinseg_register(stub_step, cases, noted):
     stub_step.update({32: 0.1, 16: 0.1, 8: 0.1})
     fp = {**_fingerprint([1.0] * 3, [1.0] * 3, [32, 32, 32]), "channel_grids_differ": cases}
-    plan = make_plan(fp, ComputeBudget("cpu", 60.0), counts={"training": 4, "validation": 1})
+    plan = make_plan(fp, ComputeBudget("cpu", 600.0), counts={"training": 4, "validation": 1})
     assert len(plan["notes"]) == int(noted)
     if noted:
         assert "2 case(s) (p1, p2)" in plan["notes"][0] and "clinseg register" in plan["notes"][0]

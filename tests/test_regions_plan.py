@@ -17,11 +17,11 @@ from pipeline.export.bundle import export_bundle
 from pipeline.export.configs import MONAI_LABEL_POST
 from pipeline.planning import plan as plan_module
 from pipeline.planning.bundle_writer import TEMPLATE, write_planned_bundle
-from pipeline.planning.compute import ComputeBudget, measure_step_seconds
+from pipeline.planning.compute import ComputeBudget, measure_step
 from pipeline.planning.plan import make_plan
 from pipeline.planning.region_bundle import REGION_EDITS, region_template
 from tests.export_fixtures import untrained_checkpoint
-from tests.planning_fixtures import fake_fingerprint
+from tests.planning_fixtures import fake_fingerprint, step_timing
 from transforms.regions import LabelToRegionsd
 
 REGIONS = {"whole_tumour": [1, 2, 3, 4], "core": [1, 3, 4], "enhancing": [4]}
@@ -54,7 +54,7 @@ def _datalist(root) -> str:
 
 
 def _plan(monkeypatch, regions):
-    monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
+    monkeypatch.setattr(plan_module, "measure_step", lambda *a, **k: step_timing(0.05))
     fingerprint = fake_fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [20, 22, 18], {"flair": "MR", "t1c": "MR"},
                                    labels=NAMES)  # fmt: skip
     plan = make_plan(fingerprint, ComputeBudget("cpu", 60.0), counts={"training": 2, "validation": 1},
@@ -96,7 +96,7 @@ def test_step_timing_uses_the_region_loss(monkeypatch):
 
     monkeypatch.setattr(DiceCELoss, "forward", forward)
     args = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [4, 8]}
-    measure_step_seconds(
+    measure_step(
         "res_unet", args, (1, 1, 16, 16), 3, ComputeBudget("cpu", 10.0), repeats=1, regions=True
     )
     assert seen == {"sigmoid": True, "target": (1, 3, 16, 16)}

@@ -176,26 +176,89 @@ def test_budgeted_bundle_run_stops_early_finishes_and_resumes(tiny_dataset, tmp_
         "max_epochs": 20,
     }
     bundle = BUNDLES / "ct_organ_resunet3d"
-    # 10 ms are overrun by any epoch (training + validation): stop after the first, however fast the machine
+    # 10 ms are overrun by any step: stop after the first, mid-epoch, however fast the machine; still a model
     first = train_bundle(bundle, time_budget_s=0.01, overrides=small, **kwargs)
     assert first.epochs == 1 and first.stop_reason == "time budget 0.01s"
     assert "training stopped on the time budget 0.01s after 1 epoch (max_epochs 20)" in first.summary()
     ckpt = tmp_path / "ckpt"
-    assert (ckpt / "model.pt").is_file() and (ckpt / "checkpoint_epoch=1.pt").is_file()
-    assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 2  # 3 cases, batch 2: 1 epoch
+    assert (ckpt / "model.pt").is_file() and not (ckpt / "checkpoint_epoch=1.pt").exists()
+    assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 1  # 1 of the epoch's 2 steps
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and "val_mean_dice" in run.data.metrics
 
+    unbudgeted = {k: v for k, v in kwargs.items() if k != "max_epochs"}
+    whole = train_bundle(bundle, max_epochs=1, overrides=small, **unbudgeted)
+    assert whole.epochs == 1 and whole.stop_reason == "" and (ckpt / "checkpoint_epoch=1.pt").is_file()
     resumed = train_bundle(bundle, time_budget_s=0.01, resume=True, overrides=small, **kwargs)
     assert resumed.epochs == 2 and resumed.stop_reason == "time budget 0.01s"
-    assert resumed.run_id == first.run_id and client.get_run(first.run_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [1, 2]
-    assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 4
+    assert resumed.run_id == whole.run_id and client.get_run(whole.run_id).info.status == "FINISHED"
+    assert load_checkpoint(ckpt / "model_final.pt")["trainer"]["iteration"] == 3  # epoch 1, then 1 step
 
-    unlimited = train_bundle(bundle, max_epochs=3, resume=True, overrides=small,
-                             **{k: v for k, v in kwargs.items() if k != "max_epochs"})  # fmt: skip
+    unlimited = train_bundle(bundle, max_epochs=3, resume=True, overrides=small, **unbudgeted)
     assert unlimited.epochs == 3 and unlimited.stop_reason == "" and "time budget" not in unlimited.summary()
+
+
+STEP_S, STEPS, VALIDATION_S, SAVE_S = 1.0, 10, 5.0, 0.5
+
+
+def _budgeted_run(budget_s: float, slow_from: int = 0, slow_step_s: float = STEP_S) -> tuple[Engine, float]:
+    """A trainer on a fake clock: 10 steps of 1 s an epoch (``slow_step_s`` from iteration ``slow_from`` on: other
+    work arrives), each epoch validated (5 s) and saved (0.5 s); a stop within an epoch validates once more and
+    saves (``FinalValidation`` and the final checkpoint). Returns the engine and the seconds used."""
+    from ignite.engine import Events
+
+    clock = FakeClock()
+    started = clock.now
+
+    def step(e: Engine, batch: int) -> None:
+        clock.now += slow_step_s if slow_from and e.state.iteration > slow_from else STEP_S
+
+    engine = Engine(step)
+    validated = []
+
+    def validate(e):
+        clock.now += VALIDATION_S
+        validated.append(e.state.epoch)
+
+    engine.add_event_handler(Events.EPOCH_COMPLETED, validate)  # ValidationHandler comes first
+    TimeBudgetStop(budget_s, clock=clock).attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: setattr(clock, "now", clock.now + SAVE_S))
+
+    def final(e):
+        if not validated or validated[-1] != e.state.epoch:
+            validate(e)
+        clock.now += SAVE_S
+
+    engine.add_event_handler(Events.COMPLETED, final)
+    engine.run(list(range(STEPS)), max_epochs=20)
+    return engine, clock.now - started
+
+
+@pytest.mark.parametrize(
+    ("budget_s", "slow_from", "slow_step_s", "iteration"),
+    [
+        (60.0, 0, STEP_S, 30),  # epochs of 15.5 s: a 4th would overrun, stop after 3 (between epochs)
+        (95.0, 0, STEP_S, 60),
+        (60.0, 20, 3.0, 28),  # steps slow down 3x in epoch 3: stopped within it, room kept for its end
+        (60.0, 20, 8.0, 23),
+        (95.0, 35, 4.0, 40),  # slowed in epoch 4: its mean epoch leaves no room for a 5th
+    ],
+)
+def test_stop_within_an_epoch_keeps_the_end_inside_the_budget(budget_s, slow_from, slow_step_s, iteration):
+    """The hard stop: training, the last validation and the final save end within one step of the budget."""
+    engine, used = _budgeted_run(budget_s, slow_from, slow_step_s)
+    assert engine.state.stop_reason == f"time budget {format_duration(budget_s)}"
+    assert engine.state.iteration == iteration
+    assert used <= budget_s + slow_step_s
+
+
+def test_a_budget_shorter_than_an_epoch_stops_after_a_step():
+    """Before any epoch has ended its validation time is unknown: the steps stop inside the budget, then the
+    weights are validated once and saved (the only overrun, and the run still has a model)."""
+    engine, used = _budgeted_run(7.5)
+    assert engine.state.epoch == 1 and engine.state.iteration == 7
+    assert used == pytest.approx(7 * STEP_S + VALIDATION_S + SAVE_S)
 
 
 @pytest.mark.parametrize(("max_epochs", "interval", "validated"), [(5, 2, [2, 4, 5]), (4, 2, [2, 4]), (3, 10, [3])])

@@ -13,6 +13,8 @@ bundle.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,10 @@ from transforms.io import LoadScand
 
 __all__ = ["FingerprintError", "dataset_fingerprint", "intensity_statistics"]
 
+logger = logging.getLogger(__name__)
+
 PERCENTILES = (0.5, 50.0, 99.5)
+PROGRESS_S = 5.0  # seconds between progress lines
 GRID_TOLERANCE_MM = 1e-3
 
 
@@ -193,11 +198,17 @@ def dataset_fingerprint(
         entries = [entries[i] for i in np.linspace(0, len(entries) - 1, max_cases).round().astype(int)]
     loader, rng = _loader(keys), np.random.default_rng(seed)
     records, samples = [], {k: [] for k in keys}
-    for entry in entries:
+    logger.info("fingerprinting %d %s case(s) of %s ...", len(entries), split, path)
+    started = last = time.monotonic()
+    for index, entry in enumerate(entries, 1):
+        if time.monotonic() - last >= PROGRESS_S:
+            last = time.monotonic()
+            logger.info("fingerprint: %d/%d cases (%.0f s)", index - 1, len(entries), last - started)
         record, sampled = _case(entry, keys, loader, samples_per_case, rng)
         records.append(record)
         for key in keys:
             samples[key].append(sampled[key])
+    logger.info("fingerprint: %d cases in %.0f s", len(entries), time.monotonic() - started)
     spacings = np.array([r["spacing"] for r in records])
     shapes = np.array([r["shape"] for r in records])
     labels = _labels(content, {int(v) for r in records for v in r["class_voxels"]}, path)

@@ -4,18 +4,15 @@ The plan is plain JSON (``plan.json`` in the bundle); :mod:`pipeline.planning.bu
 ``configs/common.yaml``. Grid, patch, depth and normalisation follow :mod:`pipeline.planning.rules`; the
 network width and the schedule follow the budget:
 
-- **Width**: the base width (doubling per level, capped at :data:`MAX_WIDTH`) is the widest of
-  :data:`BASE_WIDTHS` whose *measured* training step leaves at least :data:`MIN_STEPS` optimizer steps in the
-  budget; the narrowest when none does.
-- **Schedule**: epochs of ``ceil(cases * samples / batch)`` steps, at least :data:`MIN_STEPS_PER_EPOCH` (the
-  loader is iterated again within an epoch, as nnU-Net's fixed 250-iteration epochs: on a 3-case set, 2-step
-  epochs spent more time in per-epoch work — checkpoint, handlers, loader start — than in steps, and the
-  budget stopped training at 38 % of its planned epochs); validation every ``val_interval`` epochs
-  (about :data:`VALIDATIONS` validations in all, fewer when they would take more than
-  :data:`VALIDATION_SHARE` of the budget); ``max_epochs`` fills :data:`BUDGET_USE` of the budget at
-  the measured step time (plus data loading and validation estimates), so the polynomial learning-rate decay
-  ends inside the budget; the budget itself is the hard stop (``time_budget_s``), and training refits
-  ``max_epochs`` and the decay to the epoch length it measures (``TimeBudgetStop(lr_scheduler=...)``).
+- **Width and schedule**: :mod:`pipeline.planning.sizing` (narrowest base width first, the widest that leaves
+  enough steps; epochs and validations that fill the budget; a budget too small for one epoch is refused with
+  the minimum). The step cost comes from :mod:`pipeline.planning.compute` (CPU time, so load does not change the
+  plan) or a replayed profile (:mod:`pipeline.planning.profile`); ``network.width_trials`` records each
+  measurement (CPU and wall seconds, threads, repeats, clock) and ``measurement`` how it was taken.
+- **The budget in training**: the plan's ``max_epochs`` is what the step cost gives on this kind of machine,
+  whatever else runs while it is measured; the budget itself is wall-clock, so training keeps refitting
+  ``max_epochs`` and the decay to the epoch length it measures (``TimeBudgetStop(lr_scheduler=...)``) and stops
+  within a step of the budget: a loaded machine trains the same network for fewer epochs, and says so.
 - **Sampling**: patches centred on each foreground class and on background equally often
   (``RandCropByLabelClassesd``), which keeps small and rare classes in view (nnU-Net forces a third of its
   patches onto foreground).
@@ -29,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from networks.registry import get_network_class
-from pipeline.planning.compute import ComputeBudget, measure_step_seconds
+from pipeline.planning.compute import STEP_BIN, ComputeBudget, StepTimer, StepTiming, measure_step
 from pipeline.planning.rules import (
     is_anisotropic,
     normalisation_for,
@@ -38,29 +35,16 @@ from pipeline.planning.rules import (
     resampled_shape,
     target_spacing,
 )
+from pipeline.planning.sizing import PlanError, choose_width, schedule
 from transforms.regions import region_class_order
 
 __all__ = ["PLAN_VERSION", "PlanError", "make_plan"]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: width_trials record their measurement, `measurement` says how
 DEFAULT_NETWORK = "res_unet"
-BASE_WIDTHS = (32, 16, 8)
 MAX_WIDTH = 320
-MIN_STEPS = 1500
-MIN_STEPS_PER_EPOCH = 50
-VALIDATIONS = 20
-VALIDATION_SHARE = 0.1  # of the budget at most, however large the validation volumes
-VALIDATION_VOXEL_CLASS_S = 2.5e-7  # BRATS 240x240x155, 5 classes, 2-core CPU: about 10 s beyond the network
-BUDGET_USE = 0.85
-DATA_OVERHEAD = (
-    1.25  # loading, augmentation, handlers: hippocampus, 2-core CPU: 29 s epochs of 64 steps of 0.37 s
-)
 LEARNING_RATE = 2e-3
 SLICES_PER_VOLUME = 4  # 2D: axial patches drawn from each volume per epoch
-
-
-class PlanError(ValueError):
-    """A plan that cannot be made (unknown network, bad dimensionality, dataset too small)."""
 
 
 def _width_argument(network: str) -> str:
@@ -76,73 +60,6 @@ def _width_argument(network: str) -> str:
 
 def _widths(base: int, levels: int) -> list[int]:
     return [min(base * 2**i, MAX_WIDTH) for i in range(levels)]
-
-
-def _choose_width(
-    network: str,
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    patch: list[int],
-    levels: int,
-    batch: int,
-    budget: ComputeBudget,
-    regions: bool = False,
-) -> tuple[dict[str, Any], float, list[dict[str, float]]]:
-    """Network arguments of the widest base width that leaves :data:`MIN_STEPS` steps, its step time and
-    every width tried."""
-    width_arg = _width_argument(network)
-    trials: list[dict[str, float]] = []
-    chosen: tuple[dict[str, Any], float] = ({}, 0.0)
-    for base in BASE_WIDTHS:
-        args = {
-            "spatial_dims": spatial_dims,
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            width_arg: _widths(base, levels),
-        }
-        step_s = measure_step_seconds(
-            network, args, (batch, in_channels, *patch), out_channels, budget, regions=regions
-        )
-        steps = budget.time_budget_s * BUDGET_USE / (step_s * DATA_OVERHEAD)
-        trials.append({"base_width": base, "step_s": round(step_s, 4), "steps_in_budget": int(steps)})
-        chosen = (args, step_s)
-        if steps >= MIN_STEPS:
-            break
-    return chosen[0], chosen[1], trials
-
-
-def _schedule(
-    n_train: int,
-    n_val: int,
-    batch: int,
-    samples: int,
-    step_s: float,
-    windows: float,
-    voxel_classes: float,
-    budget: float,
-) -> dict[str, Any]:
-    """Epoch length, estimated epoch and validation seconds, ``max_epochs`` and ``val_interval`` for the budget.
-
-    ``windows``: sliding windows per validation volume; ``voxel_classes``: its voxels times the classes
-    (activation, one-hot and Dice cost per voxel and class)."""
-    steps_per_epoch = max(math.ceil(n_train * samples / batch), MIN_STEPS_PER_EPOCH)
-    epoch_s = steps_per_epoch * step_s * DATA_OVERHEAD
-    # a patch's forward pass is a third of its step; then the whole volume's postprocessing and metrics
-    validation_s = n_val * (windows * step_s / (3.0 * batch) + voxel_classes * VALIDATION_VOXEL_CLASS_S)
-    usable = budget * BUDGET_USE
-    epochs = max(1, int(usable / epoch_s))
-    validations = min(VALIDATIONS, max(1, int(VALIDATION_SHARE * usable / max(validation_s, 1e-9))))
-    interval = max(1, round(epochs / validations))
-    epochs = max(1, int(usable / (epoch_s + validation_s / interval)))
-    interval = max(1, min(interval, epochs))
-    return {
-        "steps_per_epoch": steps_per_epoch,
-        "estimated_epoch_s": round(epoch_s, 2),
-        "estimated_validation_s": round(validation_s, 2),
-        "max_epochs": epochs,
-        "val_interval": interval,
-    }
 
 
 def _normalise_reason(step: Mapping[str, Any]) -> str:
@@ -178,6 +95,7 @@ def make_plan(
     dims: str = "auto",
     network: str = DEFAULT_NETWORK,
     regions: Mapping[str, Sequence[int]] | None = None,
+    timer: StepTimer | None = None,
 ) -> dict[str, Any]:
     """Plan a bundle for a fingerprinted dataset.
 
@@ -193,7 +111,7 @@ def make_plan(
 
     Returns:
         The plan: ``{"version", "spatial_dims", "spacing", "patch", "network", "normalise", "training",
-        "sampling", "augmentation", "budget", "reasons", "notes", "regions"}`` (JSON-able).
+        "sampling", "augmentation", "budget", "measurement", "reasons", "notes", "regions"}`` (JSON-able).
     """
     if dims not in ("auto", "2d", "3d"):
         raise PlanError(f"dims must be 'auto', '2d' or '3d', got {dims!r}")
@@ -207,14 +125,18 @@ def make_plan(
     label_classes = 1 + len(fingerprint["labels"])
     out_channels = len(regions) if regions else label_classes
     batch = budget.batch_size(spatial_dims)
-    network_args, step_s, trials = _choose_width(
-        network, spatial_dims, len(channels), out_channels, patch, levels, batch, budget, bool(regions)
-    )
+    width_arg = _width_argument(network)
+    common_args = {"spatial_dims": spatial_dims, "in_channels": len(channels), "out_channels": out_channels}
+    width = choose_width(
+        network, lambda base: {**common_args, width_arg: _widths(base, levels)}, [batch, len(channels), *patch],
+        out_channels, budget, timer or measure_step, regions=bool(regions),
+    )  # fmt: skip
+    network_args, step_s, trials = width.args, width.timing.step_s, width.trials
     windows = math.prod(math.ceil(m / p) for m, p in zip(median, patch)) * (
         median[2] if spatial_dims == 2 else 1
     )
     samples = 1 if spatial_dims == 3 else SLICES_PER_VOLUME
-    schedule = _schedule(
+    planned = schedule(
         counts["training"], counts["validation"], batch, samples, step_s, windows,
         math.prod(median) * out_channels, budget.time_budget_s,
     )  # fmt: skip
@@ -256,7 +178,7 @@ def make_plan(
             "loss": "Dice + binary cross-entropy per region (sigmoid)"
             if regions
             else "Dice + cross-entropy (softmax, background excluded from Dice)",
-            **schedule,
+            **planned,
             "time_budget_s": budget.time_budget_s,
         },
         "sampling": {
@@ -272,18 +194,37 @@ def make_plan(
             "intensity_prob": 0.15,
             "mr_artifacts": has_mr and spatial_dims == 3,
         },
-        "budget": {"device": budget.device, "time_budget_s": budget.time_budget_s, "threads": budget.threads},
+        "budget": {"device": budget.device, "time_budget_s": budget.time_budget_s, "threads": width.timing.threads},
+        "measurement": _measurement(width.timing, timer),
         "reasons": {
             "spacing": "median spacing per axis"
             + ("; the coarse axis takes its 10th percentile (anisotropic)" if anisotropic else ""),
             "spatial_dims": f"{dims}: " + ("2D on axial slices" if spatial_dims == 2 else "3D patches"),
             "patch": f"median resampled shape {median} rounded to multiples of {2 ** (levels - 1)}, "
             f"at most {budget.max_patch_voxels(spatial_dims)} voxels on {budget.device}",
-            "width": f"widest base width of {list(BASE_WIDTHS)} with at least {MIN_STEPS} steps in the budget",
+            "width": width.reason,
             "normalise": {key: _normalise_reason(step) for key, step in normalise.items()},
             "augmentation": _augmentation_reason(has_mr, spatial_dims),
         },
-        "notes": _notes(fingerprint),
+        "notes": width.notes + _notes(fingerprint),
+    }
+
+
+def _measurement(timing: StepTiming, timer: StepTimer | None) -> dict[str, Any]:
+    """How the step cost was obtained: clock, threads, repeats, binning, and the profile it was replayed from."""
+    how = (
+        "process CPU time of a training step on one torch thread, fastest of the repeats after a warm-up, divided "
+        "by the training threads"
+        if timing.clock == "process_cpu"
+        else "synchronised wall time of a training step, fastest of the repeats after a warm-up"
+    )
+    return {
+        "clock": timing.clock,
+        "threads": timing.threads,
+        "repeats": timing.repeats,
+        "bin": f"step seconds rounded to the nearest power of {STEP_BIN:.4f} (2^(1/4))",
+        "how": how,
+        "replayed_from": getattr(timer, "source", None),
     }
 
 

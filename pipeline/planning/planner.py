@@ -19,6 +19,7 @@ from pipeline.planning.bundle_writer import write_planned_bundle
 from pipeline.planning.compute import ComputeBudget
 from pipeline.planning.fingerprint import dataset_fingerprint
 from pipeline.planning.plan import DEFAULT_NETWORK, make_plan
+from pipeline.planning.profile import StepProfile
 
 __all__ = ["plan_dataset", "resolve_datalist"]
 
@@ -51,6 +52,7 @@ def plan_dataset(
     threads: int | None = None,
     max_cases: int | None = None,
     regions: str | Mapping[str, Sequence[int]] | None = None,
+    profile: str | Path | None = None,
     **import_options: Any,
 ) -> dict[str, Any]:
     """Fingerprint ``dataset``'s training split, plan within the budget, write the bundle ``out``.
@@ -62,16 +64,19 @@ def plan_dataset(
         device: ``cpu`` or ``cuda`` (``None``: detected).
         dims: ``auto``, ``2d`` or ``3d``.
         network: registered network name.
-        threads: CPU threads while timing training steps (``None``: torch's default).
+        threads: CPU threads training will use (``None``: torch's default); steps are timed on one.
         max_cases: fingerprint at most this many training cases.
         regions: region-based training: ``"whole_tumour=1,2,3,4;core=1,3,4;enhancing=4"`` or a mapping,
             outermost first; ``None`` takes the datalist's own ``regions`` if it has any; ``"none"`` trains on
             the labels regardless.
+        profile: a ``plan.json`` whose recorded step timings are replayed instead of timing
+            (:class:`~pipeline.planning.profile.StepProfile`): the same dataset and budget give the same plan.
         import_options: passed to the importer for raw folders (``structures``, ``channels``, ``layout``...).
 
     Returns:
         The plan (also ``out/configs/plan.json``).
     """
+    timer = StepProfile.read(profile) if profile is not None else None  # a bad file fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     datalist = resolve_datalist(dataset, out, **import_options)
@@ -80,6 +85,10 @@ def plan_dataset(
     counts = {split: len(content.get(split) or []) for split in ("training", "validation", "test")}
     budget = ComputeBudget.detect(time_budget_s, device=device, threads=threads)
     fingerprint = dataset_fingerprint(datalist, "training", max_cases=max_cases)
-    plan = make_plan(fingerprint, budget, counts=counts, dims=dims, network=network, regions=region_map)
+    if timer is not None:
+        logger.info("step timings replayed from %s (no timing)", timer.source)
+    plan = make_plan(
+        fingerprint, budget, counts=counts, dims=dims, network=network, regions=region_map, timer=timer
+    )
     write_planned_bundle(out, plan, fingerprint, datalist)
     return plan
