@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.tracking.journal import TrackingJournal, journal_dir_of, open_journal
+from pipeline.tracking.run_tags import set_experiment_kind
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,8 @@ class JournalReplayer:
             )
 
     def _open_run(self, record: dict[str, Any]) -> None:
-        """Find or create the experiment and the run (found by name first, so a lost answer makes no twin)."""
+        """Find or create the experiment (tagged for MLflow 3's model-training view) and the run (found by
+        name first, so a lost answer makes no twin)."""
         client = self._mlflow()
         if self.journal.state.get("run_id"):
             return
@@ -248,6 +250,7 @@ class JournalReplayer:
                 record["experiment"], artifact_location=_artifact_location(self.tracking_uri)
             )
         )
+        set_experiment_kind(client, experiment_id)
         found = client.search_runs(
             [experiment_id], filter_string=f"attributes.run_name = '{record['run_name']}'",
             order_by=["attributes.start_time DESC"], max_results=1,
