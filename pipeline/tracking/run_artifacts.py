@@ -13,7 +13,8 @@ Artifacts of a run::
     pytorch_model/            the same scripted network in MLflow's PyTorch flavour (mlflow.pytorch.load_model)
     curves/loss.png           training loss per epoch
     curves/validation.png     per-class validation Dice and the learning rate vs epoch
-    overlays/<case>.png       predicted masks of the first validation cases (case ids, never patient names)
+    overlays/<case>.png       prediction over ground truth, case id and Dice, of the first validation cases
+                              (:mod:`pipeline.tracking.overlays`; case ids, never patient names)
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline.core.checkpoint import network_from_checkpoint
-from pipeline.outputs.preview import render_preview
 from pipeline.tracking.journal import open_journal
-from transforms.regions import RegionsToLabels
+from pipeline.tracking.overlays import render_validation_overlays
 
 __all__ = [
     "RunArtifactsHandler",
@@ -43,7 +43,6 @@ __all__ = [
     "log_pytorch_model",
     "plot_training_curves",
     "register_model_version",
-    "render_validation_overlays",
     "save_pytorch_model",
 ]
 
@@ -172,59 +171,6 @@ def plot_training_curves(
             twin.set(ylabel="learning rate", yscale="log")
         fig.legend(loc="lower right", fontsize=8)
         written.append(_save(fig, out_dir / "validation.png"))
-    return written
-
-
-def _case_names(batch: dict[str, Any], count: int, start: int) -> list[str]:
-    names = batch.get("case")
-    if isinstance(names, (list, tuple)) and len(names) == count:
-        return [Path(str(n)).name for n in names]  # a bare id, never a path
-    return [f"validation_{start + i:03d}" for i in range(count)]
-
-
-@torch.no_grad()
-def render_validation_overlays(
-    network: nn.Module,
-    validator: Engine,
-    out_dir: str | Path,
-    class_names: Sequence[str],
-    max_cases: int = 3,
-    regions: Sequence[Sequence[int]] | None = None,
-) -> list[Path]:
-    """Overlay PNGs of ``network``'s prediction (argmax, or for region outputs the labels of
-    :class:`transforms.regions.RegionsToLabels`) on the first validation cases.
-
-    Uses the validator's (cached, preprocessed) data loader and its inferer, e.g. a sliding window; the
-    image shown is the preprocessed one (windowed CT, ``(1, X, Y[, Z])``) on its own grid; of a multi-channel
-    input, its first channel (the CT of the CT+MR fusion bundle, the reference grid).
-
-    Args:
-        network: the best network, on the validator's device, eval mode.
-        validator: MONAI ``SupervisedEvaluator`` (needs ``data_loader``, ``inferer``, ``device``).
-        out_dir: folder for ``<case>.png`` (the datalist's ``case`` id).
-        class_names: names of labels ``1..N`` for the legend.
-        max_cases: how many cases to render.
-        regions: label values per region, outermost first, when the network has one sigmoid output per region.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = {i + 1: str(name) for i, name in enumerate(class_names)}
-    device = getattr(validator, "device", torch.device("cpu"))
-    written: list[Path] = []
-    for batch in validator.data_loader:
-        images = batch["image"].to(device)
-        logits = validator.inferer(images, network)
-        if regions is None:
-            pred = logits.argmax(dim=1, keepdim=True)
-        else:
-            to_labels = RegionsToLabels(regions)
-            pred = torch.stack([to_labels(torch.sigmoid(item.float())) for item in logits])
-        for name, image, mask in zip(_case_names(batch, len(images), len(written)), images, pred):
-            written.append(
-                render_preview(image[:1].cpu(), mask.cpu(), None, labels, out_dir / f"{name}.png", title=name)
-            )
-            if len(written) >= max_cases:
-                return written
     return written
 
 
