@@ -10,7 +10,9 @@ logged once as a warning and never fails the training.
 Artifacts of a run::
 
     model/model.ts            TorchScript of the best checkpoint (torch.jit.load, no clinseg needed)
-    pytorch_model/            the same scripted network in MLflow's PyTorch flavour (mlflow.pytorch.load_model)
+    (logged model)            the same scripted network in MLflow's PyTorch flavour, an MLflow 3 LoggedModel named
+                              ``pytorch_model`` of the run (its "Logged models"; ``mlflow.pytorch.load_model``
+                              of ``runs:/<run_id>/pytorch_model`` or ``models:/<model_id>``)
     curves/loss.png           training loss per epoch
     curves/validation.png     per-class validation Dice and the learning rate vs epoch
     overlays/<case>.png       prediction over ground truth, case id and Dice, of the first validation cases
@@ -40,6 +42,7 @@ __all__ = [
     "RunArtifactsHandler",
     "epoch_loss_points",
     "export_torchscript",
+    "log_logged_model",
     "log_pytorch_model",
     "plot_training_curves",
     "register_model_version",
@@ -209,9 +212,35 @@ def save_pytorch_model(
     return Path(path)
 
 
+def logged_model(client: Any, run_id: str, name: str) -> Any | None:
+    """The run's MLflow 3 LoggedModel called ``name`` (``None`` when it has none)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment_id], filter_string=f"name = '{name}'")
+    return next((m for m in found if m.source_run_id == run_id), None)
+
+
+def log_logged_model(client: Any, run_id: str, local_dir: str | Path, name: str) -> str:
+    """Log an MLflow model folder as the run's LoggedModel ``name`` (uploaded, READY, linked as the run's output),
+    as ``mlflow.pytorch.log_model(name=...)`` does; a model of that name and run is reused, so a replay makes no
+    twin. Returns its model id."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    run = client.get_run(run_id)
+    model = logged_model(client, run_id, name) or client.create_logged_model(
+        run.info.experiment_id, name=name, source_run_id=run_id, model_type="pytorch"
+    )
+    client.log_model_artifacts(model.model_id, str(local_dir))
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not any(o.model_id == model.model_id for o in outputs):
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
+
+
 def register_model_version(client: Any, run_id: str, name: str, artifact_path: str) -> None:
-    """Register ``runs:/<run_id>/<artifact_path>`` as a version of model ``name``, unless it already is (so a
-    replayed registration makes no second version)."""
+    """Register the run's LoggedModel ``artifact_path`` (``models:/<model_id>``; a run artifact folder of that
+    name for runs logged without one) as a version of model ``name``, unless it already is (so a replayed
+    registration makes no second version)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -219,10 +248,11 @@ def register_model_version(client: Any, run_id: str, name: str, artifact_path: s
     except MlflowException as error:
         if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    model = logged_model(client, run_id, artifact_path)
+    source = f"models:/{model.model_id}" if model else f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if not any(v.source == source for v in existing):
-        client.create_model_version(name, source, run_id=run_id)
+        client.create_model_version(name, source, run_id=run_id, model_id=model.model_id if model else None)
 
 
 def log_pytorch_model(
@@ -234,17 +264,17 @@ def log_pytorch_model(
     pip_requirements: Sequence[str] | None = None,
     registered_model_name: str | None = None,
 ) -> str:
-    """Log a scripted network as an MLflow PyTorch-flavour model under the run's artifacts; optionally register it.
+    """Log a scripted network as the run's PyTorch-flavour LoggedModel ``artifact_path``; optionally register it.
 
     Saved with :func:`save_pytorch_model` and uploaded with the given client, so no global MLflow state (active
     run, tracking URI) is touched.
 
     Returns:
-        The model URI ``runs:/<run_id>/<artifact_path>``.
+        The model URI ``runs:/<run_id>/<artifact_path>`` (MLflow resolves it to the LoggedModel).
     """
     with tempfile.TemporaryDirectory() as tmp:
         local = save_pytorch_model(scripted, Path(tmp) / artifact_path, pip_requirements)
-        client.log_artifacts(run_id, str(local), artifact_path)
+        log_logged_model(client, run_id, local, artifact_path)
     if registered_model_name:
         register_model_version(client, run_id, registered_model_name, artifact_path)
     return f"runs:/{run_id}/{artifact_path}"
@@ -320,7 +350,7 @@ class RunArtifactsHandler:
             scripted = export_torchscript(network, root / "model" / "model.ts")
             journal.log_artifact(root / "model" / "model.ts", "model")
             model_dir = save_pytorch_model(scripted, root / "pytorch_model", self.pip_requirements)
-            journal.log_artifact(model_dir, "pytorch_model")
+            journal.log_model(model_dir, "pytorch_model")
             if self.registered_model_name:
                 journal.register_model(self.registered_model_name, "pytorch_model")
             epoch_length = int(engine.state.epoch_length or 1)

@@ -187,7 +187,7 @@ class JournalReplayer:
                 str(error).splitlines()[0][:300],
             )  # fmt: skip
         self.journal.mark_synced(records[-1]["seq"])
-        if records[0]["op"] == "artifact":
+        if records[0]["op"] in {"artifact", "model"}:
             self.journal.drop_copy(records[0])
 
     def _run_id(self) -> str:
@@ -221,6 +221,14 @@ class JournalReplayer:
                 return
             upload = client.log_artifacts if local.is_dir() else client.log_artifact
             upload(self._run_id(), str(local), records[0]["artifact_path"])
+        elif op == "model":
+            from pipeline.tracking.run_artifacts import log_logged_model
+
+            local = self.journal.folder / records[0]["local"]
+            if not local.exists():
+                logger.warning("journal record %d: %s is gone (logged before?), skipped", records[0]["seq"], local)
+                return
+            log_logged_model(client, self._run_id(), local, records[0]["name"])
         elif op == "register":
             from pipeline.tracking.run_artifacts import register_model_version
 
