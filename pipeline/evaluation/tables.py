@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.core.atomic import atomic_write_json, atomic_write_text
 from pipeline.core.bundle import Bundle
 from pipeline.evaluation.result import EvaluationResult
-from pipeline.tracking.run_tags import CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, run_tags, set_experiment_kind
+from pipeline.tracking.run_tags import CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, run_page_url, run_tags, set_experiment_kind
 from pipeline.tracking.store import CONFIG_AS_RUN, new_run_name
 
 logger = logging.getLogger(__name__)
@@ -184,5 +184,6 @@ def log_evaluation(
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-    logger.info("logged evaluation run %s to %s", run_id, tracking_uri)
+    page = run_page_url(tracking_uri, run.info.experiment_id, run_id)
+    logger.info("logged evaluation run %s to %s", run_id, page or tracking_uri)
     return run_id

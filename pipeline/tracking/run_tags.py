@@ -25,10 +25,13 @@ RUN_TYPE_TAG = "clinseg.run_type"
 CKPT_DIR_TAG = "clinseg.ckpt_dir"
 TRAIN_RUN_TAG = "clinseg.train_run_id"
 FOLD_TAG = "fold"
-# MLflow 3's UI reads this experiment tag to choose its view; without it, it infers one and may show a GenAI
-# "Traces / Latency" dashboard that files training runs under "Evaluations"
+# MLflow 3.1-3.x UIs read this experiment tag to choose the experiment's view; without it, they infer one and may
+# show a GenAI "Traces / Latency" dashboard that files training runs under "Evaluations"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI ignores that tag: a GenAI / Model training switch, from the page's ``workflowType`` query
+# (else the browser's last choice, GenAI by default), picks the view, so the links clinseg prints carry it
+WORKFLOW_QUERY = "workflowType=machine_learning"
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pipeline/, transforms/, networks/
 
 
@@ -117,6 +120,15 @@ def set_experiment_kind(client: Any, experiment_id: str) -> None:
     """Tag the experiment for MLflow 3's model-training view, unless someone chose a kind already."""
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def run_page_url(tracking_uri: str | None, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or one of its runs) in the model-training view; ``None`` for a store
+    without a UI address (SQLite: open it with ``mlflow ui``, then choose "Model training")."""
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return None
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{tracking_uri.rstrip('/')}/#/{page}?{WORKFLOW_QUERY}"
 
 
 def run_tags(
