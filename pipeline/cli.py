@@ -250,7 +250,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     comparison = compare_runs(
         args.tracking_uri, experiment=args.experiment, run_ids=args.runs, metric=args.metric, sort=args.sort,
-        filters=args.filter,
+        filters=args.filter, columns=args.columns,
     )  # fmt: skip
     print(comparison.format(args.format))
     if args.plot:
@@ -631,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep runs whose param, tag or attribute matches (KEY!=VALUE excludes), e.g. "
                         "network=unet, clinseg.run_type=training (repeatable)")
     p.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table", help="output format")
+    p.add_argument("--columns", type=lambda text: [c for c in text.split(",") if c], default=[],
+                   metavar="COL,COL", help="show these columns (names or globs; a bare name is a param, any param), "
+                                          "e.g. run_name,val_mean_dice_best,roi_size (default: the params that differ)")
     p.add_argument("--plot", metavar="PNG", help="write a PNG overlaying the metric's curves of the runs")
     p.add_argument("--paired", action="store_true", help="paired per-case statistics of two evaluation runs")
     p.add_argument("--paired-metric", nargs="+", default=["dice", "hd95_mm"],

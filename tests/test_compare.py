@@ -35,6 +35,7 @@ def store(tmp_path_factory):
             Param("config.lr", "0.003" if name != "b" else "0.01"),  # raw twin of the evaluated knob
             Param("config.amp", "$torch.cuda.is_available()"),  # same expression everywhere: not a difference
             Param("config.max_epochs", "3"),
+            *[Param(f"config.train.handlers.{i}.path", f"/runs/{name}/{'x' * 60}/{i}") for i in range(100)],
         ]
         metrics = [Metric("val_mean_dice", v, 1000 + i, i + 1) for i, v in enumerate(curve)]
         tags = [RunTag(RUN_TYPE_TAG, "training")]
@@ -70,6 +71,40 @@ def test_table_lists_differing_params_best_and_final(store):
     assert by_name["a"]["status"] == "FINISHED" and by_name["a"]["duration_s"] >= 0
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown"])
+def test_default_output_fits_a_terminal(store, fmt):
+    """100 differing config.* params of old runs (paths 70+ characters) stay out; no line is ever thousands wide."""
+    uri, ids = store
+    text = compare_runs(uri, run_ids=[ids["a"], ids["b"], ids["c"]]).format(fmt)
+    assert "config." not in text
+    assert max(len(line) for line in text.splitlines()) < 200
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        (["run_name", "val_mean_dice_best"], ["run_name", "val_mean_dice_best"]),
+        (["run_name", "seed"], ["run_name", "params.seed"]),  # a bare name is a param, equal or not
+        (["run_name", "params.n*"], ["run_name", "params.network"]),
+        (["*_final", "run_name", "run_name"], ["val_mean_dice_final", "run_name"]),
+    ],
+)
+def test_columns_choose_what_is_shown(store, columns, expected):
+    uri, ids = store
+    table = compare_runs(uri, run_ids=[ids["a"], ids["b"]], columns=columns).tables["training"]
+    assert table.columns == expected
+    assert table.format("csv").splitlines()[0] == ",".join(expected)
+
+
+def test_long_cells_are_cut_in_tables_not_in_csv(store):
+    uri, ids = store
+    table = compare_runs(uri, run_ids=[ids["a"]], columns=["run_name", "config.train.handlers.0.path"]).tables[
+        "training"
+    ]
+    assert "…" in table.format("table") and "…" not in table.format("csv")
+    assert max(len(line) for line in table.format("markdown").splitlines()) < 80
+
+
 def test_filter_sort_and_formats(store):
     uri, ids = store
     comparison = compare_runs(
@@ -91,6 +126,7 @@ def test_filter_sort_and_formats(store):
     [
         ({"filters": ["network"]}, "KEY=VALUE"),
         ({"sort": "nope"}, "not a column"),
+        ({"columns": ["run_name", "nope*"]}, "'nope\\*' matches no column; columns: .*run_name"),
         ({"experiment": "missing"}, "does not exist"),
     ],
 )
@@ -182,6 +218,9 @@ def test_cli_compare_experiment_plot_and_paired(store, tmp_path, capsys):
                  "--plot", str(tmp_path / "c.png")])  # fmt: skip
     assert code == 0 and (tmp_path / "c.png").is_file()
     assert f"| {ids['b']} | b | FINISHED |" in capsys.readouterr().out
+    code = main(["compare", "--runs", ids["a"], ids["b"], "--tracking-uri", uri, "--format", "csv",
+                 "--columns", "run_name,lr"])  # fmt: skip
+    assert code == 0 and capsys.readouterr().out.splitlines()[0] == "run_name,params.lr"
     code = main(["compare", "--runs", ids["eval_a"], ids["eval_b"], "--tracking-uri", uri, "--paired",
                  "--metric", "none", "--format", "csv"])  # fmt: skip
     out = capsys.readouterr().out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,6 +16,7 @@ import torch
 
 from pipeline.core.checkpoint import NetworkSpec
 from pipeline.core.datalist import load_datalist
+from pipeline.evaluation import evaluate as evaluate_module
 from pipeline.evaluation.evaluate import (
     EvaluationOptions,
     case_metrics,
@@ -143,9 +146,18 @@ def test_reference_as_prediction_scores_one_on_the_dicom_input_grid(tiny_dataset
     assert all(r["dice"] == 1.0 and r["hd95_mm"] == 0.0 and r["surface_dice"] == 1.0 for r in rows)
 
 
-def test_evaluate_checkpoint_writes_tables_and_logs_a_linked_mlflow_run(tiny_dataset, checkpoint, tmp_path):
+def test_evaluate_checkpoint_writes_tables_and_logs_a_linked_mlflow_run(
+    tiny_dataset, checkpoint, tmp_path, monkeypatch
+):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     options = EvaluationOptions(inference=INFERENCE, train_run_id="0123abcd")
+    scored_ms = []
+    real = evaluate_module.evaluate_entries
+    monkeypatch.setattr(
+        evaluate_module, "evaluate_entries",
+        lambda *a, **kw: (real(*a, **kw), scored_ms.append(time.time() * 1000))[0],
+    )  # fmt: skip
+    called_ms = time.time() * 1000
     result = evaluate_checkpoint(
         BUNDLE, checkpoint, tiny_dataset, "test", tmp_path / "eval", uri, options=options
     )
@@ -161,6 +173,9 @@ def test_evaluate_checkpoint_writes_tables_and_logs_a_linked_mlflow_run(tiny_dat
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
+    # the run spans the evaluation (prediction and scoring included), not just its logging
+    assert called_ms - 1 <= run.info.start_time <= scored_ms[0] <= run.info.end_time
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags[RUN_TYPE_TAG] == "evaluation"
     assert run.data.tags["clinseg.train_run_id"] == "0123abcd"
     assert run.data.tags["dataset.fingerprint"].startswith("sha256:")
@@ -171,17 +186,21 @@ def test_evaluate_checkpoint_writes_tables_and_logs_a_linked_mlflow_run(tiny_dat
     assert {"case", "name", "dice", "hd95_mm"} <= set(logged["columns"]) and len(logged["data"]) == 4
 
 
-@pytest.mark.parametrize("progress", [True, False])
-def test_progress_bar_counts_cases_unless_quiet(tiny_dataset, checkpoint, monkeypatch, capsys, progress):
+@pytest.mark.parametrize(("progress", "terminal"), [(True, True), (True, False), (False, True)])
+def test_progress_bar_counts_cases_on_a_terminal_unless_quiet(
+    tiny_dataset, checkpoint, monkeypatch, capsys, progress, terminal
+):
     predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=INFERENCE)
     entries = load_datalist(tiny_dataset, "test")
     by_image = {e["image"]: e["label"] for e in entries}
     monkeypatch.setattr(
         predictor, "predict", lambda inputs: Segmentation(load_scan(by_image[inputs["image"]], label=True))
     )
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     evaluate_entries(predictor, entries, options=EvaluationOptions(progress=progress))
     err = capsys.readouterr().err
-    assert (f"{len(entries)}/{len(entries)}" in err and "dice=1.000" in err) == progress
+    assert (f"{len(entries)}/{len(entries)}" in err and "dice=1.000" in err) == (progress and terminal)
+    assert ("\r" in err) == (progress and terminal)  # no redraws in a log file
 
 
 def _trained_checkpoint(folder: Path, checkpoint: Path, tracking_uri: str) -> Path:

@@ -53,6 +53,12 @@ def _artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None =
     return found
 
 
+def _logged_models(client: mlflow.MlflowClient, run_id: str, name: str = "pytorch_model") -> list:
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment_id], filter_string=f"name = '{name}'")
+    return [m for m in found if m.source_run_id == run_id]
+
+
 @pytest.mark.slow
 def test_training_logs_torchscript_pytorch_model_curves_and_overlays(tiny_dataset, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -71,8 +77,13 @@ def test_training_logs_torchscript_pytorch_model_curves_and_overlays(tiny_datase
     assert {"curves/loss.png", "curves/validation.png"} <= set(paths)
     overlays = [p for p in paths if p.startswith("overlays/")]
     assert overlays == ["overlays/case_001.png"]  # the one validation case, named by its datalist id
-    assert {"pytorch_model/MLmodel", "pytorch_model/requirements.txt"} <= set(paths)
-    assert client.get_run(result.run_id).info.status == "FINISHED"
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    (model,) = _logged_models(client, result.run_id)  # MLflow 3's "Logged models" of the run
+    assert model.name == "pytorch_model" and str(model.status) == "READY"
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    files = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    assert {"MLmodel", "requirements.txt"} <= files
 
     reference = network_from_checkpoint(result.best_checkpoint)
     scripted = torch.jit.load(client.download_artifacts(result.run_id, "model/model.ts", str(tmp_path)))
@@ -87,4 +98,26 @@ def test_training_logs_torchscript_pytorch_model_curves_and_overlays(tiny_datase
         client, result.run_id, scripted, "registered", registered_model_name="ct_organ"
     )
     assert version == f"runs:/{result.run_id}/registered"
-    assert [v.run_id for v in client.search_model_versions("name='ct_organ'")] == [result.run_id]
+    (registered,) = client.search_model_versions("name='ct_organ'")
+    assert registered.run_id == result.run_id
+    assert registered.source == f"models:/{_logged_models(client, result.run_id, 'registered')[0].model_id}"
+
+
+@pytest.mark.parametrize("register", [None, "tiny_net"])
+def test_pytorch_model_is_a_logged_model_of_the_run_once(tmp_path, monkeypatch, register):
+    """MLflow 3 lists it under the run's "Logged models"; a replay reuses it; runs:/ URIs still load it."""
+    torch.set_num_threads(1)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("m", (tmp_path / "mlruns").as_uri())).info.run_id
+    scripted = torch.jit.script(torch.nn.Conv3d(1, 2, 1).eval())
+    for _ in range(2):  # the second call is a replay of the first
+        uri_logged = log_pytorch_model(client, run_id, scripted, registered_model_name=register)
+    (model,) = _logged_models(client, run_id)
+    assert str(model.status) == "READY" and model.model_type == "pytorch"
+    assert [o.model_id for o in client.get_run(run_id).outputs.model_outputs] == [model.model_id]
+    x = torch.rand(1, 1, 3, 4, 5)
+    torch.testing.assert_close(mlflow.pytorch.load_model(uri_logged)(x), scripted(x))
+    versions = client.search_model_versions(f"name='{register}'") if register else []
+    assert [v.source for v in versions] == ([f"models:/{model.model_id}"] if register else [])

@@ -17,16 +17,14 @@ import json
 import logging
 import re
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.core.atomic import COMPLETE_MARKER, atomic_write_json, clear_complete, is_complete, mark_complete
+from pipeline.core.progress import progress_bar
 from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, required_outputs, write_case_outputs
 from pipeline.batch.discovery import DEFAULT_MODALITIES, Case, discover_cases
 from pipeline.inference.case import LoadedCase
@@ -59,7 +57,7 @@ class BatchOptions:
             (measured slower on 2 cores, benchmarks/RESULTS.md).
         workers: loading threads.
         shard: the part of the sorted cases this process handles.
-        progress: show a progress bar (cases done, failures, cases/min) on stderr.
+        progress: show a progress bar (cases done, failures, cases/min) on stderr when it is a terminal.
         qc_threshold: QC score from which a case is flagged for review (:mod:`pipeline.qc.assess`).
     """
 
@@ -172,9 +170,9 @@ def predict_folder(
     report.write()
     _write_volumes(output, options.shard, cases, volumes)
 
-    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", disable=not options.progress)
     start = time.perf_counter()
-    with bar, logging_redirect_tqdm() if options.progress else nullcontext():
+    done_before = len(cases) - len(todo)
+    with progress_bar(total=len(cases), initial=done_before, unit="case", enabled=options.progress) as bar:
         loaded = prefetch(
             todo, lambda c: predictor.load(c.inputs), ahead=_prefetch(options, predictor), workers=options.workers
         )

@@ -7,73 +7,26 @@ Works against any MLflow store (SQLite file or tracking server) through ``Mlflow
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.evaluation.stats import paired_stats
+from pipeline.evaluation.table_format import FORMATS, ComparisonTable, json_value, select_columns
 from pipeline.evaluation.tables import TABLE_ARTIFACT
 from pipeline.tracking.run_tags import RUN_TYPE_TAG
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("table", "csv", "markdown", "json")
 _FILTER = re.compile(r"^\s*([\w.\-]+)\s*(!=|=)\s*(.*?)\s*$")
 _LOWER_IS_BETTER = ("loss", "hd95", "msd", "distance")
 UNTAGGED = "untagged"
-
-
-@dataclass
-class ComparisonTable:
-    """Rows of run facts with fixed column order; render with :meth:`format`."""
-
-    columns: list[str]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def format(self, fmt: str = "table") -> str:
-        """Render as ``table`` (aligned text), ``csv``, ``markdown`` or ``json``."""
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-        if fmt == "json":
-            return json.dumps([{c: _json_value(r.get(c)) for c in self.columns} for r in self.rows], indent=2)
-        cells = [[_cell(r.get(c)) for c in self.columns] for r in self.rows]
-        if fmt == "csv":
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerows([self.columns, *cells])
-            return buffer.getvalue()
-        if fmt == "markdown":
-            lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-            return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
-        widths = [
-            max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-            for i, c in enumerate(self.columns)
-        ]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True))]
-        lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-        return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value)
-    return str(value)
-
-
-def _json_value(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def parse_filter(expr: str) -> tuple[str, str, str]:
@@ -180,7 +133,7 @@ class Comparison:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
         if fmt == "json":
             rows = [
-                {"run_type": kind, **{c: _json_value(r.get(c)) for c in table.columns}}
+                {"run_type": kind, **{c: json_value(r.get(c)) for c in table.columns}}
                 for kind, table in self.tables.items()
                 for r in table.rows
             ]
@@ -210,12 +163,11 @@ def compare_runs(
     metric: str | None = None,
     sort: str | None = None,
     filters: Sequence[str] = (),
+    columns: Sequence[str] = (),
 ) -> Comparison:
     """Tables of runs grouped by run type: run id and name, status, duration (s), best/final ``metric`` and the
-    params that differ among the runs of the group.
-
-    A named knob logged with its evaluated value (``batch_size``, ``network_args.spatial_dims``) hides its raw
-    config twin (``config.batch_size``, ``config.network_args.spatial_dims`` = ``@spatial_dims``).
+    params that differ among the runs of the group (not ``config.*``: the config as run is an artifact, and
+    runs logged before it was left out of the params flattened hundreds of ``config.*`` ids).
 
     Args:
         tracking_uri: MLflow store (default: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
@@ -226,6 +178,9 @@ def compare_runs(
         sort: column to sort by; a leading ``-`` sorts descending (default: best metric, best first).
         filters: ``KEY=VALUE`` / ``KEY!=VALUE`` on ``params.*``, ``tags.*``, ``run_name``, ``status`` (a bare
             key is looked up as given, then as a param, then as a tag); one that matches no run is an error.
+        columns: show these columns instead, in this order: names or globs (``run_name``, ``*_best``,
+            ``params.roi_size``, a bare ``roi_size`` for a param), any param, differing or not; one that
+            matches no column of any table is an error.
     """
     client = _client(tracking_uri)
     runs = _apply_filters(find_runs(client, experiment=experiment, run_ids=run_ids), filters)
@@ -233,8 +188,11 @@ def compare_runs(
     for run in runs:
         groups.setdefault(run_type(run), []).append(run)
     tables = {
-        kind: _table(client, members, metric or _default_metric(kind)) for kind, members in sorted(groups.items())
+        kind: _table(client, members, metric or _default_metric(kind), every_param=bool(columns))
+        for kind, members in sorted(groups.items())
     }
+    if columns:
+        _choose_columns(tables, list(columns))
     if sort and not any(sort.lstrip("-") in t.columns for t in tables.values()):
         columns = sorted({c for t in tables.values() for c in t.columns})
         raise ValueError(f"--sort {sort.lstrip('-')!r} is not a column; columns: {columns}")
@@ -245,15 +203,24 @@ def compare_runs(
 
 
 def _differing_params(runs: Sequence[Any]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.data.params})
-    twins = {f"config.{k}" for k in keys}  # a knob logged evaluated beside its raw config entry
-    return [k for k in keys if k not in twins and len({r.data.params.get(k) for r in runs}) > 1]
+    keys = sorted({k for r in runs for k in r.data.params if not k.startswith("config.")})
+    return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
 
 
-def _table(client: Any, runs: Sequence[Any], metric: str) -> ComparisonTable:
+def _choose_columns(tables: Mapping[str, ComparisonTable], patterns: list[str]) -> None:
+    """Keep the columns ``patterns`` select in each table; a pattern selecting nothing anywhere is an error."""
+    for pattern in patterns:
+        if not any(select_columns(t.columns, [pattern]) for t in tables.values()):
+            every = sorted({c for t in tables.values() for c in t.columns})
+            raise ValueError(f"--columns {pattern!r} matches no column; columns: {every}")
+    for table in tables.values():
+        table.columns = select_columns(table.columns, patterns)
+
+
+def _table(client: Any, runs: Sequence[Any], metric: str, every_param: bool = False) -> ComparisonTable:
     lower = any(word in metric for word in _LOWER_IS_BETTER)
     best_col, final_col = f"{metric}_best", f"{metric}_final"
-    differing = _differing_params(runs)
+    differing = sorted({k for r in runs for k in r.data.params}) if every_param else _differing_params(runs)
     columns = ["run_id", "run_name", "status", "duration_s", best_col, "best_step", final_col]
     columns += [f"params.{k}" for k in differing]
     table = ComparisonTable(columns)

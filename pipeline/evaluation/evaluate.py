@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,9 @@ from monai.metrics import (
     SurfaceDiceMetric,
     SurfaceDistanceMetric,
 )
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from pipeline.core.bundle import Bundle
 from pipeline.core.datalist import load_datalist
+from pipeline.core.progress import progress_bar
 from pipeline.core.splits import fold_of_entries
 from pipeline.datasets.regions import validate_regions
 from pipeline.evaluation.result import EvaluationResult, summarize
@@ -173,7 +172,7 @@ class EvaluationOptions:
         qc_threshold: QC score from which a case is flagged for review; each row gets the case's
             ``qc_score``, ``qc_review`` and ``qc_findings`` (:mod:`pipeline.qc.assess`), so QC can be checked
             against the metrics.
-        progress: show a progress bar (cases done, last case's mean Dice) on stderr.
+        progress: show a progress bar (cases done, last case's mean Dice) on stderr when it is a terminal.
         regions: score these regions (name -> label values) instead of the labels; ``None``: the bundle's own
             ``regions`` (a region bundle), else per label; ``{}``: per label even for a region bundle.
     """
@@ -202,8 +201,8 @@ def evaluate_entries(
     rows = []
     names = predictor.label_names
     regions = _regions(predictor, options)
-    bar = tqdm(entries, unit="case", desc=None if fold is None else f"fold {fold}", disable=not options.progress)
-    with bar, logging_redirect_tqdm() if options.progress else nullcontext():
+    desc = None if fold is None else f"fold {fold}"
+    with progress_bar(entries, enabled=options.progress, unit="case", desc=desc) as bar:
         for entry in bar:
             case_rows = _evaluate_entry(predictor, entry, names, regions, options)
             extra = {"case": entry["case"], **({"fold": fold} if fold is not None else {})}
@@ -275,13 +274,14 @@ def evaluate_checkpoint(
         tracking_uri: MLflow store to log an evaluation run to; None logs nothing.
         options: metric, inference and tracking settings.
     """
+    started_ms = int(time.time() * 1000)
     options = options or EvaluationOptions()
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     entries = load_datalist(datalist, split, required_keys=("image", options.label_key))
     predictor = _predictor(bundle, checkpoints, options)
     rows = evaluate_entries(predictor, entries, options=options)
     ckpts = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, {"split": split}, ckpts)
+    return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, {"split": split}, ckpts, started_ms)
 
 
 def evaluate_folds(
@@ -304,6 +304,7 @@ def evaluate_folds(
     """
     if "{fold}" not in checkpoint_pattern:
         raise ValueError(f"checkpoint_pattern must contain '{{fold}}', got {checkpoint_pattern!r}")
+    started_ms = int(time.time() * 1000)
     options = options or EvaluationOptions()
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     keys = ("image", options.label_key)
@@ -321,7 +322,7 @@ def evaluate_folds(
         predictor = _predictor(bundle, ckpt, options)
         rows.extend(evaluate_entries(predictor, held_out, options=options, fold=k))
     params = {"split": "out_of_fold", "folds": folds, "fold_seed": seed}
-    return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, params, ckpts)
+    return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, params, ckpts, started_ms)
 
 
 def _predictor(
@@ -342,6 +343,7 @@ def _finish(
     datalist: str | Path,
     params: dict[str, Any],
     checkpoints: Sequence[str | Path],
+    started_ms: int,
 ) -> EvaluationResult:
     result = EvaluationResult(rows, summarize(rows), Path(out_dir))
     files = write_tables(result.rows, result.summary, result.out_dir)
@@ -352,7 +354,7 @@ def _finish(
         params.update({f"set.{key}": value for key, value in options.overrides.items()})
         result.run_id = log_evaluation(
             bundle, result, files, tracking_uri, datalist=datalist, checkpoints=checkpoints, params=params,
-            experiment_name=options.experiment_name, train_run_id=options.train_run_id,
+            experiment_name=options.experiment_name, train_run_id=options.train_run_id, start_time_ms=started_ms,
         )  # fmt: skip
     logger.info("%s", result.summary_line())
     return result

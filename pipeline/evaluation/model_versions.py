@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from pipeline.evaluation.compare import ComparisonTable, _client
+from pipeline.evaluation.compare import _client
+from pipeline.evaluation.table_format import ComparisonTable
 
 __all__ = ["model_versions"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.core.atomic import atomic_write_json, atomic_write_text
 from pipeline.core.bundle import Bundle
 from pipeline.evaluation.result import EvaluationResult
-from pipeline.tracking.run_tags import CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, run_tags
+from pipeline.tracking.run_tags import CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, run_page_url, run_tags, set_experiment_kind
 from pipeline.tracking.store import CONFIG_AS_RUN, new_run_name
 
 logger = logging.getLogger(__name__)
@@ -110,11 +110,14 @@ def find_training_run(client: Any, checkpoint: str | Path) -> str | None:
 def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):  # same layout as MONAI's MLFlowHandler: mlruns/ beside the db
-        location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+        experiment_id = experiment.experiment_id
+    else:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):  # same layout as MONAI's MLFlowHandler: mlruns/ beside the db
+            location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    set_experiment_kind(client, experiment_id)
+    return experiment_id
 
 
 def log_evaluation(
@@ -128,9 +131,13 @@ def log_evaluation(
     params: Mapping[str, Any],
     experiment_name: str = "clinseg",
     train_run_id: str | None = None,
+    start_time_ms: int | None = None,
 ) -> str:
     """Log an evaluation as a new MLflow run: per-label means as metrics, the tables as artifacts, the per-case
     rows as the table artifact ``evaluation/per_case.json``; linked to the training run(s) when known.
+
+    ``start_time_ms`` (epoch milliseconds) is when the evaluation began, so the run's duration is the
+    evaluation's, not the logging's; default: now.
 
     Returns:
         The evaluation run id.
@@ -150,6 +157,7 @@ def log_evaluation(
         tags[TRAIN_RUN_TAG] = ",".join(train_ids)
     run = client.create_run(
         _experiment_id(client, experiment_name, tracking_uri),
+        start_time=start_time_ms,
         run_name=new_run_name(f"{bundle.name}-eval"),
         tags=tags,
     )
@@ -176,5 +184,6 @@ def log_evaluation(
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-    logger.info("logged evaluation run %s to %s", run_id, tracking_uri)
+    page = run_page_url(tracking_uri, run.info.experiment_id, run_id)
+    logger.info("logged evaluation run %s to %s", run_id, page or tracking_uri)
     return run_id

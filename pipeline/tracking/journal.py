@@ -9,7 +9,8 @@ Every call is written here first (append-only, fsync'd) and replayed to MLflow b
     files/<seq>/    copies of artifacts taken when they were logged (model.pt changes later); deleted once uploaded
 
 Ops: ``run`` (tracking_uri, experiment, run_name), ``params``, ``tags``, ``metrics``, ``artifact`` (a file or a
-folder under ``files/``, artifact_path), ``register`` (registered model name, artifact_path), ``status``
+folder under ``files/``, artifact_path), ``model`` (an MLflow model folder under ``files/``, name: logged as an MLflow 3
+LoggedModel of the run), ``register`` (registered model name, artifact_path), ``status``
 (RUNNING, FINISHED, FAILED or KILLED, end_time).
 
 A (metric key, step) pair is journaled once: a resumed run that replays an interrupted epoch does not log its
@@ -165,17 +166,22 @@ class TrackingJournal:
 
     def log_artifact(self, local: str | Path, artifact_path: str | None = None) -> int:
         """Copy a file or folder into the journal now, and journal its upload under ``artifact_path``."""
+        return self._append_copy("artifact", local, artifact_path=artifact_path)
+
+    def log_model(self, local: str | Path, name: str) -> int:
+        """Copy an MLflow model folder into the journal now, and journal it as the run's LoggedModel ``name``."""
+        return self._append_copy("model", local, name=name)
+
+    def _append_copy(self, op: str, local: str | Path, **fields: Any) -> int:
         local = Path(local)
         if not local.exists():
-            raise FileNotFoundError(f"artifact {local} does not exist")
+            raise FileNotFoundError(f"{op} {local} does not exist")
         with self._lock:
             seq = len(self._records) + 1
             copy = self.folder / _FILES / str(seq) / local.name
             copy.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if local.is_dir() else shutil.copy2)(local, copy)
-            return self.append(
-                "artifact", local=str(copy.relative_to(self.folder)), artifact_path=artifact_path
-            )
+            return self.append(op, local=str(copy.relative_to(self.folder)), **fields)
 
     def drop_copy(self, record: Mapping[str, Any]) -> None:
         """Delete the copy of a synced artifact record (its folder ``files/<seq>``)."""
@@ -218,7 +224,7 @@ class TrackingJournal:
         counts: dict[str, int] = {}
         for record in self.pending():
             counts[record["op"]] = counts.get(record["op"], 0) + 1
-        names = {"metrics": "metrics records", "artifact": "artifacts", "params": "params records"}
+        names = {"metrics": "metrics records", "artifact": "artifacts", "params": "params records", "model": "models"}
         return ", ".join(f"{n} {names.get(op, op)}" for op, n in counts.items())
 
 

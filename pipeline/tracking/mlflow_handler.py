@@ -25,6 +25,7 @@ from monai.utils import flatten_dict
 
 from pipeline.tracking.store import new_run_name
 from pipeline.tracking.journal import TrackingJournal, open_run_journal
+from pipeline.tracking.run_tags import run_page_url
 from pipeline.tracking.sync import JournalReplayer, SyncPolicy, shared_replayer
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,12 @@ class ResilientMLFlowHandler(MLFlowHandler):
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
         self.cur_run = None
-        if not self.replayer.flush(wait=True):
+        if self.replayer.flush(wait=True):
+            state = self.journal.state
+            url = run_page_url(self.replayer.tracking_uri, state.get("experiment_id", ""), state.get("run_id"))
+            if url:
+                logger.info("MLflow run %s: %s", self.run_name, url)
+        else:
             logger.warning(
                 "MLflow run %s: %s not yet in %s (%s); they are kept in %s, replay with: clinseg tracking sync %s",
                 self.run_name, self.journal.describe_pending(), self.replayer.tracking_uri,

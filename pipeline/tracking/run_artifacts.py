@@ -10,10 +10,13 @@ logged once as a warning and never fails the training.
 Artifacts of a run::
 
     model/model.ts            TorchScript of the best checkpoint (torch.jit.load, no clinseg needed)
-    pytorch_model/            the same scripted network in MLflow's PyTorch flavour (mlflow.pytorch.load_model)
+    (logged model)            the same scripted network in MLflow's PyTorch flavour, an MLflow 3 LoggedModel named
+                              ``pytorch_model`` of the run (its "Logged models"; ``mlflow.pytorch.load_model``
+                              of ``runs:/<run_id>/pytorch_model`` or ``models:/<model_id>``)
     curves/loss.png           training loss per epoch
     curves/validation.png     per-class validation Dice and the learning rate vs epoch
-    overlays/<case>.png       predicted masks of the first validation cases (case ids, never patient names)
+    overlays/<case>.png       prediction over ground truth, case id and Dice, of the first validation cases
+                              (:mod:`pipeline.tracking.overlays`; case ids, never patient names)
 """
 
 from __future__ import annotations
@@ -32,18 +35,17 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline.core.checkpoint import network_from_checkpoint
-from pipeline.outputs.preview import render_preview
 from pipeline.tracking.journal import open_journal
-from transforms.regions import RegionsToLabels
+from pipeline.tracking.overlays import render_validation_overlays
 
 __all__ = [
     "RunArtifactsHandler",
     "epoch_loss_points",
     "export_torchscript",
+    "log_logged_model",
     "log_pytorch_model",
     "plot_training_curves",
     "register_model_version",
-    "render_validation_overlays",
     "save_pytorch_model",
 ]
 
@@ -175,59 +177,6 @@ def plot_training_curves(
     return written
 
 
-def _case_names(batch: dict[str, Any], count: int, start: int) -> list[str]:
-    names = batch.get("case")
-    if isinstance(names, (list, tuple)) and len(names) == count:
-        return [Path(str(n)).name for n in names]  # a bare id, never a path
-    return [f"validation_{start + i:03d}" for i in range(count)]
-
-
-@torch.no_grad()
-def render_validation_overlays(
-    network: nn.Module,
-    validator: Engine,
-    out_dir: str | Path,
-    class_names: Sequence[str],
-    max_cases: int = 3,
-    regions: Sequence[Sequence[int]] | None = None,
-) -> list[Path]:
-    """Overlay PNGs of ``network``'s prediction (argmax, or for region outputs the labels of
-    :class:`transforms.regions.RegionsToLabels`) on the first validation cases.
-
-    Uses the validator's (cached, preprocessed) data loader and its inferer, e.g. a sliding window; the
-    image shown is the preprocessed one (windowed CT, ``(1, X, Y[, Z])``) on its own grid; of a multi-channel
-    input, its first channel (the CT of the CT+MR fusion bundle, the reference grid).
-
-    Args:
-        network: the best network, on the validator's device, eval mode.
-        validator: MONAI ``SupervisedEvaluator`` (needs ``data_loader``, ``inferer``, ``device``).
-        out_dir: folder for ``<case>.png`` (the datalist's ``case`` id).
-        class_names: names of labels ``1..N`` for the legend.
-        max_cases: how many cases to render.
-        regions: label values per region, outermost first, when the network has one sigmoid output per region.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = {i + 1: str(name) for i, name in enumerate(class_names)}
-    device = getattr(validator, "device", torch.device("cpu"))
-    written: list[Path] = []
-    for batch in validator.data_loader:
-        images = batch["image"].to(device)
-        logits = validator.inferer(images, network)
-        if regions is None:
-            pred = logits.argmax(dim=1, keepdim=True)
-        else:
-            to_labels = RegionsToLabels(regions)
-            pred = torch.stack([to_labels(torch.sigmoid(item.float())) for item in logits])
-        for name, image, mask in zip(_case_names(batch, len(images), len(written)), images, pred):
-            written.append(
-                render_preview(image[:1].cpu(), mask.cpu(), None, labels, out_dir / f"{name}.png", title=name)
-            )
-            if len(written) >= max_cases:
-                return written
-    return written
-
-
 @contextlib.contextmanager
 def _quiet(name: str) -> Iterator[None]:
     """Raise logger ``name`` to ERROR for the duration of the block."""
@@ -263,9 +212,35 @@ def save_pytorch_model(
     return Path(path)
 
 
+def logged_model(client: Any, run_id: str, name: str) -> Any | None:
+    """The run's MLflow 3 LoggedModel called ``name`` (``None`` when it has none)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment_id], filter_string=f"name = '{name}'")
+    return next((m for m in found if m.source_run_id == run_id), None)
+
+
+def log_logged_model(client: Any, run_id: str, local_dir: str | Path, name: str) -> str:
+    """Log an MLflow model folder as the run's LoggedModel ``name`` (uploaded, READY, linked as the run's output),
+    as ``mlflow.pytorch.log_model(name=...)`` does; a model of that name and run is reused, so a replay makes no
+    twin. Returns its model id."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    run = client.get_run(run_id)
+    model = logged_model(client, run_id, name) or client.create_logged_model(
+        run.info.experiment_id, name=name, source_run_id=run_id, model_type="pytorch"
+    )
+    client.log_model_artifacts(model.model_id, str(local_dir))
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not any(o.model_id == model.model_id for o in outputs):
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
+
+
 def register_model_version(client: Any, run_id: str, name: str, artifact_path: str) -> None:
-    """Register ``runs:/<run_id>/<artifact_path>`` as a version of model ``name``, unless it already is (so a
-    replayed registration makes no second version)."""
+    """Register the run's LoggedModel ``artifact_path`` (``models:/<model_id>``; a run artifact folder of that
+    name for runs logged without one) as a version of model ``name``, unless it already is (so a replayed
+    registration makes no second version)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -273,10 +248,11 @@ def register_model_version(client: Any, run_id: str, name: str, artifact_path: s
     except MlflowException as error:
         if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    model = logged_model(client, run_id, artifact_path)
+    source = f"models:/{model.model_id}" if model else f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if not any(v.source == source for v in existing):
-        client.create_model_version(name, source, run_id=run_id)
+        client.create_model_version(name, source, run_id=run_id, model_id=model.model_id if model else None)
 
 
 def log_pytorch_model(
@@ -288,17 +264,17 @@ def log_pytorch_model(
     pip_requirements: Sequence[str] | None = None,
     registered_model_name: str | None = None,
 ) -> str:
-    """Log a scripted network as an MLflow PyTorch-flavour model under the run's artifacts; optionally register it.
+    """Log a scripted network as the run's PyTorch-flavour LoggedModel ``artifact_path``; optionally register it.
 
     Saved with :func:`save_pytorch_model` and uploaded with the given client, so no global MLflow state (active
     run, tracking URI) is touched.
 
     Returns:
-        The model URI ``runs:/<run_id>/<artifact_path>``.
+        The model URI ``runs:/<run_id>/<artifact_path>`` (MLflow resolves it to the LoggedModel).
     """
     with tempfile.TemporaryDirectory() as tmp:
         local = save_pytorch_model(scripted, Path(tmp) / artifact_path, pip_requirements)
-        client.log_artifacts(run_id, str(local), artifact_path)
+        log_logged_model(client, run_id, local, artifact_path)
     if registered_model_name:
         register_model_version(client, run_id, registered_model_name, artifact_path)
     return f"runs:/{run_id}/{artifact_path}"
@@ -374,7 +350,7 @@ class RunArtifactsHandler:
             scripted = export_torchscript(network, root / "model" / "model.ts")
             journal.log_artifact(root / "model" / "model.ts", "model")
             model_dir = save_pytorch_model(scripted, root / "pytorch_model", self.pip_requirements)
-            journal.log_artifact(model_dir, "pytorch_model")
+            journal.log_model(model_dir, "pytorch_model")
             if self.registered_model_name:
                 journal.register_model(self.registered_model_name, "pytorch_model")
             epoch_length = int(engine.state.epoch_length or 1)

@@ -1,4 +1,5 @@
-"""MLflow run tags that make a run findable: bundle, code version, data version, device and library versions.
+"""MLflow run tags that make a run findable: bundle, code version, data version, device and library versions;
+the experiment tag that opens an experiment in MLflow 3's model-training view.
 
 The dataset fingerprint hashes the datalist's split membership, relative file paths and file sizes, never
 file contents or the ``case`` field, so it identifies a dataset version without carrying patient identifiers.
@@ -7,6 +8,7 @@ file contents or the ``case`` field, so it identifies a dataset version without 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -23,6 +25,14 @@ RUN_TYPE_TAG = "clinseg.run_type"
 CKPT_DIR_TAG = "clinseg.ckpt_dir"
 TRAIN_RUN_TAG = "clinseg.train_run_id"
 FOLD_TAG = "fold"
+# MLflow 3.1-3.x UIs read this experiment tag to choose the experiment's view; without it, they infer one and may
+# show a GenAI "Traces / Latency" dashboard that files training runs under "Evaluations"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI ignores that tag: a GenAI / Model training switch, from the page's ``workflowType`` query
+# (else the browser's last choice, GenAI by default), picks the view, so the links clinseg prints carry it
+WORKFLOW_QUERY = "workflowType=machine_learning"
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pipeline/, transforms/, networks/
 
 
 def _files_of(path: Path) -> Iterator[Path]:
@@ -69,8 +79,8 @@ def dataset_fingerprint(datalist_file: str | Path) -> str:
     return f"sha256:{digest}"
 
 
-def git_commit(path: str | Path = ".") -> str:
-    """The commit hash of the git checkout holding ``path`` (``"unknown"`` outside git), ``+dirty`` if modified."""
+def git_commit(path: str | Path = ".") -> str | None:
+    """The commit hash of the git checkout holding ``path``, ``+dirty`` if modified; ``None`` outside git."""
     cwd = Path(path).resolve()
     cwd = cwd if cwd.is_dir() else cwd.parent
     try:
@@ -82,8 +92,43 @@ def git_commit(path: str | Path = ".") -> str:
             cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
     return head + ("+dirty" if dirty else "")
+
+
+def clinseg_commit() -> str | None:
+    """The commit of the running clinseg code: its git checkout's, else the commit pip recorded when it was
+    installed from git (``direct_url.json``); ``None`` when neither is known."""
+    commit = git_commit(_PACKAGE_ROOT)
+    if commit:
+        return commit
+    try:
+        direct_url = importlib.metadata.distribution("clinseg").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return json.loads(direct_url or "{}").get("vcs_info", {}).get("commit_id")
+
+
+def clinseg_version() -> str | None:
+    try:
+        return importlib.metadata.version("clinseg")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def set_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Tag the experiment for MLflow 3's model-training view, unless someone chose a kind already."""
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def run_page_url(tracking_uri: str | None, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or one of its runs) in the model-training view; ``None`` for a store
+    without a UI address (SQLite: open it with ``mlflow ui``, then choose "Model training")."""
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return None
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{tracking_uri.rstrip('/')}/#/{page}?{WORKFLOW_QUERY}"
 
 
 def run_tags(
@@ -105,7 +150,8 @@ def run_tags(
     Args:
         meta: the bundle's ``metadata.json`` content (``@_meta_``): name and version.
         datalist_file: the datalist trained or evaluated on, fingerprinted by :func:`dataset_fingerprint`.
-        bundle_root: folder inside the git checkout whose commit is recorded (default: working directory).
+        bundle_root: the bundle's folder; its git commit is tagged ``bundle.git_commit`` when it is in a checkout.
+            ``git.commit`` is always the commit of the clinseg code (:func:`clinseg_commit`), left out when unknown.
         device: the torch device the run used.
         run_type: ``"training"`` or ``"evaluation"``.
         fold: cross-validation fold, tagged as ``fold`` when given.
@@ -119,11 +165,16 @@ def run_tags(
         RUN_TYPE_TAG: run_type,
         "bundle.name": str((meta or {}).get("name", "")),
         "bundle.version": str((meta or {}).get("version", "")),
-        "git.commit": git_commit(bundle_root or "."),
         "device": str(device if device is not None else "cpu"),
         "torch.version": torch.__version__,
         "monai.version": monai.__version__,
     }
+    known = {
+        "git.commit": clinseg_commit(),
+        "clinseg.version": clinseg_version(),
+        "bundle.git_commit": git_commit(bundle_root) if bundle_root is not None else None,
+    }
+    tags.update({key: value for key, value in known.items() if value})
     if datalist_file is not None:
         tags["dataset.fingerprint"] = dataset_fingerprint(datalist_file)
     if fold is not None:

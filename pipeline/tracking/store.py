@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import secrets
 import sys
@@ -18,7 +18,7 @@ from monai.bundle import ConfigParser
 from pipeline.core.atomic import atomic_write_json
 
 DEFAULT_DB = "mlflow.db"
-CONFIG_AS_RUN = "config_run.json"  # the config as run, in the checkpoint folder: MLflow params and artifact
+CONFIG_AS_RUN = "config_run.json"  # the config as run, in the checkpoint folder: a run artifact
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -115,36 +115,21 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(list(value) if isinstance(value, tuple) else value)[:6000]
 
 
-def flatten_config(config: Mapping[str, Any], prefix: str = "config") -> dict[str, str]:
-    """A bundle config as flat MLflow params: ``config.train.handlers.3._target_`` -> value (``_meta_`` left out)."""
-    out: dict[str, str] = {}
-
-    def walk(key: str, value: Any) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                if k != "_meta_":
-                    walk(f"{key}.{k}", v)
-        elif isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in value):
-            for i, v in enumerate(value):
-                walk(f"{key}.{i}", v)
-        else:
-            out[key] = str(list(value) if isinstance(value, tuple) else value)[:6000]
-
-    walk(prefix, config)
-    return out
-
-
 def experiment_params(
     meta: Mapping[str, Any] | None = None, config_file: str | Path | None = None, **knobs: Any
 ) -> dict[str, str]:
-    """MLflow params: the bundle's name and version, the whole config as run (``config.*`` from
-    ``config_file``, see :func:`export_config_as_run`, when it exists) and the named knobs, resolved."""
+    """MLflow params a person reads: the bundle's name and version, the named knobs (resolved; a mapping such
+    as ``window`` as ``window.level``, ``window.width``) and ``config.sha256``, the digest of the config as run.
+
+    The whole config as run is not flattened into params (hundreds of resolved ids): ``config_file``
+    (:func:`export_config_as_run`) stays a run artifact (:func:`bundle_artifacts`), identified by its digest.
+    """
     params: dict[str, str] = {}
     if meta:
         params["bundle.name"] = str(meta.get("name", ""))
         params["bundle.version"] = str(meta.get("version", ""))
     if config_file is not None and Path(config_file).is_file():
-        params.update(flatten_config(json.loads(Path(config_file).read_text())))
+        params["config.sha256"] = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
     _flatten("", knobs, params)
     return params
 

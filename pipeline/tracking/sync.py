@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.tracking.journal import TrackingJournal, journal_dir_of, open_journal
+from pipeline.tracking.run_tags import set_experiment_kind
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class JournalReplayer:
                 str(error).splitlines()[0][:300],
             )  # fmt: skip
         self.journal.mark_synced(records[-1]["seq"])
-        if records[0]["op"] == "artifact":
+        if records[0]["op"] in {"artifact", "model"}:
             self.journal.drop_copy(records[0])
 
     def _run_id(self) -> str:
@@ -220,6 +221,14 @@ class JournalReplayer:
                 return
             upload = client.log_artifacts if local.is_dir() else client.log_artifact
             upload(self._run_id(), str(local), records[0]["artifact_path"])
+        elif op == "model":
+            from pipeline.tracking.run_artifacts import log_logged_model
+
+            local = self.journal.folder / records[0]["local"]
+            if not local.exists():
+                logger.warning("journal record %d: %s is gone (logged before?), skipped", records[0]["seq"], local)
+                return
+            log_logged_model(client, self._run_id(), local, records[0]["name"])
         elif op == "register":
             from pipeline.tracking.run_artifacts import register_model_version
 
@@ -236,7 +245,8 @@ class JournalReplayer:
             )
 
     def _open_run(self, record: dict[str, Any]) -> None:
-        """Find or create the experiment and the run (found by name first, so a lost answer makes no twin)."""
+        """Find or create the experiment (tagged for MLflow 3's model-training view) and the run (found by
+        name first, so a lost answer makes no twin)."""
         client = self._mlflow()
         if self.journal.state.get("run_id"):
             return
@@ -248,6 +258,7 @@ class JournalReplayer:
                 record["experiment"], artifact_location=_artifact_location(self.tracking_uri)
             )
         )
+        set_experiment_kind(client, experiment_id)
         found = client.search_runs(
             [experiment_id], filter_string=f"attributes.run_name = '{record['run_name']}'",
             order_by=["attributes.start_time DESC"], max_results=1,
