@@ -98,7 +98,8 @@ def _loopback(host: str) -> bool:
 
 def _peer(event) -> str:
     requestor = event.assoc.requestor
-    return f"{requestor.ae_title!s} at {requestor.address}:{requestor.port}"
+    aet = requestor.primitive.calling_ae_title if requestor.primitive is not None else requestor.ae_title
+    return f"{aet!s} at {requestor.address}:{requestor.port}"
 
 
 class StorageNode:
@@ -161,6 +162,7 @@ class StorageNode:
         if reason is not None:
             logger.warning("rejected an association from %s: out of resources: %s", _peer(event), reason)
             event.assoc.acse.send_reject(*REJECT_FULL)
+            event.assoc.kill()  # as pynetdicom's own rejections: waits until the A-ASSOCIATE-RJ is sent
 
     def _on_store(self, event) -> int:
         """``EVT_C_STORE``: spool the instance; 0xA700 when the spool is full, 0xC211 for a bad instance."""
