@@ -150,6 +150,7 @@ class StorageNode:
         self._waiting: dict[str, str] = {}
         self._gaps: dict[str, tuple[int, str | None]] = {}  # key -> (instances looked at, gap found)
         self._unverified: dict[str, str] = {}  # keys segmented now without a known count -> why
+        self._asked: dict[str, tuple[float, tuple[int, str] | None]] = {}  # key -> (when, count_from's answer)
         self._done = self.journal()  # this node is the journal's only writer: kept in memory after this read
         for key, record in self._done.items():  # spools written before .processed.json: their results stand
             if key in self.spool.series and not self.spool.processed(key) and record["status"] in RESULTS:
@@ -252,6 +253,15 @@ class StorageNode:
             return state.expected
         if self.count_from is None:
             return None
+        asked = self._asked.get(key)
+        if asked is not None and self.clock() - asked[0] < self.options.quiet_seconds:
+            return asked[1]  # the archive is asked at most once per quiet time
+        answer = self._ask_count(key)
+        self._asked[key] = (self.clock(), answer)
+        return answer
+
+    def _ask_count(self, key: str) -> tuple[int, str] | None:
+        """The instance count of ``count_from``'s series listing (``None``: not listed or not reachable)."""
         names = sorted(self.spool.names(key))
         uid = pydicom.dcmread(self.incoming / key / names[0], stop_before_pixels=True).SeriesInstanceUID
         try:
