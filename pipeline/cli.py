@@ -180,7 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         predictor, args.spool, args.output, push_to=push_to,
         count_from=_archive(args.count_from, args) if args.count_from else push_to,
         options=ServeOptions(args.ae_title, args.host, args.port, args.quiet_seconds, allow_aets=tuple(args.allow_aet),
-                             incomplete_seconds=args.incomplete_seconds),
+                             incomplete_seconds=args.incomplete_seconds, settle_seconds=args.settle_seconds),
         limits=limits, batch=batch,
     )  # fmt: skip
     node.serve_forever()
@@ -577,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--host is loopback")
     p.add_argument("--incomplete-seconds", type=float, default=600.0,
                    help="a series known to lack instances is journaled incomplete after this long quiet")
+    p.add_argument("--settle-seconds", type=float, default=60.0, help="further quiet before a series of unknown "
+                   "instance count is segmented (its result is journaled provisional)")
     p.add_argument("--max-spool-gb", type=float, help="refuse instances (status 0xA700) beyond this spool size")
     p.add_argument("--min-free-gb", type=float, default=1.0, help="refuse instances below this free disk space")
     p.add_argument("--keep-processed-minutes", type=float, default=60.0,

@@ -170,7 +170,8 @@ def test_serve_receives_a_series_and_returns_its_seg(orthanc, tiny_dataset, pred
     orthanc.clear()
     push_to = DimseArchive.parse(orthanc.dimse, calling_aet=NODE_AET)
     options = ServeOptions(
-        ae_title=NODE_AET, port=orthanc.node_port, quiet_seconds=1.0, poll_seconds=0.2, allow_aets=("SENDER",)
+        ae_title=NODE_AET, port=orthanc.node_port, quiet_seconds=1.0, poll_seconds=0.2, allow_aets=("SENDER",),
+        settle_seconds=1.0,
     )
     node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", push_to=push_to, options=options)
     thread = threading.Thread(target=node.serve_forever, daemon=True)

@@ -200,7 +200,7 @@ class Clock:
 def test_node_waits_for_quiet_released_series_and_never_reprocesses(series, tmp_path):
     _, datasets = series
     predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
-    options = ServeOptions(quiet_seconds=5)
+    options = ServeOptions(quiet_seconds=5, settle_seconds=30)
     node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=options, clock=clock)
     for ds in datasets:
         assert node.spool.store(ds, sender=1)
@@ -221,7 +221,7 @@ def test_node_waits_for_quiet_released_series_and_never_reprocesses(series, tmp_
 def test_an_interrupted_or_short_series_waits_then_is_incomplete(series, tmp_path):
     _, datasets = series
     predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
-    options = ServeOptions(quiet_seconds=1, incomplete_seconds=30)
+    options = ServeOptions(quiet_seconds=1, incomplete_seconds=30, settle_seconds=0)
     node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=options, clock=clock)
     for ds in datasets[:2]:
         node.spool.store(ds, sender=1)
@@ -256,8 +256,57 @@ def test_a_full_spool_refuses_with_out_of_resources(series, tmp_path):
     assert spool.store(datasets[0], sender=1)
     with pytest.raises(OutOfResources, match="limit"):
         spool.store(datasets[1], sender=1)
+    assert "its limit is" in spool.full()  # what a new association is rejected with
+    assert Spool(tmp_path / "roomy").full() is None
     with pytest.raises(OutOfResources, match="free on the spool's disk"):
         Spool(tmp_path / "other", SpoolLimits(min_free_bytes=2**62)).store(datasets[0], sender=1)
+
+
+def test_a_series_of_unknown_count_waits_the_settle_time_and_is_provisional(series, tmp_path):
+    _, datasets = series
+    predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", clock=clock,
+                       options=ServeOptions(quiet_seconds=2, settle_seconds=10))  # fmt: skip
+    key = case_key(SERIES)
+    for ds in datasets[:2]:  # a sender that released after half the series, count unknown
+        node.spool.store(ds, sender=1)
+    node.spool.ended(1, released=True)
+    clock.now += 3
+    assert not node._triage(key)  # quiet, but nothing says the series is whole: it settles
+    clock.now += 10
+    assert node._triage(key) and "unverified" in node._unverified[key]
+
+
+@pytest.mark.parametrize("keyword", ["NumberOfSeriesRelatedInstances", "ImagesInAcquisition"])
+def test_a_count_in_the_headers_makes_a_short_series_wait(series, tmp_path, keyword):
+    _, datasets = series
+    predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", clock=clock,
+                       options=ServeOptions(quiet_seconds=2, settle_seconds=0))  # fmt: skip
+    for ds in datasets[:2]:
+        setattr(ds, keyword, len(datasets))
+        node.spool.store(ds, sender=1)
+    node.spool.ended(1, released=True)
+    clock.now += 100
+    assert not node._triage(case_key(SERIES))
+    assert node._waiting[case_key(SERIES)] == f"2 of 4 instances received (the sender's {keyword})"
+
+
+@pytest.mark.parametrize("dropped, missing", [((), None), ((3,), "1 slice positions"), ((2, 3, 5), "3 slice")])
+def test_slice_gaps_within_the_received_range_make_a_series_wait(tmp_path, dropped, missing):
+    paths = write_dicom_series(np.zeros((4, 4, 8)), np.diag([1.0, 1.0, 2.5, 1.0]), tmp_path / "src",
+                               series_uid=SERIES, study_uid=STUDY, uid_seed="gaps")  # fmt: skip
+    predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", clock=clock,
+                       options=ServeOptions(quiet_seconds=2, settle_seconds=0))  # fmt: skip
+    for k, path in enumerate(paths):
+        if k not in dropped:
+            node.spool.store(pydicom.dcmread(path), sender=1)
+    node.spool.ended(1, released=True)
+    clock.now += 5
+    assert node._triage(case_key(SERIES)) == (missing is None)
+    if missing:
+        assert node._waiting[case_key(SERIES)].startswith(missing)
 
 
 def test_a_non_loopback_node_needs_an_allow_list(tmp_path):
@@ -280,10 +329,12 @@ def test_cli_serve_maps_flags_to_the_node(tmp_path, monkeypatch):
     argv = ["serve", str(BUNDLE), "--checkpoint", str(ckpt), "--device", "cpu", "--spool", str(tmp_path / "spool"),
             "--output", str(tmp_path / "out"), "--port", "11999", "--ae-title", "NODE", "--quiet-seconds", "3",
             "--push-to", "dimse:PACS@127.0.0.1:4242", "--calling-aet", "NODE", "--rtstruct", "--allow-aet", "CT1",
-            "--max-spool-gb", "2", "--min-free-gb", "0.5", "--incomplete-seconds", "60"]  # fmt: skip
+            "--max-spool-gb", "2", "--min-free-gb", "0.5", "--incomplete-seconds", "60", "--settle-seconds", "7"]  # fmt: skip
     assert main(argv) == 0
     (node,) = nodes
-    assert node.options == ServeOptions("NODE", "127.0.0.1", 11999, 3.0, allow_aets=("CT1",), incomplete_seconds=60)
+    assert node.options == ServeOptions(
+        "NODE", "127.0.0.1", 11999, 3.0, allow_aets=("CT1",), incomplete_seconds=60, settle_seconds=7
+    )
     assert node.allowed == ("CT1", "PACS") and node.count_from is node.push_to
     assert node.spool.limits.max_bytes == 2 * 1024**3 and node.spool.limits.min_free_bytes == 1024**3 // 2
     assert node.push_to.label == "dimse:PACS@127.0.0.1:4242" and node.push_to.calling_aet == "NODE"

@@ -1,29 +1,35 @@
 """``clinseg serve`` never segments half a series (issue 26), against a real Orthanc and a pynetdicom sender:
-a sender pausing longer than the quiet time, a node stopped mid-series and restarted before the resend,
-unknown AE titles refused, and a full spool answering 0xA700."""
+a sender pausing longer than the quiet time (within one association, or between two with the count known from
+the headers, the archive, slice gaps or not at all), a node stopped mid-series and restarted before the resend,
+unknown AE titles refused, a full spool rejecting associations and answering 0xA700, pruning and ``stale``,
+and a wrong password's push failure."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
+import nibabel as nib
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from pipeline.pacs.cache import case_key
+from pipeline.pacs.connect import open_archive
+from pipeline.pacs.credentials import ENV_PASSWORD, ENV_USER, load_credentials
 from pipeline.pacs.dimse import DimseArchive
 from pipeline.pacs.serve import OUT_OF_RESOURCES, ServeOptions, StorageNode
 from pipeline.pacs.spool import RECEIVING, SpoolLimits
-from tests.orthanc_server import NODE_AET, orthanc  # noqa: F401
+from tests.orthanc_server import NODE_AET, USER, orthanc  # noqa: F401
 from tests.test_pacs_orthanc import CASES, _results_in_orthanc, _series_uid, ckpt, predictor  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-QUIET = 1.0
+QUIET, SETTLE = 1.0, 3.0
 
 
 def _slices(tiny_dataset) -> list[Path]:
@@ -73,11 +79,19 @@ def _wait_for(condition, seconds: float = 180) -> bool:
     return condition()
 
 
-def _node(predictor, tmp_path, orthanc, **kwargs):  # noqa: F811
+def _node(predictor, tmp_path, orthanc, push_to=None, **kwargs):  # noqa: F811
     options = ServeOptions(ae_title=NODE_AET, port=orthanc.node_port, quiet_seconds=QUIET, poll_seconds=0.2,
-                           allow_aets=("SENDER",))  # fmt: skip
-    push_to = DimseArchive.parse(orthanc.dimse, calling_aet=NODE_AET)
+                           allow_aets=("SENDER",), settle_seconds=SETTLE)  # fmt: skip
+    push_to = push_to or DimseArchive.parse(orthanc.dimse, calling_aet=NODE_AET)
     return StorageNode(predictor, tmp_path / "spool", tmp_path / "out", push_to=push_to, options=options, **kwargs)
+
+
+def _send(port: int, datasets) -> list[int]:
+    """C-STORE ``datasets`` (paths or datasets) on one new association, released; the statuses."""
+    assoc = _sender(port)
+    statuses = [assoc.send_c_store(pydicom.dcmread(d) if isinstance(d, Path) else d).Status for d in datasets]
+    assoc.release()
+    return statuses
 
 
 def _seg_references(orthanc) -> list[int]:  # noqa: F811
@@ -106,8 +120,8 @@ def test_a_sender_pausing_longer_than_the_quiet_time_gets_one_whole_series(ortha
     finally:
         _stop(node, thread)
     key = case_key(_series_uid(slices[0].parent)[1])
-    record = node.journal()[key]
-    assert record["status"] == "ok" and record["instances"] == len(slices) and record["push"] == "pushed"
+    record = node.journal()[key]  # nothing told the count: provisional, after the settle time
+    assert record["status"] == "provisional" and record["instances"] == len(slices) and record["push"] == "pushed"
     assert _seg_references(orthanc) == [len(slices)]
 
 
@@ -141,7 +155,7 @@ def test_a_node_stopped_mid_series_waits_for_the_resend_then_segments_it_whole(o
     finally:
         _stop(restarted, thread)
     record = restarted.journal()[key]
-    assert record["status"] == "ok" and record["revision"] == 2 and record["instances"] == len(slices) + 1
+    assert record["status"] == "provisional" and record["revision"] == 2 and record["instances"] == len(slices) + 1
     assert sorted(_seg_references(orthanc)) == [len(slices), len(slices) + 1]
 
 
@@ -171,3 +185,148 @@ def test_a_full_spool_answers_out_of_resources(orthanc, tiny_dataset, predictor,
     finally:
         _stop(node, thread)
     assert statuses[:2] == [0, 0] and set(statuses[2:]) == {OUT_OF_RESOURCES}
+
+
+def test_a_release_then_a_pause_within_the_settle_time_gets_one_whole_series(orthanc, tiny_dataset, predictor, tmp_path):  # noqa: F811
+    orthanc.clear()
+    slices = _slices(tiny_dataset)
+    half = len(slices) // 2
+    node = _node(predictor, tmp_path, orthanc)
+    thread = _run(node)
+    try:
+        assert set(_send(orthanc.node_port, slices[:half])) == {0}
+        time.sleep(QUIET + 1)  # past the quiet time, within the settle time: the count is unknown, it settles
+        assert node.journal() == {} and not _seg_references(orthanc)
+        assert set(_send(orthanc.node_port, slices[half:])) == {0}  # the rest, on a new association
+        assert _wait_for(lambda: _seg_references(orthanc))
+    finally:
+        _stop(node, thread)
+    (record,) = node.journal().values()
+    assert record["status"] == "provisional" and record["instances"] == len(slices) and record["revision"] == 1
+    assert _seg_references(orthanc) == [len(slices)]
+
+
+def test_a_pause_past_the_settle_time_is_provisional_and_the_rest_supersedes_it(orthanc, tiny_dataset, predictor, tmp_path):  # noqa: F811
+    orthanc.clear()
+    slices = _slices(tiny_dataset)
+    half = len(slices) // 2
+    key = case_key(_series_uid(slices[0].parent)[1])
+    node = _node(predictor, tmp_path, orthanc)
+    thread = _run(node)
+    try:
+        assert set(_send(orthanc.node_port, slices[:half])) == {0}
+        assert _wait_for(lambda: key in node.journal())  # nothing can tell these are half a series
+        first = node.journal()[key]
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert set(_send(orthanc.node_port, slices[half:])) == {0}
+        assert _wait_for(lambda: len(_seg_references(orthanc)) == 2)
+    finally:
+        _stop(node, thread)
+    assert first["status"] == "provisional" and first["instances"] == half and "unverified" in first["count"]
+    (case,) = report["cases"]
+    assert any(w.startswith("provisional:") for w in case["warnings"])
+    record = node.journal()[key]  # the late half: the whole series again, superseding, pushed again
+    assert record["status"] == "provisional" and record["revision"] == 2 and record["instances"] == len(slices)
+    assert record["push"] == "pushed" and sorted(_seg_references(orthanc)) == [half, len(slices)]
+    assert nib.load(tmp_path / "out" / key / "seg.nii.gz").shape[2] == len(slices)
+
+
+def _with(path: Path, **tags) -> pydicom.Dataset:
+    ds = pydicom.dcmread(path)
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("hint", ["NumberOfSeriesRelatedInstances", "ImagesInAcquisition", "archive", "gap"])
+def test_a_known_count_or_a_slice_gap_holds_a_released_part_series(orthanc, tiny_dataset, predictor, tmp_path, hint):  # noqa: F811
+    orthanc.clear()
+    slices = _slices(tiny_dataset)
+    n, key = len(slices), case_key(_series_uid(slices[0].parent)[1])
+    count_from = None
+    if hint == "archive":  # the archive already holds the series: its listing gives the count
+        orthanc.upload(slices)
+        count_from = DimseArchive.parse(orthanc.dimse, calling_aet=NODE_AET)
+    tags = {hint: n} if hint.startswith(("Number", "Images")) else {}
+    first = [_with(p, **tags) for p in slices]
+    first, rest = (first[:4] + first[6:], first[4:6]) if hint == "gap" else (first[: n // 2], first[n // 2 :])
+    node = _node(predictor, tmp_path, orthanc, count_from=count_from)
+    thread = _run(node)
+    try:
+        assert set(_send(orthanc.node_port, first)) == {0}
+        time.sleep(QUIET + SETTLE + 2)  # past the quiet and the settle time: still held
+        assert node.journal() == {} and not _seg_references(orthanc)
+        waiting = node._waiting[key]
+        assert set(_send(orthanc.node_port, rest)) == {0}
+        assert _wait_for(lambda: key in node.journal())
+    finally:
+        _stop(node, thread)
+    expected = {"archive": f"({count_from.label if count_from else ''}'s series listing)",
+                "gap": "2 slice positions missing"}.get(hint, f"(the sender's {hint})")  # fmt: skip
+    assert expected in waiting
+    record = node.journal()[key]
+    assert record["instances"] == n and record["status"] == ("provisional" if hint == "gap" else "ok")
+
+
+def test_a_full_spool_rejects_new_associations(orthanc, tiny_dataset, predictor, tmp_path, caplog):  # noqa: F811
+    slices = _slices(tiny_dataset)
+    node = _node(predictor, tmp_path, orthanc, limits=SpoolLimits(max_bytes=2 * slices[0].stat().st_size))
+    thread = _run(node)
+    try:
+        statuses = _send(orthanc.node_port, slices[:3])  # this association fills the spool mid-way: 0xA700
+        refused = _sender(orthanc.node_port)
+    finally:
+        _stop(node, thread)
+    assert statuses == [0, 0, OUT_OF_RESOURCES] and refused.is_rejected
+    rj = refused.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit exceeded
+    assert "rejected an association from SENDER at 127.0.0.1" in caplog.text and "its limit is" in caplog.text
+
+
+def test_a_safe_result_is_pruned_duplicates_dropped_and_a_late_instance_is_stale(orthanc, tiny_dataset, predictor, tmp_path):  # noqa: F811
+    orthanc.clear()
+    slices = _slices(tiny_dataset)
+    key = case_key(_series_uid(slices[0].parent)[1])
+    folder = tmp_path / "spool" / "incoming" / key
+    node = _node(predictor, tmp_path, orthanc, limits=SpoolLimits(keep_seconds=0))
+    thread = _run(node)
+    try:
+        assert set(_send(orthanc.node_port, slices)) == {0}
+        assert _wait_for(lambda: node.spool.processed(key).get("pruned"))  # pushed, then pruned
+        assert not list(folder.glob("*.dcm")) and node.journal()[key]["push"] == "pushed"
+        assert set(_send(orthanc.node_port, slices)) == {0}  # a resend of the same instances
+        assert _wait_for(lambda: not list(folder.glob("*.dcm")))  # duplicates dropped, nothing reprocessed
+        assert node.journal()[key]["revision"] == 1
+        assert _send(orthanc.node_port, [_next_slice(slices)]) == [0]
+        assert _wait_for(lambda: node.journal()[key]["status"] == "stale")
+    finally:
+        _stop(node, thread)
+    assert "1 late instances arrived after the series' instances were pruned" in node.journal()[key]["error"]
+    assert _seg_references(orthanc) == [len(slices)]
+
+
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_a_wrong_password_fails_the_push_naming_the_source_not_the_secret(orthanc, tiny_dataset, predictor, tmp_path, monkeypatch, caplog, source):  # noqa: F811
+    orthanc.clear()
+    slices = _slices(tiny_dataset)
+    secret = "not-the-password-42"
+    if source == "file":
+        path = tmp_path / "pacs.json"
+        path.write_text(json.dumps({"username": USER, "password": secret}))
+        credentials, named = load_credentials(path), f"--credentials file {path}"
+    else:
+        credentials = load_credentials(environ={ENV_USER: USER, ENV_PASSWORD: secret})
+        named = f"{ENV_USER}/{ENV_PASSWORD}"
+    push_to = open_archive(f"dicomweb:{orthanc.dicomweb}", credentials=credentials)
+    node = _node(predictor, tmp_path, orthanc, push_to=push_to)
+    thread = _run(node)
+    try:
+        assert set(_send(orthanc.node_port, slices)) == {0}
+        assert _wait_for(lambda: node.journal())
+    finally:
+        _stop(node, thread)
+    (record,) = node.journal().values()
+    assert record["push"] == "failed" and "HTTP 401" in record["push_error"]
+    assert f"refused the credentials from {named}" in record["push_error"]
+    spool_text = (tmp_path / "spool" / "journal.jsonl").read_text()
+    assert secret not in spool_text + caplog.text + (tmp_path / "out" / "report.json").read_text()

@@ -3,15 +3,21 @@ the results.
 
 Spool layout (survives restarts): :mod:`pipeline.pacs.spool`, plus::
 
-    SPOOL/journal.jsonl    one line per outcome of a series (ok, failed, incomplete, stale) and per push retry
+    SPOOL/journal.jsonl    one line per outcome of a series (ok, provisional, failed, incomplete, stale) and per
+                           push retry
 
 A series is segmented only when it is complete:
 
 - every association that sent into it was released (an abort, a dropped connection or a node restart while one
   was open leaves it waiting for a resend; after ``incomplete_seconds`` it is journaled ``incomplete``);
 - no instance arrived for ``quiet_seconds`` by this process's clock (after a restart: counted from the restart);
-- as many instances as the sender (``NumberOfSeriesRelatedInstances``) or the ``count_from`` archive's series
-  listing reports, where either does; slice gaps make the load fail with the missing positions named.
+- as many instances as the sender (``NumberOfSeriesRelatedInstances`` or ``ImagesInAcquisition``) or the
+  ``count_from`` archive's series listing reports, where either does, and no gap in the slice positions.
+
+Where no count is known, nothing can prove the series whole: it is segmented only after a further
+``settle_seconds`` of quiet and journaled ``provisional`` (pushed, but marked in the journal and the report);
+any later instance supersedes it. A full spool rejects new associations (A-ASSOCIATE-RJ, transient, local limit
+exceeded) and answers 0xA700 to the C-STOREs of an association that fills it.
 
 New instances of a processed series reprocess the whole series (a new revision superseding the old, pushed
 again); if the series' instances were already pruned, the series is journaled ``stale`` until resent whole.
@@ -40,6 +46,7 @@ from pipeline.batch.runner import BatchOptions, predict_folder
 from pipeline.core.atomic import clear_complete
 from pipeline.inference.predictor import Predictor
 from pipeline.pacs.archive import Archive
+from pipeline.pacs.completeness import slice_gaps
 from pipeline.pacs.dimse import IMAGE_STORAGE
 from pipeline.pacs.push import push_case, result_names
 from pipeline.pacs.spool import OutOfResources, SeriesState, Spool, SpoolLimits
@@ -51,6 +58,9 @@ logger = logging.getLogger(__name__)
 JOURNAL = "journal.jsonl"
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0xA700, 0xC211
 _SAFE_PUSH = ("pushed", "already", "nothing")
+RESULTS = ("ok", "provisional")  # journal states of a written result
+# A-ASSOCIATE-RJ: rejected-transient, by the presentation service provider, local limit exceeded
+REJECT_FULL = (0x02, 0x03, 0x02)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class ServeOptions:
         poll_seconds: how often complete series are looked for.
         allow_aets: calling AE titles accepted (with the ``push_to`` archive's); empty: any, on loopback only.
         incomplete_seconds: a series known to be incomplete is journaled ``incomplete`` after this long quiet.
+        settle_seconds: further quiet a series of unknown instance count waits before it is segmented (its
+            result is journaled ``provisional``).
     """
 
     ae_title: str = "CLINSEG"
@@ -74,6 +86,7 @@ class ServeOptions:
     poll_seconds: float = 1.0
     allow_aets: tuple[str, ...] = ()
     incomplete_seconds: float = 600.0
+    settle_seconds: float = 60.0
 
 
 def _loopback(host: str) -> bool:
@@ -85,7 +98,8 @@ def _loopback(host: str) -> bool:
 
 def _peer(event) -> str:
     requestor = event.assoc.requestor
-    return f"{requestor.ae_title!s} at {requestor.address}:{requestor.port}"
+    aet = requestor.primitive.calling_ae_title if requestor.primitive is not None else requestor.ae_title
+    return f"{aet!s} at {requestor.address}:{requestor.port}"
 
 
 class StorageNode:
@@ -134,12 +148,23 @@ class StorageNode:
         self._lock = threading.Lock()
         self._server_lock = threading.Lock()
         self._waiting: dict[str, str] = {}
+        self._gaps: dict[str, tuple[int, str | None]] = {}  # key -> (instances looked at, gap found)
+        self._unverified: dict[str, str] = {}  # keys segmented now without a known count -> why
+        self._asked: dict[str, tuple[float, tuple[int, str] | None]] = {}  # key -> (when, count_from's answer)
         self._done = self.journal()  # this node is the journal's only writer: kept in memory after this read
         for key, record in self._done.items():  # spools written before .processed.json: their results stand
-            if key in self.spool.series and not self.spool.processed(key) and record["status"] == "ok":
+            if key in self.spool.series and not self.spool.processed(key) and record["status"] in RESULTS:
                 self.spool.mark_processed(key, self.spool.names(key), safe=record.get("push") != "failed")
 
     # receiving
+    def _on_requested(self, event) -> None:
+        """``EVT_REQUESTED``: reject a new association while the spool is full (the sender retries later)."""
+        reason = self.spool.full()
+        if reason is not None:
+            logger.warning("rejected an association from %s: out of resources: %s", _peer(event), reason)
+            event.assoc.acse.send_reject(*REJECT_FULL)
+            event.assoc.kill()  # as pynetdicom's own rejections: waits until the A-ASSOCIATE-RJ is sent
+
     def _on_store(self, event) -> int:
         """``EVT_C_STORE``: spool the instance; 0xA700 when the spool is full, 0xC211 for a bad instance."""
         try:
@@ -165,6 +190,7 @@ class StorageNode:
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, lambda e: self.spool.ended(id(e.assoc), released=True)),
             (evt.EVT_ABORTED, lambda e: self.spool.ended(id(e.assoc), released=False)),
@@ -224,9 +250,18 @@ class StorageNode:
     def _expected(self, key: str, state: SeriesState) -> tuple[int, str] | None:
         """How many instances the series has and who says so, where the sender or ``count_from`` tells."""
         if state.expected is not None:
-            return state.expected, "the sender's NumberOfSeriesRelatedInstances"
+            return state.expected
         if self.count_from is None:
             return None
+        asked = self._asked.get(key)
+        if asked is not None and self.clock() - asked[0] < self.options.quiet_seconds:
+            return asked[1]  # the archive is asked at most once per quiet time
+        answer = self._ask_count(key)
+        self._asked[key] = (self.clock(), answer)
+        return answer
+
+    def _ask_count(self, key: str) -> tuple[int, str] | None:
+        """The instance count of ``count_from``'s series listing (``None``: not listed or not reachable)."""
         names = sorted(self.spool.names(key))
         uid = pydicom.dcmread(self.incoming / key / names[0], stop_before_pixels=True).SeriesInstanceUID
         try:
@@ -247,6 +282,13 @@ class StorageNode:
         expected = self._expected(key, state)
         if expected is not None and len(names) < expected[0]:
             return f"{len(names)} of {expected[0]} instances received ({expected[1]})"
+        if self._gaps.get(key, (None,))[0] != len(names):
+            self._gaps[key] = (len(names), slice_gaps(self.incoming / key, names))
+        gaps = self._gaps[key][1]
+        if gaps is not None:
+            return gaps
+        if expected is None:
+            self._unverified[key] = "no instance count from the sender or an archive; the count is unverified"
         return None
 
     def _triage(self, key: str) -> bool:
@@ -268,9 +310,10 @@ class StorageNode:
             self._settle(key, "stale", f"{len(names - before)} late instances arrived after the series' "
                          "instances were pruned; resend the whole series to reprocess it")  # fmt: skip
             return False
+        self._unverified.pop(key, None)
         missing = self._missing(key, state, names)
         if missing is None:
-            return True
+            return key not in self._unverified or quiet >= self.options.quiet_seconds + self.options.settle_seconds
         if quiet >= self.options.incomplete_seconds:
             self._settle(key, "incomplete", missing)
         elif self._waiting.get(key) != missing:
@@ -288,7 +331,7 @@ class StorageNode:
         """Segment (and push) every complete series, retry failed pushes, prune what is safe; the keys segmented."""
         with self._lock:
             keys = [k for k in sorted(self.spool.series) if self._triage(k)]
-            retry = [k for k, r in self._done.items() if r["status"] == "ok" and r.get("push") == "failed"]
+            retry = [k for k, r in self._done.items() if r["status"] in RESULTS and r.get("push") == "failed"]
             if keys or retry:
                 self._process(keys, [k for k in retry if k not in keys])
             self.spool.prune()
@@ -305,22 +348,33 @@ class StorageNode:
         for k, record in done.items():  # keeps report.json cumulative; finished cases are only skipped
             if k in keys:
                 continue
-            if record["status"] == "ok":
+            if record["status"] in RESULTS:
                 cases.append(Case(k, {key_name: str(self.incoming / k)}, "dicom"))
             else:
                 cases.append(Case(k, {}, "missing", f"{record['status']}: {record.get('error')}"))
         report = predict_folder(self.predictor, cases, self.output, options=self.batch)
         results = {r.case: r for r in report.results}
+        provisional = {k for k in keys if k in self._unverified} | {
+            k for k, r in done.items() if k not in keys and r["status"] == "provisional"
+        }
+        for key in provisional & set(results):
+            results[key].warnings.append(f"provisional: {self._unverified.get(key) or done[key].get('count')}")
+        if provisional:
+            report.write()
         for key in keys + retry:
             result, earlier = results[key], done.get(key, {})
             if key in keys:
+                status = "provisional" if key in self._unverified else "ok"
+                status = "failed" if result.status == "failed" else status
                 record = {
-                    "case": key, "status": "ok" if result.status != "failed" else "failed", "error": result.error,
-                    "instances": len(snapshot[key]), "revision": earlier.get("revision", 0) + 1,
+                    "case": key, "status": status, "error": result.error, "instances": len(snapshot[key]),
+                    "revision": earlier.get("revision", 0) + 1,
                 }  # fmt: skip
+                if status == "provisional":
+                    record["count"] = self._unverified[key]
             else:
                 record = {k: v for k, v in earlier.items() if k not in ("push", "push_error")}
-            if self.push_to is not None and record["status"] == "ok":
+            if self.push_to is not None and record["status"] in RESULTS:
                 pushed = push_case(self.output / key, self.push_to, result_names(self.batch.outputs))
                 record.update(push=pushed.status, push_error=pushed.error)
             self._append(record)

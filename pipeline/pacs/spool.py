@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 
 from pipeline.core.atomic import atomic_write_json
 from pipeline.pacs.cache import case_key, instance_name, write_instance
+from pipeline.pacs.completeness import sender_count
 
 __all__ = ["GIB", "PROCESSED", "RECEIVING", "OutOfResources", "SeriesState", "Spool", "SpoolLimits"]
 
@@ -66,7 +67,7 @@ class SeriesState:
     senders: set[int] = field(default_factory=set)
     interrupted: bool = False
     pending: bool = False
-    expected: int | None = None
+    expected: tuple[int, str] | None = None
     processed_at: float | None = None
 
 
@@ -125,22 +126,29 @@ class Spool:
                 (folder / RECEIVING).touch()
             self.bytes += write_instance(ds, folder).stat().st_size
             state.pending = True
-            count = ds.get("NumberOfSeriesRelatedInstances")
-            if count not in (None, ""):
-                state.expected = int(count)
+            state.expected = sender_count(ds) or state.expected
         return True
 
+    def full(self) -> str | None:
+        """Why nothing more can be accepted (``None``: there is room); safe results are pruned first."""
+        with self._lock:
+            limit = self.limits.max_bytes
+            if limit is not None and self.bytes >= limit:
+                self.prune(lambda key, s: True)  # results already safe make room first
+            if limit is not None and self.bytes >= limit:
+                return f"the spool holds {self.bytes / GIB:.3f} GiB, its limit is {limit / GIB:.3f} GiB"
+            free = shutil.disk_usage(self.incoming).free
+            if free < self.limits.min_free_bytes:
+                return (
+                    f"{free / GIB:.3f} GiB free on the spool's disk, the floor is "
+                    f"{self.limits.min_free_bytes / GIB:.3f}"
+                )
+            return None
+
     def _check_room(self) -> None:
-        limit = self.limits.max_bytes
-        if limit is not None and self.bytes >= limit:
-            self.prune(lambda key, s: True)  # results already safe make room first
-        if limit is not None and self.bytes >= limit:
-            raise OutOfResources(f"the spool holds {self.bytes / GIB:.3f} GiB, its limit is {limit / GIB:.3f} GiB")
-        free = shutil.disk_usage(self.incoming).free
-        if free < self.limits.min_free_bytes:
-            raise OutOfResources(
-                f"{free / GIB:.3f} GiB free on the spool's disk, the floor is {self.limits.min_free_bytes / GIB:.3f}"
-            )
+        reason = self.full()
+        if reason is not None:
+            raise OutOfResources(reason)
 
     def ended(self, sender: int, *, released: bool) -> None:
         """Association ``sender`` ended: ``released`` normally, else aborted or its connection dropped (the
