@@ -18,7 +18,7 @@ from pipeline.batch.runner import predict_folder
 from pipeline.cli import main
 from pipeline.core.bundle import Bundle, BundleError
 from pipeline.core.checkpoint import CheckpointError
-from pipeline.inference.options import InferenceOptions
+from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.inference.zoo_bundle import ZooBundle, is_zoo_layout, open_bundle
 from pipeline.synthetic.dicom_series import write_dicom_series
@@ -123,6 +123,20 @@ def test_label_names_from_metadata_reach_volumes_and_report(zoo):
     assert all(name in html for name in case.labels.values())
 
 
+def test_clinseg_flags_apply_to_a_zoo_bundle_and_restore_is_the_bundles(zoo):
+    from scipy import ndimage
+
+    case, root, src, _, _, _ = zoo
+    labels = sorted(case.labels)
+    options = InferenceOptions(roi_size=ROI, device="cpu", amp=False, tta=True)
+    predictor = Predictor.from_bundle(root, options=options, postprocess=PostprocessOptions(keep_largest=labels))
+    mask = predictor.predict(src / "case_1" / "image.nii.gz").labels.numpy()[0]
+    assert predictor.settings()["tta"] and predictor.postprocess.active
+    assert all(ndimage.label(mask == v, structure=np.ones((3, 3, 3)))[1] <= 1 for v in labels)
+    with pytest.raises(ValueError, match="restore needs a RestoreToInputd step"):
+        Predictor.from_bundle(root, options=InferenceOptions(roi_size=ROI, device="cpu", restore="nearest"))
+
+
 @pytest.mark.parametrize("bundle", ["ct_organ_resunet3d", "ct_lesion_denseunet2d"])
 def test_clinseg_bundles_are_not_taken_for_zoo_bundles(bundle):
     assert not is_zoo_layout(BUNDLES / bundle)
@@ -175,3 +189,33 @@ def test_clinseg_predict_runs_a_zoo_bundle_folder(zoo, tmp_path):
             "--device", "cpu", "--no-amp", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads((out / "report.json").read_text())["counts"]["ok"] == 3
+
+
+def _network_image(input_affine: np.ndarray, shape: tuple[int, ...]):
+    """A preprocessed image on a 2x finer grid whose meta names the input grid (as LoadScand + Spacingd leave it)."""
+    from monai.data import MetaTensor
+
+    fine = input_affine.copy()
+    fine[:3, :3] /= 2
+    meta = {"spatial_shape": np.array(shape), "original_affine": input_affine, "affine": torch.as_tensor(fine)}
+    return MetaTensor(torch.zeros(1, *[2 * n for n in shape]), meta=meta)
+
+
+@pytest.mark.parametrize("on_input_grid", [True, False])
+def test_zoo_grid_check_keeps_an_inverted_map_and_resamples_any_other(on_input_grid):
+    from monai.data import MetaTensor
+
+    from pipeline.inference.zoo_restore import ZooInputGridd
+
+    affine, shape = _affines(2.0)[1], (5, 4, 3)
+    image = _network_image(affine, shape)
+    labels = torch.arange(60, dtype=torch.float32).reshape(1, *shape) % 3
+    if on_input_grid:  # as the zoo's Invertd leaves it: input shape and affine
+        pred = MetaTensor(labels + 0.2, affine=torch.as_tensor(affine))
+    else:  # still on the network grid (no Invertd): each input voxel covers 2x2x2 network voxels
+        fine = labels.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
+        pred = MetaTensor(fine, affine=image.affine)
+    out = ZooInputGridd("pred")({"image": image, "pred": pred})["pred"]
+    assert out.dtype == torch.uint8 and tuple(out.shape) == (1, *shape)
+    np.testing.assert_allclose(out.affine.numpy(), affine, atol=1e-4)
+    torch.testing.assert_close(out.as_tensor(), labels.to(torch.uint8))
