@@ -4,6 +4,7 @@ masks on each input's grid (NIfTI and DICOM), label names from metadata.json in 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,10 @@ def test_label_names_from_metadata_reach_volumes_and_report(zoo):
     assert all(name in html for name in case.labels.values())
 
 
-def test_clinseg_flags_apply_to_a_zoo_bundle_and_restore_is_the_bundles(zoo):
+def test_clinseg_flags_apply_to_a_zoo_bundle_and_restore_is_the_bundles(zoo, caplog):
     from scipy import ndimage
 
+    caplog.set_level(logging.INFO, logger="pipeline.inference.zoo_restore")
     case, root, src, _, _, _ = zoo
     labels = sorted(case.labels)
     options = InferenceOptions(roi_size=ROI, device="cpu", amp=False, tta=True)
@@ -133,6 +135,7 @@ def test_clinseg_flags_apply_to_a_zoo_bundle_and_restore_is_the_bundles(zoo):
     mask = predictor.predict(src / "case_1" / "image.nii.gz").labels.numpy()[0]
     assert predictor.settings()["tta"] and predictor.postprocess.active
     assert all(ndimage.label(mask == v, structure=np.ones((3, 3, 3)))[1] <= 1 for v in labels)
+    assert "not on the input grid" not in caplog.text  # the bundle's own Invertd brought it back
     with pytest.raises(ValueError, match="restore needs a RestoreToInputd step"):
         Predictor.from_bundle(root, options=InferenceOptions(roi_size=ROI, device="cpu", restore="nearest"))
 
@@ -141,6 +144,19 @@ def test_clinseg_flags_apply_to_a_zoo_bundle_and_restore_is_the_bundles(zoo):
 def test_clinseg_bundles_are_not_taken_for_zoo_bundles(bundle):
     assert not is_zoo_layout(BUNDLES / bundle)
     assert type(open_bundle(BUNDLES / bundle)) is Bundle
+
+
+def test_a_zoo_bundle_with_yaml_configs_resolves(tmp_path):
+    import yaml
+
+    case = CASES[1]
+    root = _zoo_copy(case, tmp_path)
+    config = root / "configs" / "inference.json"
+    (root / "configs" / "inference.yaml").write_text(yaml.safe_dump(json.loads(config.read_text())))
+    config.unlink()
+    predictor = Predictor.from_bundle(root, options=InferenceOptions(roi_size=ROI, device="cpu"))
+    assert isinstance(open_bundle(root), ZooBundle)
+    assert predictor.label_names == case.labels
 
 
 def test_torchscript_weights_give_the_masks_of_the_state_dict(tmp_path):
