@@ -74,7 +74,7 @@ class ZooBundle(Bundle):
                 return self.root / "models" / name
         raise BundleError(
             f"zoo bundle {self.root} has no weights: neither models/model.pt nor models/model.ts exists "
-            f"(download them with `python -m monai.bundle download {self.name} --bundle_dir ...`, or pass --checkpoint)"
+            f"(`python -m monai.bundle download {self.name} --bundle_dir ...` fetches them; or pass --checkpoint)"
         )
 
     def parser(self, config: str | Path | Sequence[str | Path] = "inference", **overrides: Any) -> ConfigParser:
@@ -83,7 +83,8 @@ class ZooBundle(Bundle):
         where = self.config_files(config)[-1]
         pre = _steps(parser, "preprocessing", where)
         if _target(pre[0]) != "LoadImaged":
-            raise BundleError(f"{where}: preprocessing must start with LoadImaged, it starts with {_target(pre[0])!r}")
+            first = _target(pre[0]) or repr(pre[0])
+            raise BundleError(f"{where}: preprocessing must start with LoadImaged, it starts with {first}")
         keys = pre[0]["keys"]
         pre = [{"_target_": "transforms.io.LoadScand", "keys": keys}] + [
             s for s in pre[1:] if _target(s) not in DROPPED_PRE

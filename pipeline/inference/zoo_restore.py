@@ -49,13 +49,19 @@ class ZooInputGridd(RestoreToInputd):
                     f"{tuple(labels.shape)} (no argmax or threshold step?)"
                 )
             values = torch.round(_plain(labels).float())
-            got = torch.as_tensor(labels.affine, dtype=torch.float64).cpu() if isinstance(labels, MetaTensor) else None
-            same = got is not None and tuple(labels.shape[1:]) == shape and torch.allclose(got, affine, atol=GRID_ATOL)
-            if not same:
+            if not _on_input_grid(labels, shape, affine):
                 logger.info("zoo output %s is not on the input grid; resampled by nearest neighbour", key)
                 values = to_input_grid(values, _on_grid(values, labels, image), mode="nearest").as_tensor()
             d[key] = MetaTensor(values.to(torch.uint8), meta={**image.meta, "affine": affine.clone()})
         return d
+
+
+def _on_input_grid(labels: torch.Tensor, shape: tuple[int, ...], affine: torch.Tensor) -> bool:
+    """Whether ``labels`` ``(1, X, Y[, Z])`` has the input grid's shape and an affine within :data:`GRID_ATOL`."""
+    if not isinstance(labels, MetaTensor) or tuple(labels.shape[1:]) != shape:
+        return False
+    got = torch.as_tensor(labels.affine, dtype=torch.float64).cpu()
+    return torch.allclose(got, affine, rtol=0.0, atol=GRID_ATOL)
 
 
 def _on_grid(values: torch.Tensor, labels: torch.Tensor, image: MetaTensor) -> MetaTensor:
