@@ -177,6 +177,7 @@ def test_torchscript_weights_give_the_masks_of_the_state_dict(tmp_path):
         ("other_loader", BundleError, r"inference.json: preprocessing must start with LoadImaged"),
         ("wrong_weights", CheckpointError, "does not fit the bundle's network_def"),
         ("no_channel_def", BundleError, "metadata.json: no network_data_format.outputs.pred.channel_def"),
+        ("sigmoid", BundleError, "inference.json: its postprocessing applies a sigmoid"),
     ],
 )
 def test_bad_zoo_bundles_are_refused_naming_the_file(tmp_path, change, error, match):
@@ -187,6 +188,8 @@ def test_bad_zoo_bundles_are_refused_naming_the_file(tmp_path, change, error, ma
         (root / "models" / "model.pt").unlink()
     elif change == "other_loader":
         overrides["preprocessing#transforms#0"] = {"_target_": "EnsureTyped", "keys": "image"}
+    elif change == "sigmoid":
+        overrides["postprocessing#transforms#0"] = {"_target_": "Activationsd", "keys": "pred", "sigmoid": True}
     elif change == "wrong_weights":
         torch.save({"conv.weight": torch.zeros(1)}, root / "models" / "model.pt")
     else:

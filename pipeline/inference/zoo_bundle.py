@@ -6,10 +6,10 @@ A zoo bundle names the same components as ours (``network_def``, ``preprocessing
 
 * preprocessing: ``LoadImaged`` -> clinseg's ``LoadScand`` (DICOM series, geometry checks, channel first, so the
   zoo's ``EnsureChannelFirstd`` steps go); the other transforms stay.
-* postprocessing: ``Activationsd`` goes (the Predictor applies the softmax or sigmoid it names, after averaging the
-  ensemble and TTA), ``SaveImaged`` goes (the batch runner writes the outputs); ``Invertd`` and the label steps
-  stay, then :class:`~pipeline.inference.zoo_restore.ZooInputGridd` checks the map is on the input grid and
-  ``CleanLabelsd`` takes the clean-up flags.
+* postprocessing: ``Activationsd`` goes (the Predictor applies the softmax, after averaging the ensemble and TTA;
+  bundles of sigmoid region channels are refused), ``SaveImaged`` goes (the batch runner writes the outputs);
+  ``Invertd`` and the label steps stay, then :class:`~pipeline.inference.zoo_restore.ZooInputGridd` checks the
+  map is on the input grid and ``CleanLabelsd`` takes the clean-up flags.
 * label names: ``metadata.json``'s ``network_data_format.outputs.pred.channel_def`` (channel i -> label i).
 * weights: ``models/model.pt`` (a plain state_dict, read with ``weights_only=True``) or ``models/model.ts``.
 """
@@ -92,9 +92,11 @@ class ZooBundle(Bundle):
         parser["preprocessing#transforms"] = pre
         input_keys = [str(k) for k in ensure_tuple(parser.get_parsed_content("preprocessing#transforms#0#keys"))]
         post = _steps(parser, "postprocessing", where)
-        activation = next(
-            ("sigmoid" if s.get("sigmoid") else "softmax" for s in post if _target(s) == "Activationsd"), "softmax"
-        )
+        if any(_target(s) == "Activationsd" and s.get("sigmoid") for s in post):
+            raise BundleError(
+                f"{where}: its postprocessing applies a sigmoid (overlapping region channels); clinseg runs zoo "
+                "bundles with one softmax channel per label only"
+            )
         inverts = [s for s in post if _target(s) == "Invertd"]
         mode = "nearest" if not inverts or inverts[0].get("nearest_interp", True) else "linear"
         post = [s for s in post if _target(s) not in DROPPED_POST] + [
@@ -104,7 +106,6 @@ class ZooBundle(Bundle):
         ]  # fmt: skip
         parser["postprocessing#transforms"] = post
         parser["input_keys"] = input_keys
-        parser["output_activation"] = activation
         parser["class_names"] = zoo_class_names(self.meta_file)
         return parser
 
