@@ -128,6 +128,7 @@ def predict_folder(
         "source_kind": _kind(source),
         "shard": shard_text,
         "intensity_modality": predictor.input_modalities.get(predictor.input_keys[0]),  # HU statistics for CT
+        "labels": {str(value): name for value, name in predictor.label_names.items()},
     }
     report = _ShardReport(output, run_info, options.shard.suffix)
     volumes: dict[str, list[dict]] = {}

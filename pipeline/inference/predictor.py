@@ -38,6 +38,7 @@ from pipeline.inference.restore import to_input_grid
 from pipeline.inference.tta import ACTIVATIONS, activate, flip_combinations
 from pipeline.inference.uncertainty import Uncertainty, member_labels, summarize_members, temperature_scaled
 from pipeline.inference.uniform_patches import UniformPatchCache
+from pipeline.inference.zoo_bundle import ZooBundle, open_bundle, zoo_network
 from transforms.io import LoadScand
 from transforms.io_memory import is_in_memory
 
@@ -142,7 +143,7 @@ class Predictor:
         """Build from a bundle's inference config; weights default to the bundle's ``models/model.pt``.
 
         Args:
-            bundle: bundle folder.
+            bundle: bundle folder: clinseg's, or a MONAI model-zoo one (:mod:`pipeline.inference.zoo_bundle`).
             checkpoints: one checkpoint or several (an ensemble, e.g. the folds of a cross-validation).
             options: sliding-window, TTA, cropping, restore and device settings overriding the bundle's.
             postprocess: label clean-up replacing the bundle's (its ``CleanLabelsd`` step).
@@ -150,7 +151,7 @@ class Predictor:
                 merged in order.
             overrides: config ids to override (``spacing=[1, 1, 2]``).
         """
-        bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
+        bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         options = options or InferenceOptions()
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -161,7 +162,8 @@ class Predictor:
             checkpoints = [bundle.default_checkpoint]
         elif isinstance(checkpoints, (str, Path)):
             checkpoints = [checkpoints]
-        nets = [_load_network(parser, Path(c), device) for c in checkpoints]
+        load = zoo_network if isinstance(bundle, ZooBundle) else _load_network
+        nets = [load(parser, Path(c), device) for c in checkpoints]
         qc_reference = find_qc_reference(bundle.root, [Path(c) for c in checkpoints])
         input_keys = list(parser.get_parsed_content("input_keys")) if "input_keys" in parser else ["image"]
         # key -> modality: a bundle's `channels` (named inputs) wins over its metadata
