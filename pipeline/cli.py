@@ -91,10 +91,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import os
     import tempfile
 
-    from pipeline.batch.case_outputs import OutputOptions
+    from pipeline.outputs.registry import OutputOptions
     from pipeline.batch.runner import BatchOptions, merge_shards, predict_folder
     from pipeline.batch.shard import Shard, shard_from_env
-    from pipeline.export.registry import fetch_bundle, is_model_uri
+    from pipeline.core.model_uri import fetch_bundle, is_model_uri
     from pipeline.inference.predictor import Predictor
 
     if args.merge_shards:
@@ -157,7 +157,7 @@ def _predict_archive(args: argparse.Namespace, predictor, batch):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline.batch.case_outputs import OutputOptions
+    from pipeline.outputs.registry import OutputOptions
     from pipeline.batch.runner import BatchOptions
     from pipeline.inference.predictor import Predictor
     from pipeline.pacs.serve import ServeOptions, StorageNode

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.core.atomic import COMPLETE_MARKER, atomic_write_json, clear_complete, is_complete, mark_complete
-from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, required_outputs, write_case_outputs
+from pipeline.batch.case_outputs import write_case_outputs
 from pipeline.batch.discovery import DEFAULT_MODALITIES, Case, discover_cases
 from pipeline.inference.case import LoadedCase
 from pipeline.inference.predictor import Predictor
@@ -35,10 +35,11 @@ from pipeline.batch.prefetch import Prefetched, prefetch
 from pipeline.batch.report import BatchReport, CaseResult, error_text
 from pipeline.batch.shard import Shard
 from pipeline.outputs.preview import preview_window
+from pipeline.outputs.registry import VOLUMES_NAME, OutputOptions, output_settings, required_outputs
 from pipeline.outputs.volumetry import write_volumes_csv
 from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
 
-__all__ = ["QC_NAME", "SEG_NAME", "BatchOptions", "merge_shards", "predict_folder"]
+__all__ = ["QC_NAME", "BatchOptions", "merge_shards", "predict_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class BatchOptions:
     Attributes:
         split: datalist split when the source is a JSON file.
         overwrite: redo cases whose outputs are already complete.
-        outputs: optional per-case files (DICOM SEG, probabilities, preview).
+        outputs: optional per-case files (:mod:`pipeline.outputs.registry`).
         prefetch: cases loaded and preprocessed ahead in background threads (0: none). ``None``: one when the
             network runs on a GPU; none on CPU, where loading would compete with the network for the same cores
             (measured slower on 2 cores, benchmarks/RESULTS.md).
@@ -122,7 +123,7 @@ def predict_folder(
     else:
         found = sorted(source, key=lambda c: c.case_id)
     cases = options.shard.select(found)
-    settings = {**predictor.settings(), **_output_settings(options.outputs)}
+    settings = {**predictor.settings(), **output_settings(options.outputs)}
     shard_text = f"{options.shard.index}/{options.shard.count}"
     run_info = {
         **settings,
@@ -256,7 +257,7 @@ def _finish_case(
         segmentation = predictor.segment(loaded, keep_probabilities=outputs.probabilities)
         image = loaded.reference
         case_dir.mkdir(parents=True, exist_ok=True)
-        names, rows = write_case_outputs(
+        written = write_case_outputs(
             segmentation,
             image,
             case_dir,
@@ -269,6 +270,10 @@ def _finish_case(
             ),
             algorithm_name=predictor.bundle_name or "clinseg",
         )
+        names, rows = written.names, written.volumes
+        for warning in written.warnings:
+            logger.warning("case %s: %s", case.case_id, warning)
+            warnings.append(warning)
         qc = _case_qc(predictor, loaded, segmentation, options.qc_threshold, warnings)
         if qc is not None:
             atomic_write_json(case_dir / QC_NAME, qc)
@@ -352,10 +357,6 @@ def _relative(case: Case, names: list[str]) -> dict[str, str]:
 def _write_volumes(output: Path, shard: Shard, cases: list[Case], volumes: dict[str, list[dict]]) -> None:
     rows = [{"case": c.case_id, **row} for c in cases for row in volumes.get(c.case_id, [])]
     write_volumes_csv(rows, output / f"volumes{shard.suffix}.csv")
-
-
-def _output_settings(outputs: OutputOptions) -> dict[str, Any]:
-    return asdict(outputs)
 
 
 def _kind(source: str | Path | Sequence[Case]) -> str:
