@@ -120,3 +120,38 @@ def test_output_flags_come_from_the_registry(command):
     for spec in (s for s in OUTPUTS if s.default is not None):
         options = output_options(parser.parse_args([*base[command], spec.flag]))
         assert getattr(options, spec.name) is (not spec.default)
+
+
+@pytest.mark.parametrize("layout, strip", [("flat", []), ("case", ["--strip-channel-suffix"])])
+def test_predict_takes_a_single_file_and_writes_the_flat_layout(tiny_dataset, tmp_path, layout, strip):
+    import shutil
+
+    import torch
+
+    from tests.test_predictor import BUNDLE, random_checkpoint
+
+    torch.set_num_threads(1)
+    case = json.loads(tiny_dataset.read_text())["test"][0]["case"]
+    scan = tmp_path / "in" / f"{case}_0000.nii.gz"  # nnU-Net's name of channel 0
+    scan.parent.mkdir()
+    shutil.copy(tiny_dataset.parent / "patients" / case / "ct.nii.gz", scan)
+    out = tmp_path / "out"
+    argv = ["predict", str(BUNDLE), "--checkpoint", str(random_checkpoint(tmp_path / "m.pt")), "--input", str(scan),
+            "--output", str(out), "--output-layout", layout, *strip, "--device", "cpu", "--roi-size", "32", "32",
+            "16", "--no-uncertainty", "--no-preview", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / case / "seg.nii.gz").is_file()
+    assert (out / f"{case}.nii.gz").is_file() is (layout == "flat")
+    if layout == "flat":
+        flat, seg = nib.load(out / f"{case}.nii.gz"), nib.load(out / case / "seg.nii.gz")
+        np.testing.assert_array_equal(np.asanyarray(flat.dataobj), np.asanyarray(seg.dataobj))
+        assert main(argv) == 0  # a rerun skips the case and keeps its flat mask
+        assert (out / f"{case}.nii.gz").is_file()
+
+
+def test_predict_calls_a_missing_input_missing(tmp_path, caplog):
+    from tests.test_predictor import BUNDLE
+
+    missing = tmp_path / "ct.nii.gz"
+    assert main(["predict", str(BUNDLE), "--input", str(missing), "--output", str(tmp_path / "o")]) == 2
+    assert f"--input {missing}: no such file or folder" in caplog.text

@@ -24,7 +24,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     batch = BatchOptions(
         split=args.split, overwrite=args.overwrite, prefetch=args.prefetch, workers=args.workers,
         shard=Shard.parse(args.shard) if args.shard else shard_from_env(), progress=not args.quiet,
-        qc_threshold=args.qc_threshold, outputs=output_options(args),
+        qc_threshold=args.qc_threshold, outputs=output_options(args), layout=args.output_layout,
+        strip_channel_suffix=args.strip_channel_suffix,
     )  # fmt: skip
     if args.input.startswith(ARCHIVE_PREFIXES):
         run = _predict_archive(args, batch)
@@ -60,9 +61,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "when all shards are done, run with --merge-shards to write report.json, summary.csv and volumes.csv.",
     )  # fmt: skip
     add_bundle(p)
-    p.add_argument("--input", help="folder of patient folders, flat NIfTI folder, dataset.json, dicomweb:URL or "
-                                   "dimse:AET@host:port")
+    p.add_argument("--input", help="folder of patient folders, flat NIfTI folder, one NIfTI file (e.g. ct.nii.gz), "
+                                   "dataset.json, dicomweb:URL or dimse:AET@host:port")
     p.add_argument("--output", required=True, help="output folder (one sub-folder per case, batch reports)")
+    p.add_argument("--output-layout", choices=("case", "flat"), default="case",
+                   help="case: OUTPUT/<case>/seg.nii.gz; flat: also OUTPUT/<case>.nii.gz, as nnU-Net writes masks")
+    p.add_argument("--strip-channel-suffix", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop nnU-Net's _0000 channel suffix from the case names of NIfTI files (default: when "
+                        "every file has one)")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="weights, repeat for an ensemble (default: <bundle>/models/model.pt)")
     p.add_argument("--split", default="test", help="datalist split when --input is a .json file")
