@@ -38,7 +38,7 @@ from pipeline.inference.predictor import Predictor
 from pipeline.batch.prefetch import Prefetched, prefetch
 from pipeline.batch.report import BatchReport, CaseResult, error_text
 from pipeline.batch.shard import Shard
-from pipeline.outputs.preview import preview_window
+from pipeline.outputs.preview_window import preview_window
 from pipeline.outputs.registry import SEG_NAME, VOLUMES_NAME, OutputOptions, output_settings, required_outputs
 from pipeline.outputs.volumetry import write_volumes_csv
 from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
