@@ -13,7 +13,8 @@ import torch
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from pipeline.batch.runner import SEG_NAME, predict_folder
+from pipeline.batch.runner import predict_folder
+from pipeline.outputs.registry import SEG_NAME
 from pipeline.core.bundle import Bundle
 from pipeline.core.datalist import load_datalist
 from pipeline.inference.predictor import Predictor

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.core.atomic import COMPLETE_MARKER
 from pipeline.batch.runner import predict_folder
-from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME
+from pipeline.outputs.registry import SEG_NAME, VOLUMES_NAME
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.batch.prefetch import prefetch
@@ -120,7 +120,7 @@ import sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import pipeline.batch.case_outputs as co
+import pipeline.outputs.slab_volumes as co
 from pipeline.batch.runner import predict_folder
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.core.atomic import COMPLETE_MARKER
 from pipeline.batch.runner import QC_NAME, predict_folder
-from pipeline.batch.case_outputs import (
+from pipeline.outputs.registry import (
     DICOM_SEG_NAME,
     PREVIEW_NAME,
     PROBABILITIES_NAME,
@@ -342,7 +342,7 @@ def test_amp_keeps_shapes_and_mostly_the_same_labels(checkpoints, source):
 def test_volumes_pooled_over_slabs_equal_the_whole_volume():
     from monai.data import MetaTensor
 
-    from pipeline.batch.case_outputs import _volumes_by_slab
+    from pipeline.outputs.slab_volumes import volumes_by_slab
     from pipeline.outputs.volumetry import structure_volumes
 
     rng = np.random.default_rng(0)
@@ -352,7 +352,7 @@ def test_volumes_pooled_over_slabs_equal_the_whole_volume():
     affine = np.diag([0.7, 0.8, 2.5, 1.0])
     labels = {1: "organ", 2: "lesion", 3: "absent"}
     whole = structure_volumes(seg, image, affine, labels)
-    pooled = _volumes_by_slab(seg, image, affine, labels)
+    pooled = volumes_by_slab(seg, image, affine, labels)
     for a, b in zip(whole, pooled, strict=True):
         assert a["voxels"] == b["voxels"] and a["volume_ml"] == pytest.approx(b["volume_ml"])
         for key in ("mean_intensity", "std_intensity", "min_intensity", "max_intensity"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.batch.runner import predict_folder
-from pipeline.batch.case_outputs import DICOM_SEG_NAME, SEG_NAME, OutputOptions
+from pipeline.outputs.registry import DICOM_SEG_NAME, SEG_NAME, OutputOptions
 from pipeline.outputs.dicom_seg import read_dicom_seg
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from pipeline.batch.runner import merge_shards, predict_folder
-from pipeline.batch.case_outputs import OutputOptions
+from pipeline.outputs.registry import OutputOptions
 from pipeline.cli import main
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor

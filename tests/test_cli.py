@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import nibabel as nib
+import pytest
 import numpy as np
 
 from pipeline.cli import main
@@ -71,3 +72,86 @@ def test_help_shows_defaults_once():
     assert "(default: None)" not in "".join(help_text.values())
     assert "(default: False)" not in "".join(help_text.values())
     assert "(default: cuda when present) (default" not in help_text["predict"]
+
+
+def _run_cli(*argv: str, code: str | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "pipeline.cli", *argv]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=120)
+
+
+def test_a_missing_path_is_named_by_python_m_pipeline_cli(tmp_path):
+    missing = tmp_path / "nonexistent"
+    done = _run_cli("inspect", str(missing))
+    assert done.returncode == 2
+    assert str(missing) in done.stderr and "does not exist" in done.stderr
+
+
+def test_parsing_and_checks_import_no_torch_or_monai(tmp_path):
+    code = (
+        "import sys\n"
+        "from pipeline.cli import build_parser\n"
+        "from pipeline.cli.common import check_arguments\n"
+        f"args = build_parser().parse_args(['predict', {str(tmp_path)!r}, '--input', {str(tmp_path)!r}, "
+        "'--output', 'o'])\n"
+        "try:\n    check_arguments(args)\nexcept ValueError as e:\n    print('refused:', e)\n"
+        "print('heavy:', sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
+    )
+    done = _run_cli(code=code)
+    assert done.returncode == 0, done.stderr
+    assert "heavy: []" in done.stdout and "is not a MONAI bundle" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_output_flags_come_from_the_registry(command):
+    from pipeline.cli import build_parser
+    from pipeline.cli.common import output_options
+    from pipeline.outputs.registry import OUTPUTS, OutputOptions
+
+    base = {"predict": ["predict", "b", "--output", "o"], "serve": ["serve", "b", "--spool", "s", "--output", "o"]}
+    parser = build_parser()
+    assert output_options(parser.parse_args(base[command])) == OutputOptions()
+    for spec in (s for s in OUTPUTS if s.default is not None):
+        options = output_options(parser.parse_args([*base[command], spec.flag]))
+        assert getattr(options, spec.name) is (not spec.default)
+
+
+@pytest.mark.parametrize("layout, strip", [("flat", []), ("case", ["--strip-channel-suffix"])])
+def test_predict_takes_a_single_file_and_writes_the_flat_layout(tiny_dataset, tmp_path, layout, strip):
+    import shutil
+
+    import torch
+
+    from tests.test_predictor import BUNDLE, random_checkpoint
+
+    torch.set_num_threads(1)
+    case = json.loads(tiny_dataset.read_text())["test"][0]["case"]
+    scan = tmp_path / "in" / f"{case}_0000.nii.gz"  # nnU-Net's name of channel 0
+    scan.parent.mkdir()
+    shutil.copy(tiny_dataset.parent / "patients" / case / "ct.nii.gz", scan)
+    out = tmp_path / "out"
+    argv = ["predict", str(BUNDLE), "--checkpoint", str(random_checkpoint(tmp_path / "m.pt")), "--input", str(scan),
+            "--output", str(out), "--output-layout", layout, *strip, "--device", "cpu", "--roi-size", "32", "32",
+            "16", "--no-uncertainty", "--no-preview", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / case / "seg.nii.gz").is_file()
+    assert (out / f"{case}.nii.gz").is_file() is (layout == "flat")
+    if layout == "flat":
+        flat, seg = nib.load(out / f"{case}.nii.gz"), nib.load(out / case / "seg.nii.gz")
+        np.testing.assert_array_equal(np.asanyarray(flat.dataobj), np.asanyarray(seg.dataobj))
+        assert main(argv) == 0  # a rerun skips the case and keeps its flat mask
+        assert (out / f"{case}.nii.gz").is_file()
+
+
+def test_predict_calls_a_missing_input_missing(tmp_path, caplog):
+    from tests.test_predictor import BUNDLE
+
+    missing = tmp_path / "ct.nii.gz"
+    assert main(["predict", str(BUNDLE), "--input", str(missing), "--output", str(tmp_path / "o")]) == 2
+    assert f"--input {missing}: no such file or folder" in caplog.text

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from pipeline.batch.case_outputs import PREVIEW_NAME, VOLUMES_NAME, OutputOptions
+from pipeline.outputs.registry import PREVIEW_NAME, VOLUMES_NAME, OutputOptions
 from pipeline.batch.report import BatchReport, CaseResult
 from pipeline.outputs.html_report import write_html_report
 

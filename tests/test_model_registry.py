@@ -11,7 +11,8 @@ import mlflow
 import pytest
 
 from pipeline.cli import main
-from pipeline.export.registry import BUNDLE_ARTIFACT, fetch_bundle, is_model_uri
+from pipeline.core.model_uri import fetch_bundle, is_model_uri
+from pipeline.export.registry import BUNDLE_ARTIFACT
 from tests.conftest import BUNDLES
 from tests.export_fixtures import TINY_TRAINING
 from tests.test_mlflow_server import MlflowServer

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from pipeline.batch.case_outputs import OutputOptions
+from pipeline.outputs.registry import OutputOptions
 from pipeline.cli import main
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor

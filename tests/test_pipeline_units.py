@@ -57,8 +57,33 @@ def test_discovery_of_multimodal_cases(tmp_path):
 
 
 def test_discovery_rejects_missing_input(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a folder nor a datalist"):
+    with pytest.raises(FileNotFoundError, match=r"nope is missing"):
         discover_cases(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="neither a folder, a NIfTI file nor a datalist"):
+        discover_cases(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize(
+    "names, strip, expected",
+    [
+        (["la_001_0000.nii.gz", "la_002_0000.nii.gz"], None, ["la_001", "la_002"]),  # nnU-Net imagesTs: auto
+        (["la_001_0000.nii.gz", "ct.nii.gz"], None, ["ct", "la_001_0000"]),  # not all suffixed: kept
+        (["la_001_0000.nii.gz", "ct.nii.gz"], True, ["ct", "la_001"]),
+        (["la_001_0000.nii.gz", "la_002_0000.nii.gz"], False, ["la_001_0000", "la_002_0000"]),
+    ],
+)
+def test_discovery_strips_nnunet_channel_suffixes(tmp_path, names, strip, expected):
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [c.case_id for c in discover_cases(tmp_path, strip_channel_suffix=strip)] == expected
+
+
+@pytest.mark.parametrize("name, case_id", [("ct.nii.gz", "ct"), ("spleen_7_0000.nii.gz", "spleen_7")])
+def test_discovery_takes_a_single_nifti_file(tmp_path, name, case_id):
+    (tmp_path / name).write_bytes(b"")
+    (case,) = discover_cases(tmp_path / name)
+    assert case.case_id == case_id and case.inputs == {"image": str(tmp_path / name)} and case.kind == "nifti"
 
 
 def test_datalist_errors_name_the_file(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import networks
-from pipeline.batch.runner import SEG_NAME, predict_folder
+from pipeline.batch.runner import predict_folder
+from pipeline.outputs.registry import SEG_NAME
 from pipeline.core.checkpoint import NetworkSpec
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor

@@ -15,16 +15,8 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from pipeline.outputs.preview import (
-    HISTOGRAM_BINS,
-    OKABE_ITO,
-    OVERLAY_ALPHA,
-    label_colour,
-    orthogonal_slices,
-    percentile_window,
-    preview_window,
-    render_preview,
-)
+from pipeline.outputs.preview import OKABE_ITO, OVERLAY_ALPHA, label_colour, orthogonal_slices, render_preview
+from pipeline.outputs.preview_window import HISTOGRAM_BINS, percentile_window, preview_window
 
 SHAPE = (33, 34, 35)
 RAS = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -246,7 +238,7 @@ def _label_volumes(shape):
 @pytest.mark.parametrize("shape", [(17, 19, 21), (19, 17)])
 @pytest.mark.parametrize("which", ["largest", "smallest"])
 def test_same_panels_as_whole_volume_reorientation(affine_name, shape, which, monkeypatch):
-    monkeypatch.setattr("pipeline.outputs.preview.SLAB_VOXELS", 700)  # several slabs even on tiny volumes
+    monkeypatch.setattr("pipeline.outputs.preview_window.SLAB_VOXELS", 700)  # several slabs even on tiny volumes
     affine = AFFINES[affine_name]
     image = np.random.default_rng(3).normal(0, 100, shape)  # float64: panels are float32 as before
     for volume_name, mask in _label_volumes(shape).items():
@@ -285,7 +277,7 @@ def _mr_like(shape=(40, 44, 24), seed=0) -> tuple[np.ndarray, np.ndarray]:
 def test_percentile_window_of_the_body_matches_numpy_slab_by_slab(monkeypatch):
     image, _ = _mr_like()
     image[0, 0, 0] = np.nan  # ignored
-    monkeypatch.setattr("pipeline.outputs.preview.SLAB_VOXELS", 500)  # many slabs
+    monkeypatch.setattr("pipeline.outputs.preview_window.SLAB_VOXELS", 500)  # many slabs
     level, width = percentile_window(image)
     body = image[np.isfinite(image) & (image != 0)]
     vmin, vmax = level - width / 2, level + width / 2

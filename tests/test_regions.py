@@ -232,9 +232,10 @@ def test_evaluation_scores_the_option_s_regions_else_the_bundle_s(bundle_regions
 
 
 def test_cli_takes_regions_for_plan_and_evaluate():
-    from pipeline.cli import _regions_option, build_parser
+    from pipeline.cli import build_parser
+    from pipeline.cli.evaluate import regions_option
 
     parser = build_parser()
     assert parser.parse_args(["plan", "d", "--out", "b", "--regions", "wt=1,2"]).regions == "wt=1,2"
     assert parser.parse_args(["evaluate", "b", "--regions", "none"]).regions == "none"
-    assert _regions_option("none") == {} and _regions_option("wt=1,2;et=2") == {"wt": [1, 2], "et": [2]}
+    assert regions_option("none") == {} and regions_option("wt=1,2;et=2") == {"wt": [1, 2], "et": [2]}

@@ -20,6 +20,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # file stems that are never model inputs
 NON_INPUT = re.compile(r"^(label|labels|seg|mask|gt|ground_?truth)([_-].*)?$", re.IGNORECASE)
 DEFAULT_MODALITIES: Mapping[str, Sequence[str]] = {"image": ("ct", "image", "img", "scan")}
+CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's channel suffix: case_0000.nii.gz is channel 0 of "case"
 
 
 @dataclass(frozen=True)
@@ -124,19 +125,43 @@ def _case_from_entry(entry: Mapping[str, object], modalities: Mapping[str, Seque
     return Case(case_id, inputs, kind, extra={k: v for k, v in entry.items() if k == "label"})
 
 
+def _flat_ids(files: Sequence[Path], strip_channel_suffix: bool | None) -> list[str]:
+    """Case ids of NIfTI files: their stems, without nnU-Net's ``_0000`` channel suffix when ``strip_channel_suffix``
+    (``None``: when every stem has one, as in an nnU-Net ``imagesTs`` folder)."""
+    stems = [_stem(p) for p in files]
+    if strip_channel_suffix is None:
+        strip_channel_suffix = bool(stems) and all(CHANNEL_SUFFIX.search(s) for s in stems)
+    return [sanitize_case_id(CHANNEL_SUFFIX.sub("", s) if strip_channel_suffix else s) for s in stems]
+
+
 def discover_cases(
-    source: str | Path, *, split: str = "test", modalities: Mapping[str, Sequence[str]] = DEFAULT_MODALITIES
+    source: str | Path,
+    *,
+    split: str = "test",
+    modalities: Mapping[str, Sequence[str]] = DEFAULT_MODALITIES,
+    strip_channel_suffix: bool | None = None,
 ) -> list[Case]:
     """Cases of a batch, sorted by id; ids are unique (a numeric suffix resolves clashes after sanitizing).
 
     Args:
         source: a folder of patient sub-folders (each a DICOM series tree or NIfTI files matched by name,
             e.g. ``ct.nii.gz`` + ``mr.nii.gz``), ``*.nii.gz`` files (one case per file, beside the folders
-            or alone), or a datalist JSON (entries of ``split``). Broken symbolic links are failed cases.
+            or alone), a single NIfTI file (one case), or a datalist JSON (entries of ``split``). Broken
+            symbolic links are failed cases.
         split: datalist split to read when ``source`` is a JSON file.
         modalities: input key -> accepted file stems, e.g. ``{"ct": ["ct"], "mr": ["mr", "t1"]}``.
+        strip_channel_suffix: drop nnU-Net's ``_0000`` from the ids of NIfTI files (``None``: when all have it).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist, or is a file that is neither NIfTI nor a datalist.
     """
     source = Path(source)
+    key = next(iter(modalities))
+    if not source.exists():
+        raise FileNotFoundError(f"input {source} is missing: no such file or folder")
+    if source.is_file() and _is_nifti(source):
+        (case_id,) = _flat_ids([source], strip_channel_suffix)
+        return [Case(case_id, {key: str(source)}, "nifti")]
     if source.is_file() and source.suffix == ".json":
         entries = load_datalist(source, split, required_keys=(), check_files=False)
         cases = [_case_from_entry(e, modalities) for e in entries]
@@ -150,12 +175,11 @@ def discover_cases(
         if ignored:
             logger.warning("%s: ignored %d entries that are neither case folders nor NIfTI images: %s",
                            source, len(ignored), ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
-        key = next(iter(modalities))
-        cases = [Case(sanitize_case_id(_stem(p)), {key: str(p)}, "nifti") for p in flat]
+        cases = [Case(i, {key: str(p)}, "nifti") for i, p in zip(_flat_ids(flat, strip_channel_suffix), flat)]
         cases += [_case_from_folder(f, modalities) for f in folders] + [_broken_link_case(p) for p in links]
         cases += [_hidden_case(p) for p in hidden]
     else:
-        raise FileNotFoundError(f"input {source} is neither a folder nor a datalist .json file")
+        raise FileNotFoundError(f"input {source} is neither a folder, a NIfTI file nor a datalist .json file")
     if not cases:
         raise ValueError(f"no cases found in {source}")
     return _unique_ids(cases)

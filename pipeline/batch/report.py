@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.batch.case_outputs import PREVIEW_NAME, VOLUMES_NAME
 from pipeline.core.atomic import atomic_write_json, atomic_write_text
 from pipeline.outputs.html_report import write_html_report
+from pipeline.outputs.registry import PREVIEW_NAME, VOLUMES_NAME
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "STATUSES", "BatchReport", "CaseResult", "error_text"]
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Sequence
@@ -23,23 +25,27 @@ from pathlib import Path
 from typing import Any
 
 
-from pipeline.core.atomic import COMPLETE_MARKER, atomic_write_json, clear_complete, is_complete, mark_complete
+from pipeline.core.atomic import (
+    COMPLETE_MARKER, atomic_write, atomic_write_json, clear_complete, is_complete, mark_complete,
+)  # fmt: skip
 from pipeline.core.progress import progress_bar
-from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME, OutputOptions, required_outputs, write_case_outputs
+from pipeline.batch.case_outputs import write_case_outputs
 from pipeline.batch.discovery import DEFAULT_MODALITIES, Case, discover_cases
 from pipeline.inference.case import LoadedCase
 from pipeline.inference.predictor import Predictor
 from pipeline.batch.prefetch import Prefetched, prefetch
 from pipeline.batch.report import BatchReport, CaseResult, error_text
 from pipeline.batch.shard import Shard
-from pipeline.outputs.preview import preview_window
+from pipeline.outputs.preview_window import preview_window
+from pipeline.outputs.registry import SEG_NAME, VOLUMES_NAME, OutputOptions, output_settings, required_outputs
 from pipeline.outputs.volumetry import write_volumes_csv
 from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
 
-__all__ = ["QC_NAME", "SEG_NAME", "BatchOptions", "merge_shards", "predict_folder"]
+__all__ = ["QC_NAME", "BatchOptions", "merge_shards", "predict_folder"]
 
 logger = logging.getLogger(__name__)
 
+LAYOUTS = ("case", "flat")
 QC_NAME = "qc.json"
 """A case's QC block (as in ``report.json``), kept so a rerun that skips the case still reports it."""
 
@@ -51,7 +57,7 @@ class BatchOptions:
     Attributes:
         split: datalist split when the source is a JSON file.
         overwrite: redo cases whose outputs are already complete.
-        outputs: optional per-case files (DICOM SEG, probabilities, preview).
+        outputs: optional per-case files (:mod:`pipeline.outputs.registry`).
         prefetch: cases loaded and preprocessed ahead in background threads (0: none). ``None``: one when the
             network runs on a GPU; none on CPU, where loading would compete with the network for the same cores
             (measured slower on 2 cores, benchmarks/RESULTS.md).
@@ -59,6 +65,10 @@ class BatchOptions:
         shard: the part of the sorted cases this process handles.
         progress: show a progress bar (cases done, failures, cases/min) on stderr when it is a terminal.
         qc_threshold: QC score from which a case is flagged for review (:mod:`pipeline.qc.assess`).
+        layout: ``"case"`` (everything in ``OUT/<case>/``) or ``"flat"``: the mask also as ``OUT/<case>.nii.gz``,
+            as nnU-Net's predictor writes it (a hard link to ``OUT/<case>/seg.nii.gz`` where the file system
+            allows).
+        strip_channel_suffix: drop nnU-Net's ``_0000`` from case names of NIfTI files (``None``: when all have it).
     """
 
     split: str = "test"
@@ -69,6 +79,12 @@ class BatchOptions:
     shard: Shard = field(default_factory=Shard)
     progress: bool = False
     qc_threshold: float = REVIEW_THRESHOLD
+    layout: str = "case"
+    strip_channel_suffix: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
 
 
 class _ShardReport(BatchReport):
@@ -116,11 +132,13 @@ def predict_folder(
     output.mkdir(parents=True, exist_ok=True)
     if isinstance(source, (str, Path)):
         modalities = {k: DEFAULT_MODALITIES.get(k, (k,)) for k in predictor.input_keys}
-        found = discover_cases(source, split=options.split, modalities=modalities)
+        found = discover_cases(
+            source, split=options.split, modalities=modalities, strip_channel_suffix=options.strip_channel_suffix
+        )
     else:
         found = sorted(source, key=lambda c: c.case_id)
     cases = options.shard.select(found)
-    settings = {**predictor.settings(), **_output_settings(options.outputs)}
+    settings = {**predictor.settings(), **output_settings(options.outputs)}
     shard_text = f"{options.shard.index}/{options.shard.count}"
     run_info = {
         **settings,
@@ -166,6 +184,8 @@ def predict_folder(
                     qc=_saved_qc(case_dir),
                 )
             )
+            if options.layout == "flat":
+                _place_flat(output, case.case_id)
         else:
             todo.append(case)
     report.write()
@@ -182,6 +202,8 @@ def predict_folder(
             result, rows = _finish_case(predictor, item, output / case.case_id, options, settings)
             if rows is not None:
                 volumes[case.case_id] = rows
+                if options.layout == "flat":
+                    _place_flat(output, case.case_id)
             report.add(result)
             _write_volumes(output, options.shard, cases, volumes)
             level = logging.WARNING if result.status == "failed" else logging.INFO
@@ -260,7 +282,7 @@ def _finish_case(
         segmentation = predictor.segment(loaded, keep_probabilities=outputs.probabilities)
         image = loaded.reference
         case_dir.mkdir(parents=True, exist_ok=True)
-        names, rows = write_case_outputs(
+        written = write_case_outputs(
             segmentation,
             image,
             case_dir,
@@ -273,6 +295,10 @@ def _finish_case(
             ),
             algorithm_name=predictor.bundle_name or "clinseg",
         )
+        names, rows = written.names, written.volumes
+        for warning in written.warnings:
+            logger.warning("case %s: %s", case.case_id, warning)
+            warnings.append(warning)
         qc = _case_qc(predictor, loaded, segmentation, options.qc_threshold, warnings)
         if qc is not None:
             atomic_write_json(case_dir / QC_NAME, qc)
@@ -353,13 +379,19 @@ def _relative(case: Case, names: list[str]) -> dict[str, str]:
     return {name: f"{case.case_id}/{name}" for name in names}
 
 
+def _place_flat(output: Path, case_id: str) -> None:
+    """``OUT/<case>.nii.gz``: the case's mask, hard-linked (copied where links are not possible)."""
+    flat, mask = output / f"{case_id}.nii.gz", output / case_id / SEG_NAME
+    with atomic_write(flat) as tmp:
+        try:
+            os.link(mask, tmp)
+        except OSError:
+            shutil.copyfile(mask, tmp)
+
+
 def _write_volumes(output: Path, shard: Shard, cases: list[Case], volumes: dict[str, list[dict]]) -> None:
     rows = [{"case": c.case_id, **row} for c in cases for row in volumes.get(c.case_id, [])]
     write_volumes_csv(rows, output / f"volumes{shard.suffix}.csv")
-
-
-def _output_settings(outputs: OutputOptions) -> dict[str, Any]:
-    return asdict(outputs)
 
 
 def _kind(source: str | Path | Sequence[Case]) -> str:

@@ -64,3 +64,11 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard:
         return Shard(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]))
     except ValueError as e:
         raise ValueError(f"RANK/WORLD_SIZE from the environment do not form a shard: {e}") from e
+
+
+def torchrun_device(device: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """``cuda:<LOCAL_RANK>`` for ``device="cuda"`` under torchrun (one GPU per worker), else ``device``."""
+    env = os.environ if environ is None else environ
+    if device == "cuda" and "LOCAL_RANK" in env:
+        return f"cuda:{int(env['LOCAL_RANK'])}"
+    return device

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
+
+from pipeline.core.model_uri import fetch_bundle, is_model_uri
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +36,19 @@ class Bundle:
     root: Path
 
     @classmethod
-    def at(cls, path: str | Path) -> Bundle:
+    def at(cls, path: str | Path, *, tracking_uri: str | None = None) -> Bundle:
+        """The bundle in folder ``path``, or the bundle of a registered model ``models:/NAME/VERSION`` or
+        ``models:/NAME@ALIAS`` (fetched from the registry at ``tracking_uri``, :mod:`pipeline.core.model_uri`,
+        into a temporary folder removed with the returned object)."""
+        if is_model_uri(path):
+            folder = tempfile.mkdtemp(prefix="clinseg-model-")
+            try:
+                bundle = cls(fetch_bundle(str(path), folder, tracking_uri).resolve())
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            weakref.finalize(bundle, shutil.rmtree, folder, True)
+            return bundle
         root = Path(path).resolve()
         if not (root / "configs" / "metadata.json").is_file():
             raise BundleError(f"{path} is not a MONAI bundle: {root / 'configs' / 'metadata.json'} is missing")
@@ -52,6 +69,10 @@ class Bundle:
     @property
     def default_checkpoint(self) -> Path:
         return self.root / "models" / "model.pt"
+
+    def datalist_file(self, config: str | Path | Sequence[str | Path] = "inference", **overrides: Any) -> Path:
+        """The bundle's ``datalist_file`` (a planned bundle names the datalist it was planned from)."""
+        return Path(self.parser(config, **overrides).get_parsed_content("datalist_file"))
 
     def config_file(self, name: str | Path) -> Path:
         """A config by name under ``configs/`` (``"train"``, ``"cosine_warmup"``) or a config file's path."""

@@ -1,6 +1,6 @@
 """The MLflow Model Registry: a training run registered as a model version whose artifact is its exported
-bundle (:func:`register_run`), and a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI fetched back as a
-bundle folder (:func:`fetch_bundle`). Works against any MLflow store through ``MlflowClient``; credentials
+bundle (:func:`register_run`); a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI is fetched back as a
+bundle folder by :mod:`pipeline.core.model_uri`. Works against any MLflow store through ``MlflowClient``; credentials
 come only from the environment, as MLflow reads them (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``/``_TOKEN``).
 """
 
@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.bundle import CONFIG_SUFFIXES, Bundle
+from pipeline.core.model_uri import MODEL_URI
 from pipeline.export.bundle import export_bundle
 from pipeline.export.record import BEST_CHECKPOINT, RunRecord, record_from_histories, run_record
 from pipeline.tracking.store import CONFIG_AS_RUN, default_tracking_uri
 
-__all__ = ["BUNDLE_ARTIFACT", "RegisteredBundle", "fetch_bundle", "is_model_uri", "register_run"]
+__all__ = ["BUNDLE_ARTIFACT", "RegisteredBundle", "register_run"]
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "bundle"
 """Artifact path of the exported bundle under the training run; the model version's source."""
-MODEL_URI = "models:/"
 _CONFIG_SUFFIXES = (*CONFIG_SUFFIXES, ".conf")
 
 
@@ -49,11 +49,6 @@ class RegisteredBundle:
         return f"registered {self.uri}{alias} from MLflow run {self.run_id}" + (
             f": {metrics}" if metrics else ""
         )
-
-
-def is_model_uri(text: str | Path) -> bool:
-    """Whether ``text`` names a registered model (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``)."""
-    return str(text).startswith(MODEL_URI)
 
 
 def _client(tracking_uri: str | None) -> Any:
@@ -150,50 +145,3 @@ def _create_version(client: Any, name: str, record: RunRecord, alias: str | None
     )
     logger.info("%s", registered.summary())
     return registered
-
-
-def fetch_bundle(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
-    """Download the bundle of a model version (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``) into ``dst``;
-    returns the bundle folder.
-
-    The version is resolved with a client on ``tracking_uri`` (MLflow's ``models:/`` download asks the process's
-    default registry instead), then its source is downloaded from the same store.
-    """
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    name, version = _parse_model_uri(uri)
-    store = tracking_uri or default_tracking_uri()
-    client = _client(store)
-    try:
-        if version.isdigit():
-            found = client.get_model_version(name, version)
-        else:
-            found = client.get_model_version_by_alias(name, version)
-    except MlflowException as error:
-        raise ValueError(f"model version {uri} not found in {store}: {error.message}") from error
-    source = client.get_model_version_download_uri(name, found.version)
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=store)
-    )
-    if not (local / "configs" / "metadata.json").is_file():
-        raise ValueError(
-            f"model version {uri} in {store} is not a bundle (no configs/metadata.json in its artifact)"
-        )
-    logger.info("fetched %s (version %s) from %s", uri, found.version, store)
-    return local
-
-
-def _parse_model_uri(uri: str) -> tuple[str, str]:
-    """``(name, version or alias)`` of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
-    rest = str(uri)[len(MODEL_URI) :] if is_model_uri(uri) else ""
-    name, sep, alias = rest.partition("@")
-    if not sep:
-        name, _, alias = rest.partition("/")
-        if not alias.isdigit():
-            alias = ""
-    if not name or not alias or "/" in alias:
-        raise ValueError(
-            f"{uri!r} is not a registered-model URI (models:/NAME/VERSION or models:/NAME@ALIAS)"
-        )
-    return name, alias

@@ -47,35 +47,29 @@ __all__ = ["PRED_KEY", "QC_REFERENCE_NAME", "CaseInput", "Predictor", "find_qc_r
 logger = logging.getLogger(__name__)
 
 CaseInput = str | Path | Any
-"""One input of a case: a path (NIfTI file, DICOM folder or file) or an in-memory image
-(:func:`transforms.io_memory.image_kind`)."""
+"""A path (NIfTI file, DICOM folder or file) or an in-memory image (:func:`transforms.io_memory.image_kind`)."""
 
-QC_REFERENCE_NAME = "qc_reference.json"
-"""The training data's reference and the fitted temperature (:mod:`pipeline.qc.reference`), beside a model."""
+QC_REFERENCE_NAME = "qc_reference.json"  # training data's reference, fitted temperature (pipeline.qc.reference)
 
 PRED_KEY = "pred"
 """The key of the prediction in the dict the bundle's ``postprocessing`` gets (MONAI's engines' name)."""
 
 
 class Predictor:
-    """Segments cases with one network or an ensemble (probabilities averaged), returning label maps on the
-    input's own grid (same shape and affine as the loaded input).
+    """Segments cases with one network or an ensemble (probabilities averaged) onto the input's own grid.
 
     The first preprocessing transform must be the loader (``LoadScand`` or ``LoadImaged``); the images as read
     are kept in the :class:`LoadedCase` for the crop, previews and intensity statistics, so each case is read once.
 
     Attributes:
-        options: the options in effect (bundle, then the caller's), resolved: sliding window, TTA, crop, AMP,
-            restore mode.
+        options: the options in effect (bundle, then the caller's): sliding window, TTA, crop, AMP, restore.
         postprocess: the label clean-up in effect (the ``CleanLabelsd`` step of ``postprocessing``).
         activation: ``"softmax"`` (one output per class) or ``"sigmoid"`` (one per region: a region bundle's
             ``output_activation``; its ``RestoreToInputd`` turns regions into labels).
         regions: a region bundle's ``regions``, name -> label values, outermost first (``{}`` otherwise).
-        temperature: divides the (log-)probabilities before they are saved or scored (fitted on the
-            validation split by :func:`pipeline.qc.calibration.fit_temperature`; 1: uncalibrated); labels
-            never change with it.
-        qc_reference: the training data's reference (:class:`pipeline.qc.reference` as a dict, from
-            ``qc_reference.json``) that each case is checked against, ``None`` when the model has none.
+        temperature: divides the (log-)probabilities before they are saved or scored (fitted by
+            :func:`pipeline.qc.calibration.fit_temperature`; 1: uncalibrated); labels never change with it.
+        qc_reference: the training data's reference (``qc_reference.json``) each case is checked against.
     """
 
     def __init__(
@@ -138,20 +132,23 @@ class Predictor:
         options: InferenceOptions | None = None,
         postprocess: PostprocessOptions | None = None,
         config: str | Path | Sequence[str | Path] = "inference",
+        tracking_uri: str | None = None,
         **overrides: Any,
     ) -> Predictor:
         """Build from a bundle's inference config; weights default to the bundle's ``models/model.pt``.
 
         Args:
-            bundle: bundle folder: clinseg's, or a MONAI model-zoo one (:mod:`pipeline.inference.zoo_bundle`).
+            bundle: bundle folder (clinseg's, or a MONAI model-zoo one: :mod:`pipeline.inference.zoo_bundle`) or a
+                registered model (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``).
             checkpoints: one checkpoint or several (an ensemble, e.g. the folds of a cross-validation).
             options: sliding-window, TTA, cropping, restore and device settings overriding the bundle's.
             postprocess: label clean-up replacing the bundle's (its ``CleanLabelsd`` step).
             config: config name under ``configs/``, or a list: the config then overlays (names or file paths),
                 merged in order.
+            tracking_uri: the MLflow registry of a ``models:/`` bundle (default: ``MLFLOW_TRACKING_URI``).
             overrides: config ids to override (``spacing=[1, 1, 2]``).
         """
-        bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
+        bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, tracking_uri=tracking_uri)
         options = options or InferenceOptions()
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,13 +33,12 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 from pipeline.core.atomic import atomic_write_bytes
 from pipeline.outputs.nifti import as_affine, label_array, spatial_array
+from pipeline.outputs.preview_window import display_range, slabs
 
 __all__ = [
     "PanelSlice",
     "label_colour",
     "orthogonal_slices",
-    "percentile_window",
-    "preview_window",
     "render_preview",
 ]
 
@@ -89,18 +88,7 @@ def label_colour(label: int, labels: Iterable[int] | None = None) -> tuple[float
     return tuple(float(v) for v in matplotlib.colors.to_rgb(PALETTE[rank % len(PALETTE)]))
 
 
-SLAB_VOXELS = 1 << 20
-"""Voxels per slab when scanning a mask (4 slices of 512x512): temporaries stay near 20 MB."""
 
-
-def _slabs(arr: np.ndarray) -> Iterator[tuple[int, int, tuple[slice, ...]]]:
-    """Yield ``(axis, start, index)`` slabs of ``arr`` along its slowest-varying (largest stride) axis."""
-    axis = int(np.argmax(np.abs(arr.strides)))
-    step = max(1, SLAB_VOXELS // max(1, arr.size // max(1, arr.shape[axis])))
-    for start in range(0, arr.shape[axis], step):
-        index = [slice(None)] * arr.ndim
-        index[axis] = slice(start, start + step)
-        yield axis, start, tuple(index)
 
 
 def _to_ras_index(ornt: np.ndarray, shape: tuple[int, ...], index, axis: int):
@@ -111,7 +99,7 @@ def _to_ras_index(ornt: np.ndarray, shape: tuple[int, ...], index, axis: int):
 def _label_counts(lab: np.ndarray) -> np.ndarray:
     """Voxels per label value of ``lab`` (uint8 or uint16), counted slab by slab; background set to 0."""
     counts = np.zeros(np.iinfo(lab.dtype).max + 1, np.int64)
-    for _, _, index in _slabs(lab):
+    for _, _, index in slabs(lab):
         counts += np.bincount(lab[index].ravel(), minlength=counts.size)
     counts[0] = 0
     return counts
@@ -136,7 +124,7 @@ def _centre(lab: np.ndarray, ornt: np.ndarray, label: int | None) -> tuple[int, 
         return tuple(s // 2 for s in ras_shape)
     total = 0
     sums = [0] * lab.ndim
-    for slab_axis, start, index in _slabs(lab):
+    for slab_axis, start, index in slabs(lab):
         inside = lab[index] == label
         total += int(np.count_nonzero(inside))
         for axis in range(lab.ndim):
@@ -149,7 +137,7 @@ def _centre(lab: np.ndarray, ornt: np.ndarray, label: int | None) -> tuple[int, 
         ras_sum = sums[axis] if ornt[axis, 1] == 1 else total * (size - 1) - sums[axis]
         centroid[int(ornt[axis, 0])] = ras_sum / total
     best: tuple[float, tuple[int, ...]] | None = None
-    for slab_axis, start, index in _slabs(lab):
+    for slab_axis, start, index in slabs(lab):
         found = np.nonzero(lab[index] == label)
         if not found[0].size:
             continue
@@ -255,72 +243,6 @@ def orthogonal_slices(image, mask, affine, *, label: int | None = None) -> list[
     return _panels(grid, _centre(grid.lab, grid.to_ras, label))
 
 
-HISTOGRAM_BINS = 1 << 14
-"""Bins of the intensity histogram behind :func:`percentile_window`: 1/16384 of the range, far below a grey level."""
-
-
-def percentile_window(
-    image, lower: float = 0.5, upper: float = 99.5, bins: int = HISTOGRAM_BINS
-) -> tuple[float, float]:
-    """``(level, width)`` spanning the ``lower``-``upper`` percentiles of the non-zero voxels of ``image``.
-
-    The display window for MR and other non-CT inputs: zero is the background of most MR volumes (outside the
-    head, masked or padded), so the window follows the body's intensities. Computed slab by slab from a
-    histogram (two passes, no copy of the volume), exact to a bin of the range; non-finite voxels are ignored,
-    and a volume that is all zero gets the percentiles of all its voxels.
-
-    Args:
-        image: intensities ``(X, Y[, Z])`` or ``(1, X, Y[, Z])``, any real dtype.
-    """
-    arr = spatial_array(image, "image")
-    for body in (True, False):
-        lo, hi, count = np.inf, -np.inf, 0
-        for _, _, index in _slabs(arr):
-            values = _finite(arr[index], body)
-            if values.size:
-                lo, hi, count = (
-                    min(lo, float(values.min())),
-                    max(hi, float(values.max())),
-                    count + values.size,
-                )
-        if count:
-            break
-    else:
-        return 0.5, 1.0
-    if not hi > lo:
-        return lo + 0.5, 1.0  # a constant image shows black, as its value is the bottom of the window
-    edges = np.linspace(lo, hi, bins + 1)
-    counts = np.zeros(bins, np.int64)
-    for _, _, index in _slabs(arr):
-        counts += np.histogram(_finite(arr[index], body), bins=edges)[0]
-    cumulative = np.concatenate([[0], np.cumsum(counts)])
-    vmin, vmax = np.interp([lower / 100 * count, upper / 100 * count], cumulative, edges)
-    vmax = vmax if vmax > vmin else vmin + (hi - lo) / bins
-    return float((vmin + vmax) / 2), float(vmax - vmin)
-
-
-def _finite(slab: np.ndarray, non_zero: bool) -> np.ndarray:
-    """The finite (and, when ``non_zero``, non-zero) values of ``slab`` as float64, 1D."""
-    keep = np.isfinite(slab) & (slab != 0) if non_zero else np.isfinite(slab)
-    return slab[keep].astype(np.float64, copy=False)
-
-
-def preview_window(modality: str | None, window: tuple[float, float] | None) -> tuple[float, float] | None:
-    """The window to render an input of ``modality`` with: ``window`` (a bundle's CT window, HU) for CT and for an
-    unknown modality (``None`` or ``""``), ``None`` (:func:`percentile_window`) for MR and any other modality."""
-    return window if str(modality or "").upper() in ("", "CT") else None
-
-
-def _window(image, window: tuple[float, float] | None) -> tuple[float, float]:
-    """``(vmin, vmax)`` of ``window`` ``(level, width)``, default :func:`percentile_window` of ``image``."""
-    if window is None:
-        window = percentile_window(image)
-    level, width = (float(v) for v in window)
-    if not width > 0:
-        raise ValueError(f"window must be (level, width) with width > 0, got {window}")
-    return level - width / 2, level + width / 2
-
-
 def _rows(grid: _Grid) -> list[tuple[int | None, list[PanelSlice]]]:
     """(label centred on, panels) per figure row: through the largest structure, then through the smallest
     one when the first row does not show it."""
@@ -382,8 +304,8 @@ def render_preview(
         labels: label id -> name for the legend (labels in view without a name show as ``label <id>``).
         path: destination ``.png``.
         window: ``(level, width)`` intensity window (e.g. ``(40, 400)`` HU for soft tissue); default
-            :func:`percentile_window`, the 0.5-99.5 percentile range of the image's non-zero voxels (MR and other
-            non-CT inputs; :func:`preview_window` chooses by modality).
+            :func:`~pipeline.outputs.preview_window.percentile_window`, the 0.5-99.5 percentile range of the image's non-zero voxels (MR and other
+            non-CT inputs; :func:`~pipeline.outputs.preview_window.preview_window` chooses by modality).
         dpi: pixels per inch.
         title: shown at the top, e.g. the case folder's name (never patient data).
 
@@ -393,7 +315,7 @@ def render_preview(
     if not str(path).lower().endswith(".png"):
         raise ValueError(f"preview path must end with .png, got {str(path)!r}")
     grid = _grid(image, mask, affine)
-    vmin, vmax = _window(grid.img, window)
+    vmin, vmax = display_range(grid.img, window)
     rows = _rows(grid)
     n_cols = len(rows[0][1])
     width, height = PANEL_INCHES * n_cols + LEGEND_INCHES, PANEL_INCHES * len(rows) + TITLE_INCHES

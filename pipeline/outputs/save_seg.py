@@ -10,10 +10,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from pipeline.outputs.nifti import write_mask_nifti
+from pipeline.outputs.registry import SEG_NAME
 
-__all__ = ["SEG_NAME", "SaveSegmentationd"]
-
-SEG_NAME = "seg.nii.gz"
+__all__ = ["SaveSegmentationd"]
 
 
 class SaveSegmentationd(MapTransform):

@@ -19,7 +19,8 @@ from pipeline.batch.runner import BatchOptions, predict_folder
 from pipeline.inference.predictor import Predictor
 from pipeline.pacs.archive import Archive, Selection, SeriesRef, find_series
 from pipeline.pacs.cache import SeriesCache, case_key
-from pipeline.pacs.push import PushResult, push_report, result_names
+from pipeline.outputs.registry import pushed_names
+from pipeline.pacs.push import PushResult, push_report
 
 __all__ = ["ArchiveRun", "predict_archive", "retrieve_cases"]
 
@@ -107,6 +108,6 @@ def predict_archive(
     report = predict_folder(predictor, cases, output, options=batch)
     run = ArchiveRun(report)
     if push_to is not None:
-        run.pushed = push_report(report, output, push_to, result_names(batch.outputs))
+        run.pushed = push_report(report, output, push_to, pushed_names(batch.outputs))
     logger.info("%s", run.summary_line())
     return run

@@ -1,4 +1,5 @@
-"""Results back to an archive: each case's ``seg.dcm`` (and ``rtstruct.dcm``) stored once per destination.
+"""Results back to an archive: each case's pushed outputs (``seg.dcm``, ``rtstruct.dcm``: the registry's
+``pushed`` entries, :func:`pipeline.outputs.registry.pushed_names`) stored once per destination.
 
 A ledger ``OUT/<case>/.pushed.json`` records, per destination label, the SOPInstanceUIDs stored and the last
 error, so a rerun stores nothing twice and retries what failed. ``OUT/push.json`` sums up the last push.
@@ -14,12 +15,11 @@ from pathlib import Path
 
 import pydicom
 
-from pipeline.batch.case_outputs import DICOM_SEG_NAME, RTSTRUCT_NAME, OutputOptions
 from pipeline.batch.report import BatchReport, error_text
 from pipeline.core.atomic import atomic_write_json
 from pipeline.pacs.archive import Archive
 
-__all__ = ["LEDGER", "PushResult", "push_case", "push_report", "result_names"]
+__all__ = ["LEDGER", "PushResult", "push_case", "push_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +36,6 @@ class PushResult:
     status: str
     stored: int = 0
     error: str | None = None
-
-
-def result_names(outputs: OutputOptions) -> list[str]:
-    """The DICOM results a case's folder holds under ``outputs``: ``seg.dcm`` (and ``rtstruct.dcm``)."""
-    return [DICOM_SEG_NAME] + ([RTSTRUCT_NAME] if outputs.rtstruct else [])
 
 
 def _ledger(case_dir: Path) -> dict:

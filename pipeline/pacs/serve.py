@@ -48,7 +48,8 @@ from pipeline.inference.predictor import Predictor
 from pipeline.pacs.archive import Archive
 from pipeline.pacs.completeness import slice_gaps
 from pipeline.pacs.dimse import IMAGE_STORAGE
-from pipeline.pacs.push import push_case, result_names
+from pipeline.outputs.registry import pushed_names
+from pipeline.pacs.push import push_case
 from pipeline.pacs.spool import OutOfResources, SeriesState, Spool, SpoolLimits
 
 __all__ = ["ServeOptions", "StorageNode"]
@@ -375,7 +376,7 @@ class StorageNode:
             else:
                 record = {k: v for k, v in earlier.items() if k not in ("push", "push_error")}
             if self.push_to is not None and record["status"] in RESULTS:
-                pushed = push_case(self.output / key, self.push_to, result_names(self.batch.outputs))
+                pushed = push_case(self.output / key, self.push_to, pushed_names(self.batch.outputs))
                 record.update(push=pushed.status, push_error=pushed.error)
             self._append(record)
             safe = record.get("push", "nothing") in _SAFE_PUSH

@@ -1,0 +1,133 @@
+"""``clinseg evaluate`` (score checkpoints per case) and ``clinseg compare`` (MLflow runs side by side)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.cli.common import add_bundle, add_config_overlays, checked, command, overrides
+from pipeline.cli.inference_flags import add_inference_options, inference_options
+
+
+def regions_option(spec: str) -> dict[str, list[int]]:
+    """``--regions`` of evaluate: ``none`` (per label, ``{}``) or regions to score."""
+    from pipeline.datasets.regions import NO_REGIONS, parse_regions
+
+    return {} if spec.strip().lower() == NO_REGIONS else parse_regions(spec)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.core.bundle import Bundle
+    from pipeline.evaluation.evaluate import EvaluationOptions, evaluate_checkpoint, evaluate_folds
+    from pipeline.evaluation.tables import evaluation_store
+
+    if args.folds and (not args.checkpoint_pattern or args.checkpoint):
+        raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
+    bundle = Bundle.at(args.bundle, tracking_uri=args.tracking_uri)
+    config, settings = ("inference", *args.config), overrides(args.set)
+    datalist = Path(args.dataset_dir) / "dataset.json" if args.dataset_dir else bundle.datalist_file(config, **settings)
+    inference, postprocess = inference_options(args)
+    options = EvaluationOptions(
+        surface_tolerance_mm=args.tolerance_mm, inference=inference, postprocess=postprocess, config=config,
+        overrides=settings, train_run_id=args.train_run_id, experiment_name=args.experiment_name,
+        progress=not args.quiet, regions=None if args.regions is None else regions_option(args.regions),
+        qc_threshold=args.qc_threshold,
+    )  # fmt: skip
+    checkpoints = args.checkpoint or ([] if args.folds else [str(bundle.default_checkpoint)])
+    tracking_uri = None
+    if not args.no_tracking:
+        first = args.checkpoint_pattern.format(fold=0) if args.folds else checkpoints[0]
+        tracking_uri, reason = evaluation_store(first, args.tracking_uri)
+        print(f"MLflow store: {tracking_uri} ({reason})")
+    if args.folds:
+        result = evaluate_folds(
+            bundle, args.checkpoint_pattern, datalist, args.folds, args.fold_seed, args.output, tracking_uri,
+            options=options,
+        )  # fmt: skip
+    else:
+        result = evaluate_checkpoint(bundle, checkpoints, datalist, args.split, args.output, tracking_uri,
+                                     options=options)  # fmt: skip
+    print(result.summary_line())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.compare import compare_runs, paired_comparison, plot_curves
+
+    if args.models:
+        from pipeline.evaluation.model_versions import model_versions
+
+        print(model_versions(args.tracking_uri, args.models).format(args.format))
+        return 0
+    comparison = compare_runs(
+        args.tracking_uri, experiment=args.experiment, run_ids=args.runs, metric=args.metric, sort=args.sort,
+        filters=args.filter, columns=args.columns,
+    )  # fmt: skip
+    print(comparison.format(args.format))
+    if args.plot:
+        metric = args.metric or "val_mean_dice"
+        print(f"wrote {plot_curves(args.tracking_uri, comparison.run_ids, args.plot, metric)}")
+    if args.paired:
+        if len(args.runs) != 2:
+            raise SystemExit("--paired needs exactly two --runs (reference first)")
+        paired = paired_comparison(
+            *args.runs, args.tracking_uri, metrics=args.paired_metric, worse_threshold=args.worse_threshold
+        )
+        print("\npaired per-case differences (run B - run A, 95% t-interval, Wilcoxon signed-rank):")
+        print(paired.format(args.format))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "evaluate", "score checkpoints per case: Dice, IoU, HD95, surface distance")
+    add_bundle(p, registry_flag=False)
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="weights (repeat for an ensemble; default: the bundle's models/model.pt)")
+    p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
+    p.add_argument("--split", default="validation", help="datalist split to evaluate")
+    p.add_argument("--output", default="evaluation", help="folder for per_case.csv and summary.csv/.json")
+    p.add_argument("--tracking-uri",
+                   help="MLflow store, and the registry of a models:/ bundle (default: MLFLOW_TRACKING_URI, else "
+                        "the store the checkpoint's training run logged to, else ./mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="write the tables only, log no MLflow run")
+    p.add_argument("--experiment-name", default="clinseg", help="MLflow experiment of the evaluation run")
+    p.add_argument("--train-run-id", help="MLflow run that trained the checkpoint (default: by its folder)")
+    p.add_argument("--folds", type=int, help="pool out-of-fold predictions of a cross-validation with this many folds")
+    p.add_argument("--checkpoint-pattern", help="fold checkpoints, e.g. 'runs/fold{fold}/model.pt'")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed the folds were split with")
+    p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance, mm")
+    p.add_argument("--regions", metavar="SPEC",
+                   help="score regions instead of labels, e.g. 'whole_tumour=1,2,3,4;core=1,3,4;enhancing=4' "
+                   "(default: a region bundle's own regions; 'none': per label)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
+    add_inference_options(p)
+    add_config_overlays(p, "inference")
+    checked(p, cmd_evaluate, paths=("checkpoint", "dataset_dir"), bundles=("bundle",))
+
+    p = command(
+        sub, "compare", "compare MLflow runs: differing params, metrics, paired statistics",
+        description="Compare MLflow runs: one table per run type (training, evaluation) with the params that "
+        "differ among its runs, best and final metric, duration; validation curves; paired per-case statistics.",
+    )  # fmt: skip
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--experiment", help="compare every run of this experiment")
+    group.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="compare these runs")
+    group.add_argument("--models", metavar="NAME",
+                       help="list the versions of registered model NAME: aliases, training run, metrics")
+    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--metric", help="metric for best/final and --plot (default: val_mean_dice for training runs "
+                                    "and --plot, eval_mean_dice for evaluation runs)")
+    p.add_argument("--sort", help="column to sort by, '-' prefix for descending (default: best metric)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs whose param, tag or attribute matches (KEY!=VALUE excludes), e.g. "
+                        "network=unet, clinseg.run_type=training (repeatable)")
+    p.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table", help="output format")
+    p.add_argument("--columns", type=lambda text: [c for c in text.split(",") if c], default=[],
+                   metavar="COL,COL", help="show these columns (names or globs; a bare name is a param, any param), "
+                                          "e.g. run_name,val_mean_dice_best,roi_size (default: the params that differ)")
+    p.add_argument("--plot", metavar="PNG", help="write a PNG overlaying the metric's curves of the runs")
+    p.add_argument("--paired", action="store_true", help="paired per-case statistics of two evaluation runs")
+    p.add_argument("--paired-metric", nargs="+", default=["dice", "hd95_mm"],
+                   help="per-case metrics compared by --paired")
+    p.add_argument("--worse-threshold", type=float, default=0.05, help="list cases worse by more than this")
+    checked(p, cmd_compare)
