@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.batch.runner import predict_folder
 from pipeline.core.bundle import Bundle
-from pipeline.batch.case_outputs import SEG_NAME
+from pipeline.outputs.registry import SEG_NAME
 from pipeline.core.checkpoint import NetworkSpec
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor

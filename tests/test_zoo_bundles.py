@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batch.case_outputs import SEG_NAME, VOLUMES_NAME
+from pipeline.outputs.registry import SEG_NAME, VOLUMES_NAME
 from pipeline.batch.runner import predict_folder
 from pipeline.cli import main
 from pipeline.core.bundle import Bundle, BundleError

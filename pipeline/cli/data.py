@@ -124,6 +124,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="DICOM: keep patients lacking a mapped structure (listed in the entry's missing_labels: "
                    "the loss and the metrics ignore that class for the patient) instead of skipping them")
+    p.add_argument("--contour-rule", choices=("centre", "boundary"), default="centre",
+                   help="RTSTRUCT: a voxel is inside a contour when its centre is (centre, default), or also when "
+                   "the contour line passes through it (boundary, as rt-utils: about one voxel ring larger)")
     checked(p, cmd_import, paths=("src",))
 
     p = command(
@@ -131,9 +134,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         epilog="Writes OUT (the moving scan resampled onto FIXED's grid, linear) and the fixed -> moving transform "
         "(ITK .tfm, default: OUT's name with .tfm). Use it when channels come from different series or grids.",
     )  # fmt: skip
-    p.add_argument("--contour-rule", choices=("centre", "boundary"), default="centre",
-                   help="RTSTRUCT: a voxel is inside a contour when its centre is (centre, default), or also when "
-                   "the contour line passes through it (boundary, as rt-utils: about one voxel ring larger)")
     p.add_argument("fixed", help="reference scan (NIfTI file or DICOM folder); the output takes its grid")
     p.add_argument("moving", help="scan to align (NIfTI file or DICOM folder)")
     p.add_argument("out", help="output .nii.gz")
