@@ -7,7 +7,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from pipeline.core.atomic import atomic_write
+from transforms.atomic import atomic_write
 from transforms.nifti import is_nifti_path
 from transforms.registration import (
     RegistrationOptions,

@@ -318,7 +318,7 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.core.atomic import atomic_write
+    from transforms.atomic import atomic_write
 
     client = _client(tracking_uri)
     histories = {r: sorted(client.get_metric_history(r, metric), key=lambda m: m.step) for r in run_ids}

@@ -15,7 +15,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-from pipeline.core.atomic import atomic_write_json
+from pipeline.core.atomic import atomic_write_json, atomic_write_text
 
 DEFAULT_DB = "mlflow.db"
 CONFIG_AS_RUN = "config_run.json"  # the config as run, in the checkpoint folder: MLflow params and artifact
@@ -67,9 +67,7 @@ def run_name_for(ckpt_dir: str | Path, prefix: str, resume: bool = False) -> str
     if _rank() > 0:  # only rank 0 logs to MLflow and owns the record
         return name
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(name + "\n")
-    os.replace(tmp, record)
+    atomic_write_text(record, name + "\n")
     return name
 
 
