@@ -114,7 +114,8 @@ def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path, existing):
         target.mkdir()
         (target / "old.dcm").write_bytes(b"old")
     with atomic_folder(target) as staging:
-        assert staging.parent == tmp_path and staging.name.startswith(".tmp-") and not target.joinpath("new.dcm").exists()
+        assert staging.parent == tmp_path and staging.name.startswith(".tmp-")
+        assert not (target / "new.dcm").exists()
         (staging / "new.dcm").write_bytes(b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_dicom"]
     assert sorted(p.name for p in target.iterdir()) == ["new.dcm"]

@@ -76,8 +76,10 @@ import {module}
 
 @pytest.mark.parametrize("module", ["pipeline.core.checkpoint", "pipeline.inference.predictor"])
 def test_inference_imports_without_ignite(module):
-    """With ignite made unimportable (MONAI then skips its engines and handlers), the checkpoint format and the
-    Predictor still import: inference needs no training machinery."""
+    """With ignite made unimportable (MONAI then skips its engines and handlers), the checkpoint format
+    and the Predictor still import: inference needs no training machinery."""
     code = _BLOCK_IGNITE.replace("{module}", module)
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]

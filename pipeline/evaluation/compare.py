@@ -130,7 +130,7 @@ def _client(tracking_uri: str | None) -> Any:
 
     from pipeline.tracking.store import default_tracking_uri, require_tracking_server
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = default_tracking_uri(tracking_uri)
     require_tracking_server(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
 

@@ -59,7 +59,7 @@ def is_model_uri(text: str | Path) -> bool:
 def _client(tracking_uri: str | None) -> Any:
     from mlflow import MlflowClient
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = default_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -163,7 +163,7 @@ def fetch_bundle(uri: str, dst: str | Path, tracking_uri: str | None = None) -> 
     from mlflow.exceptions import MlflowException
 
     name, version = _parse_model_uri(uri)
-    store = tracking_uri or default_tracking_uri()
+    store = default_tracking_uri(tracking_uri)
     client = _client(store)
     try:
         if version.isdigit():

@@ -1,4 +1,4 @@
-"""NIfTI outputs of inference: label masks and per-class probability maps (written by ``transforms.nifti_write``).
+"""NIfTI outputs of inference: label masks and per-class probability maps, via ``transforms.nifti_write``.
 
 Masks follow the shared geometry convention: an integer array ``(X, Y[, Z])`` (numpy, torch) or a
 ``MetaTensor``/tensor ``(1, X, Y[, Z])`` with a 4x4 RAS voxel->world affine in mm, on the input's own grid.
@@ -74,4 +74,5 @@ def write_probabilities_nifti(probs, affine, path: str | os.PathLike, *, dtype: 
         data, slope = np.round(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8), 1.0 / 255.0
     else:
         data, slope = arr, None
-    return write_nifti(data, aff, path, slope=slope, description="clinseg class probabilities (last axis = class)")
+    description = "clinseg class probabilities (last axis = class)"
+    return write_nifti(data, aff, path, slope=slope, description=description)

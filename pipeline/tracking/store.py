@@ -1,4 +1,4 @@
-"""MLflow wiring for bundles and the CLI: default store, run names, config as run, params, reachability."""
+"""MLflow wiring for bundles and the CLI: the tracking-URI resolver, run names, config as run, reachability."""
 
 from __future__ import annotations
 
@@ -25,16 +25,40 @@ class TrackingUnavailableError(RuntimeError):
     """The configured MLflow tracking server cannot be reached."""
 
 
-def default_tracking_uri(workdir: str | Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set (as MLflow itself honours it), else a SQLite store ``<workdir>/mlflow.db``.
+def resolve_tracking_uri(
+    explicit: str | None = None,
+    *,
+    fallback: tuple[str, str] | None = None,
+    workdir: str | Path | None = None,
+) -> tuple[str, str]:
+    """The MLflow store to use and why, in the one precedence every caller follows.
 
-    MLflow 3 refuses the old ``./mlruns`` file store and MONAI's ``MLFlowHandler`` refuses ``file:`` URIs,
-    so the embedded default is SQLite, MLflow's own default backend.
+    An explicit URI (flag, argument, ``--set tracking_uri=...``) always wins; then ``MLFLOW_TRACKING_URI``
+    (read here, at call time, never at import); then ``fallback`` (e.g. the store a checkpoint's training run
+    recorded); then a SQLite store ``<workdir>/mlflow.db``. MLflow 3 refuses the old ``./mlruns`` file store
+    and MONAI's ``MLFlowHandler`` refuses ``file:`` URIs, so the embedded default is SQLite, MLflow's own.
+
+    Args:
+        explicit: the URI asked for, or None/"" for none.
+        fallback: ``(uri, reason)`` used before the default when neither of the above is set.
+        workdir: folder of the default store (default: the working directory).
+
+    Returns:
+        ``(uri, reason)``, e.g. ``("http://mlflow:5000", "MLFLOW_TRACKING_URI")``.
     """
+    if explicit:
+        return str(explicit), "--tracking-uri"
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return env
-    return sqlite_uri(Path(workdir or os.getcwd()) / DEFAULT_DB)
+        return env, "MLFLOW_TRACKING_URI"
+    if fallback is not None and fallback[0]:
+        return fallback
+    return sqlite_uri(Path(workdir or os.getcwd()) / DEFAULT_DB), "the default store in the working directory"
+
+
+def default_tracking_uri(explicit: str | None = None, *, workdir: str | Path | None = None) -> str:
+    """The URI alone of :func:`resolve_tracking_uri`; bundles: ``$pipeline.tracking.store.default_tracking_uri()``."""
+    return resolve_tracking_uri(explicit, workdir=workdir)[0]
 
 
 def sqlite_uri(db_path: str | Path) -> str:
@@ -158,9 +182,9 @@ def bundle_artifacts(bundle_root: str | Path, *extra: str | Path) -> list[str]:
 def require_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, with a clear message, when an ``http(s)`` tracking server does not answer.
 
-    SQLite stores need no server; their folder is created instead.
+    SQLite stores need no server; their folder is created instead. ``uri`` is checked as given (resolve it
+    with :func:`resolve_tracking_uri` first): the environment never overrides it.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         return

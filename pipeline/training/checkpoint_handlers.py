@@ -1,5 +1,8 @@
 """Training-side checkpoint handlers on ignite/MONAI: save the trainer with the model, keep the best model's
-ranking across resumes, resume from the newest readable epoch checkpoint (format: :mod:`pipeline.core.checkpoint`)."""
+ranking across resumes, resume from the newest readable epoch checkpoint.
+
+The checkpoint format itself is :mod:`pipeline.core.checkpoint`, which imports no ignite.
+"""
 
 from __future__ import annotations
 
