@@ -74,7 +74,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     or, for that instant, none; never a half-written one). On any exception the staging folder is removed.
 
     Args:
-        path: destination folder (e.g. a DICOM series ``ct_dicom/`` or an exported bundle); its parent must exist.
+        path: destination folder (a DICOM series ``ct_dicom/``, an exported bundle); its parent must exist.
 
     Raises:
         FileNotFoundError: the parent folder does not exist.

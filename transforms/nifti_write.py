@@ -1,8 +1,8 @@
 """The one NIfTI writer: an array and its RAS affine to ``.nii``/``.nii.gz``, atomically, with nibabel.
 
-In ``transforms`` (beside the NIfTI reader) so that ``transforms.inspect`` and every ``pipeline`` writer (masks,
-probabilities, imports, synthetic phantoms) share it. Output is deterministic: nibabel's gzip stream has no
-time stamp or file name, so equal inputs give equal bytes.
+In ``transforms`` (beside the NIfTI reader) so that ``transforms.inspect`` and every ``pipeline`` writer
+(masks, probabilities, imports, registration, synthetic phantoms) share it. Output is deterministic:
+nibabel's gzip stream has no time stamp or file name, so equal inputs give equal bytes.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def write_nifti(
 ) -> Path:
     """Write ``data`` ``(X, Y[, Z[, C]])`` with a 4x4 RAS voxel->world ``affine`` (mm) as NIfTI-1, atomically.
 
-    Without ``header``: stored in ``data``'s own dtype, sform and qform both set to ``affine`` (code "scanner";
-    the qform is nibabel's closest rigid approximation of a sheared affine), units mm. A given ``header``
-    (e.g. copied from a source file) keeps its on-disk dtype, xform codes and units.
+    Without ``header``: stored in ``data``'s own dtype, sform and qform both set to ``affine`` (code
+    "scanner"; the qform is nibabel's closest rigid approximation of a sheared affine), units mm. A given
+    ``header`` (e.g. copied from a source file) keeps its on-disk dtype, xform codes and units.
 
     Args:
         data: voxel array, e.g. int16 HU ``(512, 512, 120)`` or uint8 labels.
