@@ -49,3 +49,16 @@ def test_reachability_checks_the_explicit_store_not_the_environment(tmp_path, mo
     db = tmp_path / "store" / "mlflow.db"
     require_tracking_server(f"sqlite:///{db}", timeout=0.5)  # would fail on the environment's server
     assert db.parent.is_dir()
+
+
+@pytest.mark.parametrize("env", [None, "http://127.0.0.1:9"])
+def test_the_resilient_handler_logs_to_the_explicit_store_whatever_the_environment(tmp_path, monkeypatch, env):
+    from pipeline.tracking.mlflow_handler import ResilientMLFlowHandler
+
+    if env is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    explicit = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    handler = ResilientMLFlowHandler(tracking_uri=explicit, journal_dir=str(tmp_path / "journal"))
+    assert handler.tracking_uri == explicit
