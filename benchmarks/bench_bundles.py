@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.synthetic.phantoms import synthesize
-from pipeline.tracking.store import sqlite_uri
+from pipeline.core.tracking_uri import sqlite_uri
 from pipeline.training.train import TrainResult, train_bundle
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"

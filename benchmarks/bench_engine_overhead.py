@@ -85,7 +85,8 @@ def make_ours(data: list[dict], state: dict, epochs: int, work: Path, rep: int):
     from monai.engines import SupervisedTrainer
     from monai.handlers import from_engine
 
-    from pipeline.core.checkpoint import NetworkSpec, TrainingCheckpointSaver
+    from pipeline.core.checkpoint import NetworkSpec
+    from pipeline.training.checkpoint_handlers import TrainingCheckpointSaver
     from pipeline.training.handlers import EpochSeedHandler, EpochSummaryHandler, GradientClipHandler
     from pipeline.tracking.mlflow_handler import ResilientMLFlowHandler
 

@@ -37,6 +37,7 @@ from pipeline.outputs.registry import SEG_NAME
 from pipeline.core.checkpoint import NetworkSpec
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
+from transforms.nifti_write import write_nifti
 
 BUNDLE = REPO / "bundles" / "ct_organ_resunet3d"
 
@@ -67,7 +68,7 @@ def write_folder(folder: Path, cases: int, shape, spacing) -> list[Path]:
         (folder / f"case_{i:03d}").mkdir(parents=True)
         hu, affine = phantom(shape, spacing, seed=i)
         path = folder / f"case_{i:03d}" / "ct.nii.gz"
-        nib.save(nib.Nifti1Image(hu, affine), path)
+        write_nifti(hu, affine, path)
         paths.append(path)
     return paths
 
@@ -303,7 +304,7 @@ def main() -> None:
             big = tmp / "big" / "ct.nii.gz"
             big.parent.mkdir()
             hu, affine = phantom(tuple(args.memory_shape), tuple(args.memory_spacing), seed=99)
-            nib.save(nib.Nifti1Image(hu, affine), big)
+            write_nifti(hu, affine, big)
             del hu
             peaks = {}
             for side in ("naive", "ours"):

@@ -13,13 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from pipeline.synthetic.dicom_series import write_dicom_series
 from transforms.io import load_scan
+from transforms.nifti_write import write_nifti
 
 
 def _median_time(fn, reps: int) -> float:
@@ -54,7 +54,7 @@ def main() -> None:
         folder = Path(tmp) / "series"
         write_dicom_series(hu, affine, folder, file_names=[f"{k:08x}" for k in rng.permutation(args.slices)])
         nii = Path(tmp) / "ct.nii.gz"
-        nib.save(nib.Nifti1Image(hu, affine), nii)
+        write_nifti(hu, affine, nii)
         np.testing.assert_array_equal(load_scan(folder).numpy()[0], _sitk_series(folder).transpose(2, 1, 0))
         rows = [
             ("DICOM series", lambda: load_scan(folder), lambda: _sitk_series(folder)),

@@ -34,6 +34,7 @@ from pipeline.inference.options import InferenceOptions  # noqa: E402
 from pipeline.inference.predictor import QC_REFERENCE_NAME, Predictor  # noqa: E402
 from pipeline.qc.assess import assess_case  # noqa: E402
 from pipeline.qc.model_reference import write_model_reference  # noqa: E402
+from transforms.nifti_write import write_nifti  # noqa: E402
 
 
 def _noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -94,9 +95,9 @@ def corrupt(entry: dict, kind: str, out: Path, rng: np.random.Generator) -> dict
         data = CORRUPTIONS[kind](data, rng).astype(np.float32)
     name = f"{entry['case']}_{kind.split()[0].replace('/', '_')}"
     out.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), out / f"{name}.nii.gz")
+    write_nifti(data, affine, out / f"{name}.nii.gz")
     # the label stays on the true grid of the voxels: Dice compares voxel arrays
-    nib.save(nib.Nifti1Image(seg.astype(np.uint8), label_affine), out / f"{name}_label.nii.gz")
+    write_nifti(seg.astype(np.uint8), label_affine, out / f"{name}_label.nii.gz")
     return {"case": name, "image": str(out / f"{name}.nii.gz"), "label": str(out / f"{name}_label.nii.gz")}
 
 

@@ -19,7 +19,8 @@ from pipeline.core.bundle import Bundle
 from pipeline.core.datalist import load_datalist
 from pipeline.inference.predictor import Predictor
 from pipeline.synthetic.phantoms import synthesize
-from pipeline.tracking.store import new_run_name, sqlite_uri
+from pipeline.core.tracking_uri import sqlite_uri
+from pipeline.tracking.store import new_run_name
 from pipeline.training.train import TrainResult, train_bundle
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ import pytest
 
 from pipeline.core.atomic import (
     COMPLETE_MARKER,
-    atomic_write,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -18,6 +17,7 @@ from pipeline.core.atomic import (
     is_complete,
     mark_complete,
 )
+from transforms.atomic import atomic_folder, atomic_write
 
 
 def test_temp_name_is_hidden_in_same_folder_and_keeps_suffixes(tmp_path):
@@ -105,3 +105,28 @@ def test_mark_complete_rejects_missing_or_escaping_outputs(tmp_path):
     with pytest.raises(ValueError, match="relative path"):
         mark_complete(case, ["../elsewhere.txt"])
     assert not (case / COMPLETE_MARKER).exists()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path, existing):
+    target = tmp_path / "ct_dicom"
+    if existing:
+        target.mkdir()
+        (target / "old.dcm").write_bytes(b"old")
+    with atomic_folder(target) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".tmp-")
+        assert not (target / "new.dcm").exists()
+        (staging / "new.dcm").write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_dicom"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.dcm"]
+    with pytest.raises(RuntimeError, match="killed"), atomic_folder(target) as staging:
+        (staging / "half.dcm").write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_dicom"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.dcm"]
+
+
+@pytest.mark.parametrize("writer", [atomic_write, atomic_folder])
+def test_atomic_writers_name_a_missing_parent(tmp_path, writer):
+    with pytest.raises(FileNotFoundError, match="missing"), writer(tmp_path / "missing" / "x"):
+        pass

@@ -125,9 +125,9 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
 
 def test_default_tracking_uri_is_sqlite_in_workdir(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert default_tracking_uri(workdir=tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+    assert default_tracking_uri(workdir=tmp_path) == "http://127.0.0.1:5000"
 
 
 def test_unreachable_tracking_server_fails_fast(monkeypatch):

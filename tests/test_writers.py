@@ -8,7 +8,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipeline.outputs.nifti import as_affine, spatial_array, write_mask_nifti, write_probabilities_nifti
+from pipeline.core.arrays import as_affine, spatial_array
+from pipeline.outputs.nifti import write_mask_nifti, write_probabilities_nifti
 
 SHAPE = (33, 34, 35)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from nibabel.orientations import aff2axcodes
 
@@ -15,6 +13,7 @@ from transforms.dicom import find_series, series_to_volume
 from transforms.dicom_discovery import SeriesInfo, SeriesRule, discover_series, walk_files
 from transforms.io_errors import ScanLoadError
 from transforms.nifti import is_nifti_path, load_nifti
+from transforms.nifti_write import write_nifti
 
 __all__ = ["OBLIQUE_TOLERANCE_DEG", "convert_to_nifti", "format_inspection", "has_problems", "inspect_path"]
 
@@ -175,7 +174,7 @@ def convert_to_nifti(
     volume ``(X, Y, 1)`` whose z spacing is the slice thickness (as dicom2nifti and SimpleITK write it).
 
     Integer-valued intensities that fit int16 (CT in HU) are stored as int16, others as float32. The file is
-    written to a temporary name in the same folder and moved into place with ``os.replace``.
+    written atomically by :func:`transforms.nifti_write.write_nifti`.
 
     Args:
         path: NIfTI file, DICOM folder or DICOM file.
@@ -198,18 +197,7 @@ def convert_to_nifti(
     info = np.iinfo(np.int16)
     if np.array_equal(array, np.round(array)) and array.min() >= info.min and array.max() <= info.max:
         array = array.astype(np.int16)
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out_path.name.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=suffix, dir=out_path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_nifti(array, affine, out_path)
     logger.info("converted %s to %s", path, out_path)
     return out_path

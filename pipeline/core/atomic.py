@@ -1,26 +1,24 @@
-"""Atomic file writes and per-case completion markers, so a killed batch run never leaves a half-written
-output that a rerun takes as finished.
+"""Atomic bytes/text/JSON writes and per-case completion markers, so a killed batch run never leaves a
+half-written output that a rerun takes as finished.
 
-Every writer writes to a hidden temporary file in the destination folder (``.tmp-<random>-<name>``, keeping
-the real suffix chain so format-sniffing writers such as nibabel still see ``.nii.gz``), flushes it to disk
-and then ``os.replace``-s it over the destination. A case folder is complete only when ``.complete.json``
+Every writer goes through :func:`transforms.atomic.atomic_write` (the one atomic write: hidden temporary
+file in the destination folder, fsync, ``os.replace``). A case folder is complete only when ``.complete.json``
 exists, is written last, and every output it lists still has the recorded size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from transforms.atomic import atomic_write
+
 __all__ = [
     "COMPLETE_MARKER",
-    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -33,47 +31,6 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete.json"
 _MARKER_VERSION = 1
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it over ``path`` only if the block succeeds.
-
-    The temporary name is ``.tmp-<hex>-<name>`` in the same folder (same file system, so the final
-    ``os.replace`` is atomic), keeping ``name``'s suffixes. On any exception the temporary file is removed and
-    ``path`` is left untouched.
-
-    Args:
-        path: destination file; its folder must exist.
-
-    Raises:
-        FileNotFoundError: the destination folder does not exist, or the block wrote nothing.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"atomic_write: folder of {str(path)!r} does not exist")
-    if not path.name:
-        raise ValueError(f"atomic_write: path must name a file, got {str(path)!r}")
-    tmp = path.parent / f".tmp-{secrets.token_hex(6)}-{path.name}"
-    try:
-        yield tmp
-        if not tmp.is_file():
-            raise FileNotFoundError(
-                f"atomic_write: nothing was written to the temporary file for {str(path)!r}"
-            )
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

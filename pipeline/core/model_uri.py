@@ -6,15 +6,15 @@ folder, so every command and ``Predictor.from_bundle`` take a registered model.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from pipeline.core.tracking_uri import resolve_tracking_uri
 
 __all__ = ["MODEL_URI", "fetch_bundle", "is_model_uri", "parse_model_uri"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_URI = "models:/"
-_DEFAULT_DB = "mlflow.db"
 
 
 def is_model_uri(text: str | Path) -> bool:
@@ -40,11 +40,9 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
 
 
 def registry_store(tracking_uri: str | None) -> str:
-    """The registry to ask: ``tracking_uri``, else ``MLFLOW_TRACKING_URI`` (as MLflow honours it), else
-    ``./mlflow.db`` (the default store of ``clinseg train``)."""
-    if tracking_uri:
-        return tracking_uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path.cwd() / _DEFAULT_DB).resolve()}"
+    """The registry to ask, by :func:`pipeline.core.tracking_uri.resolve_tracking_uri`: ``tracking_uri``, else
+    ``MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (the default store of ``clinseg train``)."""
+    return resolve_tracking_uri(tracking_uri)[0]
 
 
 def fetch_bundle(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:

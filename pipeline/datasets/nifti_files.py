@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.core.atomic import atomic_write
+from transforms.nifti_write import write_nifti
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -51,22 +51,11 @@ def split_channels(path: Path, names: list[str], out_dir: Path, case: str) -> di
     written = {}
     for c, name in enumerate(names):
         data = np.asanyarray(img.dataobj[..., c])
-        header = img.header.copy()
-        header.set_data_shape(data.shape)
-        out = nib.Nifti1Image(data, img.affine, header)
-        target = out_dir / f"{case}_{name}.nii.gz"
-        with atomic_write(target) as tmp:
-            nib.save(out, tmp)
-        written[name] = target
+        written[name] = write_nifti(data, img.affine, out_dir / f"{case}_{name}.nii.gz", header=img.header)
     return written
 
 
 def write_image(volume: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     """Write an ``(X, Y, Z)`` image with a RAS ``affine`` as NIfTI, atomically; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(volume, affine)
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
-    with atomic_write(path) as tmp:
-        nib.save(img, tmp)
-    return path
+    return write_nifti(volume, affine, path)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from pipeline.core.atomic import atomic_write
+from transforms.atomic import atomic_write
+from transforms.io_sitk import from_sitk
 from transforms.nifti import is_nifti_path
+from transforms.nifti_write import write_nifti
 from transforms.registration import (
     RegistrationOptions,
     RegistrationResult,
@@ -67,8 +69,7 @@ def register_files(
     fixed_image, moving_image = read_image(fixed), read_image(moving)
     result = register_images(fixed_image, moving_image, deformable=deformable, options=options)
     aligned = resample_to(fixed_image, moving_image, result.transform)
-    with atomic_write(out) as tmp:
-        sitk.WriteImage(aligned, str(tmp), useCompression=True)
+    write_nifti(*from_sitk(aligned), out)
     with atomic_write(transform_out) as tmp:
         sitk.WriteTransform(result.transform, str(tmp))
     return result

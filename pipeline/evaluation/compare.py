@@ -83,7 +83,7 @@ def _client(tracking_uri: str | None) -> Any:
 
     from pipeline.tracking.store import default_tracking_uri, require_tracking_server
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = default_tracking_uri(tracking_uri)
     require_tracking_server(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
 
@@ -285,7 +285,7 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.core.atomic import atomic_write
+    from transforms.atomic import atomic_write
 
     client = _client(tracking_uri)
     histories = {r: sorted(client.get_metric_history(r, metric), key=lambda m: m.step) for r in run_ids}

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,16 +79,12 @@ def evaluation_store(checkpoint: str | Path, tracking_uri: str | None = None) ->
     Returns:
         ``(uri, reason)``, e.g. ``("sqlite:////work/demo/mlflow.db", "the training run's store, from ...")``.
     """
-    from pipeline.tracking.store import default_tracking_uri
+    from pipeline.core.tracking_uri import resolve_tracking_uri
 
-    if tracking_uri:
-        return tracking_uri, "--tracking-uri"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
     trained = training_store(checkpoint)
-    if trained:
-        return trained, f"the training run's store, from {Path(checkpoint).resolve().parent / CONFIG_AS_RUN}"
-    return default_tracking_uri(), "the default store in the working directory"
+    record = Path(checkpoint).resolve().parent / CONFIG_AS_RUN
+    fallback = (trained, f"the training run's store, from {record}") if trained else None
+    return resolve_tracking_uri(tracking_uri, fallback=fallback)
 
 
 def find_training_run(client: Any, checkpoint: str | Path) -> str | None:

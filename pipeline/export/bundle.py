@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,6 +29,7 @@ from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.export.card import export_version, exported_metadata, exported_readme, license_text
 from pipeline.export.configs import exported_configs, other_config_files, write_yaml
 from pipeline.export.record import RunRecord, run_record
+from transforms.atomic import atomic_folder
 
 __all__ = ["export_bundle", "source_bundle"]
 
@@ -101,8 +100,7 @@ def export_bundle(
     configs = exported_configs(source, record.config_as_run)
     run_text = record.source()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         for folder in ("configs", "models", "docs"):
             (staging / folder).mkdir()
         for name, config in configs.items():
@@ -129,11 +127,6 @@ def export_bundle(
             shutil.copyfile(license_file, staging / "LICENSE")
         else:
             (staging / "LICENSE").write_text(license_text(meta))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s as bundle %s %s", run_text, meta["name"], meta["version"])
     return out
 

@@ -54,7 +54,7 @@ class RegisteredBundle:
 def _client(tracking_uri: str | None) -> Any:
     from mlflow import MlflowClient
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = default_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

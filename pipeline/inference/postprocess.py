@@ -18,7 +18,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 from pipeline.inference.options import PostprocessOptions
-from pipeline.outputs.nifti import label_array
+from pipeline.core.arrays import label_array
 from pipeline.outputs.volumetry import voxel_volume_ml
 
 __all__ = ["CleanLabelsd", "postprocess_mask"]

@@ -30,7 +30,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from pipeline.core.atomic import atomic_write
+from transforms.atomic import atomic_write
 from pipeline.outputs.dicom_common import (
     check_ascending,
     check_labels,
@@ -38,7 +38,7 @@ from pipeline.outputs.dicom_common import (
     package_version,
     read_source_headers,
 )
-from pipeline.outputs.nifti import label_array
+from pipeline.core.arrays import label_array
 
 __all__ = ["DEFAULT_PROPERTY_CODES", "read_dicom_seg", "write_dicom_seg"]
 

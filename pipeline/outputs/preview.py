@@ -32,7 +32,7 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from pipeline.core.atomic import atomic_write_bytes
-from pipeline.outputs.nifti import as_affine, label_array, spatial_array
+from pipeline.core.arrays import as_affine, label_array, spatial_array
 from pipeline.outputs.preview_window import display_range, slabs
 
 __all__ = [

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.outputs.nifti import spatial_array
+from pipeline.core.arrays import spatial_array
 
 __all__ = ["HISTOGRAM_BINS", "SLAB_VOXELS", "display_range", "percentile_window", "preview_window", "slabs"]
 

@@ -44,7 +44,7 @@ from pydicom.uid import (
 from scipy import ndimage
 from skimage.measure import find_contours
 
-from pipeline.core.atomic import atomic_write
+from transforms.atomic import atomic_write
 from pipeline.outputs.contour_budget import MAX_CONTOURS, MIN_COMPONENT_MM3, clean_labels, limit_contours
 from pipeline.outputs.dicom_common import (
     check_ascending,
@@ -54,7 +54,7 @@ from pipeline.outputs.dicom_common import (
     read_source_headers,
 )
 from pipeline.outputs.preview import label_colour
-from pipeline.outputs.nifti import label_array
+from pipeline.core.arrays import label_array
 
 __all__ = ["write_rtstruct"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.atomic import atomic_write_text
-from pipeline.outputs.nifti import as_affine, label_array, spatial_array
+from pipeline.core.arrays import as_affine, label_array, spatial_array
 
 __all__ = ["VOLUME_COLUMNS", "structure_volumes", "voxel_volume_ml", "write_volumes_csv"]
 

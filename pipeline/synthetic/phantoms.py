@@ -17,21 +17,19 @@ Example:
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from pipeline.core.atomic import atomic_write_json
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.synthetic.anatomy import draw_tissues, label_from_tissues, render_ct, render_mr
+from transforms.atomic import atomic_folder
+from transforms.nifti_write import write_nifti
 
 __all__ = ["LABELS", "Phantom", "make_phantom", "synthesize", "write_case"]
 
@@ -158,26 +156,6 @@ def make_phantom(
     return Phantom(ct=ct, mr=mr, label=label_from_tissues(tissues), affine=affine)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """Gzipped NIfTI-1 bytes with ``affine`` as sform and qform (code 1, scanner) and no time stamp."""
-    image = nib.Nifti1Image(array, affine)
-    image.set_sform(affine, code=1)
-    image.set_qform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    image.header.set_data_offset(352)  # to_bytes() leaves vox_offset 0, which the NIfTI-1 spec forbids
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
-
-
 def write_case(
     phantom: Phantom, case_dir: Path, *, formats: Sequence[str] = ("nifti",), uid_seed: str | None = None
 ) -> dict[str, str]:
@@ -212,26 +190,19 @@ def write_case(
         images = {"ct": phantom.ct.astype(np.int16), **images}
     written = {}
     for key, array in images.items():
-        _atomic_write(case_dir / f"{key}.nii.gz", _nifti_bytes(array, phantom.affine))
+        write_nifti(array, phantom.affine, case_dir / f"{key}.nii.gz")
         written[key] = f"{key}.nii.gz"
     if "dicom" in formats:
-        final = case_dir / "ct_dicom"
-        tmp = case_dir / f".ct_dicom.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            volume = phantom.ct if phantom.ct.ndim == 3 else phantom.ct[..., None]
+        volume = phantom.ct if phantom.ct.ndim == 3 else phantom.ct[..., None]
+        with atomic_folder(case_dir / "ct_dicom") as staging:
             write_dicom_series(
                 volume,
                 phantom.affine,
-                tmp,
+                staging,
                 modality="CT",
                 series_description="clinseg synthetic CT",
                 uid_seed=uid_seed,
             )
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         written["ct_dicom"] = "ct_dicom"
     return written
 
@@ -330,7 +301,7 @@ def synthesize(
         "test": test,
     }
     path = out / "dataset.json"
-    _atomic_write(path, (json.dumps(dataset, indent=2) + "\n").encode())
+    atomic_write_json(path, dataset)
     sizes = (len(training), len(validation), len(test))
     logger.info("wrote %s: %d training, %d validation, %d test", path, *sizes)
     return path

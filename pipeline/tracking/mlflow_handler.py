@@ -23,7 +23,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict
 
-from pipeline.tracking.store import new_run_name
+from pipeline.tracking.store import default_tracking_uri, new_run_name
 from pipeline.tracking.journal import TrackingJournal, open_run_journal
 from pipeline.tracking.run_tags import run_page_url
 from pipeline.tracking.sync import JournalReplayer, SyncPolicy, shared_replayer
@@ -75,11 +75,14 @@ class ResilientMLFlowHandler(MLFlowHandler):
         outage_budget_s: float = 45.0,
         **kwargs: Any,
     ) -> None:
+        explicit = kwargs.get("tracking_uri", args[0] if args else None)
         super().__init__(*args, **kwargs)
         self.journal_dir = str(journal_dir)
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.policy = SyncPolicy(request_timeout=request_timeout, outage_budget_s=outage_budget_s)
-        self.tracking_uri = str(self.client.tracking_uri)  # MLFLOW_TRACKING_URI wins, as in MONAI's handler
+        # every call goes through the journal to this store: an explicit URI wins over MLFLOW_TRACKING_URI
+        # (MONAI's own client lets the environment win; it is not used for logging here)
+        self.tracking_uri = default_tracking_uri(explicit)
         self.run_name = self.run_name or new_run_name("run")
         self._replayer: JournalReplayer | None = None
         self._previous_sigterm: Any = None

@@ -1,4 +1,4 @@
-"""MLflow wiring for bundles and the CLI: default store, run names, config as run, params, reachability."""
+"""MLflow wiring for bundles and the CLI: the tracking-URI resolver, run names, config as run, reachability."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-from pipeline.core.atomic import atomic_write_json
+from pipeline.core.atomic import atomic_write_json, atomic_write_text
+from pipeline.core.tracking_uri import resolve_tracking_uri
 
-DEFAULT_DB = "mlflow.db"
 CONFIG_AS_RUN = "config_run.json"  # the config as run, in the checkpoint folder: a run artifact
 
 
@@ -25,23 +25,9 @@ class TrackingUnavailableError(RuntimeError):
     """The configured MLflow tracking server cannot be reached."""
 
 
-def default_tracking_uri(workdir: str | Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set (as MLflow itself honours it), else a SQLite store ``<workdir>/mlflow.db``.
-
-    MLflow 3 refuses the old ``./mlruns`` file store and MONAI's ``MLFlowHandler`` refuses ``file:`` URIs,
-    so the embedded default is SQLite, MLflow's own default backend.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return sqlite_uri(Path(workdir or os.getcwd()) / DEFAULT_DB)
-
-
-def sqlite_uri(db_path: str | Path) -> str:
-    """``sqlite:////abs/path/mlflow.db`` for a database file (its folder is created)."""
-    db_path = Path(db_path).resolve()
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db_path}"
+def default_tracking_uri(explicit: str | None = None, *, workdir: str | Path | None = None) -> str:
+    """The URI alone of :func:`resolve_tracking_uri`; bundles: ``$pipeline.tracking.store.default_tracking_uri()``."""
+    return resolve_tracking_uri(explicit, workdir=workdir)[0]
 
 
 def new_run_name(prefix: str) -> str:
@@ -67,9 +53,7 @@ def run_name_for(ckpt_dir: str | Path, prefix: str, resume: bool = False) -> str
     if _rank() > 0:  # only rank 0 logs to MLflow and owns the record
         return name
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(name + "\n")
-    os.replace(tmp, record)
+    atomic_write_text(record, name + "\n")
     return name
 
 
@@ -145,9 +129,9 @@ def bundle_artifacts(bundle_root: str | Path, *extra: str | Path) -> list[str]:
 def require_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, with a clear message, when an ``http(s)`` tracking server does not answer.
 
-    SQLite stores need no server; their folder is created instead.
+    SQLite stores need no server; their folder is created instead. ``uri`` is checked as given (resolve it
+    with :func:`resolve_tracking_uri` first): the environment never overrides it.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         return

@@ -100,7 +100,7 @@ def train_bundle(
         if ckpt_dir is None:
             raise ValueError("resume needs the run's checkpoint folder (ckpt_dir / --ckpt-dir)")
         settings["resume"] = True
-    settings["tracking_uri"] = tracking_uri or default_tracking_uri()
+    settings["tracking_uri"] = default_tracking_uri(tracking_uri or settings.get("tracking_uri"))
     if fold is not None:
         if ckpt_dir is None or dataset_dir is None:
             raise ValueError("cross-validation needs dataset_dir and a ckpt_dir per fold (e.g. runs/fold0)")
