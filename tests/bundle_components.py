@@ -28,6 +28,7 @@ TRAIN_IDS = ["train#datalist", "train#dataset", "train#dataloader", "train#infer
 INFERENCE_IDS = ["datalist", "dataset", "dataloader", "inferer", "postprocessing", "writer", "handlers",
                  "evaluator", "initialize", "run", "preprocessing_transforms", "network_args"]  # fmt: skip
 EVALUATE_IDS = ["ckpt_path", "validate#handlers", "initialize", "run", "finalize"]
+INLINED = ("label_postprocessing", "tracked_params")  # knobs a component may name or hold inline: recorded inline
 
 
 def _transforms(compose: Any) -> list[dict[str, Any]]:
@@ -39,6 +40,21 @@ def _parser(bundle: Path, config: list[str]) -> ConfigParser:
     parser = Bundle.at(bundle).parser(config)
     parser.parse()
     return parser
+
+
+def _inline(value: Any, parser: ConfigParser) -> Any:
+    """``value`` with references to the :data:`INLINED` knobs replaced by their configs."""
+    if isinstance(value, dict):
+        return {k: _inline(v, parser) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inline(v, parser) for v in value]
+    if isinstance(value, str) and value.startswith("@") and value[1:] in INLINED:
+        return parser.get(value[1:])
+    return value
+
+
+def _ids(parser: ConfigParser, ids: list[str]) -> dict[str, Any]:
+    return {id_: _inline(parser.get(id_), parser) for id_ in ids if id_ in parser}
 
 
 def components(bundle: Path) -> dict[str, Any]:
@@ -53,13 +69,13 @@ def components(bundle: Path) -> dict[str, Any]:
         "optimizer": type(train.get_parsed_content("optimizer")).__name__,
         "train_transforms": _transforms(train.get_parsed_content("train#preprocessing")),
         "validate_transforms": _transforms(train.get_parsed_content("validate#preprocessing")),
-        "train": {id_: train.get(id_) for id_ in TRAIN_IDS if id_ in train},
+        "train": _ids(train, TRAIN_IDS),
     }
     inference = _parser(bundle, ["inference"])
     record["inference_transforms"] = _transforms(inference.get_parsed_content("preprocessing"))
-    record["inference"] = {id_: inference.get(id_) for id_ in INFERENCE_IDS if id_ in inference}
+    record["inference"] = _ids(inference, INFERENCE_IDS)
     evaluate = _parser(bundle, ["train", "evaluate"])
-    record["evaluate"] = {id_: evaluate.get(id_) for id_ in EVALUATE_IDS if id_ in evaluate}
+    record["evaluate"] = _ids(evaluate, EVALUATE_IDS)
     return json.loads(json.dumps(record, default=str))
 
 
