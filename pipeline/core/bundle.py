@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 COMMON = "common"  # configs/common.yaml: the settings a bundle's configs share, merged under each of them
-BASE = "_base"  # bundles/_base/: the workflows (train, inference, evaluate) the bundles beside it share
+BASE = "_base"  # bundles/_base/base_<name>.yaml: the workflows the bundles beside it share
 
 
 class BundleError(ValueError):
@@ -28,7 +28,7 @@ class Bundle:
     ``configs/common.yaml``, where a bundle has it, holds the settings its configs share and is merged first
     under every config. A bundle beside a ``_base`` folder (the shipped ``bundles/``) is a delta: a config the
     base has (``train``, ``inference``, ``evaluate``) comes next, then the bundle's own one, if any (as the
-    documented ``--config_file "['.../common.yaml', 'bundles/_base/train.yaml', '.../train.yaml']"`` does).
+    documented ``--config_file "['.../common.yaml', 'bundles/_base/base_train.yaml', '.../train.yaml']"`` does).
     Planned and exported bundles hold standalone configs.
     """
 
@@ -71,15 +71,21 @@ class Bundle:
             f"configs found: {found}"
         )
 
-    def config_files(self, config: str | Path | Sequence[str | Path]) -> list[str]:
+    def has_config(self, name: str) -> bool:
+        """Whether ``configs/<name>`` or the shared base's ``base_<name>.yaml`` exists."""
+        own = any((self.root / "configs" / f"{name}{s}").is_file() for s in CONFIG_SUFFIXES)
+        return own or (self.root.parent / BASE / f"base_{name}.yaml").is_file()
+
+    def config_files(self, config: str | Path | Sequence[str | Path], *, with_common: bool = True) -> list[str]:
         """The files MONAI merges, in order (later override earlier), for a config and its overlays:
-        ``common`` first when the bundle has it, each shared base config before the bundle's delta of it."""
+        ``common`` first when the bundle has it (and ``with_common``), each shared base config before the
+        bundle's delta of it."""
         names = [config] if isinstance(config, (str, Path)) else list(config)
-        if COMMON not in names and (self.root / "configs" / f"{COMMON}.yaml").is_file():
+        if with_common and COMMON not in names and (self.root / "configs" / f"{COMMON}.yaml").is_file():
             names = [COMMON, *names]
         files: list[str] = []
         for name in names:
-            base = self.root.parent / BASE / f"{name}.yaml"
+            base = self.root.parent / BASE / f"base_{name}.yaml"
             if isinstance(name, str) and base.is_file():
                 files.append(str(base))
                 if not any((self.root / "configs" / f"{name}{s}").is_file() for s in CONFIG_SUFFIXES):

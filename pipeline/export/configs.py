@@ -113,14 +113,14 @@ def exported_configs(bundle: Bundle, config_as_run: Mapping[str, Any] | None) ->
     run = dict(config_as_run) if config_as_run else shipped_train
     train = _shipped_local({k: copy.deepcopy(v) for k, v in run.items() if k != "_meta_"}, shipped_train)
     out = {"train": train}
-    if _has(bundle, "inference"):
+    if bundle.has_config("inference"):
         inference = _with_run(_merged(bundle.config_files("inference")), run, shared)
         out["inference"] = {
             **inference,
             **_monai_label(bundle, inference.get("output_activation", "softmax")),
         }
-    if _has(bundle, "evaluate"):
-        out["evaluate"] = _merged([str(bundle.config_file("evaluate"))], base=train)
+    if bundle.has_config("evaluate"):
+        out["evaluate"] = _merged(bundle.config_files("evaluate", with_common=False), base=train)
     return out
 
 
@@ -134,10 +134,6 @@ def _monai_label(bundle: Bundle, activation: str) -> dict[str, Any]:
     config = copy.deepcopy(_MONAI_LABEL)
     config[MONAI_LABEL_POST]["transforms"][0] = {"_target_": "Activationsd", "keys": "pred", activation: True}
     return config
-
-
-def _has(bundle: Bundle, name: str) -> bool:
-    return any((bundle.root / "configs" / f"{name}{s}").is_file() for s in CONFIG_SUFFIXES)
 
 
 def other_config_files(bundle: Bundle) -> list[Path]:
