@@ -336,8 +336,8 @@ def write_planned_bundle(
                     "\n" + indent + SLICE_INFERER.format(indent=indent),
                 )
         atomic_write_text(configs / template, text)
-    for name in ("logging.conf", "multi_gpu_train.yaml"):  # overlays and files used as they are
-        shutil.copyfile(TEMPLATE / name, configs / name)
+    for file in ("logging.conf", "multi_gpu_train.yaml"):  # overlays and files used as they are
+        shutil.copyfile(TEMPLATE / file, configs / file)
     atomic_write_json(configs / "metadata.json", _metadata(plan, name))
     atomic_write_json(configs / "plan.json", dict(plan))
     atomic_write_json(configs / "fingerprint.json", dict(fingerprint))
