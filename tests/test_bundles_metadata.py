@@ -36,6 +36,8 @@ def test_metadata_has_every_required_key(bundle):
     for tensor in [*fmt["inputs"].values(), *fmt["outputs"].values()]:
         assert [k for k in TENSOR_KEYS if k not in tensor] == []
         assert len(tensor["channel_def"]) == tensor["num_channels"]
+    if "logits" in meta.get("pred_classes", ""):  # channels of scores: the zoo's "segmentation", no label map
+        assert fmt["outputs"]["pred"]["format"] == "segmentation"
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)

@@ -105,6 +105,10 @@ def test_metadata_and_docs_describe_the_plan(planned):
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == len(plan["channels"])
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
     assert "clinseg" in meta["required_packages_version"]
+    for key in ("schema", "data_source", "eval_metrics", "references"):  # the model zoo's fields
+        assert key in meta, key
+    assert meta["name"] == bundle.name  # not the name of the last file copied into configs/
+    assert meta["network_data_format"]["outputs"]["pred"]["format"] == "segmentation"
     readme = (bundle / "docs" / "README.md").read_text()
     assert str(plan["patch"]) in readme
     assert yaml.safe_load((bundle / "configs" / "common.yaml").read_text())["class_names"] == [
