@@ -64,14 +64,23 @@ class PlanError(ValueError):
 
 
 def _width_argument(network: str) -> str:
+    """The argument that sizes ``network``: a width per level (``channels``, ``features``) or a base width
+    (``init_features``: DenseUNet, whose blocks grow by ``growth_rate``)."""
     params = inspect.signature(get_network_class(network)).parameters
-    for name in ("channels", "features"):
+    for name in ("channels", "features", "init_features"):
         if name in params:
             return name
     raise PlanError(
-        f"network {network!r} has no `channels` or `features` argument to size; plan with one that has "
-        "(res_unet, attention_unet, unet) or set its arguments in the planned common.yaml"
+        f"network {network!r} has no `channels`, `features` or `init_features` argument to size; plan with one "
+        "that has (res_unet, attention_unet, unet, dense_unet) or set its arguments in the planned common.yaml"
     )
+
+
+def _sized(width_arg: str, base: int, levels: int) -> dict[str, Any]:
+    """The width (and, for a base width, depth) arguments of a network with ``levels`` resolutions."""
+    if width_arg == "init_features":  # DenseUNet: `levels` counts its poolings, growth half the base width
+        return {"init_features": base, "growth_rate": max(base // 2, 4), "levels": levels - 1}
+    return {width_arg: _widths(base, levels)}
 
 
 def _widths(base: int, levels: int) -> list[int]:
@@ -99,7 +108,7 @@ def _choose_width(
             "spatial_dims": spatial_dims,
             "in_channels": in_channels,
             "out_channels": out_channels,
-            width_arg: _widths(base, levels),
+            **_sized(width_arg, base, levels),
         }
         step_s = measure_step_seconds(
             network, args, (batch, in_channels, *patch), out_channels, budget, regions=regions
