@@ -8,16 +8,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.core.bundle import Bundle
 from tests.conftest import REPO
 
 
 def monai_bundle_run(
     bundle: Path, configs: Sequence[str | Path], workdir: Path, *args: str, threads: int = 2
 ) -> str:
-    """Run ``configs`` (names under ``configs/`` or overlay files) merged after ``common.yaml``, with ``args``
-    (``--key value`` overrides); asserts success and returns stdout + stderr."""
+    """Run ``configs`` (names under ``configs/`` or overlay files) as clinseg lists them (``common.yaml``, then
+    each shared base config before the bundle's own), with ``args`` (``--key value`` overrides); asserts success
+    and returns stdout + stderr."""
     configs_dir = bundle / "configs"
-    files = [configs_dir / "common.yaml", *(c if isinstance(c, Path) else configs_dir / f"{c}.yaml" for c in configs)]
+    files = Bundle.at(bundle).config_files(list(configs))
     command = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str([str(f) for f in files]),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from monai.bundle import ConfigParser
 
 from pipeline.core.bundle import Bundle
 from tests.conftest import BUNDLES, REPO
@@ -47,7 +48,15 @@ SAME_EVALUATE = ["ckpt_path", "initialize", "run", "finalize"]
 
 
 def _load(bundle: Path, name: str) -> dict:
-    return yaml.safe_load((bundle / "configs" / f"{name}.yaml").read_text())
+    """``configs/<name>.yaml`` as MONAI merges it: over the shared base's ``<name>.yaml`` where there is one
+    (the ``evaluate`` overlay's ids, such as ``validate#handlers``, kept as written)."""
+    files = Bundle.at(bundle).config_files(name, with_common=False)
+    if name == "evaluate":
+        return {k: v for f in files for k, v in yaml.safe_load(Path(f).read_text()).items()}
+    merged = ConfigParser.load_config_files(files)
+    if "+imports" in Path(files[0]).read_text():  # merged alone, the base's `+imports` reads `imports`
+        merged["+imports"] = merged.pop("imports")
+    return merged
 
 
 def _get(config: dict, id_: str):
@@ -82,7 +91,8 @@ def test_shared_settings_are_defined_once(bundle):
 def test_per_workflow_keys_say_why(bundle):
     """Every key train.yaml and inference.yaml both define has a comment on its line in each (sw_overlap, ...)."""
     for name in ("train", "inference"):
-        lines = (bundle / "configs" / f"{name}.yaml").read_text().splitlines()
+        lines = "".join(Path(f).read_text() for f in Bundle.at(bundle).config_files(name, with_common=False))
+        lines = lines.splitlines()
         for key in ("label_keys", "resample_dtype", "sw_overlap"):
             (line,) = [line for line in lines if line.startswith(f"{key}:")]
             assert "#" in line, f"{bundle.name}/{name}.yaml: {key} differs per workflow and must say why"
@@ -96,8 +106,8 @@ def test_adaptable_transforms_are_named_and_used(bundle):
     assert refs == [f"@normalise#{name}" for name in common["normalise"]]
     refs = [t for t in train["random_transforms"] if isinstance(t, str)]
     assert refs == [f"@augmentation#{name}" for name in train["augmentation"]]
-    for name in WORKFLOWS:
-        assert not re.search(r"(transforms|preprocessing)#\d", (bundle / "configs" / f"{name}.yaml").read_text())
+    for f in Bundle.at(bundle).config_files(list(WORKFLOWS)):
+        assert not re.search(r"(transforms|preprocessing|handlers)#\d", Path(f).read_text()), f
 
 
 def _handlers(bundle: Path) -> list:
@@ -135,9 +145,11 @@ def test_one_logging_conf_found_in_every_bundle():
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
-def test_clinseg_merges_common_first(bundle):
-    files = Bundle.at(bundle).config_files(["train", "evaluate"])
-    assert [Path(f).name for f in files] == ["common.yaml", "train.yaml", "evaluate.yaml"]
+def test_clinseg_merges_common_then_base_then_delta(bundle):
+    files = [Path(f) for f in Bundle.at(bundle).config_files(["train", "evaluate"])]
+    assert [(f.parent.name, f.name) for f in files] == [
+        ("configs", "common.yaml"), ("_base", "base_train.yaml"), ("configs", "train.yaml"), ("_base", "base_evaluate.yaml")
+    ]
 
 
 def _documented_config_lists() -> list[tuple[Path, list[str]]]:

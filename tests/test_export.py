@@ -122,6 +122,13 @@ def test_planned_bundle_exports_with_its_plan_and_a_license(tmp_path, monkeypatc
     assert all((out / name).is_file() for name in LAYOUT + ["configs/plan.json", "configs/fingerprint.json"])
     assert "see the training data's licence" in (out / "LICENSE").read_text()
     assert Bundle.at(out).parser("inference").get_parsed_content("network_def") is not None
+    for config in (out / "configs").glob("*.yaml"):  # the planning machine's dataset folder stays behind
+        assert str(tmp_path) not in config.read_text(), config.name
+    assert Bundle.at(out).parser("inference")["dataset_dir"] == "data"
+    card = (out / "docs" / "README.md").read_text()
+    table = card[card.index("| setting | value |") : card.index("epochs trained")]
+    assert "$" not in table and "@" not in table, table  # resolved: in_channels 1, amp False, ...
+    assert "'in_channels': 1" in table
 
 
 def _no_network(folder: Path) -> Path:

@@ -14,6 +14,7 @@ from monai.bundle import ConfigParser
 from monai.handlers import CheckpointSaver
 
 from networks import build_network
+from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import NetworkSpec, network_from_checkpoint
 from pipeline.training import distributed
 from pipeline.training.fusion import PretrainedWeightsLoader
@@ -74,9 +75,8 @@ def test_overlay_wires_local_device_global_rank_and_samplers(bundle, monkeypatch
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    configs = bundle / "configs"
     parser = ConfigParser()
-    parser.read_config([str(configs / n) for n in ("common.yaml", "train.yaml", "multi_gpu_train.yaml")])
+    parser.read_config(Bundle.at(bundle).config_files(["train", "multi_gpu_train"]))
     parser["bundle_root"] = str(bundle)
     assert parser.get_parsed_content("device") == torch.device("cuda:1")
     assert parser.get_parsed_content("is_not_rank0") is True  # global rank 3: no logging, no saving

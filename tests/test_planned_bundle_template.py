@@ -105,6 +105,10 @@ def test_metadata_and_docs_describe_the_plan(planned):
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == len(plan["channels"])
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
     assert "clinseg" in meta["required_packages_version"]
+    for key in ("schema", "data_source", "eval_metrics", "references"):  # the model zoo's fields
+        assert key in meta, key
+    assert meta["name"] == bundle.name  # not the name of the last file copied into configs/
+    assert meta["network_data_format"]["outputs"]["pred"]["format"] == "segmentation"
     readme = (bundle / "docs" / "README.md").read_text()
     assert str(plan["patch"]) in readme
     assert yaml.safe_load((bundle / "configs" / "common.yaml").read_text())["class_names"] == [
@@ -124,3 +128,30 @@ def test_the_torchrun_overlay_is_written_and_fits(planned):
     assert (
         parser["finalize"][-1] == "$pipeline.training.distributed.shutdown()" and len(parser["finalize"]) > 1
     )
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_dense_unet_is_plannable(tmp_path, monkeypatch, dims):
+    """DenseUNet is sized by a base width (``init_features``) and a pooling count, and its planned bundle
+    builds a network whose output fits the planned patch."""
+    import torch
+
+    monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
+    fingerprint = _fingerprint({"ct": "CT"})
+    plan = make_plan(fingerprint, ComputeBudget("cpu", 600.0), counts={"training": 8, "validation": 2},
+                     dims=f"{dims}d", network="dense_unet")  # fmt: skip
+    args = plan["network"]["args"]
+    assert args["levels"] == plan["levels"] - 1 and args["growth_rate"] == max(args["init_features"] // 2, 4)
+    datalist = tmp_path / "data" / "dataset.json"
+    datalist.parent.mkdir()
+    datalist.write_text(json.dumps({"channels": {"ct": "CT"}, "training": [], "validation": [], "test": []}))
+    bundle = write_planned_bundle(tmp_path / "bundle", plan, fingerprint, datalist)
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / n) for n in ("common.yaml", "inference.yaml")])
+    parser["network_args"]["init_features"] = 4  # tiny, same depth
+    parser["network_args"]["growth_rate"] = 4
+    net = parser.get_parsed_content("network_def")
+    assert type(net).__name__ == "DenseUNet"
+    patch = [2 ** plan["levels"]] * dims
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 1, *patch)).shape == (1, 3, *patch)

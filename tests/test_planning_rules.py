@@ -187,7 +187,7 @@ def test_ct_and_mr_sets_get_their_own_normalisation_and_grid(stub_step):
     "kwargs, message",
     [
         ({"dims": "4d"}, "dims must be"),
-        ({"network": "dense_unet"}, "no `channels` or `features`"),
+        ({"network": "fusion_seg_net"}, "no `channels`, `features` or `init_features`"),
         ({"counts": {"training": 4, "validation": 0}}, "needs training and validation"),
     ],
 )

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 COMMON = "common"  # configs/common.yaml: the settings a bundle's configs share, merged under each of them
+BASE = "_base"  # bundles/_base/base_<name>.yaml: the workflows the bundles beside it share
 
 
 class BundleError(ValueError):
@@ -30,7 +31,10 @@ class Bundle:
     """A MONAI bundle folder: ``configs/metadata.json``, ``configs/<name>.yaml|json``, ``models/``.
 
     ``configs/common.yaml``, where a bundle has it, holds the settings its configs share and is merged first
-    under every config (as the documented ``--config_file "['.../common.yaml', '.../train.yaml']"`` does).
+    under every config. A bundle beside a ``_base`` folder (the shipped ``bundles/``) is a delta: a config the
+    base has (``train``, ``inference``, ``evaluate``) comes next, then the bundle's own one, if any (as the
+    documented ``--config_file "['.../common.yaml', 'bundles/_base/base_train.yaml', '.../train.yaml']"`` does).
+    Planned and exported bundles hold standalone configs.
     """
 
     root: Path
@@ -88,13 +92,27 @@ class Bundle:
             f"configs found: {found}"
         )
 
-    def config_files(self, config: str | Path | Sequence[str | Path]) -> list[str]:
+    def has_config(self, name: str) -> bool:
+        """Whether ``configs/<name>`` or the shared base's ``base_<name>.yaml`` exists."""
+        own = any((self.root / "configs" / f"{name}{s}").is_file() for s in CONFIG_SUFFIXES)
+        return own or (self.root.parent / BASE / f"base_{name}.yaml").is_file()
+
+    def config_files(self, config: str | Path | Sequence[str | Path], *, with_common: bool = True) -> list[str]:
         """The files MONAI merges, in order (later override earlier), for a config and its overlays:
-        ``common`` first when the bundle has it."""
+        ``common`` first when the bundle has it (and ``with_common``), each shared base config before the
+        bundle's delta of it."""
         names = [config] if isinstance(config, (str, Path)) else list(config)
-        if COMMON not in names and (self.root / "configs" / f"{COMMON}.yaml").is_file():
+        if with_common and COMMON not in names and (self.root / "configs" / f"{COMMON}.yaml").is_file():
             names = [COMMON, *names]
-        return [str(self.config_file(n)) for n in names]
+        files: list[str] = []
+        for name in names:
+            base = self.root.parent / BASE / f"base_{name}.yaml"
+            if isinstance(name, str) and base.is_file():
+                files.append(str(base))
+                if not any((self.root / "configs" / f"{name}{s}").is_file() for s in CONFIG_SUFFIXES):
+                    continue  # the base alone (e.g. evaluate.yaml: no bundle changes it)
+            files.append(str(self.config_file(name)))
+        return files
 
     def parser(
         self, config: str | Path | Sequence[str | Path] = "inference", **overrides: Any

@@ -12,6 +12,7 @@ from typing import Any
 import monai
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 
 from pipeline.export.record import KEY_METRIC, RunRecord
 
@@ -82,10 +83,23 @@ def license_text(meta: Mapping[str, Any]) -> str:
     )
 
 
+def _resolved(config: Mapping[str, Any], keys: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """``keys`` of ``config`` as MONAI resolves them (``'$len(@channels)'`` -> 2); a value that needs what
+    the export cannot build (a dataset, a GPU) is shown as written."""
+    parser = ConfigParser(copy.deepcopy(dict(config)))
+    values = []
+    for key in (k for k in keys if k in config):
+        try:
+            values.append((key, parser.get_parsed_content(key, instantiate=False)))
+        except Exception:  # noqa: BLE001 - any failure to evaluate: the value as written is still true
+            values.append((key, config[key]))
+    return values
+
+
 def exported_readme(meta: Mapping[str, Any], record: RunRecord, train_config: Mapping[str, Any]) -> str:
-    """``docs/README.md``: what the model is, how it was trained (the knobs of the config as run), what it
-    measured, and the commands that run it."""
-    knobs = [(k, train_config[k]) for k in _TRAINING_KNOBS if k in train_config]
+    """``docs/README.md``: what the model is, how it was trained (the knobs of the config as run, resolved),
+    what it measured, and the commands that run it."""
+    knobs = _resolved(train_config, _TRAINING_KNOBS)
     lines = [
         f"# {meta.get('name', 'bundle')} {meta['version']}",
         "",

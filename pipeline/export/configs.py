@@ -33,6 +33,8 @@ LOCAL_KEYS = (
     "resume", "tracking_journal", "config_as_run", "fold",
 )  # fmt: skip
 """Keys naming this machine's folders or the run's MLflow store: shipped values are kept, the run's dropped."""
+PORTABLE = {"dataset_dir": "data"}
+"""What an exported config holds instead of an absolute path of the machine that planned or trained it."""
 
 MONAI_LABEL_POST = "post_transforms"
 """MONAI Label's ``BundleInferTask`` prefers this key to ``postprocessing`` and feeds it logits, not the
@@ -89,12 +91,23 @@ def _with_run(config: dict[str, Any], run: Mapping[str, Any], keys: list[str]) -
 
 
 def _shipped_local(config: dict[str, Any], shipped: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with its local keys reset to the shipped values (dropped when the shipped config lacks them)."""
+    """``config`` with its local keys reset to the shipped values (dropped when the shipped config lacks them),
+    an absolute path among them (a planned bundle's ``dataset_dir``) made portable."""
     for key in LOCAL_KEYS:
         if key in shipped:
             config[key] = copy.deepcopy(shipped[key])
         else:
             config.pop(key, None)
+    return _portable(config)
+
+
+def _portable(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without this machine's folders: a local key holding an absolute path gets
+    :data:`PORTABLE`'s relative default (given again at run time, e.g. ``--dataset_dir DATA``)."""
+    for key in LOCAL_KEYS:
+        value = config.get(key)
+        if isinstance(value, str) and not value.startswith(("$", "@")) and Path(value).is_absolute():
+            config[key] = PORTABLE.get(key, ".")
     return config
 
 
@@ -113,14 +126,14 @@ def exported_configs(bundle: Bundle, config_as_run: Mapping[str, Any] | None) ->
     run = dict(config_as_run) if config_as_run else shipped_train
     train = _shipped_local({k: copy.deepcopy(v) for k, v in run.items() if k != "_meta_"}, shipped_train)
     out = {"train": train}
-    if _has(bundle, "inference"):
-        inference = _with_run(_merged(bundle.config_files("inference")), run, shared)
+    if bundle.has_config("inference"):
+        inference = _portable(_with_run(_merged(bundle.config_files("inference")), run, shared))
         out["inference"] = {
             **inference,
             **_monai_label(bundle, inference.get("output_activation", "softmax")),
         }
-    if _has(bundle, "evaluate"):
-        out["evaluate"] = _merged([str(bundle.config_file("evaluate"))], base=train)
+    if bundle.has_config("evaluate"):
+        out["evaluate"] = _merged(bundle.config_files("evaluate", with_common=False), base=train)
     return out
 
 
@@ -134,10 +147,6 @@ def _monai_label(bundle: Bundle, activation: str) -> dict[str, Any]:
     config = copy.deepcopy(_MONAI_LABEL)
     config[MONAI_LABEL_POST]["transforms"][0] = {"_target_": "Activationsd", "keys": "pred", activation: True}
     return config
-
-
-def _has(bundle: Bundle, name: str) -> bool:
-    return any((bundle.root / "configs" / f"{name}{s}").is_file() for s in CONFIG_SUFFIXES)
 
 
 def other_config_files(bundle: Bundle) -> list[Path]:

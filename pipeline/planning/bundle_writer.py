@@ -26,6 +26,12 @@ from pipeline.planning.region_bundle import region_template
 __all__ = ["write_planned_bundle"]
 
 TEMPLATE = Path(__file__).with_name("template")
+ZOO_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+REFERENCES = [
+    "Isensee F. et al. nnU-Net: a self-configuring method for deep learning-based biomedical image segmentation. "
+    "Nature Methods 18, 203-211 (2021): the planning rules restated",
+    "Cardoso M. J. et al. MONAI: An open-source framework for deep learning in healthcare. arXiv:2211.02701 (2022)",
+]
 SLICE_INFERER = "_target_: pipeline.inference.slice_inferer.SliceWiseInferer\n{indent}spatial_dim: 2"
 
 
@@ -196,6 +202,7 @@ def _metadata(plan: Mapping[str, Any], name: str) -> dict[str, Any]:
     channels, classes = plan["channels"], plan["class_names"]
     pred_classes, channel_def = _outputs(plan)
     return {
+        "schema": ZOO_SCHEMA,
         "name": name,
         "version": "0.1.0",
         "changelog": {"0.1.0": "planned by clinseg plan from the dataset fingerprint"},
@@ -211,6 +218,9 @@ def _metadata(plan: Mapping[str, Any], name: str) -> dict[str, Any]:
         "authors": "clinseg plan",
         "copyright": "the dataset's owners",
         "license": "see the training data's licence",
+        "data_source": "the dataset clinseg plan measured: its training split (configs/fingerprint.json)",
+        "eval_metrics": {},  # measured by training; clinseg export writes the run's validation metrics
+        "references": REFERENCES,
         "input_modalities": dict(channels),
         "label_classes": "; ".join(f"{i} {n}" for i, n in enumerate(["background", *classes])),
         "pred_classes": pred_classes,
@@ -336,8 +346,8 @@ def write_planned_bundle(
                     "\n" + indent + SLICE_INFERER.format(indent=indent),
                 )
         atomic_write_text(configs / template, text)
-    for name in ("logging.conf", "multi_gpu_train.yaml"):  # overlays and files used as they are
-        shutil.copyfile(TEMPLATE / name, configs / name)
+    for file in ("logging.conf", "multi_gpu_train.yaml"):  # overlays and files used as they are
+        shutil.copyfile(TEMPLATE / file, configs / file)
     atomic_write_json(configs / "metadata.json", _metadata(plan, name))
     atomic_write_json(configs / "plan.json", dict(plan))
     atomic_write_json(configs / "fingerprint.json", dict(fingerprint))

@@ -48,14 +48,23 @@ SLICES_PER_VOLUME = 4  # 2D: axial patches drawn from each volume per epoch
 
 
 def _width_argument(network: str) -> str:
+    """The argument that sizes ``network``: a width per level (``channels``, ``features``) or a base width
+    (``init_features``: DenseUNet, whose blocks grow by ``growth_rate``)."""
     params = inspect.signature(get_network_class(network)).parameters
-    for name in ("channels", "features"):
+    for name in ("channels", "features", "init_features"):
         if name in params:
             return name
     raise PlanError(
-        f"network {network!r} has no `channels` or `features` argument to size; plan with one that has "
-        "(res_unet, attention_unet, unet) or set its arguments in the planned common.yaml"
+        f"network {network!r} has no `channels`, `features` or `init_features` argument to size; plan with one "
+        "that has (res_unet, attention_unet, unet, dense_unet) or set its arguments in the planned common.yaml"
     )
+
+
+def _sized(width_arg: str, base: int, levels: int) -> dict[str, Any]:
+    """The width (and, for a base width, depth) arguments of a network with ``levels`` resolutions."""
+    if width_arg == "init_features":  # DenseUNet: `levels` counts its poolings, growth half the base width
+        return {"init_features": base, "growth_rate": max(base // 2, 4), "levels": levels - 1}
+    return {width_arg: _widths(base, levels)}
 
 
 def _widths(base: int, levels: int) -> list[int]:
@@ -128,7 +137,7 @@ def make_plan(
     width_arg = _width_argument(network)
     common_args = {"spatial_dims": spatial_dims, "in_channels": len(channels), "out_channels": out_channels}
     width = choose_width(
-        network, lambda base: {**common_args, width_arg: _widths(base, levels)}, [batch, len(channels), *patch],
+        network, lambda base: {**common_args, **_sized(width_arg, base, levels)}, [batch, len(channels), *patch],
         out_channels, budget, timer or measure_step, regions=bool(regions),
     )  # fmt: skip
     network_args, step_s, trials = width.args, width.timing.step_s, width.trials
