@@ -85,16 +85,14 @@ def planned_bundle(out: Path) -> Path:
     from pipeline.planning.bundle_writer import write_planned_bundle
     from pipeline.planning.compute import ComputeBudget
     from pipeline.planning.plan import make_plan
-    from tests.planning_fixtures import fake_fingerprint
+    from tests.planning_fixtures import fake_fingerprint, step_timing
 
     fingerprint = fake_fingerprint([0.8, 0.8, 2.5], [0.7, 0.7, 2.0], [256, 256, 60], {"ct": "CT"},
                                    nonzero=0.95, background=0.01, labels=("liver", "tumour"))  # fmt: skip
-    measure = plan_module.measure_step_seconds
-    plan_module.measure_step_seconds = lambda *a, **k: 0.05
-    try:
-        plan = make_plan(fingerprint, ComputeBudget("cpu", 600.0), counts={"training": 8, "validation": 2}, dims="3d")
-    finally:
-        plan_module.measure_step_seconds = measure
+    plan = make_plan(
+        fingerprint, ComputeBudget("cpu", 600.0), counts={"training": 8, "validation": 2}, dims="3d",
+        timer=lambda *a, **k: step_timing(0.05),
+    )
     datalist = out / "data" / "dataset.json"
     datalist.parent.mkdir(parents=True, exist_ok=True)
     datalist.write_text(json.dumps({"channels": {"ct": "CT"}, "training": [], "validation": [], "test": []}))

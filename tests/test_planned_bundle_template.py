@@ -136,7 +136,7 @@ def test_dense_unet_is_plannable(tmp_path, monkeypatch, dims):
     builds a network whose output fits the planned patch."""
     import torch
 
-    monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
+    monkeypatch.setattr(plan_module, "measure_step", lambda *a, **k: step_timing(0.05))
     fingerprint = _fingerprint({"ct": "CT"})
     plan = make_plan(fingerprint, ComputeBudget("cpu", 600.0), counts={"training": 8, "validation": 2},
                      dims=f"{dims}d", network="dense_unet")  # fmt: skip
