@@ -1,4 +1,4 @@
-"""Benchmark: our CLAHE (transforms.clahe) against skimage.exposure.equalize_adapthist, same run.
+"""Benchmark: our CLAHE (transforms.intensity.clahe) against skimage.exposure.equalize_adapthist, same run.
 
 Cases: 3D box tiles on a volume, 2D on an image, and 2D slice by slice on the volume (skimage called per
 slice). Our two backends are timed: ``numba`` (the CPU default when numba is installed; single-threaded
@@ -22,8 +22,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage.exposure import equalize_adapthist
 
-from transforms import clahe_numba
-from transforms.clahe import clahe
+import transforms.intensity.clahe_numba as clahe_numba
+from transforms.intensity.clahe import clahe
 
 
 def _volume(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

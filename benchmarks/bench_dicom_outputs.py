@@ -24,8 +24,8 @@ from scipy import ndimage
 from pipeline.outputs.dicom_seg import write_dicom_seg
 from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.rtstruct import write_rtstruct
-from transforms.dicom import series_to_volume
-from transforms.dicom_discovery import discover_series
+from transforms.dicom.series import series_to_volume
+from transforms.dicom.discovery import discover_series
 
 
 def noisy_mask(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

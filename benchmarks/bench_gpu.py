@@ -11,7 +11,7 @@ Every figure is a ratio against a reference timed in the same run:
     from the bundle with random weights, load to labels on the input grid: AMP (the Predictor's float16 on CUDA)
     vs float32 (reference), and AMP + ``torch.compile`` of the network where it compiles (its failure is reported,
     not raised; TensorRT is not on the GPU image). The first case of each row is a warm-up (and the compile).
-(c) CLAHE (``transforms.clahe``) of a 256x256x128 volume: the torch path on the GPU vs the CPU default (numba).
+(c) CLAHE (``transforms.intensity.clahe``) of a 256x256x128 volume: the torch path on the GPU vs the CPU default (numba).
 (d) a 1-process ``torchrun`` NCCL smoke train through ``pipeline.training.distributed`` (DDP), steps/s vs the
     same net, patch and precision without DDP from (a).
 
@@ -177,7 +177,7 @@ def _seconds_per_case(predictor, ct, cases: int, cap_s: float, device: torch.dev
 
 def part_clahe(args: argparse.Namespace, device: torch.device) -> list[str]:
     """(c): CLAHE on the GPU (torch path) vs the CPU default backend."""
-    from transforms.clahe import clahe
+    from transforms.intensity.clahe import clahe
 
     shape = (16, 16, 16) if args.smoke else (256, 256, 128)
     vol = torch.rand(1, *shape).pow(2)

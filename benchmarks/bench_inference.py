@@ -37,7 +37,7 @@ from pipeline.outputs.registry import SEG_NAME
 from pipeline.core.checkpoint import NetworkSpec
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
-from transforms.nifti_write import write_nifti
+from transforms.io.nifti_write import write_nifti
 
 BUNDLE = REPO / "bundles" / "ct_organ_resunet3d"
 

@@ -2,7 +2,7 @@
 
 Prints markdown rows ``| case | ours (s) | SimpleITK (s) | ratio ours/sitk |`` with medians of ``--reps`` runs.
 SimpleITK's side is ``ImageSeriesReader`` (GDCM file names + Execute + GetArrayFromImage) and ``ReadImage`` +
-``GetArrayFromImage``; ours is ``transforms.io.load_scan`` returning a float32 HU MetaTensor.
+``GetArrayFromImage``; ours is ``transforms.io.scan.load_scan`` returning a float32 HU MetaTensor.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import SimpleITK as sitk
 import torch
 
 from pipeline.synthetic.dicom_series import write_dicom_series
-from transforms.io import load_scan
-from transforms.nifti_write import write_nifti
+from transforms.io.scan import load_scan
+from transforms.io.nifti_write import write_nifti
 
 
 def _median_time(fn, reps: int) -> float:

@@ -21,7 +21,7 @@ from monai.transforms import RandTorchIOd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transforms.mr_augment import RandTorchIOMetad  # noqa: E402
+from transforms.augment.mr import RandTorchIOMetad  # noqa: E402
 
 ARTEFACTS = {
     "RandomBiasField": {"coefficients": 0.4},

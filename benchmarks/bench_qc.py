@@ -34,7 +34,7 @@ from pipeline.inference.options import InferenceOptions  # noqa: E402
 from pipeline.inference.predictor import QC_REFERENCE_NAME, Predictor  # noqa: E402
 from pipeline.qc.assess import assess_case  # noqa: E402
 from pipeline.qc.model_reference import write_model_reference  # noqa: E402
-from transforms.nifti_write import write_nifti  # noqa: E402
+from transforms.io.nifti_write import write_nifti  # noqa: E402
 
 
 def _noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

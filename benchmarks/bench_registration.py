@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.known_transform import known_affine_case, max_error_mm, rotation_error_deg
-from transforms.registration import RegistrationOptions, register_images
+from transforms.geometry.registration import RegistrationOptions, register_images
 
 SOURCE = REPO.parent / "shared" / "data" / "brats" / "brats_2013_pat0003_1" / "T1c_subtrMeanDivStd.nii.gz"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.outputs.rtstruct_read import rasterise_rois, read_rtstruct
-from transforms.dicom import series_to_volume
-from transforms.dicom_discovery import discover_series, read_header, walk_files
+from transforms.dicom.series import series_to_volume
+from transforms.dicom.discovery import discover_series, read_header, walk_files
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pipeline.core.atomic import (
     is_complete,
     mark_complete,
 )
-from transforms.atomic import atomic_folder, atomic_write
+from transforms.io.atomic import atomic_folder, atomic_write
 
 
 def test_temp_name_is_hidden_in_same_folder_and_keeps_suffixes(tmp_path):

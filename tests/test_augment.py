@@ -8,7 +8,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from transforms.augment import (
+from transforms.augment.presets import (
     elastic_preset,
     intensity_augmentation,
     spatial_augmentation,
@@ -119,7 +119,7 @@ def test_seeded_runs_repeat():
 def test_usable_from_bundle_config():
     config = {
         "aug": {
-            "_target_": "transforms.augment.standard_augmentation",
+            "_target_": "transforms.augment.presets.standard_augmentation",
             "keys": ["image"],
             "label_keys": ["label"],
             "spatial_dims": 3,

@@ -28,8 +28,8 @@ from pipeline.inference.input_checks import bundle_modalities
 from pipeline.inference.predictor import Predictor
 from tests.conftest import BUNDLES
 from tests.test_predictor import BUNDLE, random_checkpoint
-from transforms.inspect import inspect_path
-from transforms.io import ScanLoadError, load_scan
+from transforms.io.inspect import inspect_path
+from transforms.io.scan import ScanLoadError, load_scan
 
 SECRET = "Jane Roe 1970"  # SeriesDescription of every series: must never appear in a message or report
 AFFINE = np.diag([0.8, 0.9, 2.0, 1.0])
@@ -389,7 +389,7 @@ def test_batch_records_every_bad_case_and_goes_on(tmp_path, caplog):
 def test_huge_spacing_is_refused_before_allocating():
     from monai.data import MetaTensor
 
-    from transforms.spacing import StableSpacing
+    from transforms.geometry.spacing import StableSpacing
 
     image = MetaTensor(torch.zeros(1, 64, 64, 40), affine=torch.diag(torch.tensor([0.8, 0.9, 1e6, 1.0])))
     image.meta["filename_or_obj"] = "/data/p1/ct.nii.gz"

@@ -35,7 +35,7 @@ from pipeline.inference.tta import flip_combinations, mirror_probabilities
 from tests.dicom_builders import to_enhanced
 from tests.dicom_checks import dciodvfy_errors, dice, fill_each_contour
 from tests.test_predictor import BUNDLE, random_checkpoint
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 ROI = (32, 32, 16)
 

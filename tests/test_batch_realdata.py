@@ -12,7 +12,7 @@ from pipeline.outputs.dicom_seg import read_dicom_seg
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from tests.test_predictor import BUNDLE, random_checkpoint
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def predictor(tmp_path_factory):
 @pytest.mark.parametrize("relative", ["totalseg/ct_dicom", "totalseg/mr_sm.nii.gz", "dcmqi/ct_3slice"])
 def test_real_scan_predicts_onto_its_own_grid(shared_data, predictor, relative):
     data = predictor.load(shared_data / relative)
-    loaded = data.reference  # what transforms.io.load_scan returns, read once
+    loaded = data.reference  # what transforms.io.scan.load_scan returns, read once
     assert (
         loaded.shape[1:]
         == {

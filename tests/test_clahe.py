@@ -8,9 +8,9 @@ import torch
 from monai.data import MetaTensor
 from scipy.ndimage import gaussian_filter
 
-from transforms import clahe_numba
-from transforms.clahe import clahe
-from transforms.intensity import CLAHE, CLAHEd, RandCLAHEd
+import transforms.intensity.clahe_numba as clahe_numba
+from transforms.intensity.clahe import clahe
+from transforms.intensity.transforms import CLAHE, CLAHEd, RandCLAHEd
 
 skimage_exposure = pytest.importorskip("skimage.exposure")
 

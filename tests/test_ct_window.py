@@ -7,8 +7,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from transforms.ct_window import CT_WINDOW_PRESETS, resolve_windows
-from transforms.intensity import CTWindow, CTWindowd, RandCTWindowd
+from transforms.intensity.ct_window import CT_WINDOW_PRESETS, resolve_windows
+from transforms.intensity.transforms import CTWindow, CTWindowd, RandCTWindowd
 
 
 def _hu(shape=(1, 33, 34, 35)) -> torch.Tensor:

@@ -24,7 +24,7 @@ from pipeline.datasets.structures import combine, fold_name, match_structures, p
 from pipeline.outputs.rtstruct import write_rtstruct
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.tracking.run_tags import dataset_fingerprint
-from transforms.io import LoadScand
+from transforms.io.scan import LoadScand
 
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 SHAPE = (8, 7, 5)

@@ -27,7 +27,7 @@ USED_INDIRECTLY = {
     "pylibjpeg": "pydicom's decoder plugins for compressed transfer syntaxes",
     "pylibjpeg-openjpeg": "pydicom's JPEG 2000 decoder (real series in shared/data/totalseg)",
     "pylibjpeg-libjpeg": "pydicom's JPEG / JPEG-LS decoder",
-    "torchio": "MONAI's RandTorchIOd, which imports TorchIO's transforms by name (transforms/mr_augment.py)",
+    "torchio": "MONAI's RandTorchIOd, which imports TorchIO's transforms by name (transforms/augment/mr.py)",
 }
 
 

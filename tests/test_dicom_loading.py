@@ -1,4 +1,4 @@
-"""transforms.dicom / transforms.io on tiny synthetic series written with pipeline.synthetic.dicom_series."""
+"""transforms.dicom.series / transforms.io.scan on tiny synthetic series written with pipeline.synthetic.dicom_series."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_
 
 from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.dicom_builders import to_enhanced
-from transforms.dicom_discovery import SeriesRule
-from transforms.io import ScanLoadError, load_scan
+from transforms.dicom.discovery import SeriesRule
+from transforms.io.scan import ScanLoadError, load_scan
 
 SHAPE = (9, 8, 6)
 

@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pipeline.outputs.dicom_seg import read_dicom_seg, write_dicom_seg
 from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.dicom_builders import oblique_affine, to_enhanced
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 SHAPE = (9, 8, 5)
 SHUFFLED = [3, 0, 4, 1, 2]  # file frame f + 1 holds volume slice SHUFFLED[f]

@@ -12,7 +12,7 @@ from pipeline.outputs.dicom_seg import write_dicom_seg
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.outputs.rtstruct import write_rtstruct
 from tests.dicom_checks import dciodvfy_errors
-from transforms.dicom import load_dicom
+from transforms.dicom.series import load_dicom
 
 
 def _synthetic(tmp_path, _shared):

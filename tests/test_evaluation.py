@@ -29,7 +29,7 @@ from pipeline.inference.case import Segmentation
 from pipeline.inference.predictor import InferenceOptions, Predictor
 from pipeline.tracking.run_tags import RUN_TYPE_TAG
 from tests.conftest import BUNDLES
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
 NAMES = {1: "organ", 2: "lesion"}

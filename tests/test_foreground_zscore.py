@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from transforms.foreground_zscore import ForegroundZScore, ForegroundZScored
+from transforms.intensity.foreground_zscore import ForegroundZScore, ForegroundZScored
 
 
 @pytest.mark.parametrize("background", [-3.16, 0.0, 250.0])

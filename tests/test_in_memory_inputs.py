@@ -15,7 +15,7 @@ from pipeline.core.bundle import Bundle
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from tests.test_predictor import BUNDLE, random_checkpoint
-from transforms.io import LoadScand, ScanLoadError, load_scan
+from transforms.io.scan import LoadScand, ScanLoadError, load_scan
 
 KINDS = ["nibabel", "SimpleITK", "MetaTensor", "MetaTensor_LPS", "numpy", "torch"]
 

@@ -1,4 +1,4 @@
-"""transforms.inspect: inspection rows, the text table and NIfTI conversion."""
+"""transforms.io.inspect: inspection rows, the text table and NIfTI conversion."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pydicom
 import pytest
 
 from pipeline.synthetic.dicom_series import write_dicom_series
-from transforms.inspect import convert_to_nifti, format_inspection, inspect_path
-from transforms.io import ScanLoadError
+from transforms.io.inspect import convert_to_nifti, format_inspection, inspect_path
+from transforms.io.scan import ScanLoadError
 
 AFFINE = np.diag([0.7, 0.8, 2.0, 1.0])
 
@@ -88,8 +88,8 @@ def test_symlinked_case_folders_are_followed_like_import(tmp_path):
 def test_mixed_image_types_are_named_and_selectable(tmp_path):
     """Magnitude and phase images of one SWI series under one SeriesInstanceUID: refused naming the ImageType
     values (not only "duplicate slice positions"), and the magnitude images load with image_type='M'."""
-    from transforms.dicom import load_dicom
-    from transforms.dicom_discovery import SeriesRule
+    from transforms.dicom.series import load_dicom
+    from transforms.dicom.discovery import SeriesRule
 
     vol = np.random.default_rng(1).integers(0, 400, (9, 8, 4)).astype(np.int16)
     mag = write_dicom_series(vol, AFFINE, tmp_path / "swi" / "m", series_uid="1.2.3.9", uid_seed="m")

@@ -10,7 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImaged
 from monai.utils import set_determinism
 
-from transforms.mr_augment import mr_artifact_augmentation
+from transforms.augment.mr import mr_artifact_augmentation
 
 SHAPE = (1, 24, 22, 16)
 AFFINE = torch.tensor(
@@ -158,7 +158,7 @@ def test_torchio_gets_a_compact_plain_tensor_of_a_cropped_view(monkeypatch):
     """A crop is a view of the cached scan; TorchIO deep-copies what it gets, so it must get the patch alone."""
     from monai.transforms import RandTorchIOd
 
-    from transforms.mr_augment import RandTorchIOMetad
+    from transforms.augment.mr import RandTorchIOMetad
 
     seen = []
     monkeypatch.setattr(RandTorchIOd, "__call__", lambda self, data: seen.append(data["image"]) or dict(data))

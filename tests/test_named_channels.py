@@ -24,8 +24,8 @@ from pipeline.core.bundle import Bundle
 from pipeline.core.datalist import DatalistError, load_datalist
 from tests.conftest import BUNDLES, REPO
 from tests.test_bundles_train import _check_two_iterations, _run_bundle
-from transforms.intensity import CTWindowd
-from transforms.io import LoadScand
+from transforms.intensity.transforms import CTWindowd
+from transforms.io.scan import LoadScand
 
 FUSION = BUNDLES / "ctmr_fusion_seg3d"
 MR_PAIR = {"flair": "MR", "t1c": "MR"}

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 
 def _entries(dataset_json):

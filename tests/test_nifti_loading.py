@@ -1,4 +1,4 @@
-"""transforms.nifti and the NIfTI side of transforms.io (LoadScan / LoadScand)."""
+"""transforms.io.nifti and the NIfTI side of transforms.io.scan (LoadScan / LoadScand)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from transforms.io import LoadScan, LoadScand, ScanLoadError, load_scan
+from transforms.io.scan import LoadScan, LoadScand, ScanLoadError, load_scan
 
 AFFINE = np.array([[-0.8, 0, 0, 10.0], [0, -0.9, 0, 20.0], [0, 0, 2.5, -5.0], [0, 0, 0, 1]])
 
@@ -141,7 +141,7 @@ def test_bundle_config_instantiates(tmp_path):
     parser = ConfigParser(
         {
             "load": {
-                "_target_": "transforms.io.LoadScand",
+                "_target_": "transforms.io.scan.LoadScand",
                 "keys": ["image"],
                 "series_rule": {"modality": "CT"},
             }

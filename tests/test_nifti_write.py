@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from transforms.nifti_write import write_nifti
+from transforms.io.nifti_write import write_nifti
 
 OBLIQUE = np.array([[0.8, 0.1, 0.0, -10.0], [-0.1, 0.9, 0.0, 5.0], [0.0, 0.0, 2.5, 30.0], [0, 0, 0, 1]])
 

@@ -20,7 +20,7 @@ from pipeline.evaluation.evaluate import case_metrics
 from pipeline.training.losses import DeepSupervisionStackLoss, dice_ce_loss, dice_focal_loss
 from tests.bundle_runs import monai_bundle_run
 from tests.conftest import BUNDLES
-from transforms.partial_labels import MarkMissingLabelsd, mark_missing, split_missing
+from transforms.labels.partial_labels import MarkMissingLabelsd, mark_missing, split_missing
 
 torch.set_num_threads(1)
 CLASSES = ["organ", "lesion"]

@@ -166,7 +166,7 @@ def test_brats_plans_two_mr_channels_z_scored_inside_the_brain(shared_data, tmp_
         "t1c",
     ):  # skull-stripped, background a constant -3.16 / -2.75: z-scored inside the brain
         assert plan["normalise"][key] == {
-            "_target_": "transforms.foreground_zscore.ForegroundZScored",
+            "_target_": "transforms.intensity.foreground_zscore.ForegroundZScored",
             "keys": [key],
         }
     assert plan["spacing"] == [1.0, 1.0, 1.0] and plan["network"]["args"]["in_channels"] == 2

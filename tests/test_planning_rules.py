@@ -106,7 +106,7 @@ def test_mr_and_other_channels_are_z_scored_per_image(modality, nonzero, at_mini
 
 def test_a_constant_non_zero_background_is_left_out_of_the_z_score():
     step = normalisation_for("flair", "MR", {}, nonzero_fraction=1.0, background_fraction=0.8)
-    assert step == {"_target_": "transforms.foreground_zscore.ForegroundZScored", "keys": ["flair"]}
+    assert step == {"_target_": "transforms.intensity.foreground_zscore.ForegroundZScored", "keys": ["flair"]}
 
 
 @pytest.fixture

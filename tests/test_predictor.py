@@ -16,7 +16,7 @@ from pipeline.core.checkpoint import NetworkSpec
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from tests.conftest import BUNDLES
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
 NET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16, 32]}

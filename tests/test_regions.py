@@ -1,5 +1,5 @@
 """Region-based labels: label map -> region masks -> label map round trips, nnU-Net's innermost-region rule,
-declaration checks (transforms.regions, pipeline.datasets.regions) and per-region evaluation."""
+declaration checks (transforms.labels.regions, pipeline.datasets.regions) and per-region evaluation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from pipeline.datasets.regions import parse_regions, resolve_regions, validate_regions
 from pipeline.evaluation.evaluate import case_metrics
 from pipeline.inference.restore import RestoreToInputd
-from transforms.regions import (
+from transforms.labels.regions import (
     LabelToRegions,
     LabelToRegionsd,
     RegionsToLabels,

@@ -22,7 +22,7 @@ from pipeline.planning.plan import make_plan
 from pipeline.planning.region_bundle import REGION_EDITS, region_template
 from tests.export_fixtures import untrained_checkpoint
 from tests.planning_fixtures import fake_fingerprint, step_timing
-from transforms.regions import LabelToRegionsd
+from transforms.labels.regions import LabelToRegionsd
 
 REGIONS = {"whole_tumour": [1, 2, 3, 4], "core": [1, 3, 4], "enhancing": [4]}
 NAMES = ("necrosis", "edema", "non-enhancing", "enhancing")

@@ -16,8 +16,8 @@ from pipeline.cli import main
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.synthetic.phantoms import make_phantom
 from tests.known_transform import known_affine_case, max_error_mm, rotation_error_deg, voxel_points
-from transforms.io import load_scan
-from transforms.registration import (
+from transforms.io.scan import load_scan
+from transforms.geometry.registration import (
     RegisterToReferenced,
     RegistrationOptions,
     from_sitk,

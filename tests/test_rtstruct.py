@@ -21,7 +21,7 @@ from pipeline.outputs.rtstruct import write_rtstruct
 from pipeline.outputs.contour_fill import fill_even_odd
 from pipeline.outputs.rtstruct_read import read_rtstruct, rtstruct_to_mask
 from tests.dicom_checks import dice, fill_each_contour
-from transforms.dicom import load_dicom
+from transforms.dicom.series import load_dicom
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -13,7 +13,7 @@ from pipeline.outputs.contour_budget import MAX_CONTOURS, MIN_COMPONENT_MM3
 from pipeline.outputs.rtstruct import write_rtstruct
 from pipeline.outputs.rtstruct_read import rtstruct_to_mask
 from pipeline.synthetic.dicom_series import write_dicom_series
-from transforms.dicom import load_dicom
+from transforms.dicom.series import load_dicom
 
 _AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])  # 1.6 mm³ voxels: the 20 mm³ default is 13 voxels
 

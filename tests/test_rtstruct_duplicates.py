@@ -13,7 +13,7 @@ from pipeline.outputs.rtstruct import read_source_slices
 from pipeline.outputs.rtstruct_read import rasterise_rois, rtstruct_to_mask
 from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.dicom_builders import write_contours
-from transforms.dicom import load_dicom
+from transforms.dicom.series import load_dicom
 
 _SHAPE = (40, 36, 6)  # (X, Y, Z): 36 rows x 40 columns per slice
 

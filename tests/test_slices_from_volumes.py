@@ -17,7 +17,7 @@ from pipeline.inference.slice_inferer import SliceWiseInferer
 from tests.bundle_runs import monai_bundle_run
 from tests.conftest import BUNDLES
 from tests.test_bundles_train import _check_two_iterations, _mlflow_run, _run_bundle
-from transforms.slices import NeighbourSlicesd
+from transforms.geometry.slices import NeighbourSlicesd
 
 BUNDLE = BUNDLES / "ct_lesion_denseunet2d"
 ROI = [32, 32]

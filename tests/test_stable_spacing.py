@@ -17,8 +17,8 @@ from monai.transforms import Spacingd
 from pipeline.inference.options import InferenceOptions
 from pipeline.inference.predictor import Predictor
 from tests.test_predictor import BUNDLE, random_checkpoint
-from transforms.io import load_scan
-from transforms.spacing import StableSpacingd, stable_grid_shape
+from transforms.io.scan import load_scan
+from transforms.geometry.spacing import StableSpacingd, stable_grid_shape
 
 # 130 voxels of 1 mm -> 2 mm: the span is 64.5 output voxels, on the rounding boundary
 HALF_SHAPE, HALF_PIXDIM = (130, 12, 6), (2.0, 2.0, 2.0)

@@ -24,7 +24,7 @@ from pipeline.inference.predictor import Predictor
 from pipeline.inference.zoo_bundle import ZooBundle, is_zoo_layout, open_bundle
 from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.conftest import BUNDLES
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 torch.set_num_threads(1)
 

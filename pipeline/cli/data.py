@@ -27,7 +27,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.batch.report import EXIT_OK, EXIT_SOME_FAILED
-    from transforms.inspect import format_inspection, has_problems, inspect_path
+    from transforms.io.inspect import format_inspection, has_problems, inspect_path
 
     rows = inspect_path(args.path)
     print(json.dumps(rows, indent=2, default=str) if args.json else format_inspection(rows))
@@ -35,7 +35,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from transforms.inspect import convert_to_nifti
+    from transforms.io.inspect import convert_to_nifti
 
     out = convert_to_nifti(args.path, args.out, series_uid=args.series)
     print(f"wrote {out}")

@@ -1,7 +1,7 @@
 """Atomic bytes/text/JSON writes and per-case completion markers, so a killed batch run never leaves a
 half-written output that a rerun takes as finished.
 
-Every writer goes through :func:`transforms.atomic.atomic_write` (the one atomic write: hidden temporary
+Every writer goes through :func:`transforms.io.atomic.atomic_write` (the one atomic write: hidden temporary
 file in the destination folder, fsync, ``os.replace``). A case folder is complete only when ``.complete.json``
 exists, is written last, and every output it lists still has the recorded size.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from transforms.atomic import atomic_write
+from transforms.io.atomic import atomic_write
 
 __all__ = [
     "COMPLETE_MARKER",

@@ -26,9 +26,9 @@ from pipeline.datasets.nifti_files import write_image
 from pipeline.datasets.structures import combine, match_structures
 from pipeline.outputs.nifti import write_mask_nifti
 from pipeline.outputs.rtstruct_read import RoiRaster, rasterise_rois, read_rtstruct
-from transforms.dicom import series_to_volume
-from transforms.dicom_discovery import SeriesInfo, discover_series, read_header, walk_files
-from transforms.io_errors import ScanLoadError
+from transforms.dicom.series import series_to_volume
+from transforms.dicom.discovery import SeriesInfo, discover_series, read_header, walk_files
+from transforms.io.errors import ScanLoadError
 
 LABEL_MODALITIES = ("RTSTRUCT", "SEG")
 
@@ -225,7 +225,7 @@ def read_dicom_studies(
         structures: label number -> structure names (first = label name), :func:`parse_structures`.
         allow_missing: take a case lacking some mapped structures instead of skipping it: they are 0 in the label
             file and listed in the entry's ``missing_labels`` (which the loss and the metrics ignore for the case,
-            :mod:`transforms.partial_labels`) and in the report.
+            :mod:`transforms.labels.partial_labels`) and in the report.
         contour_rule: RTSTRUCT fill rule, ``"centre"`` or ``"boundary"`` (:mod:`pipeline.outputs.contour_fill`).
     """
     labels = {0: "background", **{v: names[0] for v, names in structures.items()}}

@@ -24,7 +24,7 @@ from pipeline.datasets.nifti_folder import read_nifti_folder
 from pipeline.datasets.nnunet import read_nnunet
 from pipeline.datasets.split import check_split, splits_from_nnunet, split_cases
 from pipeline.datasets.structures import parse_structures
-from transforms.dicom_discovery import read_header, walk_files
+from transforms.dicom.discovery import read_header, walk_files
 from pipeline.outputs.contour_fill import CONTOUR_RULES
 
 LAYOUTS = ("auto", "msd", "nnunet", "dicom", "nifti")

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from transforms.nifti_write import write_nifti
+from transforms.io.nifti_write import write_nifti
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 

@@ -2,7 +2,7 @@
 --regions``) or a datalist's ``regions`` (``clinseg import`` keeps nnU-Net's), checked against its labels.
 
 Regions are kept in declaration order, outermost first (nnU-Net's convention); the label maths is
-:mod:`transforms.regions`.
+:mod:`transforms.labels.regions`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from transforms.regions import region_class_order
+from transforms.labels.regions import region_class_order
 
 __all__ = ["NO_REGIONS", "parse_regions", "resolve_regions", "validate_regions"]
 

@@ -1,5 +1,5 @@
 """``clinseg register``: align a moving scan to a fixed one and write it, resampled onto the fixed grid, with
-its transform (:func:`transforms.registration.register_images` on files)."""
+its transform (:func:`transforms.geometry.registration.register_images` on files)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from transforms.atomic import atomic_write
-from transforms.io_sitk import from_sitk
-from transforms.nifti import is_nifti_path
-from transforms.nifti_write import write_nifti
-from transforms.registration import (
+from transforms.io.atomic import atomic_write
+from transforms.io.sitk import from_sitk
+from transforms.io.nifti import is_nifti_path
+from transforms.io.nifti_write import write_nifti
+from transforms.geometry.registration import (
     RegistrationOptions,
     RegistrationResult,
     read_image,

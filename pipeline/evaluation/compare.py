@@ -285,7 +285,7 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from transforms.atomic import atomic_write
+    from transforms.io.atomic import atomic_write
 
     client = _client(tracking_uri)
     histories = {r: sorted(client.get_metric_history(r, metric), key=lambda m: m.step) for r in run_ids}

@@ -41,7 +41,7 @@ from pipeline.evaluation.tables import log_evaluation, write_tables
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.export.card import export_version, exported_metadata, exported_readme, license_text
 from pipeline.export.configs import exported_configs, other_config_files, write_yaml
 from pipeline.export.record import RunRecord, run_record
-from transforms.atomic import atomic_folder
+from transforms.io.atomic import atomic_folder
 
 __all__ = ["export_bundle", "source_bundle"]
 

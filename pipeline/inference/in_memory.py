@@ -1,7 +1,7 @@
 """A label map on the input grid handed back as the kind of image it came from (nnU-Net's and TotalSegmentator's
 array-in, array-out APIs; MONAI Deploy's in-memory images).
 
-The kinds are those :mod:`transforms.io_memory` loads: MetaTensor -> MetaTensor (the input's meta and affine, its
+The kinds are those :mod:`transforms.io.memory` loads: MetaTensor -> MetaTensor (the input's meta and affine, its
 channel layout), nibabel -> an image of the same class with the input's affine (and sform/qform codes),
 SimpleITK -> an image with the input's origin, spacing and direction, ``(array, affine)`` -> an array of the
 same library (numpy or torch) and channel layout, whose affine is the input's.
@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
-from transforms.io_memory import image_kind
+from transforms.io.memory import image_kind
 
 __all__ = ["labels_like"]
 

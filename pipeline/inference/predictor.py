@@ -7,7 +7,7 @@ On top the Predictor averages an ensemble and mirror TTA, crops to the body, aut
 
 API: :meth:`Predictor.from_bundle`, then :meth:`~Predictor.predict` per case, or :meth:`~Predictor.load` (a
 :class:`~pipeline.inference.case.LoadedCase`) and :meth:`~Predictor.segment` when loading runs ahead. Inputs are
-paths or images already in memory (MetaTensor, nibabel, SimpleITK, ``(array, affine)``: :mod:`transforms.io_memory`);
+paths or images already in memory (MetaTensor, nibabel, SimpleITK, ``(array, affine)``: :mod:`transforms.io.memory`);
 :meth:`~Predictor.predict_image` returns the label map as the kind of image it was given.
 """
 
@@ -39,15 +39,15 @@ from pipeline.inference.tta import ACTIVATIONS, activate, flip_combinations
 from pipeline.inference.uncertainty import Uncertainty, member_labels, summarize_members, temperature_scaled
 from pipeline.inference.uniform_patches import UniformPatchCache
 from pipeline.inference.zoo_bundle import ZooBundle, open_bundle, zoo_network
-from transforms.io import LoadScand
-from transforms.io_memory import is_in_memory
+from transforms.io.scan import LoadScand
+from transforms.io.memory import is_in_memory
 
 __all__ = ["PRED_KEY", "QC_REFERENCE_NAME", "CaseInput", "Predictor", "find_qc_reference"]
 
 logger = logging.getLogger(__name__)
 
 CaseInput = str | Path | Any
-"""A path (NIfTI file, DICOM folder or file) or an in-memory image (:func:`transforms.io_memory.image_kind`)."""
+"""A path (NIfTI file, DICOM folder or file) or an in-memory image (:func:`transforms.io.memory.image_kind`)."""
 
 QC_REFERENCE_NAME = "qc_reference.json"  # training data's reference, fitted temperature (pipeline.qc.reference)
 

@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from pipeline.inference.grid_restore import argmax_labels, resample_slabwise
-from transforms.regions import RegionsToLabels
+from transforms.labels.regions import RegionsToLabels
 
 __all__ = ["RESTORE_MODES", "RestoreToInputd", "input_grid", "to_input_grid"]
 
@@ -50,7 +50,7 @@ class RestoreToInputd(MapTransform):
     ``mode="linear"``: argmax of the linearly resampled probabilities (as MONAI's ``Invertd`` +
     ``AsDiscreted(argmax)``); ``"nearest"``: argmax on the network grid, resampled by nearest neighbour
     (staircase boundaries). With ``regions`` the probabilities are per region (sigmoid, ``(R, x, y[, z])``) and
-    :class:`transforms.regions.RegionsToLabels` takes the argmax's place (innermost region > 0.5).
+    :class:`transforms.labels.regions.RegionsToLabels` takes the argmax's place (innermost region > 0.5).
 
     Args:
         keys: the probabilities (``pred``).

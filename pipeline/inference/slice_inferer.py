@@ -17,7 +17,7 @@ class SliceWiseInferer(SliceInferer):
     takes a single slice ``(B, C, X, Y)``, which it infers with the plain 2D sliding window.
 
     Neighbouring slices as channels (2.5D) come from the preprocessing
-    (:class:`transforms.slices.NeighbourSlicesd`), so each slice already carries them."""
+    (:class:`transforms.geometry.slices.NeighbourSlicesd`), so each slice already carries them."""
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any

@@ -89,7 +89,7 @@ class ZooBundle(Bundle):
             first = _target(pre[0]) or repr(pre[0])
             raise BundleError(f"{where}: preprocessing must start with LoadImaged, it starts with {first}")
         keys = pre[0]["keys"]
-        pre = [{"_target_": "transforms.io.LoadScand", "keys": keys}] + [
+        pre = [{"_target_": "transforms.io.scan.LoadScand", "keys": keys}] + [
             s for s in pre[1:] if _target(s) not in DROPPED_PRE
         ]
         parser["preprocessing#transforms"] = pre

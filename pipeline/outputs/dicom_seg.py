@@ -30,7 +30,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from transforms.atomic import atomic_write
+from transforms.io.atomic import atomic_write
 from pipeline.outputs.dicom_common import (
     check_ascending,
     check_labels,

@@ -1,4 +1,4 @@
-"""NIfTI outputs of inference: label masks and per-class probability maps, via ``transforms.nifti_write``.
+"""NIfTI outputs of inference: label masks and per-class probability maps, via ``transforms.io.nifti_write``.
 
 Masks follow the shared geometry convention: an integer array ``(X, Y[, Z])`` (numpy, torch) or a
 ``MetaTensor``/tensor ``(1, X, Y[, Z])`` with a 4x4 RAS voxel->world affine in mm, on the input's own grid.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.core.arrays import as_affine, label_array
-from transforms.nifti_write import write_nifti
+from transforms.io.nifti_write import write_nifti
 
 __all__ = ["write_mask_nifti", "write_probabilities_nifti"]
 

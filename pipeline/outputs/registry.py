@@ -192,7 +192,7 @@ def _nrrd(case: CaseData, path: Path) -> None:
     import SimpleITK as sitk
 
     from pipeline.core.atomic import atomic_write
-    from transforms.io_sitk import to_sitk
+    from transforms.io.sitk import to_sitk
 
     labels = np.asarray(case.seg.detach().cpu().numpy(), dtype=np.uint8)
     with atomic_write(path) as tmp:

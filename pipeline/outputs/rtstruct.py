@@ -44,7 +44,7 @@ from pydicom.uid import (
 from scipy import ndimage
 from skimage.measure import find_contours
 
-from transforms.atomic import atomic_write
+from transforms.io.atomic import atomic_write
 from pipeline.outputs.contour_budget import MAX_CONTOURS, MIN_COMPONENT_MM3, clean_labels, limit_contours
 from pipeline.outputs.dicom_common import (
     check_ascending,

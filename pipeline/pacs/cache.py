@@ -18,7 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pipeline.core.atomic import atomic_write_json
-from transforms.atomic import atomic_write
+from transforms.io.atomic import atomic_write
 from pipeline.pacs.archive import Archive, SeriesRef
 
 __all__ = ["MANIFEST", "SeriesCache", "case_key", "instance_name", "write_instance"]

@@ -38,7 +38,7 @@ SLICE_INFERER = "_target_: pipeline.inference.slice_inferer.SliceWiseInferer\n{i
 def _preprocessing(plan: Mapping[str, Any]) -> list[Any]:
     keys = list(plan["channels"])
     steps: list[Any] = [
-        {"_target_": "transforms.io.LoadScand", "keys": "@data_keys", "label_keys": "@label_keys"},
+        {"_target_": "transforms.io.scan.LoadScand", "keys": "@data_keys", "label_keys": "@label_keys"},
     ]
     if len(keys) > 1:
         steps.append(
@@ -47,7 +47,7 @@ def _preprocessing(plan: Mapping[str, Any]) -> list[Any]:
     steps += [
         {"_target_": "Orientationd", "keys": "@data_keys", "axcodes": "RAS", "labels": None},
         {
-            "_target_": "transforms.spacing.StableSpacingd",
+            "_target_": "transforms.geometry.spacing.StableSpacingd",
             "keys": "@data_keys",
             "pixdim": "$@spacing + [-1] * (3 - @spatial_dims)",
             "mode": "@resample_modes",
@@ -84,7 +84,7 @@ def _random_transforms(plan: Mapping[str, Any]) -> list[Any]:
     if plan["augmentation"]["mr_artifacts"]:
         steps.append("@augmentation#mr_artifacts")
     if plan.get("regions"):
-        steps.append({"_target_": "transforms.regions.LabelToRegionsd", "keys": "label", "regions": "@region_labels"})
+        steps.append({"_target_": "transforms.labels.regions.LabelToRegionsd", "keys": "label", "regions": "@region_labels"})
     return steps
 
 
@@ -104,7 +104,7 @@ def _region_knobs(plan: Mapping[str, Any]) -> dict[str, Any]:
 def _augmentation(aug: Mapping[str, Any]) -> dict[str, Any]:
     presets: dict[str, Any] = {
         "standard": {
-            "_target_": "transforms.augment.standard_augmentation",
+            "_target_": "transforms.augment.presets.standard_augmentation",
             "keys": ["image"],
             "label_keys": ["label"],
             "spatial_dims": "@spatial_dims",
@@ -117,7 +117,7 @@ def _augmentation(aug: Mapping[str, Any]) -> dict[str, Any]:
     }
     if aug["mr_artifacts"]:
         presets["mr_artifacts"] = {
-            "_target_": "transforms.mr_augment.mr_artifact_augmentation",
+            "_target_": "transforms.augment.mr.mr_artifact_augmentation",
             "keys": ["image"],
             "label_keys": ["label"],
             "gamma_prob": 0.0,  # the standard augmentation's gamma already runs

@@ -23,7 +23,7 @@ import numpy as np
 from monai.transforms import Compose, Orientationd, ResampleToMatchd
 
 from pipeline.core.datalist import load_datalist, read_datalist
-from transforms.io import LoadScand
+from transforms.io.scan import LoadScand
 
 __all__ = ["FingerprintError", "dataset_fingerprint", "intensity_statistics"]
 

@@ -36,7 +36,7 @@ from pipeline.planning.rules import (
     target_spacing,
 )
 from pipeline.planning.sizing import PlanError, choose_width, schedule
-from transforms.regions import region_class_order
+from transforms.labels.regions import region_class_order
 
 __all__ = ["PLAN_VERSION", "PlanError", "make_plan"]
 
@@ -91,7 +91,7 @@ def _notes(fingerprint: Mapping[str, Any]) -> list[str]:
         f"channels come from different grids in {len(cases)} case(s) ({shown}): they are resampled onto the first "
         "channel's grid, which assumes they are aligned in scanner space; if they come from different sessions "
         "or scanners, align them first with `clinseg register FIXED MOVING OUT` (or a "
-        "transforms.registration.RegisterToReferenced step)"
+        "transforms.geometry.registration.RegisterToReferenced step)"
     )
     return [note]
 

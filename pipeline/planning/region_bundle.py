@@ -3,7 +3,7 @@ regions (nnU-Net's region-based training).
 
 The template's softmax outputs over labels become one sigmoid output per region: Dice + BCE per region with
 no background channel, validation on region masks (prediction > 0.5, reference labels turned into regions by
-``transforms.regions.LabelToRegionsd``) scored per region, and inference turning the region probabilities
+``transforms.labels.regions.LabelToRegionsd``) scored per region, and inference turning the region probabilities
 back into a label map (``RestoreToInputd(regions=...)``), so ``clinseg predict``'s outputs keep label values.
 The region knobs (``regions``, ``region_names``, ``region_labels``, ``output_activation``) are in common.yaml.
 """
@@ -41,7 +41,7 @@ _DISCRETE_REGIONS = """\
       - _target_: AsDiscreted            # inside a region: probability > 0.5
         keys: pred
         threshold: 0.5
-      - _target_: transforms.regions.LabelToRegionsd   # reference labels -> region masks
+      - _target_: transforms.labels.regions.LabelToRegionsd   # reference labels -> region masks
         keys: label
         regions: '@region_labels'
 """

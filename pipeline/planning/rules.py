@@ -116,7 +116,7 @@ def normalisation_for(
             "clip": True,
         }
     if nonzero_fraction >= NONZERO_MASK_BELOW and background_fraction >= CONSTANT_BACKGROUND_ABOVE:
-        return {"_target_": "transforms.foreground_zscore.ForegroundZScored", "keys": [key]}
+        return {"_target_": "transforms.intensity.foreground_zscore.ForegroundZScored", "keys": [key]}
     return {
         "_target_": "NormalizeIntensityd",
         "keys": [key],

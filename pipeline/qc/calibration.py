@@ -22,7 +22,7 @@ from pipeline.inference.predictor import Predictor
 from pipeline.inference.restore import to_input_grid
 from pipeline.inference.uncertainty import temperature_scaled
 from pipeline.qc.reference import stats
-from transforms.io import load_scan
+from transforms.io.scan import load_scan
 
 __all__ = ["calibrate_on_validation", "expected_calibration_error", "fit_temperature"]
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.core.datalist import load_datalist
 from pipeline.qc.features import geometry_features, image_features, structure_features
-from transforms.io import LoadScand
+from transforms.io.scan import LoadScand
 
 __all__ = ["LOG_FEATURES", "REFERENCE_VERSION", "build_reference", "stats"]
 

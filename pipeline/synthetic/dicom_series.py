@@ -4,7 +4,7 @@ Geometry follows the project convention: the input ``hu`` has shape ``(X, Y, Z)`
 indices to RAS millimetres. DICOM stores LPS, so ``affine_lps = diag(-1, -1, 1, 1) @ affine_ras``; slice ``k``
 holds ``pixel_array[j, i] = hu[i, j, k]``, ``row_dir`` (IOP[0:3]) is the direction of ``i``, ``col_dir``
 (IOP[3:6]) the direction of ``j``, and slices ascend along ``cross(row_dir, col_dir)``. Reading the series back
-with :func:`transforms.dicom.load_dicom_series` gives the same voxels and affine.
+with :func:`transforms.dicom.series.load_dicom_series` gives the same voxels and affine.
 
 No real patient data is written: the patient is ``patient_pseudonym`` and dates are fixed.
 """

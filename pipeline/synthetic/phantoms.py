@@ -28,8 +28,8 @@ import numpy as np
 from pipeline.core.atomic import atomic_write_json
 from pipeline.synthetic.dicom_series import write_dicom_series
 from pipeline.synthetic.anatomy import draw_tissues, label_from_tissues, render_ct, render_mr
-from transforms.atomic import atomic_folder
-from transforms.nifti_write import write_nifti
+from transforms.io.atomic import atomic_folder
+from transforms.io.nifti_write import write_nifti
 
 __all__ = ["LABELS", "Phantom", "make_phantom", "synthesize", "write_case"]
 

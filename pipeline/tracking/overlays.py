@@ -23,7 +23,7 @@ from monai.metrics import compute_dice
 from torch import nn
 
 from pipeline.outputs.preview import label_colour, orthogonal_slices, percentile_window
-from transforms.regions import RegionsToLabels
+from transforms.labels.regions import RegionsToLabels
 
 __all__ = ["case_dice", "render_overlay", "render_validation_overlays"]
 
@@ -111,7 +111,7 @@ def render_validation_overlays(
     regions: Sequence[Sequence[int]] | None = None,
 ) -> list[Path]:
     """Overlay PNGs (:func:`render_overlay`) of ``network``'s prediction (argmax, or for region outputs the labels of
-    :class:`transforms.regions.RegionsToLabels`) against the ground truth of the first validation cases.
+    :class:`transforms.labels.regions.RegionsToLabels`) against the ground truth of the first validation cases.
 
     Uses the validator's (cached, preprocessed) data loader and its inferer, e.g. a sliding window; the image
     shown is the preprocessed one on its own grid; of a multi-channel input, its first channel.

@@ -61,7 +61,7 @@ def dice_ce_loss(
     batch: bool = False,
 ) -> MarginalDiceCELoss:
     """MONAI ``DiceCELoss`` for logits ``(B, C, *spatial)`` and labels ``(B, 1, *spatial)``; labels marked with
-    missing classes (``transforms.partial_labels.MarkMissingLabelsd``) get the marginal loss of
+    missing classes (``transforms.labels.partial_labels.MarkMissingLabelsd``) get the marginal loss of
     :mod:`pipeline.training.partial_labels` (multiclass mode).
 
     Args:

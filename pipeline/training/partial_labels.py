@@ -1,6 +1,6 @@
 """The marginal loss for partially labelled cases: missing classes are ignored, not trained as background.
 
-A batch marked by :class:`transforms.partial_labels.MarkMissingLabelsd` carries, per sample, the classes its
+A batch marked by :class:`transforms.labels.partial_labels.MarkMissingLabelsd` carries, per sample, the classes its
 reference lacks (their voxels are labelled 0 with the background). For such a sample the softmax probabilities
 of the missing classes are added to background's before the loss (the marginal loss of Shi et al. 2021):
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss, FocalLoss
 
-from transforms.partial_labels import split_missing
+from transforms.labels.partial_labels import split_missing
 
 __all__ = ["MarginalDiceCELoss", "MarginalDiceFocalLoss", "marginal_probabilities"]
 

@@ -19,7 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from transforms.dicom_discovery import (
+from transforms.dicom.discovery import (
     PIXEL_DATA_TAG,
     DicomFile,
     SeriesInfo,
@@ -29,8 +29,8 @@ from transforms.dicom_discovery import (
     read_header,
     select_series,
 )
-from transforms.dicom_pixels import check_decoder, read_planes
-from transforms.io_errors import ScanLoadError
+from transforms.dicom.pixels import check_decoder, read_planes
+from transforms.io.errors import ScanLoadError
 
 __all__ = ["GAP_FACTOR", "TILT_TOLERANCE_DEG", "find_series", "load_dicom", "series_to_volume"]
 
@@ -253,7 +253,7 @@ def series_to_volume(
     """Load one series (or one enhanced multi-frame file) as a volume in the project convention.
 
     Args:
-        series: files of one SeriesInstanceUID (:func:`transforms.dicom_discovery.discover_series`).
+        series: files of one SeriesInstanceUID (:func:`transforms.dicom.discovery.discover_series`).
         spatial_dims: 3 for ``(X, Y, Z)``; 2 for a single slice ``(X, Y)``.
         dtype: output dtype (float32 HU by default).
         workers: reading/decoding threads.
@@ -356,7 +356,7 @@ def load_dicom(
     Args:
         path: folder of DICOM files at any depth, or one DICOM file.
         series_uid: SeriesInstanceUID to load; else ``rule`` chooses.
-        rule: series choice rule (:class:`transforms.dicom_discovery.SeriesRule`).
+        rule: series choice rule (:class:`transforms.dicom.discovery.SeriesRule`).
         spatial_dims: 3 -> ``(X, Y, Z)``; 2 -> ``(X, Y)`` from a single slice.
         dtype: output dtype.
         workers: reading/decoding threads.

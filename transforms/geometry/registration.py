@@ -3,7 +3,7 @@
 Centred initialisation, then a rigid (Euler) and an affine stage, optionally a B-spline stage, each driven by
 Mattes mutual information (works across CT/MR contrasts) over a multi-resolution pyramid, with optimizer
 scales from physical shifts. :func:`register_images` works on SimpleITK images; :func:`to_sitk` /
-:func:`from_sitk` convert clinseg's channel-first RAS MetaTensors (``transforms.io.load_scan``) to and from
+:func:`from_sitk` convert clinseg's channel-first RAS MetaTensors (``transforms.io.scan.load_scan``) to and from
 SimpleITK's LPS geometry; :class:`RegisterToReferenced` does it inside a MONAI dictionary pipeline.
 
 The transform maps points of the fixed (reference) image to the moving image, as ITK's resampling uses it:
@@ -25,8 +25,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import MetaKeys, SpaceKeys
 
-from transforms.io import load_scan
-from transforms.io_sitk import from_sitk, to_sitk
+from transforms.io.scan import load_scan
+from transforms.io.sitk import from_sitk, to_sitk
 
 __all__ = [
     "RegisterToReferenced",
@@ -259,7 +259,7 @@ def resample_to(
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """A NIfTI file or DICOM series through :func:`transforms.io.load_scan` (its checks, its geometry) as a
+    """A NIfTI file or DICOM series through :func:`transforms.io.scan.load_scan` (its checks, its geometry) as a
     SimpleITK image (float32).
 
     Raises:
@@ -284,7 +284,7 @@ class RegisterToReferenced(MapTransform):
 
     Example (bundle YAML)::
 
-        - _target_: transforms.registration.RegisterToReferenced
+        - _target_: transforms.geometry.registration.RegisterToReferenced
           keys: [t2]
           reference_key: t1c
     """

@@ -1,6 +1,6 @@
 """The one NIfTI writer: an array and its RAS affine to ``.nii``/``.nii.gz``, atomically, with nibabel.
 
-In ``transforms`` (beside the NIfTI reader) so that ``transforms.inspect`` and every ``pipeline`` writer
+In ``transforms`` (beside the NIfTI reader) so that ``transforms.io.inspect`` and every ``pipeline`` writer
 (masks, probabilities, imports, registration, synthetic phantoms) share it. Output is deterministic:
 nibabel's gzip stream has no time stamp or file name, so equal inputs give equal bytes.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from transforms.atomic import atomic_write
-from transforms.nifti import is_nifti_path
+from transforms.io.atomic import atomic_write
+from transforms.io.nifti import is_nifti_path
 
 __all__ = ["write_nifti"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from transforms.io_errors import ScanLoadError
+from transforms.io.errors import ScanLoadError
 
 __all__ = ["check_affine", "check_finite", "is_nifti_path", "label_values", "load_nifti", "nifti_array"]
 

@@ -1,7 +1,7 @@
 """MR artefact augmentation: TorchIO's bias field, motion, ghosting and spike, plus a gamma, on image keys only.
 
 :func:`mr_artifact_augmentation` returns an ordinary MONAI ``Compose``, so a bundle uses it through
-``_target_: transforms.mr_augment.mr_artifact_augmentation`` after the spatial augmentation. Labels are never
+``_target_: transforms.augment.mr.mr_artifact_augmentation`` after the spatial augmentation. Labels are never
 passed to TorchIO: they come back unchanged, bit for bit.
 
 TorchIO needs ``(C, X, Y, Z)`` volumes, so the preset is 3D only (a 2D ``spatial_dims`` is refused). TorchIO sees
@@ -28,7 +28,7 @@ from monai.config import NdarrayOrTensor
 from monai.transforms import Compose, RandAdjustContrastd, RandTorchIOd
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-from transforms.augment import _check
+from transforms.augment.presets import _check
 
 __all__ = ["RandTorchIOMetad", "mr_artifact_augmentation"]
 
@@ -105,7 +105,7 @@ def mr_artifact_augmentation(
     Example (bundle YAML)::
 
         mr_artifacts:
-          _target_: transforms.mr_augment.mr_artifact_augmentation
+          _target_: transforms.augment.mr.mr_artifact_augmentation
           keys: [image]
           label_keys: [label]
     """

@@ -1,6 +1,6 @@
 """Atomic file and folder writes: the one implementation, for every package of the repository.
 
-It lives in ``transforms`` (a leaf) because transforms writes files too (``transforms.inspect``, the NIfTI
+It lives in ``transforms`` (a leaf) because transforms writes files too (``transforms.io.inspect``, the NIfTI
 writer) and may not import ``pipeline``; ``pipeline.core.atomic`` builds its typed writers and completion
 markers on it.
 

@@ -1,4 +1,4 @@
-"""The one error type raised for scans that cannot be loaded (public name: ``transforms.io.ScanLoadError``)."""
+"""The one error type raised for scans that cannot be loaded (public name: ``transforms.io.scan.ScanLoadError``)."""
 
 from __future__ import annotations
 

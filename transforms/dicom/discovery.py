@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import MediaStorageDirectoryStorage
 
-from transforms.io_errors import ScanLoadError
+from transforms.io.errors import ScanLoadError
 
 __all__ = [
     "DicomFile", "SeriesInfo", "SeriesRule", "check_image_types", "discover_series", "image_type", "read_header",

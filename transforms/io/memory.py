@@ -26,9 +26,9 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.utils import MetaKeys, SpaceKeys
 
-from transforms.io_errors import ScanLoadError
-from transforms.io_sitk import from_sitk
-from transforms.nifti import check_affine, check_finite, label_values, nifti_array
+from transforms.io.errors import ScanLoadError
+from transforms.io.sitk import from_sitk
+from transforms.io.nifti import check_affine, check_finite, label_values, nifti_array
 
 __all__ = ["image_kind", "is_in_memory", "load_in_memory", "scan_tensor"]
 
@@ -85,7 +85,7 @@ def load_in_memory(
     Args:
         image: MetaTensor, nibabel image, SimpleITK image or ``(array, affine)``.
         source: what to call it in errors (e.g. ``"input 'image'"``); the kind is added.
-        spatial_dims, dtype, label: as :func:`transforms.io.load_scan`.
+        spatial_dims, dtype, label: as :func:`transforms.io.scan.load_scan`.
         channel_axis: for nibabel images only, as for 4D NIfTI files.
 
     Raises:

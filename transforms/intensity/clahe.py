@@ -7,7 +7,7 @@ iterative redistribution, tile CDFs as grey-level maps, multilinear blend of the
 for every voxel, then rescale to ``[0, 1]``. The torch path is vectorised: one ``bincount`` for all tile
 histograms, all tiles clipped at once, and the blend gathers the neighbouring maps for a chunk of voxels at a
 time (no Python loop over tiles or voxels). On CPU the two voxel passes run as numba kernels
-(:mod:`transforms.clahe_numba`) when numba is installed; clipping and the maps stay in torch."""
+(:mod:`transforms.intensity.clahe_numba`) when numba is installed; clipping and the maps stay in torch."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from monai.utils import look_up_option
 
-from transforms import clahe_numba
+import transforms.intensity.clahe_numba as clahe_numba
 
 __all__ = ["clahe", "check_clahe_params", "resolve_kernel_size", "NR_OF_GRAY"]
 

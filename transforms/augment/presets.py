@@ -1,7 +1,7 @@
 """Augmentation presets built from MONAI dictionary transforms, for 2D and 3D (``spatial_dims``).
 
 Every function returns ordinary MONAI transforms, so a bundle can use them through
-``_target_: transforms.augment.standard_augmentation``. Images (``keys``) are resampled bilinearly, labels
+``_target_: transforms.augment.presets.standard_augmentation``. Images (``keys``) are resampled bilinearly, labels
 (``label_keys``) with nearest neighbour, and each MONAI transform draws its random parameters once for all
 keys, so images and labels move together. Intensity changes touch ``keys`` only.
 
@@ -188,7 +188,7 @@ def standard_augmentation(
     Example (bundle YAML)::
 
         train_aug:
-          _target_: transforms.augment.standard_augmentation
+          _target_: transforms.augment.presets.standard_augmentation
           keys: [image]
           label_keys: [label]
           spatial_dims: 3

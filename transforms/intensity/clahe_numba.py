@@ -1,6 +1,6 @@
-"""Optional CPU fast path for :mod:`transforms.clahe`: the whole algorithm as single-threaded numba kernels.
+"""Optional CPU fast path for :mod:`transforms.intensity.clahe`: the whole algorithm as single-threaded numba kernels.
 
-The torch path in :mod:`transforms.clahe` serves every other device (and CPU where numba is missing). Here
+The torch path in :mod:`transforms.intensity.clahe` serves every other device (and CPU where numba is missing). Here
 each stage is one compiled loop: quantize + tile histograms, skimage's clip-and-redistribute + maps (a direct
 port of ``clip_histogram``/``map_histogram``), and the blend of the 8 neighbouring tile maps. There are no
 temporaries and no torch ops, so the path does not wait on torch's thread pool, which on a loaded machine
@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["available", "clahe_volumes"]
 
-_GREY_MAX = 2**14 - 1  # NR_OF_GRAY - 1 of transforms.clahe
+_GREY_MAX = 2**14 - 1  # NR_OF_GRAY - 1 of transforms.intensity.clahe
 
 
 def available() -> bool:
@@ -149,7 +149,7 @@ def _reflect(size: int, length: int) -> np.ndarray:
 def clahe_volumes(x: np.ndarray, ks: tuple[int, int, int], clim: int, nbins: int) -> np.ndarray:
     """CLAHE of every item of ``x`` ``(B, S0, S1, S2)`` float32 in [0, 1] with box tiles ``ks``.
 
-    ``clim`` is the clip limit in counts per bin (see ``transforms.clahe``). Returns ``(B, S0, S1, S2)``
+    ``clim`` is the clip limit in counts per bin (see ``transforms.intensity.clahe``). Returns ``(B, S0, S1, S2)``
     float32, each item rescaled to [0, 1] by its own range.
     """
     quantize_hist, clip_map, blend_kernel = _kernels()

@@ -4,7 +4,7 @@ Returns channel-first MONAI MetaTensors ``(C, X, Y[, Z])`` with a RAS affine and
 ``LoadImaged`` + ``EnsureChannelFirstd`` produce (``filename_or_obj``, ``affine``, ``original_affine``,
 ``spatial_shape``, ``original_channel_dim``, ``space``), so ``Invertd`` and ``SaveImage`` work downstream.
 ``LoadScan``/``LoadScand`` also take images already in memory (MetaTensor, nibabel, SimpleITK, ``(array,
-affine)``: :mod:`transforms.io_memory`), with the same checks and meta.
+affine)``: :mod:`transforms.io.memory`), with the same checks and meta.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple
 
-from transforms.dicom import load_dicom
-from transforms.dicom_discovery import SeriesRule
-from transforms.io_errors import ScanLoadError
-from transforms.io_memory import load_in_memory, scan_tensor
-from transforms.nifti import is_nifti_path, load_nifti
+from transforms.dicom.series import load_dicom
+from transforms.dicom.discovery import SeriesRule
+from transforms.io.errors import ScanLoadError
+from transforms.io.memory import load_in_memory, scan_tensor
+from transforms.io.nifti import is_nifti_path, load_nifti
 
 __all__ = ["LoadScan", "LoadScand", "ScanLoadError", "SeriesRule", "load_scan"]
 
@@ -120,7 +120,7 @@ def load_scan(
 class LoadScan(Transform):
     """Array transform: path -> MetaTensor ``(C, X, Y[, Z])`` via :func:`load_scan` (same arguments); an image
     already in memory (MetaTensor, nibabel, SimpleITK, ``(array, affine)``) via
-    :func:`transforms.io_memory.load_in_memory`."""
+    :func:`transforms.io.memory.load_in_memory`."""
 
     def __init__(
         self,
@@ -156,7 +156,7 @@ class LoadScand(MapTransform):
     """Dictionary transform: each key's path or in-memory image -> MetaTensor ``(C, X, Y[, Z])``.
 
     In-memory images (MetaTensor, nibabel, SimpleITK, ``(array, affine)`` with a RAS affine; see
-    :mod:`transforms.io_memory`) come out as a path load of the same scan would: same meta, same checks, so the
+    :mod:`transforms.io.memory`) come out as a path load of the same scan would: same meta, same checks, so the
     transforms after the loader (as in MONAI Deploy, which loads outside the bundle) work unchanged.
 
     Args:
@@ -170,7 +170,7 @@ class LoadScand(MapTransform):
 
     Example (bundle YAML)::
 
-        - _target_: transforms.io.LoadScand
+        - _target_: transforms.io.scan.LoadScand
           keys: [image, label]
           label_keys: [label]
     """

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 from nibabel.orientations import aff2axcodes
 
-from transforms.dicom import find_series, series_to_volume
-from transforms.dicom_discovery import SeriesInfo, SeriesRule, discover_series, walk_files
-from transforms.io_errors import ScanLoadError
-from transforms.nifti import is_nifti_path, load_nifti
-from transforms.nifti_write import write_nifti
+from transforms.dicom.series import find_series, series_to_volume
+from transforms.dicom.discovery import SeriesInfo, SeriesRule, discover_series, walk_files
+from transforms.io.errors import ScanLoadError
+from transforms.io.nifti import is_nifti_path, load_nifti
+from transforms.io.nifti_write import write_nifti
 
 __all__ = ["OBLIQUE_TOLERANCE_DEG", "convert_to_nifti", "format_inspection", "has_problems", "inspect_path"]
 
@@ -174,7 +174,7 @@ def convert_to_nifti(
     volume ``(X, Y, 1)`` whose z spacing is the slice thickness (as dicom2nifti and SimpleITK write it).
 
     Integer-valued intensities that fit int16 (CT in HU) are stored as int16, others as float32. The file is
-    written atomically by :func:`transforms.nifti_write.write_nifti`.
+    written atomically by :func:`transforms.io.nifti_write.write_nifti`.
 
     Args:
         path: NIfTI file, DICOM folder or DICOM file.

@@ -1,6 +1,6 @@
 """Intensity transforms: CT windowing (array + dict, deterministic + random) and CLAHE.
 
-The maths lives in :mod:`transforms.ct_window` and :mod:`transforms.clahe`; these classes only validate
+The maths lives in :mod:`transforms.intensity.ct_window` and :mod:`transforms.intensity.clahe`; these classes only validate
 arguments, convert numpy/torch/MetaTensor, and loop over dictionary keys. MR normalization needs nothing new:
 use MONAI's ``NormalizeIntensityd(nonzero=True, channel_wise=True)`` (z-score) or
 ``ScaleIntensityRangePercentilesd(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)`` (to [0, 1]).
@@ -16,8 +16,8 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from transforms.clahe import check_clahe_params, clahe
-from transforms.ct_window import apply_windows, resolve_windows
+from transforms.intensity.clahe import check_clahe_params, clahe
+from transforms.intensity.ct_window import apply_windows, resolve_windows
 
 __all__ = ["CTWindow", "CTWindowd", "RandCTWindowd", "CLAHE", "CLAHEd", "RandCLAHEd"]
 
@@ -32,7 +32,7 @@ class CTWindow(Transform):
     Args:
         level: window centre in HU (with ``width``), e.g. ``40``.
         width: window width in HU, e.g. ``400``.
-        preset: a name from ``transforms.ct_window.CT_WINDOW_PRESETS`` (``"brain"``, ``"lung"``, ...) or a
+        preset: a name from ``transforms.intensity.ct_window.CT_WINDOW_PRESETS`` (``"brain"``, ``"lung"``, ...) or a
             list of names stacked as channels.
         windows: explicit ``[(level, width), ...]`` pairs in HU stacked as channels.
         out_min: output value at the lower window edge.

@@ -12,8 +12,8 @@ import pydicom
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from transforms.dicom_discovery import PIXEL_DATA_TAG, DicomFile
-from transforms.io_errors import ScanLoadError
+from transforms.dicom.discovery import PIXEL_DATA_TAG, DicomFile
+from transforms.io.errors import ScanLoadError
 
 __all__ = ["check_decoder", "default_workers", "read_planes"]
 

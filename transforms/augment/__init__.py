@@ -1,0 +1,1 @@
+"""Augmentation: spatial and intensity presets from MONAI transforms, MR artefacts through TorchIO."""

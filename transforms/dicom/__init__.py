@@ -1,0 +1,1 @@
+"""DICOM series: discovery from headers, slice sorting and geometry checks, fast pixel reading."""

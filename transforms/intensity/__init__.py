@@ -1,0 +1,1 @@
+"""Intensity: CT windows, CLAHE (torch and numba), foreground z-score, as MONAI array and dictionary transforms."""

@@ -1,0 +1,1 @@
+"""Labels: nnU-Net region labels and partial labels (classes a case's reference lacks)."""
