@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.datalist import load_datalist  # noqa: E402
 from pipeline.inference.options import InferenceOptions  # noqa: E402
-from pipeline.inference.predictor import QC_REFERENCE_NAME, Predictor  # noqa: E402
+from pipeline.inference.predictor import Predictor  # noqa: E402
+from pipeline.inference.qc_reference_file import QC_REFERENCE_NAME  # noqa: E402
 from pipeline.qc.assess import assess_case  # noqa: E402
 from pipeline.qc.model_reference import write_model_reference  # noqa: E402
 from transforms.io.nifti_write import write_nifti  # noqa: E402

@@ -169,7 +169,8 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
 
 @pytest.mark.slow
 def test_qc_reference_is_written_when_training_ends_and_travels_with_the_export(trained):
-    from pipeline.inference.predictor import QC_REFERENCE_NAME, Predictor
+    from pipeline.inference.predictor import Predictor
+    from pipeline.inference.qc_reference_file import QC_REFERENCE_NAME
 
     result, out = trained
     written = json.loads((result.ckpt_dir / QC_REFERENCE_NAME).read_text())

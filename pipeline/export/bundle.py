@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ckpt_export
 
-from pipeline.inference.predictor import QC_REFERENCE_NAME
+from pipeline.inference.qc_reference_file import QC_REFERENCE_NAME
 from pipeline.core.atomic import atomic_write_json
 from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint

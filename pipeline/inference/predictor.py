@@ -13,7 +13,6 @@ paths or images already in memory (MetaTensor, nibabel, SimpleITK, ``(array, aff
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
+from pipeline.inference.qc_reference_file import find_qc_reference
 from pipeline.inference.restore import to_input_grid
 from pipeline.inference.tta import ACTIVATIONS, activate, flip_combinations
 from pipeline.inference.uncertainty import Uncertainty, member_labels, summarize_members, temperature_scaled
@@ -42,14 +42,12 @@ from pipeline.inference.zoo_bundle import ZooBundle, open_bundle, zoo_network
 from transforms.io.scan import LoadScand
 from transforms.io.memory import is_in_memory
 
-__all__ = ["PRED_KEY", "QC_REFERENCE_NAME", "CaseInput", "Predictor", "find_qc_reference"]
+__all__ = ["PRED_KEY", "CaseInput", "Predictor"]
 
 logger = logging.getLogger(__name__)
 
 CaseInput = str | Path | Any
 """A path (NIfTI file, DICOM folder or file) or an in-memory image (:func:`transforms.io.memory.image_kind`)."""
-
-QC_REFERENCE_NAME = "qc_reference.json"  # training data's reference, fitted temperature (pipeline.qc.reference)
 
 PRED_KEY = "pred"
 """The key of the prediction in the dict the bundle's ``postprocessing`` gets (MONAI's engines' name)."""
@@ -374,20 +372,6 @@ def _resolve_amp(amp: bool | None, device: torch.device) -> bool:
         getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     ]
     return any(bool(check()) for check in native if check is not None)
-
-
-def find_qc_reference(bundle_root: Path, checkpoints: Sequence[Path]) -> dict[str, Any] | None:
-    """The ``qc_reference.json`` of a model: beside its first checkpoint (a training run's folder), else in the
-    bundle's ``models/``; ``None`` when there is none. An unreadable one is an error naming the file."""
-    for path in ([checkpoints[0].parent / QC_REFERENCE_NAME] if checkpoints else []) + [
-        bundle_root / "models" / QC_REFERENCE_NAME
-    ]:
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except ValueError as e:
-                raise ValueError(f"{path}: not a readable QC reference ({e})") from e
-    return None
 
 
 def _window(window: Any) -> tuple[float, float] | None:

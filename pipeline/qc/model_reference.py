@@ -12,7 +12,8 @@ from pipeline.core.atomic import atomic_write_json
 from pipeline.core.bundle import Bundle
 from pipeline.core.datalist import load_datalist, read_datalist
 from pipeline.inference.options import InferenceOptions
-from pipeline.inference.predictor import QC_REFERENCE_NAME, Predictor
+from pipeline.inference.predictor import Predictor
+from pipeline.inference.qc_reference_file import QC_REFERENCE_NAME
 from pipeline.qc.calibration import calibrate_on_validation
 from pipeline.qc.reference import build_reference
 
