@@ -22,7 +22,8 @@ from matplotlib.patches import Patch
 from monai.metrics import compute_dice
 from torch import nn
 
-from pipeline.outputs.preview import label_colour, orthogonal_slices, percentile_window
+from pipeline.outputs.preview import label_colour, orthogonal_slices
+from pipeline.outputs.preview_window import percentile_window
 from transforms.labels.regions import RegionsToLabels
 
 __all__ = ["case_dice", "render_overlay", "render_validation_overlays"]
