@@ -37,6 +37,12 @@ def test_default_ckpt_dir_is_a_run_folder_under_the_working_directory(name, tmp_
     assert BUNDLES.resolve() not in ckpt_dir.parents
 
 
+def test_fusion_pretrain_overlay_writes_under_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parser = Bundle.at(BUNDLES / "ctmr_fusion_seg3d").parser(["train", "fusion_pretrain"])
+    assert Path(parser.get_parsed_content("ckpt_dir")) == tmp_path / "runs" / "ctmr_fusion_seg3d" / "fusion_pretrain"
+
+
 @pytest.mark.parametrize("where", ["run_folder", "bundle_models", "none"])
 def test_default_checkpoint_finds_the_run_folder_or_says_where_it_looked(where, tmp_path, monkeypatch):
     bundle_root = tmp_path / "bundle"
