@@ -13,6 +13,7 @@ from pipeline.cli import main
 from pipeline.cli.evaluate import default_output
 from pipeline.core.bundle import Bundle, BundleError
 from pipeline.core.datalist import DatalistError
+from pipeline.export.configs import EXPORTED_CKPT_DIR, exported_configs
 from tests.bundle_components import SHIPPED
 from tests.conftest import BUNDLES
 
@@ -94,3 +95,9 @@ def test_evaluation_default_output_is_under_the_working_directory(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     output = default_output("ct_organ_resunet3d")
     assert output.parent == tmp_path / "evaluation" and output.name.startswith("ct_organ_resunet3d-")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exported_bundle_keeps_its_checkpoints_in_its_own_models_folder(name):
+    train = exported_configs(Bundle.at(BUNDLES / name), None)["train"]
+    assert train["ckpt_dir"] == EXPORTED_CKPT_DIR == "$@bundle_root + '/models'"

@@ -20,6 +20,7 @@ from monai.bundle.utils import merge_kv
 from pipeline.core.bundle import COMMON, CONFIG_SUFFIXES, Bundle
 
 __all__ = [
+    "EXPORTED_CKPT_DIR",
     "LOCAL_KEYS",
     "MONAI_LABEL_POST",
     "MONAI_LABEL_PRE",
