@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli.common import add_bundle, add_config_overlays, checked, command, overrides
@@ -14,6 +15,11 @@ def regions_option(spec: str) -> dict[str, list[int]]:
     from pipeline.datasets.regions import NO_REGIONS, parse_regions
 
     return {} if spec.strip().lower() == NO_REGIONS else parse_regions(spec)
+
+
+def default_output(bundle_name: str) -> Path:
+    """``evaluation/<bundle>-<UTC date and time>`` under the working directory: one folder per evaluation."""
+    return Path("evaluation", f"{bundle_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}").resolve()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -34,6 +40,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         qc_threshold=args.qc_threshold,
     )  # fmt: skip
     checkpoints = args.checkpoint or ([] if args.folds else [str(bundle.default_checkpoint)])
+    output = Path(args.output or default_output(bundle.name))
+    print(f"evaluation tables: {output}")
     tracking_uri = None
     if not args.no_tracking:
         first = args.checkpoint_pattern.format(fold=0) if args.folds else checkpoints[0]
@@ -41,11 +49,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"MLflow store: {tracking_uri} ({reason})")
     if args.folds:
         result = evaluate_folds(
-            bundle, args.checkpoint_pattern, datalist, args.folds, args.fold_seed, args.output, tracking_uri,
+            bundle, args.checkpoint_pattern, datalist, args.folds, args.fold_seed, output, tracking_uri,
             options=options,
         )  # fmt: skip
     else:
-        result = evaluate_checkpoint(bundle, checkpoints, datalist, args.split, args.output, tracking_uri,
+        result = evaluate_checkpoint(bundle, checkpoints, datalist, args.split, output, tracking_uri,
                                      options=options)  # fmt: skip
     print(result.summary_line())
     return 0
@@ -82,10 +90,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "evaluate", "score checkpoints per case: Dice, IoU, HD95, surface distance")
     add_bundle(p, registry_flag=False)
     p.add_argument("--checkpoint", action="append", default=[],
-                   help="weights (repeat for an ensemble; default: the bundle's models/model.pt)")
+                   help="weights (repeat for an ensemble; default: the newest of runs/<bundle name>/model.pt "
+                        "under the working directory and the bundle's models/model.pt)")
     p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
     p.add_argument("--split", default="validation", help="datalist split to evaluate")
-    p.add_argument("--output", default="evaluation", help="folder for per_case.csv and summary.csv/.json")
+    p.add_argument("--output", help="folder for per_case.csv and summary.csv/.json "
+                   "(default: evaluation/<bundle>-<UTC date and time> under the working directory)")
     p.add_argument("--tracking-uri",
                    help="MLflow store, and the registry of a models:/ bundle (default: MLFLOW_TRACKING_URI, else "
                         "the store the checkpoint's training run logged to, else ./mlflow.db)")

@@ -70,7 +70,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="drop nnU-Net's _0000 channel suffix from the case names of NIfTI files (default: when "
                         "every file has one)")
     p.add_argument("--checkpoint", action="append", default=[],
-                   help="weights, repeat for an ensemble (default: <bundle>/models/model.pt)")
+                   help="weights, repeat for an ensemble (default: the newest of runs/<bundle name>/model.pt under the "
+                        "working directory, where clinseg train puts it, and <bundle>/models/model.pt)")
     p.add_argument("--split", default="test", help="datalist split when --input is a .json file")
     add_inference_options(p)
     add_output_options(p)

@@ -70,10 +70,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "train", "train a bundle (same as python -m monai.bundle run on its train config)")
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d")
     p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
-    p.add_argument("--ckpt-dir", help="where checkpoints go (default: <bundle>/models)")
+    p.add_argument("--ckpt-dir", help="where checkpoints go (default: the bundle's ckpt_dir: runs/<bundle name> under the "
+                   "working directory for a shipped bundle, <bundle>/models for a planned one)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--epochs", type=int, help="override max_epochs (default: the bundle's max_epochs)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir (or its default)")
     p.add_argument("--time-budget", type=duration, metavar="DURATION",
                    help="stop before an epoch that would overrun this wall-clock time, e.g. 90s, 30m, 1.5h "
                    "(default: the bundle's time_budget_s; the last checkpoint, best model and MLflow run end normally)")
@@ -117,7 +118,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "(python -m monai.bundle run) or to refresh it. It goes beside the checkpoint as "
                        "qc_reference.json, and clinseg export carries it in models/.")
     p.add_argument("bundle", help="bundle folder")
-    p.add_argument("--checkpoint", help="the model's checkpoint (default: the bundle's models/model.pt)")
+    p.add_argument("--checkpoint", help="the model's checkpoint (default: the newest of runs/<bundle name>/model.pt and the bundle's models/model.pt)")
     p.add_argument("--datalist", help="dataset.json whose training split the model learnt from and whose "
                                       "validation split calibrates it (default: the bundle's datalist_file)")
     p.add_argument("--max-cases", type=int, default=100, help="training cases summarised (evenly spaced)")

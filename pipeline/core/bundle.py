@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -20,6 +21,13 @@ logger = logging.getLogger(__name__)
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 COMMON = "common"  # configs/common.yaml: the settings a bundle's configs share, merged under each of them
 BASE = "_base"  # bundles/_base/base_<name>.yaml: the workflows the bundles beside it share
+RUNS = "runs"  # runs/<bundle name>/ under the working directory: a shipped bundle's default checkpoint folder
+
+
+def run_folder(name: str) -> str:
+    """The default checkpoint folder of a shipped bundle named ``name`` (metadata.json's ``name``):
+    ``runs/<name>`` under the working directory, absolute; stable, so ``resume`` and ``predict`` find it."""
+    return str((Path(RUNS) / name).resolve())
 
 
 class BundleError(ValueError):
@@ -72,7 +80,21 @@ class Bundle:
 
     @property
     def default_checkpoint(self) -> Path:
-        return self.root / "models" / "model.pt"
+        """The newest ``model.pt`` of ``runs/<name>`` under the working directory (where ``clinseg train``
+        puts a shipped bundle's checkpoints) and of the bundle's ``models/`` (planned and exported bundles).
+
+        Raises:
+            BundleError: neither exists (the message lists both places).
+        """
+        name = json.loads(self.meta_file.read_text()).get("name", self.name) if self.meta_file.is_file() else self.name
+        candidates = [Path(run_folder(name)) / "model.pt", self.root / "models" / "model.pt"]
+        found = [path for path in candidates if path.is_file()]
+        if not found:
+            raise BundleError(
+                f"bundle {self.root} has no trained checkpoint: looked for {', '.join(map(str, candidates))}; "
+                "train it first (clinseg train) or pass --checkpoint"
+            )
+        return max(found, key=lambda path: path.stat().st_mtime)
 
     def datalist_file(self, config: str | Path | Sequence[str | Path] = "inference", **overrides: Any) -> Path:
         """The bundle's ``datalist_file`` (a planned bundle names the datalist it was planned from)."""

@@ -20,6 +20,7 @@ from monai.bundle.utils import merge_kv
 from pipeline.core.bundle import COMMON, CONFIG_SUFFIXES, Bundle
 
 __all__ = [
+    "EXPORTED_CKPT_DIR",
     "LOCAL_KEYS",
     "MONAI_LABEL_POST",
     "MONAI_LABEL_PRE",
@@ -33,6 +34,9 @@ LOCAL_KEYS = (
     "resume", "tracking_journal", "config_as_run", "fold",
 )  # fmt: skip
 """Keys naming this machine's folders or the run's MLflow store: shipped values are kept, the run's dropped."""
+EXPORTED_CKPT_DIR = "$@bundle_root + '/models'"
+"""An exported bundle's checkpoint folder: its own ``models/`` (the shipped default is ``runs/<name>`` under
+the working directory)."""
 PORTABLE = {"dataset_dir": "data"}
 """What an exported config holds instead of an absolute path of the machine that planned or trained it."""
 
@@ -125,6 +129,7 @@ def exported_configs(bundle: Bundle, config_as_run: Mapping[str, Any] | None) ->
     shipped_train = _merged(bundle.config_files("train"))
     run = dict(config_as_run) if config_as_run else shipped_train
     train = _shipped_local({k: copy.deepcopy(v) for k, v in run.items() if k != "_meta_"}, shipped_train)
+    train["ckpt_dir"] = EXPORTED_CKPT_DIR
     out = {"train": train}
     if bundle.has_config("inference"):
         inference = _portable(_with_run(_merged(bundle.config_files("inference")), run, shared))

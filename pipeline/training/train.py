@@ -78,7 +78,8 @@ def train_bundle(
     ``config`` may list overlays after the base config, by name under ``configs/`` or as file paths, merged in
     order as ``monai.bundle run`` merges a list (e.g. ``["train", "cosine_warmup", "my_site.yaml"]``); the run
     writes its config as run, overlays and overrides applied, to ``<ckpt_dir>/config_run.json`` for MLflow.
-    ``resume=True`` continues from the newest checkpoint in ``ckpt_dir`` and logs into the same MLflow run.
+    ``resume=True`` continues from the newest checkpoint in ``ckpt_dir`` and logs into the same MLflow run;
+    ``ckpt_dir`` defaults to the bundle's (``runs/<bundle name>`` under the working directory for a shipped bundle).
     ``fold=k`` trains fold k of a deterministic patient-level ``folds``-fold split of the datalist's
     training + validation cases (the fold's datalist is written into ``ckpt_dir``; the run is tagged).
     ``time_budget_s`` ends training cleanly before an epoch that would overrun it (the bundle's ``time_budget_s``;
@@ -97,9 +98,7 @@ def train_bundle(
     if time_budget_s is not None:
         settings["time_budget_s"] = time_budget_s
     if resume:
-        if ckpt_dir is None:
-            raise ValueError("resume needs the run's checkpoint folder (ckpt_dir / --ckpt-dir)")
-        settings["resume"] = True
+        settings["resume"] = True  # in ckpt_dir: the bundle's stable default (runs/<name>) unless given
     settings["tracking_uri"] = default_tracking_uri(tracking_uri or settings.get("tracking_uri"))
     if fold is not None:
         if ckpt_dir is None or dataset_dir is None:
