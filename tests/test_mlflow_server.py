@@ -30,6 +30,7 @@ from pipeline.tracking.store import TrackingUnavailableError
 from pipeline.tracking.sync import shared_replayer
 from pipeline.training.train import train_bundle
 from tests.conftest import BUNDLES, REPO
+from pipeline.core.bundle import Bundle
 
 BUNDLE = BUNDLES / "ct_organ_resunet3d"
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -104,7 +105,7 @@ def test_bundle_trains_against_a_server_and_reads_back(tiny_dataset, tmp_path):
         ckpt_dir = tmp_path / "ckpt"
         command = [
             sys.executable, "-m", "monai.bundle", "run",
-            "--config_file", str([str(BUNDLE / "configs" / n) for n in ("common.yaml", "train.yaml")]),
+            "--config_file", str(Bundle.at(BUNDLE).config_files("train")),  # common, the shared base, the delta
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
             "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
             "--bundle_root", str(BUNDLE),

@@ -15,6 +15,7 @@ from pipeline.core.bundle import Bundle
 from pipeline.inference.predictor import Predictor
 from pipeline.pacs.serve import StorageNode
 from tests.test_predictor import BUNDLE, random_checkpoint
+from pipeline.export.configs import exported_configs, write_yaml
 
 FAST = ["--device", "cpu", "--roi-size", "32", "32", "16", "--no-uncertainty"]
 
@@ -26,7 +27,9 @@ def registry(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("registry")
     bundle = tmp / "bundle"
-    shutil.copytree(BUNDLE / "configs", bundle / "configs")
+    shutil.copytree(BUNDLE / "configs", bundle / "configs")  # metadata, common.yaml ...
+    for name, config in exported_configs(Bundle.at(BUNDLE), None).items():  # standalone, as clinseg export writes
+        write_yaml(config, bundle / "configs" / f"{name}.yaml", "test bundle")
     (bundle / "models").mkdir()
     random_checkpoint(bundle / "models" / "model.pt")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

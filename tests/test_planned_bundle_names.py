@@ -16,14 +16,14 @@ from pipeline.planning.bundle_writer import write_planned_bundle
 from pipeline.planning.compute import ComputeBudget
 from pipeline.planning.plan import make_plan
 from pipeline.training.train import train_bundle
-from tests.planning_fixtures import fake_fingerprint
+from tests.planning_fixtures import fake_fingerprint, step_timing
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture
 def planned(tmp_path, monkeypatch, tiny_dataset):
-    monkeypatch.setattr(plan_module, "measure_step_seconds", lambda *a, **k: 0.05)
+    monkeypatch.setattr(plan_module, "measure_step", lambda *a, **k: step_timing(0.05))
     fingerprint = fake_fingerprint([1.6, 1.6, 2.5], [1.6, 1.6, 2.5], [48, 44, 16], {"image": "CT"},
                                    labels=("organ", "lesion"))  # fmt: skip
     plan = make_plan(fingerprint, ComputeBudget("cpu", 60.0), counts={"training": 3, "validation": 1}, dims="3d")

@@ -103,7 +103,7 @@ def test_planned_bundle_trains_evaluates_and_predicts(planned, hippocampus, tmp_
     run = client.search_runs(client.get_experiment_by_name("clinseg").experiment_id)[0]
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plan.json", "fingerprint.json", "common.yaml"} <= logged
-    assert run.data.params["config.roi_size"] == "[40, 56, 40]"
+    assert run.data.params["roi_size"] == "[40, 56, 40]"
 
     code = main(["evaluate", str(out), "--checkpoint", str(model), "--dataset-dir", str(small.parent),
                  "--split", "test", "--output", str(tmp_path / "eval"), "--no-tracking", "--quiet"])  # fmt: skip

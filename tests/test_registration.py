@@ -242,6 +242,8 @@ def test_clinseg_register_names_a_missing_scan(tmp_path, caplog, which):
 
 
 def test_clinseg_register_refuses_an_output_that_is_not_nifti(tmp_path, caplog):
+    for name in ("a.nii.gz", "b.nii.gz"):  # the inputs exist: the output's format is what is wrong
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), tmp_path / name)
     with caplog.at_level(logging.ERROR, logger="clinseg"):
-        assert main(["register", "a.nii.gz", "b.nii.gz", str(tmp_path / "out.png")]) == 2
+        assert main(["register", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), str(tmp_path / "out.png")]) == 2
     assert "out.png: the output must be a .nii or .nii.gz file" in caplog.text
