@@ -166,8 +166,9 @@ def discover_cases(
         entries = load_datalist(source, split, required_keys=(), check_files=False)
         cases = [_case_from_entry(e, modalities) for e in entries]
     elif source.is_dir():
-        entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
-        hidden = sorted(p for p in source.iterdir() if p.name.startswith(".") and p.is_dir())
+        listed = sorted(source.iterdir())
+        entries = [p for p in listed if not p.name.startswith(".")]
+        hidden = [p for p in listed if p.name.startswith(".") and p.is_dir()]
         flat = [p for p in entries if _is_nifti(p) and not NON_INPUT.match(_stem(p))]
         folders = [p for p in entries if p.is_dir()]
         links = [p for p in entries if _broken_link(p)]
