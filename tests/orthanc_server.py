@@ -11,7 +11,10 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +92,26 @@ class Orthanc:
             requests.delete(
                 f"{self.url}/patients/{patient}", auth=(USER, PASSWORD), timeout=60
             ).raise_for_status()
+
+
+def wait_for(condition, seconds: float = 180, *, explain=None) -> bool:
+    """Poll ``condition`` until true; after ``seconds`` fail with ``explain()`` (what the node was doing), so a
+    CI log's one-line summary shows where it was stuck."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.3)
+    if condition():
+        return True
+    raise AssertionError(f"not true after {seconds:.0f} s: {explain() if explain else ''}")
+
+
+def thread_frames(thread: threading.Thread, last: int = 6) -> str:
+    """The innermost ``last`` frames of ``thread`` as ``file:line function`` (``dead`` once it ended)."""
+    frame = sys._current_frames().get(thread.ident) if thread.is_alive() else None
+    if frame is None:
+        return "dead"
+    stack = traceback.extract_stack(frame)[-last:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack))
 
 
 def start_orthanc(workdir: Path) -> Orthanc:

@@ -71,6 +71,33 @@ def test_one_voxel_shift_gives_known_overlap_and_distance_in_mm(spacing_x):
     assert 0 < row["surface_dice"] < 1
 
 
+@pytest.mark.parametrize(
+    "shape, spacing, seed",
+    [((24, 20, 12), [0.8, 0.8, 2.5], 0), ((24, 20, 12), [1.0, 1.0, 1.0], 1), ((32, 28), [0.5, 1.5], 2)],
+)
+def test_surface_scores_equal_monais_three_metrics(shape, spacing, seed):
+    """One surface-distance pass gives MONAI's HD95, symmetric MSD and surface Dice (noisy blobs)."""
+    from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDistanceMetric
+
+    from pipeline.evaluation.surface import surface_scores
+
+    gen = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float) for n in shape], indexing="ij"))
+    centre = torch.tensor([n / 2 for n in shape]).view(-1, *[1] * len(shape))
+    radius = ((grid - centre) ** 2).sum(0).sqrt()
+    label = (radius < min(shape) / 3).float()
+    pred = ((radius + 2 * torch.rand(shape, generator=gen)) < min(shape) / 3).float()  # ragged surface
+    pred[(0,) * len(shape)] = 1  # and a stray voxel far away
+    pv, yv = pred[None, None], label[None, None]
+    common = {"include_background": True, "reduction": "none"}
+    expected = {
+        "hd95_mm": float(HausdorffDistanceMetric(percentile=95, **common)(pv, yv, spacing=spacing)),
+        "msd_mm": float(SurfaceDistanceMetric(symmetric=True, **common)(pv, yv, spacing=spacing)),
+        "surface_dice": float(SurfaceDiceMetric([1.0], **common)(pv, yv, spacing=spacing)),
+    }
+    assert surface_scores(pred, label, spacing, 1.0) == pytest.approx(expected, rel=1e-6)
+
+
 def test_empty_structures_follow_documented_rules():
     organ = _cube(1, (2, 2, 2))
     rows = {r["name"]: r for r in case_metrics(organ, organ, [1, 1, 1], NAMES)}

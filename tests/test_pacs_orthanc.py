@@ -26,7 +26,7 @@ from pipeline.pacs.credentials import ENV_PASSWORD, ENV_USER, load_credentials
 from pipeline.pacs.dimse import DimseArchive
 from pipeline.pacs.serve import ServeOptions, StorageNode
 from pipeline.synthetic.dicom_series import write_dicom_series
-from tests.orthanc_server import CALLING_AET, NODE_AET, PASSWORD, USER, free_port, orthanc  # noqa: F401
+from tests.orthanc_server import CALLING_AET, NODE_AET, PASSWORD, USER, free_port, orthanc, thread_frames, wait_for  # noqa: F401
 from tests.test_html_report import Page
 from tests.test_predictor import BUNDLE, random_checkpoint
 
@@ -193,9 +193,7 @@ def test_serve_receives_a_series_and_returns_its_seg(orthanc, tiny_dataset, pred
         bad_status = assoc.send_c_store(bad).Status
         assoc.release()
         assert set(statuses) == {0} and bad_status != 0
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not _results_in_orthanc(orthanc, "SEG"):
-            time.sleep(0.5)
+        assert wait_for(lambda: _results_in_orthanc(orthanc, "SEG"), explain=lambda: f"{node.journal()}, node thread: {thread_frames(thread)}")
         assert list(_results_in_orthanc(orthanc, "SEG")) == [series_uid]
     finally:
         node.stop()

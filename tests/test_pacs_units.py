@@ -18,6 +18,7 @@ from pipeline.pacs.connect import open_archive
 from pipeline.pacs.credentials import ENV_PASSWORD, ENV_TOKEN, ENV_USER, load_credentials
 from pipeline.pacs.push import LEDGER, push_case
 from pipeline.pacs.serve import JOURNAL, ServeOptions, StorageNode
+from pipeline.pacs.spool import RECEIVING
 from pipeline.synthetic.dicom_series import write_dicom_series
 
 STUDY, SERIES, OTHER = (
@@ -216,6 +217,27 @@ def test_node_waits_for_quiet_released_series_and_never_reprocesses(series, tmp_
     assert len(os.listdir(tmp_path / "spool" / "incoming" / case_key(SERIES))) == 5  # 4 files + .processed.json
     with pytest.raises(ValueError, match="without SeriesInstanceUID"):
         node.spool.store(pydicom.Dataset(), sender=2)
+
+
+@pytest.mark.parametrize(
+    "events, interrupted",
+    [
+        ([("released", 1), ("closed", 1)], False),
+        ([("closed", 1), ("released", 1)], False),  # pynetdicom's DUL thread may report the close first
+        ([("aborted", 1), ("closed", 1)], True),
+        ([("closed", 1), ("released", 2)], True),  # another association's release is not this one's
+    ],
+)
+def test_a_release_ends_the_wait_whatever_the_event_order(series, tmp_path, events, interrupted):
+    _, datasets = series
+    predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", options=ServeOptions(), clock=clock)
+    node.spool.store(datasets[0], sender=1)
+    for event, sender in events:
+        node.spool.ended(sender, released=event == "released")
+    state = node.spool.series[case_key(SERIES)]
+    assert state.interrupted == interrupted and not state.senders
+    assert (tmp_path / "spool" / "incoming" / case_key(SERIES) / RECEIVING).exists() == interrupted
 
 
 def test_an_interrupted_or_short_series_waits_then_is_incomplete(series, tmp_path):

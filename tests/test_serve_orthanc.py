@@ -23,7 +23,7 @@ from pipeline.pacs.credentials import ENV_PASSWORD, ENV_USER, load_credentials
 from pipeline.pacs.dimse import DimseArchive
 from pipeline.pacs.serve import OUT_OF_RESOURCES, ServeOptions, StorageNode
 from pipeline.pacs.spool import RECEIVING, SpoolLimits
-from tests.orthanc_server import NODE_AET, USER, orthanc  # noqa: F401
+from tests.orthanc_server import NODE_AET, USER, orthanc, thread_frames, wait_for  # noqa: F401
 from tests.test_pacs_orthanc import CASES, _results_in_orthanc, _series_uid, ckpt, predictor  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -72,18 +72,17 @@ def _stop(node: StorageNode, thread: threading.Thread) -> None:
     thread.join(timeout=60)
 
 
-def _wait_for(condition, seconds: float = 180) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not condition():
-        time.sleep(0.3)
-    return condition()
-
-
 def _node(predictor, tmp_path, orthanc, push_to=None, **kwargs):  # noqa: F811
     options = ServeOptions(ae_title=NODE_AET, port=orthanc.node_port, quiet_seconds=QUIET, poll_seconds=0.2,
                            allow_aets=("SENDER",), settle_seconds=SETTLE)  # fmt: skip
     push_to = push_to or DimseArchive.parse(orthanc.dimse, calling_aet=NODE_AET)
     return StorageNode(predictor, tmp_path / "spool", tmp_path / "out", push_to=push_to, options=options, **kwargs)
+
+
+def _state(node: StorageNode, thread: threading.Thread) -> str:
+    """What the node holds and where its thread is: a failed wait's message."""
+    series = {k[:8]: (s.pending, len(s.senders), s.interrupted) for k, s in node.spool.series.items()}
+    return f"journal {node.journal()}; series (pending, senders, interrupted) {series}; waiting {node._waiting}; node thread: {thread_frames(thread)}"
 
 
 def _send(port: int, datasets) -> list[int]:
@@ -116,7 +115,7 @@ def test_a_sender_pausing_longer_than_the_quiet_time_gets_one_whole_series(ortha
         assert node.journal() == {}
         assert {assoc.send_c_store(pydicom.dcmread(p)).Status for p in slices[half:]} == {0}
         assoc.release()
-        assert _wait_for(lambda: _seg_references(orthanc))
+        assert wait_for(lambda: _seg_references(orthanc), explain=lambda: _state(node, thread))
     finally:
         _stop(node, thread)
     key = case_key(_series_uid(slices[0].parent)[1])
@@ -146,12 +145,12 @@ def test_a_node_stopped_mid_series_waits_for_the_resend_then_segments_it_whole(o
         resend = _sender(orthanc.node_port)
         assert {resend.send_c_store(pydicom.dcmread(p)).Status for p in slices} == {0}
         resend.release()
-        assert _wait_for(lambda: _seg_references(orthanc))
+        assert wait_for(lambda: _seg_references(orthanc), explain=lambda: _state(restarted, thread))
         extra = _next_slice(slices)  # a late new instance: the whole series again, a new revision
         late = _sender(orthanc.node_port)
         assert late.send_c_store(extra).Status == 0
         late.release()
-        assert _wait_for(lambda: len(_seg_references(orthanc)) == 2)
+        assert wait_for(lambda: len(_seg_references(orthanc)) == 2, explain=lambda: _state(restarted, thread))
     finally:
         _stop(restarted, thread)
     record = restarted.journal()[key]
@@ -198,7 +197,7 @@ def test_a_release_then_a_pause_within_the_settle_time_gets_one_whole_series(ort
         time.sleep(QUIET + 1)  # past the quiet time, within the settle time: the count is unknown, it settles
         assert node.journal() == {} and not _seg_references(orthanc)
         assert set(_send(orthanc.node_port, slices[half:])) == {0}  # the rest, on a new association
-        assert _wait_for(lambda: _seg_references(orthanc))
+        assert wait_for(lambda: _seg_references(orthanc), explain=lambda: _state(node, thread))
     finally:
         _stop(node, thread)
     (record,) = node.journal().values()
@@ -215,11 +214,11 @@ def test_a_pause_past_the_settle_time_is_provisional_and_the_rest_supersedes_it(
     thread = _run(node)
     try:
         assert set(_send(orthanc.node_port, slices[:half])) == {0}
-        assert _wait_for(lambda: key in node.journal())  # nothing can tell these are half a series
+        assert wait_for(lambda: key in node.journal(), explain=lambda: _state(node, thread))  # nothing can tell these are half a series
         first = node.journal()[key]
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         assert set(_send(orthanc.node_port, slices[half:])) == {0}
-        assert _wait_for(lambda: len(_seg_references(orthanc)) == 2)
+        assert wait_for(lambda: len(_seg_references(orthanc)) == 2, explain=lambda: _state(node, thread))
     finally:
         _stop(node, thread)
     assert first["status"] == "provisional" and first["instances"] == half and "unverified" in first["count"]
@@ -258,7 +257,7 @@ def test_a_known_count_or_a_slice_gap_holds_a_released_part_series(orthanc, tiny
         assert node.journal() == {} and not _seg_references(orthanc)
         waiting = node._waiting[key]
         assert set(_send(orthanc.node_port, rest)) == {0}
-        assert _wait_for(lambda: key in node.journal())
+        assert wait_for(lambda: key in node.journal(), explain=lambda: _state(node, thread))
     finally:
         _stop(node, thread)
     expected = {"archive": f"({count_from.label if count_from else ''}'s series listing)",
@@ -292,13 +291,13 @@ def test_a_safe_result_is_pruned_duplicates_dropped_and_a_late_instance_is_stale
     thread = _run(node)
     try:
         assert set(_send(orthanc.node_port, slices)) == {0}
-        assert _wait_for(lambda: node.spool.processed(key).get("pruned"))  # pushed, then pruned
+        assert wait_for(lambda: node.spool.processed(key).get("pruned"), explain=lambda: _state(node, thread))  # pushed, then pruned
         assert not list(folder.glob("*.dcm")) and node.journal()[key]["push"] == "pushed"
         assert set(_send(orthanc.node_port, slices)) == {0}  # a resend of the same instances
-        assert _wait_for(lambda: not list(folder.glob("*.dcm")))  # duplicates dropped, nothing reprocessed
+        assert wait_for(lambda: not list(folder.glob("*.dcm")), explain=lambda: _state(node, thread))  # duplicates dropped, nothing reprocessed
         assert node.journal()[key]["revision"] == 1
         assert _send(orthanc.node_port, [_next_slice(slices)]) == [0]
-        assert _wait_for(lambda: node.journal()[key]["status"] == "stale")
+        assert wait_for(lambda: node.journal()[key]["status"] == "stale", explain=lambda: _state(node, thread))
     finally:
         _stop(node, thread)
     assert "1 late instances arrived after the series' instances were pruned" in node.journal()[key]["error"]
@@ -322,7 +321,7 @@ def test_a_wrong_password_fails_the_push_naming_the_source_not_the_secret(orthan
     thread = _run(node)
     try:
         assert set(_send(orthanc.node_port, slices)) == {0}
-        assert _wait_for(lambda: node.journal())
+        assert wait_for(lambda: node.journal(), explain=lambda: _state(node, thread))
     finally:
         _stop(node, thread)
     (record,) = node.journal().values()

@@ -22,7 +22,8 @@ from pipeline.pacs.cache import case_key
 from pipeline.synthetic.dicom_series import write_dicom_series
 from tests.orthanc_server import NODE_AET, orthanc  # noqa: F401
 from tests.test_predictor import BUNDLE, random_checkpoint
-from tests.test_serve_orthanc import CT, _seg_references, _wait_for
+from tests.orthanc_server import wait_for
+from tests.test_serve_orthanc import CT, _seg_references
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_a_node_killed_mid_series_and_restarted_never_segments_the_part(orthanc,
         resend = _association(orthanc.node_port)
         assert {resend.send_c_store(pydicom.dcmread(p)).Status for p in paths} == {0}
         resend.release()
-        assert _wait_for(lambda: any(r["case"] == key for r in _journal(spool)))
+        assert wait_for(lambda: any(r["case"] == key for r in _journal(spool)))
     finally:
         node.terminate()
         node.wait(timeout=30)

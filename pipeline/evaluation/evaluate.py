@@ -15,28 +15,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import (
-    DiceMetric,
-    HausdorffDistanceMetric,
-    MeanIoU,
-    SurfaceDiceMetric,
-    SurfaceDistanceMetric,
-)
+from monai.metrics import DiceMetric, MeanIoU
+
 from pipeline.core.bundle import Bundle
 from pipeline.core.datalist import load_datalist
 from pipeline.core.progress import progress_bar
 from pipeline.core.splits import fold_of_entries
 from pipeline.datasets.regions import validate_regions
 from pipeline.evaluation.result import EvaluationResult, summarize
+from pipeline.evaluation.surface import surface_scores
 from pipeline.evaluation.tables import log_evaluation, write_tables
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
@@ -46,23 +40,12 @@ from transforms.io.scan import load_scan
 logger = logging.getLogger(__name__)
 
 
-
-@contextmanager
-def _monai_surface_warning_silenced() -> Iterator[None]:
-    """MONAI 1.5-1.6's own surface-distance code calls ``get_mask_edges(always_return_as_numpy=False)``, an
-    argument it deprecated itself, so each HD95/MSD/surface Dice raised a FutureWarning no caller can avoid."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*always_return_as_numpy.*", category=FutureWarning)
-        yield
-
-
 def voxel_spacing(affine: torch.Tensor | np.ndarray, spatial_dims: int) -> list[float]:
     """Voxel size in mm along each array axis: the column norms of the affine's rotation-scale block."""
     matrix = np.asarray(affine, dtype=np.float64)[:spatial_dims, :spatial_dims]
     return [float(v) for v in np.linalg.norm(matrix, axis=0)]
 
 
-@_monai_surface_warning_silenced()
 def case_metrics(
     pred: torch.Tensor,
     label: torch.Tensor,
@@ -142,11 +125,7 @@ def _mask_metrics(pv: torch.Tensor, yv: torch.Tensor, spacing: list[float], tole
         common = {"include_background": True, "reduction": "none"}  # the single channel is the structure
         row["dice"] = float(DiceMetric(**common)(pv, yv))
         row["iou"] = float(MeanIoU(**common)(pv, yv))
-        hd95 = HausdorffDistanceMetric(percentile=95, **common)
-        row["hd95_mm"] = float(hd95(pv, yv, spacing=spacing))
-        row["msd_mm"] = float(SurfaceDistanceMetric(symmetric=True, **common)(pv, yv, spacing=spacing))
-        surface_dice = SurfaceDiceMetric([float(tolerance_mm)], **common)
-        row["surface_dice"] = float(surface_dice(pv, yv, spacing=spacing))
+        row.update(surface_scores(pv[0, 0], yv[0, 0], spacing, tolerance_mm))
     else:
         score = 1.0 if n_pred == n_label else 0.0  # both empty: perfect; one empty: total miss
         row.update(dice=score, iou=score, hd95_mm=math.nan, msd_mm=math.nan, surface_dice=score)

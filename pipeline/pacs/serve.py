@@ -27,11 +27,13 @@ Results land in ``OUTPUT/<case key>/`` with a cumulative ``report.json``.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +150,8 @@ class StorageNode:
         self._server = None
         self._lock = threading.Lock()
         self._server_lock = threading.Lock()
+        self._senders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._senders_lock, self._sender_numbers = threading.Lock(), itertools.count()
         self._waiting: dict[str, str] = {}
         self._gaps: dict[str, tuple[int, str | None]] = {}  # key -> (instances looked at, gap found)
         self._unverified: dict[str, str] = {}  # keys segmented now without a known count -> why
@@ -158,6 +162,13 @@ class StorageNode:
                 self.spool.mark_processed(key, self.spool.names(key), safe=record.get("push") != "failed")
 
     # receiving
+    def _sender(self, assoc) -> int:
+        """A number naming ``assoc`` for as long as this node runs (``id()`` is reused once it is freed)."""
+        with self._senders_lock:
+            if assoc not in self._senders:
+                self._senders[assoc] = next(self._sender_numbers)
+            return self._senders[assoc]
+
     def _on_requested(self, event) -> None:
         """``EVT_REQUESTED``: reject a new association while the spool is full (the sender retries later)."""
         reason = self.spool.full()
@@ -171,7 +182,7 @@ class StorageNode:
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
-            if not self.spool.store(ds, id(event.assoc)):
+            if not self.spool.store(ds, self._sender(event.assoc)):
                 logger.debug("a duplicate instance was not stored again")
         except OutOfResources as e:
             logger.warning("refused an instance from %s: out of resources: %s", _peer(event), e)
@@ -193,9 +204,9 @@ class StorageNode:
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, lambda e: self.spool.ended(id(e.assoc), released=True)),
-            (evt.EVT_ABORTED, lambda e: self.spool.ended(id(e.assoc), released=False)),
-            (evt.EVT_CONN_CLOSE, lambda e: self.spool.ended(id(e.assoc), released=False)),
+            (evt.EVT_RELEASED, lambda e: self.spool.ended(self._sender(e.assoc), released=True)),
+            (evt.EVT_ABORTED, lambda e: self.spool.ended(self._sender(e.assoc), released=False)),
+            (evt.EVT_CONN_CLOSE, lambda e: self.spool.ended(self._sender(e.assoc), released=False)),
             (evt.EVT_REJECTED, lambda e: logger.warning("rejected an association from %s", _peer(e))),
         ]
         self._server = ae.start_server(
@@ -219,7 +230,10 @@ class StorageNode:
         self.start()
         try:
             while not self._stop.wait(self.options.poll_seconds):
-                self.process_ready()
+                try:
+                    self.process_ready()
+                except Exception:  # noqa: BLE001 - one failed poll must not stop the node; the next retries
+                    logger.exception("processing the spool failed; the node keeps listening and retries")
         except KeyboardInterrupt:
             logger.info("stopping")
         finally:

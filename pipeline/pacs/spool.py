@@ -65,6 +65,7 @@ class SeriesState:
 
     last: float
     senders: set[int] = field(default_factory=set)
+    dropped: set[int] = field(default_factory=set)  # senders whose connection closed with no release (yet)
     interrupted: bool = False
     pending: bool = False
     expected: tuple[int, str] | None = None
@@ -152,13 +153,26 @@ class Spool:
 
     def ended(self, sender: int, *, released: bool) -> None:
         """Association ``sender`` ended: ``released`` normally, else aborted or its connection dropped (the
-        series it was sending into wait for a resend)."""
+        series it was sending into wait for a resend).
+
+        pynetdicom fires the connection close (from its DUL thread) and the release (from the association's
+        thread) in either order: a release that comes after its own connection close still ends the wait.
+        """
         with self._lock:
             for key, state in self.series.items():
-                if sender not in state.senders:
+                if sender in state.senders:
+                    state.senders.discard(sender)
+                    if released:  # a clean release of a resend ends an interruption
+                        state.dropped.clear()
+                        state.interrupted = False
+                    else:
+                        state.dropped.add(sender)
+                        state.interrupted = True
+                elif released and sender in state.dropped:
+                    state.dropped.discard(sender)
+                    state.interrupted = bool(state.dropped)
+                else:
                     continue
-                state.senders.discard(sender)
-                state.interrupted = not released  # a clean release of a resend ends an interruption
                 if not state.senders and not state.interrupted:
                     (self.incoming / key / RECEIVING).unlink(missing_ok=True)
 
