@@ -99,10 +99,11 @@ def open_model_folder(
     if "labels" not in dataset or not (dataset.get("channel_names") or dataset.get("modality")):
         raise ValueError(f"{folder / 'dataset.json'}: needs 'labels' and 'channel_names' (nnU-Net v2 format)")
     if folds is None:
-        found = sorted(int(m.group(1)) for p in folder.iterdir()
-                       if (m := _FOLD.match(p.name)) and m.group(1) != "all" and (p / checkpoint_name).is_file())  # fmt: skip
+        fold_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and _FOLD.match(p.name))
+        found = sorted(int(p.name[5:]) for p in fold_dirs if p.name != "fold_all" and (p / checkpoint_name).is_file())
         if not found:
-            raise FileNotFoundError(f"{folder}: no fold_N/{checkpoint_name} (folds with it: none)")
+            have = "; ".join(f"{p.name}/: {', '.join(_checkpoints(p))}" for p in fold_dirs) or "no fold_N/ folders"
+            raise FileNotFoundError(f"{folder}: no fold_N/{checkpoint_name}: no such checkpoint ({have})")
         chosen: tuple[int | str, ...] = tuple(found)
     else:
         chosen = tuple(_fold(f, folder) for f in folds)
@@ -111,10 +112,8 @@ def open_model_folder(
         if not fold_dir.is_dir():
             raise FileNotFoundError(f"{folder}: fold {fold} is missing (no {fold_dir.name}/)")
         if not (fold_dir / checkpoint_name).is_file():
-            have = sorted(p.name for p in fold_dir.glob("*.pth")) or ["none"]
-            raise FileNotFoundError(
-                f"{fold_dir / checkpoint_name}: no such checkpoint (checkpoints in {fold_dir.name}/: {', '.join(have)})"
-            )
+            have = ", ".join(_checkpoints(fold_dir))
+            raise FileNotFoundError(f"{fold_dir / checkpoint_name}: no such checkpoint ({fold_dir.name}/: {have})")
     return NnunetFolder(folder, chosen, checkpoint_name, dataset)
 
 
@@ -125,3 +124,8 @@ def _fold(value: int | str, folder: Path) -> int | str:
     if not text.isdigit():
         raise ValueError(f"{folder}: fold {value!r} is neither a number nor 'all'")
     return int(text)
+
+
+def _checkpoints(fold_dir: Path) -> list[str]:
+    """The ``*.pth`` files of a fold folder (``["no checkpoints"]`` when none)."""
+    return sorted(p.name for p in fold_dir.glob("*.pth")) or ["no checkpoints"]
