@@ -150,3 +150,22 @@ def test_region_models_name_labels_by_regions_class_order(tmp_path):
     folder = open_model_folder(tmp_path)
     assert folder.label_names == {1: "whole tumor", 2: "tumor core", 3: "enhancing"}
     assert folder.channel_names == ["T1", "T2"]
+
+
+def test_serve_builds_the_nnunet_predictor_and_evaluate_refuses_it(model, tmp_path, caplog):
+    from pipeline.cli import build_parser
+    from pipeline.cli.common import check_arguments
+    from pipeline.cli.inference_flags import predictor
+
+    args = build_parser().parse_args(["serve", f"nnunet:{model}", "--spool", str(tmp_path / "spool"), "--output",
+                                      str(tmp_path / "out"), "--folds", "1", "--device", "cpu"])  # fmt: skip
+    check_arguments(args)
+    built = predictor(args)
+    assert isinstance(built, NnunetPredictor) and built.folder.folds == (1,)
+    caplog.set_level(logging.ERROR)
+    assert main(["evaluate", f"nnunet:{model}", "--no-tracking"]) == 2
+    assert "nnU-Net models run in clinseg predict and serve, not here" in caplog.text
+    args = build_parser().parse_args(["predict", f"nnunet:{model}", "--input", str(tmp_path), "--output",
+                                      str(tmp_path / "o"), "--roi-size", "8", "8", "8", "--device", "cpu"])  # fmt: skip
+    with pytest.raises(ValueError, match="--roi-size .* not supported for nnU-Net models"):
+        predictor(args)
