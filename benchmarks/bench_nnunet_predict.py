@@ -109,9 +109,10 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     ours_dir, theirs_dir = work / "clinseg", work / "nnunet_out"
     ours = [sys.executable, "-m", "pipeline.cli", "predict", f"nnunet:{model}", "--input", str(images), "--output",
-            str(ours_dir), "--folds", "0", "--device", "cpu", "--quiet", "--overwrite"] + (["--tta"] if args.tta else [])  # fmt: skip
-    theirs = [str(bin_dir / "nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(theirs_dir), "-m",
-              str(model), "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"]  # fmt: skip
+            str(ours_dir), "--folds", "0", "--device", "cpu", "--quiet", "--overwrite"]  # fmt: skip
+    ours += ["--tta"] if args.tta else []
+    theirs = [str(bin_dir / "nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(theirs_dir),
+              "-m", str(model), "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"]  # fmt: skip
     theirs += [] if args.tta else ["--disable_tta"]
     times: dict[str, list[float]] = {"clinseg": [], "nnunet": []}
     for i in range(args.repeats):

@@ -26,7 +26,9 @@ import numpy as np
 from pipeline.synthetic.phantoms import LABELS, make_phantom
 from transforms.io.nifti_write import write_nifti
 
-__all__ = ["CONFIGURATION", "TRAINER_FOLDER", "build_model_folder", "nnunet_env", "random_model_folder", "write_raw_dataset"]
+__all__ = [
+    "CONFIGURATION", "TRAINER_FOLDER", "build_model_folder", "nnunet_env", "random_model_folder", "write_raw_dataset",
+]  # fmt: skip
 
 CONFIGURATION = "3d_fullres"
 TRAINER_FOLDER = f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
