@@ -136,6 +136,15 @@ def test_bad_folders_folds_and_checkpoints_are_named(model, tmp_path, caplog):
     assert rc == 2 and "checkpoint_best.pth: no such checkpoint (fold_0/: checkpoint_final.pth;" in caplog.text
 
 
+def test_predict_image_returns_the_kind_it_was_given(model, images, reference):
+    predictor = NnunetPredictor.from_folder(model, [0])
+    source = nib.load(images / "case_b_0000.nii.gz")
+    seg = predictor.predict_image(nib.Nifti1Image(np.asarray(source.dataobj), source.affine))
+    assert isinstance(seg, nib.Nifti1Image) and seg.shape == source.shape
+    np.testing.assert_allclose(seg.affine, source.affine, atol=1e-4)
+    assert (np.asarray(seg.dataobj) == _labels(reference / "case_b.nii.gz")).mean() >= 0.999
+
+
 def test_channel_count_mismatch_names_dataset_json_channels(model, tmp_path):
     predictor = NnunetPredictor.from_folder(model, [0])
     with pytest.raises(ValueError, match=r"takes 1 channel\(s\) \['CT'\]"):

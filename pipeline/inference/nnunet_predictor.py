@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.inference.case import LoadedCase, Segmentation
+from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import modality_warnings
 from pipeline.inference.nnunet_folder import DEFAULT_CHECKPOINT, NNUNET_PREFIX, NnunetFolder, open_model_folder
 from pipeline.inference.nnunet_grid import from_nnunet, to_nnunet
@@ -153,3 +154,13 @@ class NnunetPredictor:
         for warning in case.warnings:
             logger.warning("%s", warning)
         return self.segment(case, **kwargs)
+
+    def predict_image(self, image: Any) -> Any:
+        """The label map of an in-memory image (MetaTensor, nibabel, SimpleITK, ``(array, affine)``; for several
+        channels ``{key: image}``) as the same kind on its own grid, as
+        :meth:`pipeline.inference.predictor.Predictor.predict_image`."""
+        inputs = dict(image) if isinstance(image, Mapping) else {self.input_keys[0]: image}
+        paths = [k for k, v in inputs.items() if not is_in_memory(v)]
+        if paths:
+            raise TypeError(f"predict_image takes in-memory images; input(s) {paths} are not (use predict for paths)")
+        return labels_like(self.predict(inputs).labels, inputs[self.input_keys[0]])
