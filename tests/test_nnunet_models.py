@@ -145,6 +145,15 @@ def test_predict_image_returns_the_kind_it_was_given(model, images, reference):
     assert (np.asarray(seg.dataobj) == _labels(reference / "case_b.nii.gz")).mean() >= 0.999
 
 
+def test_probabilities_come_back_on_the_input_grid(model, images):
+    predictor = NnunetPredictor.from_folder(model, [0])
+    result = predictor.predict(images / "case_b_0000.nii.gz", keep_probabilities=True)
+    probs, labels = result.probabilities, result.labels
+    assert probs.shape == (3, *labels.shape[1:]) and predictor.activation == "softmax"
+    np.testing.assert_allclose(probs.affine, labels.affine)
+    assert (probs.argmax(0) == labels[0]).float().mean() >= 0.999
+
+
 def test_channel_count_mismatch_names_dataset_json_channels(model, tmp_path):
     predictor = NnunetPredictor.from_folder(model, [0])
     with pytest.raises(ValueError, match=r"takes 1 channel\(s\) \['CT'\]"):

@@ -51,10 +51,10 @@ class NnunetPredictor:
         input_keys: ``("image",)`` for one channel, else the ``channel_names`` lower-cased (``"t2"``, ``"adc"``).
         label_names: label value -> name from ``dataset.json`` ``labels`` (regions: their ``regions_class_order``).
         input_modalities: ``{"image": "CT"}`` for a channel nnU-Net normalizes as CT, the only modality it names.
+        activation: ``"softmax"``, or ``"sigmoid"`` for a region model (``dataset.json`` ``regions_class_order``).
         options: the options in effect: ``tta`` (nnU-Net's mirroring), ``overlap`` (1 - tile step), ``mode``.
     """
 
-    activation = "softmax"
     temperature = 1.0
     qc_reference = None
     display_window = None
@@ -88,6 +88,8 @@ class NnunetPredictor:
         self.input_modalities = {k: "CT" for k, c in zip(self.input_keys, channels) if c.upper() == "CT"}
         self.label_names = folder.label_names
         self.regions: dict[str, list[int]] = {}  # nnU-Net turns regions into labels itself
+        # probabilities as nnU-Net returns them: softmax over labels, or a sigmoid per region of a region model
+        self.activation = "sigmoid" if folder.dataset.get("regions_class_order") is not None else "softmax"
         self.class_names = tuple(self.label_names.values())
         self.bundle_name = f"{NNUNET_PREFIX}{folder.path.name}"
         self._loader = LoadScand(list(self.input_keys))
