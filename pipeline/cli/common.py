@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.model_uri import is_model_uri
+from pipeline.inference.nnunet_folder import is_nnunet_uri, open_model_folder
 from pipeline.outputs.registry import OUTPUTS, OutputOptions
 
 ARCHIVE_PREFIXES = ("dicomweb:", "dimse:")
@@ -43,7 +44,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     Raises:
         FileNotFoundError: a path argument that does not exist (its flag and value named).
-        ValueError: a bundle argument that is neither a bundle folder nor a ``models:/`` URI.
+        ValueError: a bundle argument that is neither a bundle folder nor a ``models:/`` URI, nor a checked
+            ``nnunet:PATH`` (:func:`pipeline.inference.nnunet_folder.open_model_folder`) where the command takes one.
     """
     for name in getattr(args, "check_paths", ()):
         value = getattr(args, name, None)
@@ -53,6 +55,11 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{_flag(name)} {item}: no such file or folder (the path does not exist)")
     for name in getattr(args, "check_bundles", ()):
         value = getattr(args, name, None)
+        if value is not None and is_nnunet_uri(value):
+            if not hasattr(args, "checkpoint_name"):
+                raise ValueError(f"{value}: nnU-Net models run in clinseg predict and serve, not here")
+            open_model_folder(value, args.folds, args.checkpoint_name)
+            continue
         if value is None or is_model_uri(value):
             continue
         meta = Path(value) / "configs" / "metadata.json"
@@ -67,8 +74,9 @@ def _flag(dest: str) -> str:
 def add_bundle(p: argparse.ArgumentParser, *, registry_flag: bool = True) -> None:
     """The ``bundle`` positional (a folder or a registered model) and, unless the command has its own,
     ``--tracking-uri`` naming the registry."""
-    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d or an exported one, or a "
-                                  "registered model: models:/NAME/VERSION, models:/NAME@ALIAS")
+    p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d or an exported one, a "
+                                  "registered model: models:/NAME/VERSION, models:/NAME@ALIAS, or (predict, serve) an "
+                                  "nnU-Net v2 trained-model folder: nnunet:PATH")
     if registry_flag:
         p.add_argument("--tracking-uri",
                        help="MLflow registry of a models:/ bundle (default: MLFLOW_TRACKING_URI or ./mlflow.db)")

@@ -65,14 +65,40 @@ def inference_options(args: argparse.Namespace) -> tuple[Any, Any]:
     return options, postprocess
 
 
+def add_nnunet_options(p: argparse.ArgumentParser) -> None:
+    """``--folds`` and ``--checkpoint-name`` of an ``nnunet:PATH`` model, as ``nnUNetv2_predict`` has them."""
+    g = p.add_argument_group("nnU-Net models", "for bundle nnunet:PATH, an nnU-Net v2 trained-model folder "
+                             "(nnUNet_results/DatasetXXX_NAME/nnUNetTrainer__nnUNetPlans__3d_fullres)")
+    g.add_argument("--folds", nargs="+", metavar="FOLD",
+                   help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold_N with --checkpoint-name)")
+    g.add_argument("--checkpoint-name", default="checkpoint_final.pth",
+                   help="checkpoint file in each fold folder, e.g. checkpoint_best.pth")
+
+
 def predictor(args: argparse.Namespace) -> Any:
-    """The :class:`~pipeline.inference.predictor.Predictor` of ``bundle`` (a folder or ``models:/``),
-    ``--checkpoint``, the inference flags, ``--config`` and ``--set``."""
+    """The predictor of ``bundle``: a :class:`~pipeline.inference.predictor.Predictor` of a folder or ``models:/``
+    with ``--checkpoint``, the inference flags, ``--config`` and ``--set``; for ``nnunet:PATH`` an
+    :class:`~pipeline.inference.nnunet_predictor.NnunetPredictor` with ``--folds`` and ``--checkpoint-name``."""
     from pipeline.cli.common import overrides
-    from pipeline.inference.predictor import Predictor
+    from pipeline.inference.nnunet_folder import is_nnunet_uri
 
     options, postprocess = inference_options(args)
+    if is_nnunet_uri(args.bundle):
+        return _nnunet_predictor(args, options, postprocess)
+    from pipeline.inference.predictor import Predictor
+
     return Predictor.from_bundle(
         args.bundle, args.checkpoint or None, options=options, postprocess=postprocess,
         config=["inference", *args.config], tracking_uri=args.tracking_uri, **overrides(args.set),
     )  # fmt: skip
+
+
+def _nnunet_predictor(args: argparse.Namespace, options: Any, postprocess: Any) -> Any:
+    from pipeline.inference.nnunet_predictor import NnunetPredictor
+
+    given = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--config", args.config),
+             ("--set", args.set), ("--keep-largest/--min-size-ml/--fill-holes", postprocess)) if value]  # fmt: skip
+    if given:
+        raise ValueError(f"{args.bundle}: {', '.join(given)} not supported for nnU-Net models "
+                         "(use --folds and --checkpoint-name)")  # fmt: skip
+    return NnunetPredictor.from_folder(args.bundle, args.folds, args.checkpoint_name, options=options)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pipeline.cli.common import add_bundle, add_config_overlays, add_output_options, checked, command, output_options
-from pipeline.cli.inference_flags import add_inference_options, predictor
+from pipeline.cli.inference_flags import add_inference_options, add_nnunet_options, predictor
 
 
 def add_archive_options(p: argparse.ArgumentParser, selection: bool = True) -> None:
@@ -95,6 +95,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="received instances of a safe (written, pushed) result are pruned after this long")
     add_output_options(p)
     add_inference_options(p)
+    add_nnunet_options(p)
     add_archive_options(p, selection=False)
     add_config_overlays(p, "inference")
     checked(p, cmd_serve, paths=("checkpoint",), bundles=("bundle",))

@@ -7,7 +7,7 @@ import argparse
 from pipeline.cli.common import (
     ARCHIVE_PREFIXES, add_bundle, add_config_overlays, add_output_options, checked, command, output_options,
 )  # fmt: skip
-from pipeline.cli.inference_flags import add_inference_options, predictor
+from pipeline.cli.inference_flags import add_inference_options, add_nnunet_options, predictor
 from pipeline.cli.pacs import add_archive_options, archive
 
 
@@ -74,6 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "working directory, where clinseg train puts it, and <bundle>/models/model.pt)")
     p.add_argument("--split", default="test", help="datalist split when --input is a .json file")
     add_inference_options(p)
+    add_nnunet_options(p)
     add_output_options(p)
     p.add_argument("--prefetch", type=int,
                    help="cases loaded ahead in the background (0: none; default 1 on a GPU, 0 on CPU)")
