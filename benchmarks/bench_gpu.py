@@ -128,6 +128,7 @@ def part_predict(args: argparse.Namespace, device: torch.device) -> list[str]:
     """(b): Predictor seconds per CT, float32 (reference), AMP, AMP + torch.compile."""
     from pipeline.core.checkpoint import NetworkSpec
     from pipeline.core.bundle import Bundle
+    from pipeline.inference.backends import TorchRunner
     from pipeline.inference.options import InferenceOptions
     from pipeline.inference.predictor import Predictor
 
@@ -150,7 +151,10 @@ def part_predict(args: argparse.Namespace, device: torch.device) -> list[str]:
             options = InferenceOptions(device=device.type, amp=amp)
             predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=options)
             if compiled:  # the Predictor's forwards wrap its networks: rebuild them around the compiled ones
-                predictor._forwards = [predictor._forward(torch.compile(net)) for net in predictor.networks]
+                predictor._forwards = [
+                    predictor._forward(TorchRunner(torch.compile(net), amp=predictor.amp))
+                    for net in predictor.networks
+                ]
             try:
                 seconds = _seconds_per_case(predictor, ct, args.cases, args.cap_s, device)
             except Exception as error:  # noqa: BLE001 - torch.compile failures are reported as a row

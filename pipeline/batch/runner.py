@@ -143,6 +143,8 @@ def predict_folder(
     run_info = {
         **settings,
         "device": str(predictor.device),
+        # the runner chosen and its timings (a Predictor's; not a setting: a rerun may measure differently)
+        **({"inference_backend": predictor.backend_info()} if hasattr(predictor, "backend_info") else {}),
         "source_kind": _kind(source),
         "shard": shard_text,
         "intensity_modality": predictor.input_modalities.get(predictor.input_keys[0]),  # HU statistics for CT

@@ -30,6 +30,13 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="autocast the network (bfloat16 on CPU, float16 on CUDA); default: on for CUDA and for "
                         "CPUs with native bfloat16")
+    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"),
+                   help="what runs the network: torch (default); onnxruntime or openvino (CPU, float32, network "
+                        "exported to ONNX once per checkpoint and cached; pip install 'clinseg[onnx]' or "
+                        "'clinseg[openvino]'); auto: on CPU the fastest available, measured on the actual patch, "
+                        "on CUDA torch; the choice and timings go to report.json")
+    g.add_argument("--layout", choices=("auto", "contiguous", "channels_last"),
+                   help="torch's memory layout (default auto: on CPU the faster, measured; on CUDA contiguous)")
     g.add_argument("--restore", choices=("linear", "nearest"),
                    help="labels back onto the input grid: argmax of linearly resampled probabilities, or argmax "
                         "then nearest neighbour (staircase boundaries); default: the bundle's RestoreToInputd mode")
@@ -56,7 +63,8 @@ def inference_options(args: argparse.Namespace) -> tuple[Any, Any]:
         roi_size=args.roi_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size, mode=args.mode,
         device=torchrun_device(args.device), keep_volume_on_cpu=not args.volume_on_device, tta=args.tta,
         crop_foreground=args.crop_foreground, foreground_hu=args.foreground_hu, crop_margin=args.crop_margin,
-        restore=args.restore, amp=args.amp, uncertainty=not args.no_uncertainty,
+        restore=args.restore, amp=args.amp, uncertainty=not args.no_uncertainty, backend=args.backend,
+        layout=args.layout,
     )  # fmt: skip
     postprocess = None
     if args.keep_largest or args.min_size_ml or args.fill_holes:

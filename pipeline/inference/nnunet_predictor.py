@@ -40,6 +40,8 @@ _UNSUPPORTED = {
     "crop_foreground": "--crop-foreground (nnU-Net crops to the nonzero region itself)",
     "restore": "--restore (nnU-Net resamples back itself)",
     "amp": "--amp",
+    "backend": "--backend",
+    "layout": "--layout",
 }
 
 

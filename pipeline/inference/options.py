@@ -44,6 +44,12 @@ class InferenceOptions:
             members the run has anyway (TTA flips, ensemble networks); with neither, one extra pass on the
             left-right mirror of the image serves as the second member (the labels still come from the
             unmirrored pass alone).
+        backend: what runs the network on each patch batch (:mod:`pipeline.inference.backend_choice`):
+            ``"torch"`` (``None``), ``"onnxruntime"``, ``"openvino"`` (CPU, float32, the network exported to ONNX
+            once and cached), or ``"auto"``: on CPU the fastest of those available, measured on one batch of the
+            actual patch shape; on CUDA torch. An unavailable backend falls back to torch with a warning.
+        layout: torch's memory layout: ``"contiguous"``, ``"channels_last"``, or ``"auto"`` (``None``): on CPU
+            the faster of the two, measured; on CUDA contiguous.
     """
 
     roi_size: Sequence[int] | None = None
@@ -60,6 +66,8 @@ class InferenceOptions:
     restore: str | None = None
     amp: bool | None = None
     uncertainty: bool = True
+    backend: str | None = None
+    layout: str | None = None
 
     def __post_init__(self) -> None:
         if self.roi_size is not None and (not self.roi_size or any(int(v) < 1 for v in self.roi_size)):
@@ -72,6 +80,10 @@ class InferenceOptions:
             raise ValueError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
         if self.restore not in (None, "linear", "nearest"):
             raise ValueError(f"restore must be 'linear' or 'nearest', got {self.restore!r}")
+        if self.backend not in (None, "auto", "torch", "onnxruntime", "openvino"):
+            raise ValueError(f"backend must be 'auto', 'torch', 'onnxruntime' or 'openvino', got {self.backend!r}")
+        if self.layout not in (None, "auto", "contiguous", "channels_last"):
+            raise ValueError(f"layout must be 'auto', 'contiguous' or 'channels_last', got {self.layout!r}")
         if self.crop_margin < 0:
             raise ValueError(f"crop_margin must be >= 0 voxels, got {self.crop_margin}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from torch import nn
 
 from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import network_from_checkpoint
+from pipeline.inference.backend_choice import choose_backend
+from pipeline.inference.backends import Runner
 from pipeline.inference.bundle_config import configure, resolved_options
 from pipeline.inference.case import LoadedCase, Segmentation
 from pipeline.inference.foreground_crop import case_box
@@ -103,7 +106,15 @@ class Predictor:
         options = options or InferenceOptions()
         amp = _resolve_amp(options.amp, self.device)
         self.options, self.postprocess = resolved_options(options, inferer, postprocessing, self.device, amp)
-        self._forwards = [self._forward(net) for net in self.networks]
+        if options.amp and options.backend in ("onnxruntime", "openvino"):
+            raise ValueError(f"AMP is the torch backend's; backend {options.backend!r} runs float32 (drop --amp)")
+        self.backend = choose_backend(
+            self.networks, self._patch_shape(), backend=options.backend, layout=options.layout,
+            amp=bool(self.options.amp), device=self.device,
+        )  # fmt: skip
+        if self.options.amp and not self.backend.amp:
+            self.options = replace(self.options, amp=False)
+        self._forwards = [self._forward(run) for run in self.backend.runners]
         self.input_keys = tuple(input_keys)
         self.class_names = tuple(class_names)
         self.bundle_name = bundle_name
@@ -205,11 +216,19 @@ class Predictor:
             "tta": opts.tta,
             "restore": opts.restore,
             "amp": self.amp,
+            "backend": opts.backend or "torch",
+            "layout": opts.layout or "auto",
             "crop_foreground": [opts.foreground_hu, opts.crop_margin] if opts.crop_foreground else None,
             "postprocess": self.postprocess.as_dict() if self.postprocess.active else None,
             "uncertainty": opts.uncertainty,
             "temperature": self.temperature,
         }
+
+    def backend_info(self) -> dict[str, Any]:
+        """The runner chosen (:class:`~pipeline.inference.backend_choice.BackendChoice`) and, for ``auto`` or a
+        measured layout, the timings it was chosen by; for the run's report, not :meth:`settings` (a rerun may
+        measure differently without the outputs changing beyond float noise)."""
+        return self.backend.as_dict()
 
     def load(self, inputs: CaseInput | Mapping[str, CaseInput]) -> LoadedCase:
         """Read and preprocess one case; ``inputs`` is one input or ``{key: input}`` (paths or in-memory images)."""
@@ -333,30 +352,18 @@ class Predictor:
             raise KeyError(f"case inputs lack {missing}; the bundle needs {list(self.input_keys)}")
         return dict(inputs)
 
-    def _forward(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The sliding window's forward for ``net``: channels-last on CPU (oneDNN's fast convolutions, same
-        values), under autocast when ``amp`` (float32 logits out, so stitching stays in float32), and with
-        single-valued patches evaluated once (:class:`~pipeline.inference.uniform_patches.UniformPatchCache`)."""
-        layout = _channels_last_format(net) if self.device.type == "cpu" else None
-        if layout is not None:
-            net.to(memory_format=layout)
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        amp = self.amp
+    def _patch_shape(self) -> tuple[int, ...]:
+        """One network call's input ``(sw_batch_size, C, *roi_size)``, ``C`` read off the first network's first
+        weight (a convolution's ``(out, in, ...)``)."""
+        weight = next((p for p in self.networks[0].parameters() if p.ndim >= 3), None)
+        if weight is None:
+            raise ValueError(f"cannot tell the input channels of {type(self.networks[0]).__name__}: no conv weights")
+        return (int(self.options.sw_batch_size), int(weight.shape[1]), *map(int, self.options.roi_size))
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if layout is not None:
-                x = x.contiguous(memory_format=layout)
-            with torch.autocast(self.device.type, dtype=dtype, enabled=amp):
-                out = net(x)
-            return out.float().contiguous()
-
-        return UniformPatchCache(forward) if self.options.skip_uniform_patches else forward
-
-
-def _channels_last_format(net: nn.Module) -> torch.memory_format | None:
-    """``channels_last_3d`` for a 3D network, ``channels_last`` for a 2D one (by its weights' rank), else None."""
-    rank = max((p.ndim for p in net.parameters()), default=0)
-    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(rank)
+    def _forward(self, run: Runner) -> Runner:
+        """The sliding window's forward: ``run`` (float32 logits ``(B, K, ...)`` of patches ``(B, C, ...)``),
+        with single-valued patches evaluated once (:class:`~pipeline.inference.uniform_patches.UniformPatchCache`)."""
+        return UniformPatchCache(run) if self.options.skip_uniform_patches else run
 
 
 def _resolve_amp(amp: bool | None, device: torch.device) -> bool:
