@@ -1,1 +1,1 @@
-"""One case through a bundle's network: Predictor, inference options, patches, TTA, crop, grid restore, postprocessing, input checks."""
+"""One case through a bundle's network: Predictor, inference options, backends, patches, TTA, crop, grid restore, postprocessing, input checks."""
