@@ -154,3 +154,19 @@ def test_cli_flags_map_to_options(flags, backend, layout):
     add_inference_options(parser)
     options, _ = inference_options(parser.parse_args(flags))
     assert (options.backend, options.layout) == (backend, layout)
+
+
+@ORT
+def test_clinseg_predict_backend_flag_reaches_the_report(tiny_dataset, checkpoint, tmp_path):
+    from pipeline.cli import main
+
+    source = tmp_path / "in" / "case_000"
+    source.mkdir(parents=True)
+    (source / "ct.nii.gz").write_bytes((tiny_dataset.parent / "patients" / "case_000" / "ct.nii.gz").read_bytes())
+    argv = ["predict", str(BUNDLE), "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"),
+            "--output", str(tmp_path / "out"), "--device", "cpu", "--roi-size", *map(str, ROI), "--no-amp",
+            "--backend", "onnxruntime", "--no-uncertainty"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["run"]["inference_backend"]["backend"] == "onnxruntime"
+    assert report["run"]["backend"] == "onnxruntime"
