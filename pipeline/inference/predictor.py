@@ -214,14 +214,17 @@ class Predictor:
     def load(self, inputs: CaseInput | Mapping[str, CaseInput]) -> LoadedCase:
         """Read and preprocess one case; ``inputs`` is one input or ``{key: input}`` (paths or in-memory images)."""
         inputs = self._case_inputs(inputs)
+        start = time.perf_counter()
         data = self._loader({k: v if is_in_memory(v) else str(v) for k, v in inputs.items()})
         read = {k: data[k] for k in self.input_keys}
+        read_s = time.perf_counter() - start
         # a new MetaTensor over the same storage: the transforms record their operations on it, not on the kept one
         data = self.preprocessing(
             {**data, **{k: MetaTensor(data[k].as_tensor(), meta=dict(data[k].meta)) for k in self.input_keys}}
         )
         warnings = modality_warnings(read, self.input_modalities, self.bundle_name or "clinseg")
-        return LoadedCase(data, read, self.input_keys, warnings)
+        seconds = {"read": read_s, "preprocess": time.perf_counter() - start - read_s}
+        return LoadedCase(data, read, self.input_keys, warnings, seconds)
 
     def probabilities(self, case: LoadedCase) -> torch.Tensor:
         """Mean probabilities of the ensemble (and mirror TTA) on the network grid, (C, x, y[, z]) float32 on
