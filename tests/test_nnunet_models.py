@@ -22,6 +22,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.inference.nnunet_folder import open_model_folder
+from pipeline.inference.options import InferenceOptions
 from pipeline.synthetic.phantoms import make_phantom, write_case
 from transforms.io.nifti_write import write_nifti
 
@@ -249,3 +250,23 @@ def test_evaluate_nnunet_refuses_what_it_cannot_do(model, labelled, extra, messa
     args = [str(labelled) if a == "DATALIST" else a for a in extra]
     assert main(["evaluate", f"nnunet:{model}", "--no-tracking", "--device", "cpu", *args]) == 2
     assert re.search(message, caplog.text), caplog.text
+
+
+def test_predictor_from_bundle_forwards_nnunet_folders(model):
+    from pipeline.inference.predictor import Predictor
+
+    built = Predictor.from_bundle(f"nnunet:{model}", folds=[1], options=InferenceOptions(device="cpu"))
+    assert isinstance(built, NnunetPredictor) and built.folder.folds == (1,)
+    assert built.folder.checkpoint_name == "checkpoint_final.pth"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"checkpoints": "model.pt"}, "checkpoints"), ({"spacing": [1, 1, 1]}, "spacing"),
+     ({"config": ["inference", "x"]}, "config")],
+)  # fmt: skip
+def test_predictor_from_bundle_refuses_bundle_arguments_for_nnunet(model, kwargs, message):
+    from pipeline.inference.predictor import Predictor
+
+    with pytest.raises(ValueError, match=f"{message} not supported for nnU-Net models"):
+        Predictor.from_bundle(f"nnunet:{model}", **kwargs)

@@ -339,7 +339,8 @@ def evaluate_folds(
         predictor = _predictor(bundle, ckpt, options)
         rows.extend(evaluate_entries(predictor, held_out, options=options, fold=k))
     params = {"split": "out_of_fold", "folds": folds, "fold_seed": seed, **config_params(options)}
-    return _finish(EvaluatedModel.of_bundle(bundle), rows, out_dir, tracking_uri, options, datalist, params, ckpts, started_ms)
+    model = EvaluatedModel.of_bundle(bundle)
+    return _finish(model, rows, out_dir, tracking_uri, options, datalist, params, ckpts, started_ms)
 
 
 def _predictor(
