@@ -270,3 +270,22 @@ def test_predictor_from_bundle_refuses_bundle_arguments_for_nnunet(model, kwargs
 
     with pytest.raises(ValueError, match=f"{message} not supported for nnU-Net models"):
         Predictor.from_bundle(f"nnunet:{model}", **kwargs)
+
+
+@pytest.mark.slow
+def test_flat_folder_channel_files_make_one_case_and_a_missing_channel_fails_it(tmp_path):
+    model = build_model_folder(tmp_path / "model", cases=2, shape=SHAPE, channels=("CT", "T2"))
+    predictor = NnunetPredictor.from_folder(model, options=InferenceOptions(device="cpu"))
+    assert predictor.input_keys == ("ct", "t2")
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    phantom = make_phantom(45, shape=SHAPE, spacing=(1.5, 1.5, 3.0))
+    for name, offset in (("p1_0000", 0), ("p1_0001", 100), ("p2_0000", 0)):
+        write_nifti((phantom.ct + offset).astype(np.int16), phantom.affine, folder / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    rc = main(["predict", f"nnunet:{model}", "--input", str(folder), "--output", str(out), "--device", "cpu",
+               "--quiet"])  # fmt: skip
+    assert rc == 3
+    cases = {c["case"]: c for c in json.loads((out / "report.json").read_text())["cases"]}
+    assert cases["p1"]["status"] == "ok" and nib.load(out / "p1" / "seg.nii.gz").shape == SHAPE
+    assert cases["p2"]["status"] == "failed" and r"p2_0001.nii.gz (t2) missing" in cases["p2"]["error"]
