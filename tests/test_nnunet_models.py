@@ -1,4 +1,6 @@
-"""nnU-Net v2 trained-model folders through clinseg (``clinseg predict nnunet:PATH``) against ``nnUNetv2_predict``.
+"""nnU-Net v2 trained-model folders through clinseg (``clinseg predict nnunet:PATH``) against ``nnUNetv2_predict``;
+``clinseg evaluate nnunet:PATH`` against scoring the predicted masks; ``Predictor.from_bundle("nnunet:...")``;
+flat folders of channel files.
 
 A tiny model folder is planned by nnU-Net itself on synthetic phantoms and given seeded random weights
 (:mod:`pipeline.synthetic.nnunet_model`); no training. Needs the ``nnunet`` extra.
@@ -289,3 +291,10 @@ def test_flat_folder_channel_files_make_one_case_and_a_missing_channel_fails_it(
     cases = {c["case"]: c for c in json.loads((out / "report.json").read_text())["cases"]}
     assert cases["p1"]["status"] == "ok" and nib.load(out / "p1" / "seg.nii.gz").shape == SHAPE
     assert cases["p2"]["status"] == "failed" and r"p2_0001.nii.gz (t2) missing" in cases["p2"]["error"]
+
+
+def test_evaluate_checkpoint_points_nnunet_folders_to_evaluate_predictor(model, labelled):
+    from pipeline.evaluation.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match="evaluated by evaluate_predictor"):
+        evaluate_checkpoint(f"nnunet:{model}", [], labelled, "test")

@@ -33,6 +33,7 @@ from pipeline.evaluation.result import EvaluationResult, summarize
 from pipeline.evaluation.surface import surface_scores
 from pipeline.evaluation.evaluated_model import EvaluatedModel
 from pipeline.evaluation.tables import log_evaluation, write_tables
+from pipeline.inference.nnunet_folder import is_nnunet_uri
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
@@ -254,7 +255,16 @@ def evaluate_checkpoint(
         out_dir: folder for ``per_case.csv``, ``summary.csv``, ``summary.json``.
         tracking_uri: MLflow store to log an evaluation run to; None logs nothing.
         options: metric, inference and tracking settings.
+
+    Raises:
+        ValueError: ``bundle`` is an ``nnunet:PATH`` model folder (its folds are no checkpoints of a bundle:
+            :func:`evaluate_predictor` evaluates it).
     """
+    if not isinstance(bundle, Bundle) and is_nnunet_uri(bundle):
+        raise ValueError(
+            f"{bundle}: an nnU-Net model folder is evaluated by evaluate_predictor(Predictor.from_bundle("
+            f"{str(bundle)!r}, folds=...), EvaluatedModel.of_nnunet(predictor.folder), datalist, split)"
+        )
     options = options or EvaluationOptions()
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
     predictor = _predictor(bundle, checkpoints, options)
