@@ -1,13 +1,15 @@
-"""Shared fixtures: torch kept to the machine's cores, deterministic seeds, the real-data folder, tiny datasets."""
+"""Shared fixtures: torch kept to the machine's cores (split among the test workers), deterministic seeds, the real-data folder, tiny datasets."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# the machine's cores shared among pytest-xdist's workers (PYTEST_XDIST_WORKER_COUNT; 1 without xdist)
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

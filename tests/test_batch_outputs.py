@@ -81,6 +81,20 @@ def test_every_case_is_ok_and_its_marker_lists_every_output(run):
         assert not list((out / result.case).glob(".tmp-*"))
 
 
+def test_report_times_each_stage_of_each_case_and_sums_them(run):
+    out, _ = run
+    report = json.loads((out / "report.json").read_text())
+    stages = {"read", "preprocess", "network", "restore", "qc", "write_mask", "write_volumes", "write_preview",
+              "write_probabilities"}  # fmt: skip
+    for case in report["cases"]:
+        dicom = {"write_dicom_seg", "write_rtstruct"} if case["case"] == "case_002" else set()
+        assert set(case["timing"]) == stages | dicom and all(v >= 0 for v in case["timing"].values())
+        assert sum(case["timing"].values()) <= case["seconds"] + 1e-3  # stages of the case's wall time
+    totals = report["timing"]
+    assert totals["network"] == pytest.approx(sum(c["timing"]["network"] for c in report["cases"]), abs=1e-2)
+    assert list(totals.values()) == sorted(totals.values(), reverse=True)  # slowest stage first
+
+
 @pytest.mark.parametrize("case", ["case_000", "case_002"])
 def test_seg_and_probabilities_have_the_input_shape_and_affine(run, source, case):
     out, _ = run

@@ -30,6 +30,15 @@ USED_INDIRECTLY = {
     "torchio": "MONAI's RandTorchIOd, which imports TorchIO's transforms by name (transforms/augment/mr.py)",
 }
 
+# Modules of an optional install, imported only inside the functions that need them (never at a module's top
+# level, so clinseg imports without them), each with where they come from.
+OPTIONAL = {
+    "nnunetv2": "nnU-Net v2 models (nnunet:PATH), installed --no-deps as the README says, then the nnunet extra",
+    "onnx": "--backend onnxruntime/openvino: the ONNX export's cache key (the onnx and openvino extras)",
+    "onnxruntime": "--backend onnxruntime (the onnx extra)",
+    "openvino": "--backend openvino (the openvino extra)",
+}
+
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -59,8 +68,19 @@ def _source_imports() -> dict[str, str]:
     return {
         name: where
         for name, where in found.items()
-        if name not in OWN and name not in sys.stdlib_module_names and name != "__future__"
+        if name not in OWN and name not in sys.stdlib_module_names and name != "__future__" and name not in OPTIONAL
     }
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Top-level module names that ``path`` imports in its module body (not inside a function or class)."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def _runtime_requirements() -> set[str]:
@@ -85,15 +105,6 @@ def _declared_runtime() -> set[str]:
     return {_normalise(Requirement(line).name) for line in project["dependencies"]}
 
 
-def _declared_extras() -> set[str]:
-    """Requirements of the optional extras users install for a feature (``onnx``, ``openvino``...), not ``dev``:
-    package code imports them lazily, where the feature is asked for."""
-    import tomllib
-
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    return {_normalise(Requirement(line).name) for name, lines in extras.items() if name != "dev" for line in lines}
-
-
 def _third_party_modules() -> dict[str, str]:
     """Imported third-party module -> where; a module that no installed distribution provides fails here."""
     imports = _source_imports()
@@ -107,7 +118,7 @@ def test_installed_metadata_matches_pyproject():
 
 
 def test_every_import_is_a_runtime_dependency():
-    runtime = _declared_runtime() | _declared_extras()
+    runtime = _declared_runtime()
     distributions = importlib.metadata.packages_distributions()
     missing = {
         name: where
@@ -132,3 +143,13 @@ def test_indirect_dependencies_are_still_declared():
 def test_bundle_imports_are_found():
     """The YAML scan sees the bundles' ``$import`` lines (a guard against the regex silently matching nothing)."""
     assert {"torch", "ignite", "monai"} <= set(_source_imports())
+
+
+def test_optional_modules_are_imported_only_where_used():
+    eager = {
+        str(path.relative_to(REPO)): sorted(_top_level_imports(path) & set(OPTIONAL))
+        for folder in PACKAGE_DIRS
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if _top_level_imports(path) & set(OPTIONAL)
+    }
+    assert not eager, f"optional modules imported at module level (clinseg must import without them): {eager}"

@@ -1,4 +1,6 @@
-"""nnU-Net v2 trained-model folders through clinseg (``clinseg predict nnunet:PATH``) against ``nnUNetv2_predict``.
+"""nnU-Net v2 trained-model folders through clinseg (``clinseg predict nnunet:PATH``) against ``nnUNetv2_predict``;
+``clinseg evaluate nnunet:PATH`` against scoring the predicted masks; ``Predictor.from_bundle("nnunet:...")``;
+flat folders of channel files.
 
 A tiny model folder is planned by nnU-Net itself on synthetic phantoms and given seeded random weights
 (:mod:`pipeline.synthetic.nnunet_model`); no training. Needs the ``nnunet`` extra.
@@ -6,8 +8,10 @@ A tiny model folder is planned by nnU-Net itself on synthetic phantoms and given
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.inference.nnunet_folder import open_model_folder
+from pipeline.inference.options import InferenceOptions
 from pipeline.synthetic.phantoms import make_phantom, write_case
 from transforms.io.nifti_write import write_nifti
 
@@ -172,7 +177,7 @@ def test_region_models_name_labels_by_regions_class_order(tmp_path):
     assert folder.channel_names == ["T1", "T2"]
 
 
-def test_serve_builds_the_nnunet_predictor_and_evaluate_refuses_it(model, tmp_path, caplog):
+def test_serve_builds_the_nnunet_predictor(model, tmp_path):
     from pipeline.cli import build_parser
     from pipeline.cli.common import check_arguments
     from pipeline.cli.inference_flags import predictor
@@ -182,10 +187,120 @@ def test_serve_builds_the_nnunet_predictor_and_evaluate_refuses_it(model, tmp_pa
     check_arguments(args)
     built = predictor(args)
     assert isinstance(built, NnunetPredictor) and built.folder.folds == (1,)
-    caplog.set_level(logging.ERROR)
-    assert main(["evaluate", f"nnunet:{model}", "--no-tracking"]) == 2
-    assert "nnU-Net models run in clinseg predict and serve, not here" in caplog.text
     args = build_parser().parse_args(["predict", f"nnunet:{model}", "--input", str(tmp_path), "--output",
                                       str(tmp_path / "o"), "--roi-size", "8", "8", "8", "--device", "cpu"])  # fmt: skip
     with pytest.raises(ValueError, match="--roi-size .* not supported for nnU-Net models"):
         predictor(args)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    """Datalist with a ``test`` split of two phantoms (CT and label on one grid, one oblique)."""
+    folder = tmp_path_factory.mktemp("nnunet_labelled")
+    entries = []
+    for case, seed, oblique in (("p1", 43, True), ("p2", 44, False)):
+        phantom = make_phantom(seed, shape=SHAPE, spacing=(1.5, 1.5, 3.0), oblique=oblique)
+        write_nifti(phantom.ct.astype(np.int16), phantom.affine, folder / f"{case}_ct.nii.gz")
+        write_nifti(phantom.label, phantom.affine, folder / f"{case}_label.nii.gz")
+        entries.append({"case": case, "image": f"{case}_ct.nii.gz", "label": f"{case}_label.nii.gz"})
+    (folder / "dataset.json").write_text(json.dumps({"test": entries}))
+    return folder / "dataset.json"
+
+
+@pytest.mark.slow
+def test_evaluate_scores_exactly_the_masks_predict_writes_and_logs_a_run(model, labelled, tmp_path):
+    import mlflow
+
+    from pipeline.evaluation.evaluate import case_metrics, voxel_spacing
+    from transforms.io.scan import load_scan
+
+    out = tmp_path / "pred"
+    assert main(["predict", f"nnunet:{model}", "--input", str(labelled), "--output", str(out), "--folds", "0",
+                 "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["evaluate", f"nnunet:{model}", "--datalist", str(labelled), "--split", "test", "--nnunet-folds", "0",
+               "--device", "cpu", "--quiet", "--output", str(tmp_path / "eval"), "--tracking-uri", uri])  # fmt: skip
+    assert rc == 0
+    with open(tmp_path / "eval" / "per_case.csv", newline="") as f:
+        table = {(r["case"], r["name"]): r for r in csv.DictReader(f)}
+    assert set(table) == {(c, n) for c in ("p1", "p2") for n in ("organ", "lesion")}
+    assert {"qc_score", "qc_review", "hd95_mm"} <= set(table["p1", "organ"])
+    for case in ("p1", "p2"):
+        pred = load_scan(out / case / "seg.nii.gz", label=True)
+        label = load_scan(labelled.parent / f"{case}_label.nii.gz", label=True)
+        spacing = voxel_spacing(label.affine, 3)
+        for row in case_metrics(pred, label, spacing, {1: "organ", 2: "lesion"}):
+            assert float(table[case, row["name"]]["dice"]) == pytest.approx(row["dice"], abs=1e-6), (case, row)
+    (run,) = mlflow.MlflowClient(tracking_uri=uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(tracking_uri=uri).search_experiments()]
+    )
+    assert run.data.params["folds"] == "0" and run.data.params["split"] == "test"
+    assert run.data.tags["clinseg.run_type"] == "evaluation" and "eval_dice_organ" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "an nnU-Net model names no datalist; give --datalist or --dataset-dir"),
+        (["--datalist", "DATALIST", "--folds", "5", "--checkpoint-pattern", "f{fold}.pt"],
+         "out-of-fold pooling.* are for bundles"),
+        (["--datalist", "DATALIST", "--set", "a=1"], "--set not supported for nnU-Net models"),
+    ],
+)
+def test_evaluate_nnunet_refuses_what_it_cannot_do(model, labelled, extra, message, caplog):
+    caplog.set_level(logging.ERROR)
+    args = [str(labelled) if a == "DATALIST" else a for a in extra]
+    assert main(["evaluate", f"nnunet:{model}", "--no-tracking", "--device", "cpu", *args]) == 2
+    assert re.search(message, caplog.text), caplog.text
+
+
+def test_predictor_from_bundle_forwards_nnunet_folders(model):
+    from pipeline.inference.predictor import Predictor
+
+    built = Predictor.from_bundle(f"nnunet:{model}", folds=[1], options=InferenceOptions(device="cpu"))
+    assert isinstance(built, NnunetPredictor) and built.folder.folds == (1,)
+    assert built.folder.checkpoint_name == "checkpoint_final.pth"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"checkpoints": "model.pt"}, "checkpoints"), ({"spacing": [1, 1, 1]}, "spacing"),
+     ({"config": ["inference", "x"]}, "config")],
+)  # fmt: skip
+def test_predictor_from_bundle_refuses_bundle_arguments_for_nnunet(model, kwargs, message):
+    from pipeline.inference.predictor import Predictor
+
+    with pytest.raises(ValueError, match=f"{message} not supported for nnU-Net models"):
+        Predictor.from_bundle(f"nnunet:{model}", **kwargs)
+
+
+@pytest.mark.slow
+def test_flat_folder_channel_files_make_one_case_and_a_missing_channel_fails_it(tmp_path):
+    model = build_model_folder(tmp_path / "model", cases=2, shape=SHAPE, channels=("CT", "T2"))
+    predictor = NnunetPredictor.from_folder(model, options=InferenceOptions(device="cpu"))
+    assert predictor.input_keys == ("ct", "t2")
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    phantom = make_phantom(45, shape=SHAPE, spacing=(1.5, 1.5, 3.0))
+    for name, offset in (("p1_0000", 0), ("p1_0001", 100), ("p2_0000", 0)):
+        write_nifti((phantom.ct + offset).astype(np.int16), phantom.affine, folder / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    rc = main(["predict", f"nnunet:{model}", "--input", str(folder), "--output", str(out), "--device", "cpu",
+               "--quiet"])  # fmt: skip
+    assert rc == 3
+    cases = {c["case"]: c for c in json.loads((out / "report.json").read_text())["cases"]}
+    assert cases["p1"]["status"] == "ok" and nib.load(out / "p1" / "seg.nii.gz").shape == SHAPE
+    assert cases["p2"]["status"] == "failed" and r"p2_0001.nii.gz (t2) missing" in cases["p2"]["error"]
+
+
+def test_evaluate_checkpoint_points_nnunet_folders_to_evaluate_predictor(model, labelled):
+    from pipeline.evaluation.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match="evaluated by evaluate_predictor"):
+        evaluate_checkpoint(f"nnunet:{model}", [], labelled, "test")
+
+
+def test_register_model_refuses_nnunet_folders_with_the_reason(model, caplog):
+    caplog.set_level(logging.ERROR)
+    assert main(["register-model", f"nnunet:{model}", "hippocampus"]) == 2
+    assert "an nnU-Net model folder has no training run and no bundle" in caplog.text

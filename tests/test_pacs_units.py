@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from pipeline.pacs.archive import Selection, SeriesRef, find_series, read_uid_file
+from pipeline.pacs.backoff import Backoff
 from pipeline.pacs.batch import retrieve_cases
 from pipeline.pacs.cache import SeriesCache, case_key
 from pipeline.pacs.connect import open_archive
@@ -196,6 +197,52 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.mark.parametrize("first, longest, waits", [(10, 600, [10, 20, 40, 80]), (10, 25, [10, 20, 25, 25])])
+def test_backoff_doubles_up_to_the_longest_and_forgets_a_success(first, longest, waits):
+    backoff = Backoff(first, longest)
+    now = 0.0
+    assert backoff.due("k", now)
+    for wait in waits:
+        assert backoff.failed("k", now) == wait
+        assert not backoff.due("k", now + wait - 0.1) and backoff.due("k", now + wait) and backoff.due("other", now)
+        now += wait
+    backoff.succeeded("k")
+    assert backoff.due("k", now)
+    with pytest.raises(ValueError, match="0 < first <= longest"):
+        Backoff(5, 1)
+
+
+def test_a_failed_push_is_retried_on_the_backoff_not_every_poll(series, tmp_path, monkeypatch):
+    from pipeline.pacs import serve
+
+    attempts = []
+    def push_case(*args):
+        attempts.append(args)
+        return SimpleNamespace(status="failed", error="down")
+
+    def predict_folder(predictor, cases, out, options):
+        results = [SimpleNamespace(case=c.case_id, status="ok", error=None, warnings=[]) for c in cases]
+        return SimpleNamespace(results=results, write=lambda: None)
+
+    monkeypatch.setattr(serve, "push_case", push_case)
+    monkeypatch.setattr(serve, "predict_folder", predict_folder)
+    predictor, clock = SimpleNamespace(input_keys=("image",)), Clock()
+    node = StorageNode(predictor, tmp_path / "spool", tmp_path / "out", push_to=FakeArchive({}), clock=clock)
+    node._append({"case": case_key(SERIES), "status": "ok", "push": "failed", "revision": 1})
+    for _ in range(5):  # five polls within the first 10 s: one try
+        node.process_ready()
+        clock.now += 1
+    assert len(attempts) == 1
+    clock.now += 5  # 10 s after the failure: the second try, then 20 s to the third
+    node.process_ready()
+    clock.now += 19
+    node.process_ready()
+    assert len(attempts) == 2
+    clock.now += 1
+    node.process_ready()
+    assert len(attempts) == 3 and node.journal()[case_key(SERIES)]["push"] == "failed"
 
 
 def test_node_waits_for_quiet_released_series_and_never_reprocesses(series, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest
@@ -77,6 +78,39 @@ def test_discovery_strips_nnunet_channel_suffixes(tmp_path, names, strip, expect
     for name in names:
         (tmp_path / name).write_bytes(b"")
     assert [c.case_id for c in discover_cases(tmp_path, strip_channel_suffix=strip)] == expected
+
+
+TWO_CHANNELS = {"t2": ("t2",), "adc": ("adc",)}
+
+
+@pytest.mark.parametrize(
+    "names, problems",
+    [
+        (["p1_0000.nii.gz", "p1_0001.nii.gz", "p2_0001.nii.gz", "p2_0000.nii.gz"], {}),
+        (["p1_0000.nii.gz", "p1_0001.nii.gz", "p2_0000.nii.gz"], {"p2": r"p2_0001\.nii\.gz \(adc\) missing"}),
+        (["p1_0001.nii"], {"p1": r"p1_0000\.nii \(t2\) missing.*takes 2 channels \['t2', 'adc'\]"}),
+        (["p1_0000.nii.gz", "p1_0001.nii.gz", "p1_0002.nii.gz"], {"p1": r"p1_0002\.nii\.gz beyond the model's"}),
+    ],
+)
+def test_discovery_groups_nnunet_channel_files_of_a_flat_folder(tmp_path, names, problems):
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    cases = {c.case_id: c for c in discover_cases(tmp_path, modalities=TWO_CHANNELS)}
+    assert sorted(cases) == sorted({n.split("_")[0] for n in names})
+    for case_id, case in cases.items():
+        if case_id in problems:
+            assert case.kind == "missing" and re.search(problems[case_id], case.problem), case.problem
+        else:
+            assert case.problem is None and list(case.inputs) == ["t2", "adc"]
+            assert case.inputs == {"t2": str(tmp_path / f"{case_id}_0000.nii.gz"),
+                                   "adc": str(tmp_path / f"{case_id}_0001.nii.gz")}  # fmt: skip
+
+
+def test_discovery_keeps_one_case_per_file_without_channel_suffixes(tmp_path):
+    for name in ["p1_0000.nii.gz", "p1_0001.nii.gz"]:
+        (tmp_path / name).write_bytes(b"")
+    cases = discover_cases(tmp_path, modalities=TWO_CHANNELS, strip_channel_suffix=False)
+    assert [c.case_id for c in cases] == ["p1_0000", "p1_0001"]
 
 
 @pytest.mark.parametrize("name, case_id", [("ct.nii.gz", "ct"), ("spleen_7_0000.nii.gz", "spleen_7")])

@@ -82,7 +82,10 @@ def _node(predictor, tmp_path, orthanc, push_to=None, **kwargs):  # noqa: F811
 def _state(node: StorageNode, thread: threading.Thread) -> str:
     """What the node holds and where its thread is: a failed wait's message."""
     series = {k[:8]: (s.pending, len(s.senders), s.interrupted) for k, s in node.spool.series.items()}
-    return f"journal {node.journal()}; series (pending, senders, interrupted) {series}; waiting {node._waiting}; node thread: {thread_frames(thread)}"
+    return (
+        f"journal {node.journal()}; series (pending, senders, interrupted) {series}; waiting {node._waiting}; "
+        f"node thread: {thread_frames(thread)}"
+    )
 
 
 def _send(port: int, datasets) -> list[int]:
@@ -214,7 +217,8 @@ def test_a_pause_past_the_settle_time_is_provisional_and_the_rest_supersedes_it(
     thread = _run(node)
     try:
         assert set(_send(orthanc.node_port, slices[:half])) == {0}
-        assert wait_for(lambda: key in node.journal(), explain=lambda: _state(node, thread))  # nothing can tell these are half a series
+        # nothing can tell these are half a series
+        assert wait_for(lambda: key in node.journal(), explain=lambda: _state(node, thread))
         first = node.journal()[key]
         report = json.loads((tmp_path / "out" / "report.json").read_text())
         assert set(_send(orthanc.node_port, slices[half:])) == {0}
@@ -291,10 +295,12 @@ def test_a_safe_result_is_pruned_duplicates_dropped_and_a_late_instance_is_stale
     thread = _run(node)
     try:
         assert set(_send(orthanc.node_port, slices)) == {0}
-        assert wait_for(lambda: node.spool.processed(key).get("pruned"), explain=lambda: _state(node, thread))  # pushed, then pruned
+        # pushed, then pruned
+        assert wait_for(lambda: node.spool.processed(key).get("pruned"), explain=lambda: _state(node, thread))
         assert not list(folder.glob("*.dcm")) and node.journal()[key]["push"] == "pushed"
         assert set(_send(orthanc.node_port, slices)) == {0}  # a resend of the same instances
-        assert wait_for(lambda: not list(folder.glob("*.dcm")), explain=lambda: _state(node, thread))  # duplicates dropped, nothing reprocessed
+        # duplicates dropped, nothing reprocessed
+        assert wait_for(lambda: not list(folder.glob("*.dcm")), explain=lambda: _state(node, thread))
         assert node.journal()[key]["revision"] == 1
         assert _send(orthanc.node_port, [_next_slice(slices)]) == [0]
         assert wait_for(lambda: node.journal()[key]["status"] == "stale", explain=lambda: _state(node, thread))

@@ -8,6 +8,7 @@ case, not its failure: the mask stands.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,13 @@ _AFFINE_TOL_MM = 1e-3
 
 @dataclass(frozen=True)
 class CaseOutputs:
-    """What :func:`write_case_outputs` wrote: file names (relative to the case folder), volume rows, warnings."""
+    """What :func:`write_case_outputs` wrote: file names (relative to the case folder), volume rows, warnings,
+    and the seconds each output took (by output name, e.g. ``mask``, ``dicom_seg``)."""
 
     names: list[str]
     volumes: list[dict]
     warnings: list[str]
+    seconds: dict[str, float]
 
 
 def _on_input_grid(seg: MetaTensor, image: MetaTensor) -> np.ndarray:
@@ -83,7 +86,9 @@ def write_case_outputs(
     )  # fmt: skip
     names: list[str] = []
     warnings: list[str] = []
+    seconds: dict[str, float] = {}
     for spec in enabled_outputs(options, kind):
+        start = time.perf_counter()
         try:
             spec.writer(case, case_dir / spec.file_name)
         except OutputSkipped as skipped:
@@ -95,5 +100,7 @@ def write_case_outputs(
             logger.debug("%s: %s failed", case_dir.name, spec.file_name, exc_info=True)
             warnings.append(f"no {spec.file_name} ({spec.name}): {error_text(error)}")
             continue
+        finally:
+            seconds[spec.name] = time.perf_counter() - start
         names.append(spec.file_name)
-    return CaseOutputs(names, case.volumes, warnings)
+    return CaseOutputs(names, case.volumes, warnings, seconds)

@@ -134,6 +134,41 @@ def _flat_ids(files: Sequence[Path], strip_channel_suffix: bool | None) -> list[
     return [sanitize_case_id(CHANNEL_SUFFIX.sub("", s) if strip_channel_suffix else s) for s in stems]
 
 
+def _flat_cases(
+    files: Sequence[Path], modalities: Mapping[str, Sequence[str]], strip_channel_suffix: bool | None
+) -> list[Case]:
+    """Cases of the NIfTI files of a flat folder: one per file, or for a model of several inputs with nnU-Net's
+    channel suffixes (``imagesTs``: ``case_0000.nii.gz``, ``case_0001.nii.gz``) one per case, channel *i* as the
+    *i*-th input key (an nnU-Net model's ``dataset.json`` ``channel_names`` order, a bundle's ``input_keys``).
+    A case lacking a channel file, or holding one past the model's channels, fails with the files named."""
+    keys = list(modalities)
+    ids = _flat_ids(files, strip_channel_suffix)
+    grouped = len(keys) > 1 and bool(files) and all(CHANNEL_SUFFIX.search(_stem(p)) for p in files)
+    if not grouped or strip_channel_suffix is False:
+        return [Case(i, {keys[0]: str(p)}, "nifti") for i, p in zip(ids, files)]
+    by_case: dict[str, dict[int, Path]] = {}
+    for case_id, path in zip(ids, files):
+        by_case.setdefault(case_id, {})[int(_stem(path)[-4:])] = path
+    cases = []
+    for case_id, channels in by_case.items():
+        inputs = {keys[c]: str(p) for c, p in sorted(channels.items()) if c < len(keys)}
+        first = Path(next(iter(channels.values())))
+        stem = _stem(first)[:-5]
+        ending = first.name[len(_stem(first)) :]
+        missing = [f"{stem}_{c:04d}{ending} ({k})" for c, k in enumerate(keys) if c not in channels]
+        extra = [p.name for c, p in sorted(channels.items()) if c >= len(keys)]
+        problem = None
+        if missing or extra:
+            found = ", ".join(p.name for _, p in sorted(channels.items()))
+            detail = "; ".join(
+                ([f"channel file(s) {', '.join(missing)} missing"] if missing else [])
+                + ([f"channel file(s) {', '.join(extra)} beyond the model's channels"] if extra else [])
+            )
+            problem = f"{first.parent}: {detail} (the model takes {len(keys)} channels {keys}; found: {found})"
+        cases.append(Case(case_id, inputs, "missing" if problem else "nifti", problem))
+    return cases
+
+
 def discover_cases(
     source: str | Path,
     *,
@@ -146,10 +181,12 @@ def discover_cases(
     Args:
         source: a folder of patient sub-folders (each a DICOM series tree or NIfTI files matched by name,
             e.g. ``ct.nii.gz`` + ``mr.nii.gz``), ``*.nii.gz`` files (one case per file, beside the folders
-            or alone), a single NIfTI file (one case), or a datalist JSON (entries of ``split``). Broken
-            symbolic links are failed cases.
+            or alone; for several ``modalities`` nnU-Net's ``case_0000``, ``case_0001`` ... one case: see
+            :func:`_flat_cases`), a single NIfTI file (one case), or a datalist JSON (entries of ``split``).
+            Broken symbolic links are failed cases.
         split: datalist split to read when ``source`` is a JSON file.
-        modalities: input key -> accepted file stems, e.g. ``{"ct": ["ct"], "mr": ["mr", "t1"]}``.
+        modalities: input key -> accepted file stems, e.g. ``{"ct": ["ct"], "mr": ["mr", "t1"]}``, in the model's
+            input order.
         strip_channel_suffix: drop nnU-Net's ``_0000`` from the ids of NIfTI files (``None``: when all have it).
 
     Raises:
@@ -176,7 +213,7 @@ def discover_cases(
         if ignored:
             logger.warning("%s: ignored %d entries that are neither case folders nor NIfTI images: %s",
                            source, len(ignored), ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
-        cases = [Case(i, {key: str(p)}, "nifti") for i, p in zip(_flat_ids(flat, strip_channel_suffix), flat)]
+        cases = _flat_cases(flat, modalities, strip_channel_suffix)
         cases += [_case_from_folder(f, modalities) for f in folders] + [_broken_link_case(p) for p in links]
         cases += [_hidden_case(p) for p in hidden]
     else:

@@ -64,6 +64,9 @@ class CaseResult:
         outputs: output name -> path relative to the output root.
         qc: the case's quality control (:meth:`pipeline.qc.assess.CaseQC.as_dict`): ``score`` (0-1, higher is
             more likely wrong), ``review``, ``findings``; ``None`` for a failed case.
+        timing: seconds per stage of a segmented case: ``read``, ``preprocess`` (resampling included),
+            ``network``, ``restore`` (back onto the input grid, clean-up), ``write_<output>`` (``write_mask``,
+            ``write_dicom_seg``, ``write_preview``, ...) and ``qc``; empty for a failed or skipped case.
     """
 
     case: str
@@ -77,6 +80,7 @@ class CaseResult:
     seconds: float | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     qc: dict[str, Any] | None = None
+    timing: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.case, str) or not self.case:
@@ -90,6 +94,7 @@ class CaseResult:
         self.outputs = {str(k): str(v) for k, v in self.outputs.items()}
         self.inputs = {str(k): str(v) for k, v in self.inputs.items()}
         self.warnings = [str(w) for w in self.warnings]
+        self.timing = {str(k): round(float(v), 4) for k, v in self.timing.items()}
 
     @classmethod
     def failed(cls, case: str, exc: BaseException, **kwargs: Any) -> CaseResult:
@@ -161,8 +166,17 @@ class BatchReport:
             "run": self.run_info,
             "counts": self.counts(),
             "exit_code": self.exit_code(),
+            "timing": self.timing_totals(),
             "cases": [asdict(r) for r in self.results],
         }
+
+    def timing_totals(self) -> dict[str, float]:
+        """Seconds per stage summed over the cases segmented in this run, slowest stage first."""
+        totals: dict[str, float] = {}
+        for r in self.results:
+            for stage, seconds in r.timing.items():
+                totals[stage] = totals.get(stage, 0.0) + seconds
+        return {k: round(v, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
     def write_html(self, push: Mapping[str, Any] | None = None) -> Path:
         """Write ``report.html`` (:func:`~pipeline.outputs.html_report.write_html_report`) from the results and

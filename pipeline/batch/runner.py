@@ -301,7 +301,9 @@ def _finish_case(
         for warning in written.warnings:
             logger.warning("case %s: %s", case.case_id, warning)
             warnings.append(warning)
+        qc_start = time.perf_counter()
         qc = _case_qc(predictor, loaded, segmentation, options.qc_threshold, warnings)
+        qc_s = time.perf_counter() - qc_start
         if qc is not None:
             atomic_write_json(case_dir / QC_NAME, qc)
             names.append(QC_NAME)
@@ -321,6 +323,13 @@ def _finish_case(
         seconds=item.seconds + time.perf_counter() - start,
         outputs=_relative(case, names),
         qc=qc,
+        timing={
+            **loaded.seconds,
+            "network": segmentation.seconds.get("inference", 0.0),
+            "restore": segmentation.seconds.get("restore", 0.0),
+            **{f"write_{name}": s for name, s in written.seconds.items()},
+            "qc": qc_s,
+        },
         **known,
     )
     return result, rows

@@ -57,8 +57,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and is_nnunet_uri(value):
             if not hasattr(args, "checkpoint_name"):
-                raise ValueError(f"{value}: nnU-Net models run in clinseg predict and serve, not here")
-            open_model_folder(value, args.folds, args.checkpoint_name)
+                raise ValueError(f"{value}: nnU-Net models run in clinseg predict, serve and evaluate, not here")
+            open_model_folder(value, args.nnunet_folds, args.checkpoint_name)
             continue
         if value is None or is_model_uri(value):
             continue
@@ -75,8 +75,8 @@ def add_bundle(p: argparse.ArgumentParser, *, registry_flag: bool = True) -> Non
     """The ``bundle`` positional (a folder or a registered model) and, unless the command has its own,
     ``--tracking-uri`` naming the registry."""
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d or an exported one, a "
-                                  "registered model: models:/NAME/VERSION, models:/NAME@ALIAS, or (predict, serve) an "
-                                  "nnU-Net v2 trained-model folder: nnunet:PATH")
+                                  "registered model: models:/NAME/VERSION, models:/NAME@ALIAS, or (predict, serve, "
+                                  "evaluate) an nnU-Net v2 trained-model folder: nnunet:PATH")
     if registry_flag:
         p.add_argument("--tracking-uri",
                        help="MLflow registry of a models:/ bundle (default: MLFLOW_TRACKING_URI or ./mlflow.db)")

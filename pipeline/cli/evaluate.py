@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.cli.common import add_bundle, add_config_overlays, checked, command, overrides
-from pipeline.cli.inference_flags import add_inference_options, inference_options
+from pipeline.cli.inference_flags import add_inference_options, add_nnunet_options, inference_options, predictor
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.evaluate import EvaluationOptions
 
 
 def regions_option(spec: str) -> dict[str, list[int]]:
@@ -23,30 +27,33 @@ def default_output(bundle_name: str) -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.core.bundle import Bundle
-    from pipeline.evaluation.evaluate import EvaluationOptions, evaluate_checkpoint, evaluate_folds
-    from pipeline.evaluation.tables import evaluation_store
+    from pipeline.evaluation.evaluate import EvaluationOptions
+    from pipeline.inference.nnunet_folder import is_nnunet_uri
 
     if args.folds and (not args.checkpoint_pattern or args.checkpoint):
         raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
-    bundle = Bundle.at(args.bundle, tracking_uri=args.tracking_uri)
-    config, settings = ("inference", *args.config), overrides(args.set)
-    datalist = Path(args.dataset_dir) / "dataset.json" if args.dataset_dir else bundle.datalist_file(config, **settings)
     inference, postprocess = inference_options(args)
     options = EvaluationOptions(
-        surface_tolerance_mm=args.tolerance_mm, inference=inference, postprocess=postprocess, config=config,
-        overrides=settings, train_run_id=args.train_run_id, experiment_name=args.experiment_name,
-        progress=not args.quiet, regions=None if args.regions is None else regions_option(args.regions),
-        qc_threshold=args.qc_threshold,
+        surface_tolerance_mm=args.tolerance_mm, inference=inference, postprocess=postprocess,
+        config=("inference", *args.config), overrides=overrides(args.set), train_run_id=args.train_run_id,
+        experiment_name=args.experiment_name, progress=not args.quiet,
+        regions=None if args.regions is None else regions_option(args.regions), qc_threshold=args.qc_threshold,
     )  # fmt: skip
+    if is_nnunet_uri(args.bundle):
+        return _evaluate_nnunet(args, options)
+    return _evaluate_bundle(args, options)
+
+
+def _evaluate_bundle(args: argparse.Namespace, options: EvaluationOptions) -> int:
+    from pipeline.core.bundle import Bundle
+    from pipeline.evaluation.evaluate import evaluate_checkpoint, evaluate_folds
+
+    bundle = Bundle.at(args.bundle, tracking_uri=args.tracking_uri)
+    datalist = _datalist(args) or bundle.datalist_file(options.config, **options.overrides)
     checkpoints = args.checkpoint or ([] if args.folds else [str(bundle.default_checkpoint)])
     output = Path(args.output or default_output(bundle.name))
-    print(f"evaluation tables: {output}")
-    tracking_uri = None
-    if not args.no_tracking:
-        first = args.checkpoint_pattern.format(fold=0) if args.folds else checkpoints[0]
-        tracking_uri, reason = evaluation_store(first, args.tracking_uri)
-        print(f"MLflow store: {tracking_uri} ({reason})")
+    first = args.checkpoint_pattern.format(fold=0) if args.folds else checkpoints[0]
+    tracking_uri = _store(args, output, first)
     if args.folds:
         result = evaluate_folds(
             bundle, args.checkpoint_pattern, datalist, args.folds, args.fold_seed, output, tracking_uri,
@@ -57,6 +64,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                      options=options)  # fmt: skip
     print(result.summary_line())
     return 0
+
+
+def _evaluate_nnunet(args: argparse.Namespace, options: EvaluationOptions) -> int:
+    """An nnU-Net model folder, built as ``clinseg predict`` builds it, scored on ``--datalist``/``--dataset-dir``."""
+    from pipeline.evaluation.evaluate import evaluate_predictor
+    from pipeline.evaluation.evaluated_model import EvaluatedModel
+
+    if args.folds or args.checkpoint_pattern:
+        raise ValueError(f"{args.bundle}: --folds/--checkpoint-pattern (out-of-fold pooling) are for bundles; "
+                         "choose the nnU-Net folds to ensemble with --nnunet-folds")  # fmt: skip
+    datalist = _datalist(args)
+    if datalist is None:
+        raise ValueError(f"{args.bundle}: an nnU-Net model names no datalist; give --datalist or --dataset-dir "
+                         "(clinseg import of an nnU-Net raw folder writes one)")  # fmt: skip
+    model = predictor(args)
+    record = EvaluatedModel.of_nnunet(model.folder)
+    output = Path(args.output or default_output(model.folder.path.name))
+    tracking_uri = _store(args, output, model.settings()["checkpoints"][0])
+    params = {"folds": ",".join(model.settings()["folds"]), "checkpoint_name": model.folder.checkpoint_name}
+    result = evaluate_predictor(model, record, datalist, args.split, output, tracking_uri, options=options,
+                                params=params)  # fmt: skip
+    print(result.summary_line())
+    return 0
+
+
+def _datalist(args: argparse.Namespace) -> Path | None:
+    """``--datalist``, else ``--dataset-dir``/dataset.json, else None (the bundle's)."""
+    if args.datalist and args.dataset_dir:
+        raise ValueError("give --datalist or --dataset-dir, not both")
+    if args.datalist:
+        return Path(args.datalist)
+    return Path(args.dataset_dir) / "dataset.json" if args.dataset_dir else None
+
+
+def _store(args: argparse.Namespace, output: Path, first_checkpoint: str) -> str | None:
+    """Print where the tables go; the MLflow store to log to (None with ``--no-tracking``)."""
+    from pipeline.evaluation.tables import evaluation_store
+
+    print(f"evaluation tables: {output}")
+    if args.no_tracking:
+        return None
+    tracking_uri, reason = evaluation_store(first_checkpoint, args.tracking_uri)
+    print(f"MLflow store: {tracking_uri} ({reason})")
+    return tracking_uri
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -87,12 +138,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = command(sub, "evaluate", "score checkpoints per case: Dice, IoU, HD95, surface distance")
+    p = command(sub, "evaluate", "score checkpoints or an nnU-Net model per case: Dice, IoU, HD95, surface distance")
     add_bundle(p, registry_flag=False)
     p.add_argument("--checkpoint", action="append", default=[],
                    help="weights (repeat for an ensemble; default: the newest of runs/<bundle name>/model.pt "
                         "under the working directory and the bundle's models/model.pt)")
     p.add_argument("--dataset-dir", help="folder holding dataset.json (default: the bundle's dataset_dir)")
+    p.add_argument("--datalist", help="datalist file (dataset.json) to evaluate on, instead of --dataset-dir; "
+                                      "needed for an nnunet:PATH model")
     p.add_argument("--split", default="validation", help="datalist split to evaluate")
     p.add_argument("--output", help="folder for per_case.csv and summary.csv/.json "
                    "(default: evaluation/<bundle>-<UTC date and time> under the working directory)")
@@ -111,8 +164,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "(default: a region bundle's own regions; 'none': per label)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, logs only")
     add_inference_options(p)
+    add_nnunet_options(p, folds_flag="--nnunet-folds")
     add_config_overlays(p, "inference")
-    checked(p, cmd_evaluate, paths=("checkpoint", "dataset_dir"), bundles=("bundle",))
+    checked(p, cmd_evaluate, paths=("checkpoint", "dataset_dir", "datalist"), bundles=("bundle",))
 
     p = command(
         sub, "compare", "compare MLflow runs: differing params, metrics, paired statistics",

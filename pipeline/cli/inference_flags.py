@@ -73,11 +73,12 @@ def inference_options(args: argparse.Namespace) -> tuple[Any, Any]:
     return options, postprocess
 
 
-def add_nnunet_options(p: argparse.ArgumentParser) -> None:
-    """``--folds`` and ``--checkpoint-name`` of an ``nnunet:PATH`` model, as ``nnUNetv2_predict`` has them."""
+def add_nnunet_options(p: argparse.ArgumentParser, folds_flag: str = "--folds") -> None:
+    """``--folds`` (``folds_flag`` where the command has its own ``--folds``) and ``--checkpoint-name`` of an
+    ``nnunet:PATH`` model, as ``nnUNetv2_predict`` has them; the folds land in ``args.nnunet_folds``."""
     g = p.add_argument_group("nnU-Net models", "for bundle nnunet:PATH, an nnU-Net v2 trained-model folder "
                              "(nnUNet_results/DatasetXXX_NAME/nnUNetTrainer__nnUNetPlans__3d_fullres)")
-    g.add_argument("--folds", nargs="+", metavar="FOLD",
+    g.add_argument(folds_flag, dest="nnunet_folds", nargs="+", metavar="FOLD",
                    help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold_N with --checkpoint-name)")
     g.add_argument("--checkpoint-name", default="checkpoint_final.pth",
                    help="checkpoint file in each fold folder, e.g. checkpoint_best.pth")
@@ -109,4 +110,4 @@ def _nnunet_predictor(args: argparse.Namespace, options: Any, postprocess: Any) 
     if given:
         raise ValueError(f"{args.bundle}: {', '.join(given)} not supported for nnU-Net models "
                          "(use --folds and --checkpoint-name)")  # fmt: skip
-    return NnunetPredictor.from_folder(args.bundle, args.folds, args.checkpoint_name, options=options)
+    return NnunetPredictor.from_folder(args.bundle, args.nnunet_folds, args.checkpoint_name, options=options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.common import checked, command
+from pipeline.inference.nnunet_folder import is_nnunet_uri
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -17,6 +18,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_register_model(args: argparse.Namespace) -> int:
     from pipeline.export.registry import register_run
+
+    if is_nnunet_uri(args.run):
+        raise ValueError(f"{args.run}: register-model registers clinseg training runs (exported as a bundle); an "
+                         "nnU-Net model folder has no training run and no bundle: use it as nnunet:PATH")  # fmt: skip
 
     print(register_run(args.run, args.name, bundle=args.bundle, tracking_uri=args.tracking_uri, alias=args.alias).summary())
     return 0

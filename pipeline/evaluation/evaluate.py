@@ -31,7 +31,9 @@ from pipeline.core.splits import fold_of_entries
 from pipeline.datasets.regions import validate_regions
 from pipeline.evaluation.result import EvaluationResult, summarize
 from pipeline.evaluation.surface import surface_scores
+from pipeline.evaluation.evaluated_model import EvaluatedModel
 from pipeline.evaluation.tables import log_evaluation, write_tables
+from pipeline.inference.nnunet_folder import is_nnunet_uri
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.predictor import Predictor
 from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
@@ -242,7 +244,8 @@ def evaluate_checkpoint(
     *,
     options: EvaluationOptions | None = None,
 ) -> EvaluationResult:
-    """Evaluate one checkpoint (or an ensemble) on a datalist split; write tables; log to MLflow if asked.
+    """Evaluate one checkpoint (or an ensemble) of a bundle on a datalist split; write tables; log to MLflow if
+    asked.
 
     Args:
         bundle: bundle folder (its inference config gives preprocessing and sliding window).
@@ -252,15 +255,60 @@ def evaluate_checkpoint(
         out_dir: folder for ``per_case.csv``, ``summary.csv``, ``summary.json``.
         tracking_uri: MLflow store to log an evaluation run to; None logs nothing.
         options: metric, inference and tracking settings.
+
+    Raises:
+        ValueError: ``bundle`` is an ``nnunet:PATH`` model folder (its folds are no checkpoints of a bundle:
+            :func:`evaluate_predictor` evaluates it).
+    """
+    if not isinstance(bundle, Bundle) and is_nnunet_uri(bundle):
+        raise ValueError(
+            f"{bundle}: an nnU-Net model folder is evaluated by evaluate_predictor(Predictor.from_bundle("
+            f"{str(bundle)!r}, folds=...), EvaluatedModel.of_nnunet(predictor.folder), datalist, split)"
+        )
+    options = options or EvaluationOptions()
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
+    predictor = _predictor(bundle, checkpoints, options)
+    return evaluate_predictor(
+        predictor, EvaluatedModel.of_bundle(bundle), datalist, split, out_dir, tracking_uri, options=options,
+        params=config_params(options),
+    )  # fmt: skip
+
+
+def evaluate_predictor(
+    predictor: Any,
+    model: EvaluatedModel,
+    datalist: str | Path,
+    split: str = "validation",
+    out_dir: str | Path = "evaluation",
+    tracking_uri: str | None = None,
+    *,
+    options: EvaluationOptions | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> EvaluationResult:
+    """Evaluate a built predictor on a datalist split: a bundle's
+    :class:`~pipeline.inference.predictor.Predictor` or an nnU-Net model folder's
+    :class:`~pipeline.inference.nnunet_predictor.NnunetPredictor` (as ``clinseg predict`` builds them), scored
+    alike; write tables; log to MLflow if asked.
+
+    Args:
+        predictor: the model; its ``settings()["checkpoints"]`` are logged (and find the training run).
+        model: name, metadata and folder the MLflow run is tagged with.
+        datalist: ``dataset.json`` whose entries hold the predictor's ``input_keys`` and the label.
+        params: further MLflow params (a bundle's ``config`` overlays, an nnU-Net model's folds).
     """
     started_ms = int(time.time() * 1000)
     options = options or EvaluationOptions()
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.at(bundle)
-    entries = load_datalist(datalist, split, required_keys=("image", options.label_key))
-    predictor = _predictor(bundle, checkpoints, options)
+    keys = (*predictor.input_keys, options.label_key)
+    entries = load_datalist(datalist, split, required_keys=keys)
     rows = evaluate_entries(predictor, entries, options=options)
-    ckpts = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, {"split": split}, ckpts, started_ms)
+    ckpts = list(predictor.settings()["checkpoints"])
+    run_params = {"split": split, **(params or {})}
+    return _finish(model, rows, out_dir, tracking_uri, options, datalist, run_params, ckpts, started_ms)
+
+
+def config_params(options: EvaluationOptions) -> dict[str, Any]:
+    """MLflow params of a bundle's config: ``config`` (the overlays) and ``set.<id>`` per override."""
+    return {"config": list(options.config), **{f"set.{k}": v for k, v in options.overrides.items()}}
 
 
 def evaluate_folds(
@@ -300,8 +348,9 @@ def evaluate_folds(
         held_out = [e for e in entries if assignment[str(e[patient_key])] == k]
         predictor = _predictor(bundle, ckpt, options)
         rows.extend(evaluate_entries(predictor, held_out, options=options, fold=k))
-    params = {"split": "out_of_fold", "folds": folds, "fold_seed": seed}
-    return _finish(bundle, rows, out_dir, tracking_uri, options, datalist, params, ckpts, started_ms)
+    params = {"split": "out_of_fold", "folds": folds, "fold_seed": seed, **config_params(options)}
+    model = EvaluatedModel.of_bundle(bundle)
+    return _finish(model, rows, out_dir, tracking_uri, options, datalist, params, ckpts, started_ms)
 
 
 def _predictor(
@@ -314,7 +363,7 @@ def _predictor(
 
 
 def _finish(
-    bundle: Bundle,
+    model: EvaluatedModel,
     rows: list[dict[str, Any]],
     out_dir: str | Path,
     tracking_uri: str | None,
@@ -329,10 +378,8 @@ def _finish(
     if tracking_uri:
         result.tracking_uri = tracking_uri
         params = {**params, "surface_tolerance_mm": options.surface_tolerance_mm}
-        params["config"] = list(options.config)
-        params.update({f"set.{key}": value for key, value in options.overrides.items()})
         result.run_id = log_evaluation(
-            bundle, result, files, tracking_uri, datalist=datalist, checkpoints=checkpoints, params=params,
+            model, result, files, tracking_uri, datalist=datalist, checkpoints=checkpoints, params=params,
             experiment_name=options.experiment_name, train_run_id=options.train_run_id, start_time_ms=started_ms,
         )  # fmt: skip
     logger.info("%s", result.summary_line())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic import atomic_write_json, atomic_write_text
-from pipeline.core.bundle import Bundle
+from pipeline.evaluation.evaluated_model import EvaluatedModel
 from pipeline.evaluation.result import EvaluationResult
 from pipeline.tracking.run_tags import CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, run_page_url, run_tags, set_experiment_kind
 from pipeline.tracking.store import CONFIG_AS_RUN, new_run_name
@@ -116,7 +116,7 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
 
 
 def log_evaluation(
-    bundle: Bundle,
+    model: EvaluatedModel,
     result: EvaluationResult,
     files: Mapping[str, Path],
     tracking_uri: str,
@@ -146,14 +146,13 @@ def log_evaluation(
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     train_ids = [train_run_id] if train_run_id else [find_training_run(client, c) for c in checkpoints]
     train_ids = list(dict.fromkeys(t for t in train_ids if t))
-    meta = json.loads(bundle.meta_file.read_text())
-    tags = run_tags(meta, datalist_file=datalist, bundle_root=bundle.root, run_type="evaluation")
+    tags = run_tags(dict(model.meta), datalist_file=datalist, bundle_root=model.root, run_type="evaluation")
     if train_ids:
         tags[TRAIN_RUN_TAG] = ",".join(train_ids)
     run = client.create_run(
         _experiment_id(client, experiment_name, tracking_uri),
         start_time=start_time_ms,
-        run_name=new_run_name(f"{bundle.name}-eval"),
+        run_name=new_run_name(f"{model.name}-eval"),
         tags=tags,
     )
     run_id = run.info.run_id

@@ -22,12 +22,15 @@ class LoadedCase:
         inputs: each input ``(1, X, Y[, Z])`` as read, on its own grid (HU for CT), before preprocessing.
         keys: the bundle's input keys, the output grid's first.
         warnings: why the images may not suit the bundle (modality checks); the case is still segmented.
+        seconds: time per step of loading (``read``, ``preprocess``: the bundle's transforms, resampling
+            included).
     """
 
     data: dict[str, Any]
     inputs: dict[str, MetaTensor]
     keys: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def reference(self) -> MetaTensor:
@@ -59,7 +62,8 @@ class Segmentation:
     Attributes:
         labels: label map ``(1, X, Y[, Z])`` uint8, affine equal to the input's.
         probabilities: class probabilities ``(C, X, Y[, Z])`` float32 when asked for, else ``None``.
-        seconds: time per step (``inference``, ``restore``).
+        seconds: time per step (``inference``: the network(s) with the sliding window, TTA and ensemble;
+            ``restore``: the postprocessing, back onto the input grid and the label clean-up).
         uncertainty: agreement between members and entropy (``InferenceOptions.uncertainty``), else ``None``.
         inputs: the case's images as read (:attr:`LoadedCase.inputs`), for checks in the scan's own units.
     """

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.data import MetaTensor
@@ -35,6 +35,7 @@ from pipeline.inference.case import LoadedCase, Segmentation
 from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
+from pipeline.inference.nnunet_folder import DEFAULT_CHECKPOINT, is_nnunet_uri
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.qc_reference_file import find_qc_reference
 from pipeline.inference.restore import to_input_grid
@@ -44,6 +45,9 @@ from pipeline.inference.uniform_patches import UniformPatchCache
 from pipeline.inference.zoo_bundle import ZooBundle, open_bundle, zoo_network
 from transforms.io.scan import LoadScand
 from transforms.io.memory import is_in_memory
+
+if TYPE_CHECKING:
+    from pipeline.inference.nnunet_predictor import NnunetPredictor
 
 __all__ = ["PRED_KEY", "CaseInput", "Predictor"]
 
@@ -143,8 +147,13 @@ class Predictor:
         config: str | Path | Sequence[str | Path] = "inference",
         tracking_uri: str | None = None,
         **overrides: Any,
-    ) -> Predictor:
+    ) -> Predictor | NnunetPredictor:
         """Build from a bundle's inference config; weights default to the bundle's ``models/model.pt``.
+
+        ``nnunet:PATH`` (an nnU-Net v2 trained-model folder) gives an
+        :class:`~pipeline.inference.nnunet_predictor.NnunetPredictor` instead
+        (:meth:`~pipeline.inference.nnunet_predictor.NnunetPredictor.from_folder`), with ``folds`` and
+        ``checkpoint_name`` as its only overrides (``nnUNetv2_predict``'s ``-f`` and ``-chk``).
 
         Args:
             bundle: bundle folder (clinseg's, or a MONAI model-zoo one: :mod:`pipeline.inference.zoo_bundle`) or a
@@ -156,7 +165,15 @@ class Predictor:
                 merged in order.
             tracking_uri: the MLflow registry of a ``models:/`` bundle (default: ``MLFLOW_TRACKING_URI``).
             overrides: config ids to override (``spacing=[1, 1, 2]``).
+
+        Raises:
+            ValueError: for ``nnunet:PATH``, checkpoints, postprocess, a config or overrides other than ``folds``
+                and ``checkpoint_name``.
         """
+        if not isinstance(bundle, Bundle) and is_nnunet_uri(bundle):
+            given = {"checkpoints": checkpoints, "postprocess": postprocess,
+                     "config": None if config == "inference" else config}  # fmt: skip
+            return _nnunet_predictor(str(bundle), options, [k for k, v in given.items() if v is not None], overrides)
         bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, tracking_uri=tracking_uri)
         options = options or InferenceOptions()
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -233,14 +250,17 @@ class Predictor:
     def load(self, inputs: CaseInput | Mapping[str, CaseInput]) -> LoadedCase:
         """Read and preprocess one case; ``inputs`` is one input or ``{key: input}`` (paths or in-memory images)."""
         inputs = self._case_inputs(inputs)
+        start = time.perf_counter()
         data = self._loader({k: v if is_in_memory(v) else str(v) for k, v in inputs.items()})
         read = {k: data[k] for k in self.input_keys}
+        read_s = time.perf_counter() - start
         # a new MetaTensor over the same storage: the transforms record their operations on it, not on the kept one
         data = self.preprocessing(
             {**data, **{k: MetaTensor(data[k].as_tensor(), meta=dict(data[k].meta)) for k in self.input_keys}}
         )
         warnings = modality_warnings(read, self.input_modalities, self.bundle_name or "clinseg")
-        return LoadedCase(data, read, self.input_keys, warnings)
+        seconds = {"read": read_s, "preprocess": time.perf_counter() - start - read_s}
+        return LoadedCase(data, read, self.input_keys, warnings, seconds)
 
     def probabilities(self, case: LoadedCase) -> torch.Tensor:
         """Mean probabilities of the ensemble (and mirror TTA) on the network grid, (C, x, y[, z]) float32 on
@@ -379,6 +399,21 @@ def _resolve_amp(amp: bool | None, device: torch.device) -> bool:
         getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     ]
     return any(bool(check()) for check in native if check is not None)
+
+
+def _nnunet_predictor(
+    uri: str, options: InferenceOptions | None, given: list[str], overrides: Mapping[str, Any]
+) -> NnunetPredictor:
+    """The :class:`NnunetPredictor` of ``nnunet:PATH``; ``given``: arguments it cannot take."""
+    from pipeline.inference.nnunet_predictor import NnunetPredictor
+
+    unknown = given + sorted(set(overrides) - {"folds", "checkpoint_name"})
+    if unknown:
+        raise ValueError(f"{uri}: {', '.join(unknown)} not supported for nnU-Net models (only folds and "
+                         "checkpoint_name)")  # fmt: skip
+    return NnunetPredictor.from_folder(
+        uri, overrides.get("folds"), overrides.get("checkpoint_name", DEFAULT_CHECKPOINT), options=options
+    )
 
 
 def _window(window: Any) -> tuple[float, float] | None:

@@ -19,8 +19,10 @@ Where no count is known, nothing can prove the series whole: it is segmented onl
 any later instance supersedes it. A full spool rejects new associations (A-ASSOCIATE-RJ, transient, local limit
 exceeded) and answers 0xA700 to the C-STOREs of an association that fills it.
 
-New instances of a processed series reprocess the whole series (a new revision superseding the old, pushed
-again); if the series' instances were already pruned, the series is journaled ``stale`` until resent whole.
+A failed push is tried again on a later poll, 10 s after the first failure and twice as long after each further
+one, up to 10 minutes (:mod:`pipeline.pacs.backoff`). New instances of a processed series reprocess the whole
+series (a new revision superseding the old, pushed again); if the series' instances were already pruned, the
+series is journaled ``stale`` until resent whole.
 Results land in ``OUTPUT/<case key>/`` with a cumulative ``report.json``.
 """
 
@@ -47,10 +49,11 @@ from pipeline.batch.report import error_text
 from pipeline.batch.runner import BatchOptions, predict_folder
 from pipeline.core.atomic import clear_complete
 from pipeline.inference.predictor import Predictor
+from pipeline.outputs.registry import pushed_names
 from pipeline.pacs.archive import Archive
+from pipeline.pacs.backoff import Backoff
 from pipeline.pacs.completeness import slice_gaps
 from pipeline.pacs.dimse import IMAGE_STORAGE
-from pipeline.outputs.registry import pushed_names
 from pipeline.pacs.push import push_case
 from pipeline.pacs.spool import OutOfResources, SeriesState, Spool, SpoolLimits
 
@@ -153,6 +156,7 @@ class StorageNode:
         self._senders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._senders_lock, self._sender_numbers = threading.Lock(), itertools.count()
         self._waiting: dict[str, str] = {}
+        self._backoff = Backoff()  # failed pushes: retried after 10 s, then twice as long each time, up to 10 min
         self._gaps: dict[str, tuple[int, str | None]] = {}  # key -> (instances looked at, gap found)
         self._unverified: dict[str, str] = {}  # keys segmented now without a known count -> why
         self._asked: dict[str, tuple[float, tuple[int, str] | None]] = {}  # key -> (when, count_from's answer)
@@ -232,7 +236,7 @@ class StorageNode:
             while not self._stop.wait(self.options.poll_seconds):
                 try:
                     self.process_ready()
-                except Exception:  # noqa: BLE001 - one failed poll must not stop the node; the next retries
+                except Exception:
                     logger.exception("processing the spool failed; the node keeps listening and retries")
         except KeyboardInterrupt:
             logger.info("stopping")
@@ -346,7 +350,11 @@ class StorageNode:
         """Segment (and push) every complete series, retry failed pushes, prune what is safe; the keys segmented."""
         with self._lock:
             keys = [k for k in sorted(self.spool.series) if self._triage(k)]
-            retry = [k for k, r in self._done.items() if r["status"] in RESULTS and r.get("push") == "failed"]
+            now = self.clock()
+            retry = [
+                k for k, r in self._done.items()
+                if r["status"] in RESULTS and r.get("push") == "failed" and self._backoff.due(k, now)
+            ]  # fmt: skip
             if keys or retry:
                 self._process(keys, [k for k in retry if k not in keys])
             self.spool.prune()
@@ -392,6 +400,11 @@ class StorageNode:
             if self.push_to is not None and record["status"] in RESULTS:
                 pushed = push_case(self.output / key, self.push_to, pushed_names(self.batch.outputs))
                 record.update(push=pushed.status, push_error=pushed.error)
+                if pushed.status == "failed":
+                    wait = self._backoff.failed(key, self.clock())
+                    logger.warning("series %s: push failed; next try in %.0f s: %s", key, wait, pushed.error)
+                else:
+                    self._backoff.succeeded(key)
             self._append(record)
             safe = record.get("push", "nothing") in _SAFE_PUSH
             if key in keys:

@@ -46,18 +46,22 @@ def nnunet_env(root: Path) -> dict[str, str]:
 
 
 def write_raw_dataset(
-    raw: Path, dataset_id: int, name: str, *, cases: int = 3, seed: int = 0, shape: Sequence[int] = (40, 36, 16)
+    raw: Path, dataset_id: int, name: str, *, cases: int = 3, seed: int = 0, shape: Sequence[int] = (40, 36, 16),
+    channels: Sequence[str] = ("CT",),
 ) -> Path:
-    """Phantom CTs (oblique geometry, ``int16`` HU) and their labels as ``raw/DatasetXXX_NAME``; returns it."""
+    """Phantom CTs (oblique geometry, ``int16`` HU) and their labels as ``raw/DatasetXXX_NAME``; returns it.
+    Channel *c* of ``channels`` (``dataset.json`` ``channel_names``) is the CT plus ``100 * c``."""
     folder = raw / f"Dataset{dataset_id:03d}_{name}"
     for sub in ("imagesTr", "labelsTr"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for i in range(cases):
         phantom = make_phantom(seed + i, shape=tuple(shape), spacing=(1.5, 1.5, 3.0), oblique=True)
-        write_nifti(phantom.ct.astype(np.int16), phantom.affine, folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        for c in range(len(channels)):
+            image = (phantom.ct + 100 * c).astype(np.int16)
+            write_nifti(image, phantom.affine, folder / "imagesTr" / f"case_{i:03d}_{c:04d}.nii.gz")
         write_nifti(phantom.label.astype(np.uint8), phantom.affine, folder / "labelsTr" / f"case_{i:03d}.nii.gz")
     dataset = {
-        "channel_names": {"0": "CT"},
+        "channel_names": {str(c): channel for c, channel in enumerate(channels)},
         "labels": {name: value for value, name in LABELS.items()},
         "numTraining": cases,
         "file_ending": ".nii.gz",
@@ -68,12 +72,13 @@ def write_raw_dataset(
 
 def build_model_folder(
     root: Path, *, dataset_id: int = 901, name: str = "Phantom", folds: Sequence[int] = (0,), seed: int = 0,
-    cases: int = 3, shape: Sequence[int] = (40, 36, 16),
+    cases: int = 3, shape: Sequence[int] = (40, 36, 16), channels: Sequence[str] = ("CT",),
 ) -> Path:
     """:func:`write_raw_dataset` of phantoms under ``root``, then :func:`random_model_folder`; returns the
     trained-model folder."""
     env = nnunet_env(root)
-    raw = write_raw_dataset(Path(env["nnUNet_raw"]), dataset_id, name, cases=cases, seed=seed, shape=shape)
+    raw = write_raw_dataset(Path(env["nnUNet_raw"]), dataset_id, name, cases=cases, seed=seed, shape=shape,
+                            channels=channels)  # fmt: skip
     return random_model_folder(raw, env, folds=folds, seed=seed)
 
 
