@@ -24,7 +24,7 @@ from pipeline.inference.backends import (
 )
 from pipeline.inference.onnx_export import exported_onnx
 
-__all__ = ["BackendChoice", "choose_backend", "fastest"]
+__all__ = ["BackendChoice", "choose_backend", "fastest", "resolve_amp"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +153,18 @@ def _complete(choice: BackendChoice, nets: Sequence[nn.Module], amp: bool) -> Ba
         layout = "contiguous" if choice.name == "torch" else "channels_last"
         choice.runners = choice.runners + [_torch_runner(net, layout, amp) for net in nets[1:]]
     return choice
+
+
+def resolve_amp(amp: bool | None, device: torch.device) -> bool:
+    """``amp`` as given, or, when ``None``: on for CUDA (float16) and for CPUs with native bfloat16 arithmetic
+    (AVX512-BF16 or AMX), off elsewhere (emulated bfloat16 is slower than float32)."""
+    if amp is not None:
+        return amp
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    native = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(bool(check()) for check in native if check is not None)

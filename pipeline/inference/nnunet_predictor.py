@@ -30,7 +30,7 @@ from pipeline.inference.options import InferenceOptions
 from transforms.io.memory import is_in_memory
 from transforms.io.scan import LoadScand
 
-__all__ = ["NnunetPredictor"]
+__all__ = ["NnunetPredictor", "nnunet_predictor_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,3 +168,17 @@ class NnunetPredictor:
         if paths:
             raise TypeError(f"predict_image takes in-memory images; input(s) {paths} are not (use predict for paths)")
         return labels_like(self.predict(inputs).labels, inputs[self.input_keys[0]])
+
+
+def nnunet_predictor_for(
+    uri: str, options: InferenceOptions | None, given: list[str], overrides: Mapping[str, Any]
+) -> NnunetPredictor:
+    """:meth:`Predictor.from_bundle`'s ``nnunet:PATH``: the :class:`NnunetPredictor`; ``given``: the bundle
+    arguments the caller set, which it cannot take."""
+    unknown = given + sorted(set(overrides) - {"folds", "checkpoint_name"})
+    if unknown:
+        raise ValueError(f"{uri}: {', '.join(unknown)} not supported for nnU-Net models (only folds and "
+                         "checkpoint_name)")  # fmt: skip
+    return NnunetPredictor.from_folder(
+        uri, overrides.get("folds"), overrides.get("checkpoint_name", DEFAULT_CHECKPOINT), options=options
+    )

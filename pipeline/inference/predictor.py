@@ -28,14 +28,14 @@ from torch import nn
 
 from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import network_from_checkpoint
-from pipeline.inference.backend_choice import choose_backend
+from pipeline.inference.backend_choice import choose_backend, resolve_amp
 from pipeline.inference.backends import Runner
 from pipeline.inference.bundle_config import configure, resolved_options
 from pipeline.inference.case import LoadedCase, Segmentation
 from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
-from pipeline.inference.nnunet_folder import DEFAULT_CHECKPOINT, is_nnunet_uri
+from pipeline.inference.nnunet_folder import is_nnunet_uri
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.qc_reference_file import find_qc_reference
 from pipeline.inference.restore import to_input_grid
@@ -108,7 +108,7 @@ class Predictor:
         self.inferer = inferer
         self.postprocessing = postprocessing
         options = options or InferenceOptions()
-        amp = _resolve_amp(options.amp, self.device)
+        amp = resolve_amp(options.amp, self.device)
         self.options, self.postprocess = resolved_options(options, inferer, postprocessing, self.device, amp)
         if options.amp and options.backend in ("onnxruntime", "openvino"):
             raise ValueError(f"AMP is the torch backend's; backend {options.backend!r} runs float32 (drop --amp)")
@@ -171,9 +171,10 @@ class Predictor:
                 and ``checkpoint_name``.
         """
         if not isinstance(bundle, Bundle) and is_nnunet_uri(bundle):
-            given = {"checkpoints": checkpoints, "postprocess": postprocess,
-                     "config": None if config == "inference" else config}  # fmt: skip
-            return _nnunet_predictor(str(bundle), options, [k for k, v in given.items() if v is not None], overrides)
+            from pipeline.inference.nnunet_predictor import nnunet_predictor_for  # nnU-Net only when asked for
+
+            given = {"checkpoints": checkpoints, "postprocess": postprocess, "config": config != "inference"}
+            return nnunet_predictor_for(str(bundle), options, [k for k, v in given.items() if v], overrides)
         bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, tracking_uri=tracking_uri)
         options = options or InferenceOptions()
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -384,36 +385,6 @@ class Predictor:
         """The sliding window's forward: ``run`` (float32 logits ``(B, K, ...)`` of patches ``(B, C, ...)``),
         with single-valued patches evaluated once (:class:`~pipeline.inference.uniform_patches.UniformPatchCache`)."""
         return UniformPatchCache(run) if self.options.skip_uniform_patches else run
-
-
-def _resolve_amp(amp: bool | None, device: torch.device) -> bool:
-    """``amp`` as given, or, when ``None``: on for CUDA (float16) and for CPUs with native bfloat16 arithmetic
-    (AVX512-BF16 or AMX), off elsewhere (emulated bfloat16 is slower than float32)."""
-    if amp is not None:
-        return amp
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    native = [
-        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    return any(bool(check()) for check in native if check is not None)
-
-
-def _nnunet_predictor(
-    uri: str, options: InferenceOptions | None, given: list[str], overrides: Mapping[str, Any]
-) -> NnunetPredictor:
-    """The :class:`NnunetPredictor` of ``nnunet:PATH``; ``given``: arguments it cannot take."""
-    from pipeline.inference.nnunet_predictor import NnunetPredictor
-
-    unknown = given + sorted(set(overrides) - {"folds", "checkpoint_name"})
-    if unknown:
-        raise ValueError(f"{uri}: {', '.join(unknown)} not supported for nnU-Net models (only folds and "
-                         "checkpoint_name)")  # fmt: skip
-    return NnunetPredictor.from_folder(
-        uri, overrides.get("folds"), overrides.get("checkpoint_name", DEFAULT_CHECKPOINT), options=options
-    )
 
 
 def _window(window: Any) -> tuple[float, float] | None:
