@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from pipeline.batch.runner import merge_shards, predict_folder
+from pipeline.batch.runner import predict_folder
+from pipeline.batch.shard_merge import merge_shards
 from pipeline.outputs.registry import OutputOptions
 from pipeline.cli import main
 from pipeline.inference.options import InferenceOptions

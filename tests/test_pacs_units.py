@@ -18,7 +18,8 @@ from pipeline.pacs.cache import SeriesCache, case_key
 from pipeline.pacs.connect import open_archive
 from pipeline.pacs.credentials import ENV_PASSWORD, ENV_TOKEN, ENV_USER, load_credentials
 from pipeline.pacs.push import LEDGER, push_case
-from pipeline.pacs.serve import JOURNAL, ServeOptions, StorageNode
+from pipeline.pacs.journal import JOURNAL
+from pipeline.pacs.serve import ServeOptions, StorageNode
 from pipeline.pacs.spool import RECEIVING
 from pipeline.synthetic.dicom_series import write_dicom_series
 

@@ -12,14 +12,12 @@ A case is finished when its ``.complete.json`` lists every output with its size 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
-import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from pipeline.outputs.registry import SEG_NAME, VOLUMES_NAME, OutputOptions, out
 from pipeline.outputs.volumetry import write_volumes_csv
 from pipeline.qc.assess import REVIEW_THRESHOLD, assess_case
 
-__all__ = ["QC_NAME", "BatchOptions", "merge_shards", "predict_folder"]
+__all__ = ["QC_NAME", "BatchOptions", "predict_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,45 +216,6 @@ def predict_folder(
     report.write_html()
     logger.info("%s", report.summary_line())
     return report
-
-
-def merge_shards(output: str | Path) -> BatchReport:
-    """Merge the shard files of a finished sharded run into ``report.json``, ``summary.csv``, ``volumes.csv`` and
-    one ``report.html``.
-
-    Raises:
-        FileNotFoundError: no shard reports, or some shard of the run has not written its report yet.
-        ValueError: shard reports of runs with different shard counts.
-    """
-    output = Path(output)
-    found = {}
-    for path in output.glob("report.shard-*-of-*.json"):
-        match = re.fullmatch(r"report\.shard-(\d+)-of-(\d+)\.json", path.name)
-        if match:
-            found[(int(match.group(1)), int(match.group(2)))] = path
-    counts = {n for _, n in found}
-    if not found:
-        raise FileNotFoundError(f"no shard reports (report.shard-i-of-n.json) in {output}")
-    if len(counts) != 1:
-        raise ValueError(f"{output} holds shard reports of runs with different shard counts {sorted(counts)}")
-    count = counts.pop()
-    missing = [i for i in range(count) if (i, count) not in found]
-    if missing:
-        raise FileNotFoundError(f"shards {missing} of {count} have not written their report in {output} yet")
-    shards = [json.loads(found[(i, count)].read_text()) for i in range(count)]
-    run_info = {**shards[0]["run"], "shard": f"merged {count}"}
-    merged = BatchReport(output, run_info)
-    results = sorted((r for s in shards for r in s["cases"]), key=lambda r: r["case"])
-    for result in results:
-        merged.results.append(CaseResult(**result))
-    merged.write()
-    rows = []
-    for i in range(count):
-        with (output / f"volumes{Shard(i, count).suffix}.csv").open(newline="") as f:
-            rows.extend(csv.DictReader(f))
-    write_volumes_csv(sorted(rows, key=lambda r: (r["case"], int(r["label"]))), output / "volumes.csv")
-    merged.write_html()
-    return merged
 
 
 def _finish_case(

@@ -3,7 +3,7 @@
 Shard ``i`` of ``n`` (``0 <= i < n``) takes the cases at positions ``i, i + n, i + 2n, ...`` of the sorted
 case list, so every case belongs to exactly one shard and neighbouring (often similar-sized) cases are spread
 out. Each shard writes only its own case folders and its own batch files ``report.shard-i-of-n.json``,
-``summary.shard-i-of-n.csv`` and ``volumes.shard-i-of-n.csv``; :func:`pipeline.batch.runner.merge_shards` (or
+``summary.shard-i-of-n.csv`` and ``volumes.shard-i-of-n.csv``; :func:`pipeline.batch.shard_merge.merge_shards` (or
 ``clinseg predict ... --merge-shards``) then writes the folder-wide ``report.json``, ``summary.csv`` and
 ``volumes.csv``.
 """

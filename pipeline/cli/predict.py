@@ -12,7 +12,8 @@ from pipeline.cli.pacs import add_archive_options, archive
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.batch.runner import BatchOptions, merge_shards, predict_folder
+    from pipeline.batch.runner import BatchOptions, predict_folder
+    from pipeline.batch.shard_merge import merge_shards
     from pipeline.batch.shard import Shard, shard_from_env
 
     if args.merge_shards:

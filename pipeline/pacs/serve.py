@@ -1,10 +1,8 @@
 """``clinseg serve``: a DICOM Storage SCP that segments each received series once it is complete and pushes
 the results.
 
-Spool layout (survives restarts): :mod:`pipeline.pacs.spool`, plus::
-
-    SPOOL/journal.jsonl    one line per outcome of a series (ok, provisional, failed, incomplete, stale) and per
-                           push retry
+Spool layout (survives restarts): :mod:`pipeline.pacs.spool`, plus ``SPOOL/journal.jsonl``
+(:mod:`pipeline.pacs.journal`).
 
 A series is segmented only when it is complete:
 
@@ -30,9 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import json
 import logging
-import os
 import threading
 import time
 import weakref
@@ -54,6 +50,7 @@ from pipeline.pacs.archive import Archive
 from pipeline.pacs.backoff import Backoff
 from pipeline.pacs.completeness import slice_gaps
 from pipeline.pacs.dimse import IMAGE_STORAGE
+from pipeline.pacs.journal import JOURNAL, append_journal, read_journal
 from pipeline.pacs.push import push_case
 from pipeline.pacs.spool import OutOfResources, SeriesState, Spool, SpoolLimits
 
@@ -61,7 +58,6 @@ __all__ = ["ServeOptions", "StorageNode"]
 
 logger = logging.getLogger(__name__)
 
-JOURNAL = "journal.jsonl"
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0xA700, 0xC211
 _SAFE_PUSH = ("pushed", "already", "nothing")
 RESULTS = ("ok", "provisional")  # journal states of a written result
@@ -245,25 +241,11 @@ class StorageNode:
 
     # bookkeeping
     def journal(self) -> dict[str, dict]:
-        """The last journal record of each series."""
-        records: dict[str, dict] = {}
-        try:
-            lines = self.journal_path.read_text().splitlines()
-        except FileNotFoundError:
-            return records
-        for line in lines:
-            try:
-                record = json.loads(line)
-                records[record["case"]] = record
-            except (ValueError, KeyError, TypeError):
-                logger.warning("%s: skipped an unreadable journal line", self.journal_path)
-        return records
+        """The last journal record of each series (:mod:`pipeline.pacs.journal`)."""
+        return read_journal(self.journal_path)
 
     def _append(self, record: dict) -> None:
-        with self.journal_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_journal(self.journal_path, record)
         self._done[record["case"]] = record
 
     def _expected(self, key: str, state: SeriesState) -> tuple[int, str] | None:
