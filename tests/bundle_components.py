@@ -28,7 +28,8 @@ TRAIN_IDS = ["train#datalist", "train#dataset", "train#dataloader", "train#infer
 INFERENCE_IDS = ["datalist", "dataset", "dataloader", "inferer", "postprocessing", "writer", "handlers",
                  "evaluator", "initialize", "run", "preprocessing_transforms", "network_args"]  # fmt: skip
 EVALUATE_IDS = ["ckpt_path", "validate#handlers", "initialize", "run", "finalize"]
-INLINED = ("label_postprocessing", "tracked_params")  # knobs a component may name or hold inline: recorded inline
+# knobs and components a config may name or hold inline: recorded inline (``crop``: the shared base's patch crop)
+INLINED = ("label_postprocessing", "tracked_params", "crop")
 
 
 def _transforms(compose: Any) -> list[dict[str, Any]]:
@@ -54,7 +55,11 @@ def _inline(value: Any, parser: ConfigParser) -> Any:
 
 
 def _ids(parser: ConfigParser, ids: list[str]) -> dict[str, Any]:
-    return {id_: _inline(parser.get(id_), parser) for id_ in ids if id_ in parser}
+    """The configs of ``ids``; an id that is a bare reference to a whole component defined elsewhere
+    (``validate#inferer: '@inferer'``, common's sliding window) is recorded as that component's config."""
+    values = {id_: parser.get(id_) for id_ in ids if id_ in parser}
+    whole = {k: parser.get(v[1:]) for k, v in values.items() if isinstance(v, str) and v.startswith("@") and v[1:] in parser}
+    return {id_: _inline(whole.get(id_, value), parser) for id_, value in values.items()}
 
 
 def components(bundle: Path) -> dict[str, Any]:

@@ -41,9 +41,9 @@ SAME_TRAINING = ["train#datalist", "train#dataset", "train#dataloader", "train#i
                  "validate#dataloader", "validate#inferer", "validate#postprocessing", "validate#handlers",
                  "validate#key_metric", "validate#additional_metrics", "validate#evaluator", "is_not_rank0",
                  "initialize", "run", "finalize", "optimizer", "network_spec"]  # fmt: skip
-SAME_INFERENCE = ["datalist", "dataloader", "inferer", "writer", "handlers", "evaluator", "initialize", "run"]
+SAME_INFERENCE = ["datalist", "dataloader", "writer", "handlers", "evaluator", "initialize", "run"]
 SAME_COMMON = ["imports", "bundle_root", "dataset_dir", "datalist_file", "output_dir", "device", "network_def",
-               "network", "data_keys", "resample_modes"]  # fmt: skip
+               "network", "data_keys", "resample_modes", "inferer"]  # fmt: skip
 SAME_EVALUATE = ["ckpt_path", "initialize", "run", "finalize"]
 
 
@@ -68,7 +68,7 @@ def _get(config: dict, id_: str):
 def _as_sliding_window(inferer: dict) -> dict:
     """A 2D bundle's slice-by-slice inferer (volumes one axial slice at a time) is otherwise the same sliding
     window as every bundle's: compared as one."""
-    if inferer.get("_target_") != "pipeline.inference.slice_inferer.SliceWiseInferer":
+    if not isinstance(inferer, dict) or inferer.get("_target_") != "pipeline.inference.slice_inferer.SliceWiseInferer":
         return inferer
     assert inferer.get("spatial_dim") == 2, "slices are axial: the last spatial axis"
     plain = {k: v for k, v in inferer.items() if k != "spatial_dim"}
@@ -105,7 +105,7 @@ def test_adaptable_transforms_are_named_and_used(bundle):
     refs = [t for t in common["preprocessing_transforms"] if isinstance(t, str)]
     assert refs == [f"@normalise#{name}" for name in common["normalise"]]
     refs = [t for t in train["random_transforms"] if isinstance(t, str)]
-    assert refs == [f"@augmentation#{name}" for name in train["augmentation"]]
+    assert refs == ["@crop"] + [f"@augmentation#{name}" for name in train["augmentation"]]  # the base's crop first
     for f in Bundle.at(bundle).config_files(list(WORKFLOWS)):
         assert not re.search(r"(transforms|preprocessing|handlers)#\d", Path(f).read_text()), f
 
@@ -148,7 +148,8 @@ def test_one_logging_conf_found_in_every_bundle():
 def test_clinseg_merges_common_then_base_then_delta(bundle):
     files = [Path(f) for f in Bundle.at(bundle).config_files(["train", "evaluate"])]
     assert [(f.parent.name, f.name) for f in files] == [
-        ("configs", "common.yaml"), ("_base", "base_train.yaml"), ("configs", "train.yaml"), ("_base", "base_evaluate.yaml")
+        ("_base", "base_common.yaml"), ("configs", "common.yaml"), ("_base", "base_train.yaml"), ("configs", "train.yaml"),
+        ("_base", "base_evaluate.yaml"),
     ]
 
 
@@ -165,14 +166,18 @@ def _documented_config_lists() -> list[tuple[Path, list[str]]]:
 
 
 def test_documented_monai_commands_load_common_first():
-    """Every ``--config_file`` in the README, the bundle docs and the config headers starts with common.yaml
-    (train.yaml alone no longer holds the network) and names files that exist."""
+    """Every ``--config_file`` in the README, the bundle docs and the config headers starts with the shared
+    base_common.yaml, then the bundle's common.yaml (train.yaml alone holds neither the network nor the data), and
+    names files that exist."""
     documented = _documented_config_lists()
     assert len(documented) > 20
     for doc, files in documented:
         if files == ["configs/inference.yaml"]:  # run inside an exported bundle: `clinseg export` flattens it
             continue
-        assert Path(files[0]).name == "common.yaml", f"{doc}: --config_file {files} must load common.yaml first"
+        if len(files) == 1 and Path(files[0]).name == "common.yaml":  # the model zoo's single-file form: the network
+            continue
+        first = [Path(f).name for f in files[:2]]
+        assert first == ["base_common.yaml", "common.yaml"], f"{doc}: --config_file {files} must load the bases first"
         for f in files:
             path = Path(f.replace("$B", "bundles/ctmr_fusion_seg3d"))
             if "..." not in f:

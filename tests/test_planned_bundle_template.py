@@ -50,14 +50,17 @@ def test_wiring_matches_the_shipped_bundles(planned):
     assert budget_stop.pop("lr_scheduler") == "@lr_scheduler"  # the planned decay is refitted to the budget
     assert handlers == _handlers(SHIPPED)
     train, shipped_train = _load(bundle, "train"), _load(SHIPPED, "train")
+    shipped_inferer = _get(_load(SHIPPED, "common"), "inferer")  # shipped: one sliding window, in base_common.yaml
     for id_ in set(SAME_TRAINING) - PLANNED_SCHEDULE:
         planned_value = _get(train, id_)
         if id_ == "train#trainer":  # planned epochs have a length of their own (few cases: the loader restarts)
             assert planned_value.pop("epoch_length") == "@steps_per_epoch"
-        assert planned_value == _get(shipped_train, id_), id_
+        shipped_value = _get(shipped_train, id_)
+        assert planned_value == (shipped_inferer if shipped_value == "@inferer" else shipped_value), id_
     inference, shipped_inference = _load(bundle, "inference"), _load(SHIPPED, "inference")
     for id_ in SAME_INFERENCE:
         assert _get(inference, id_) == _get(shipped_inference, id_), id_
+    assert _get(inference, "inferer") == shipped_inferer
 
 
 def test_planned_values_are_knobs_in_common_only(planned):

@@ -39,10 +39,10 @@ class Bundle:
     """A MONAI bundle folder: ``configs/metadata.json``, ``configs/<name>.yaml|json``, ``models/``.
 
     ``configs/common.yaml``, where a bundle has it, holds the settings its configs share and is merged first
-    under every config. A bundle beside a ``_base`` folder (the shipped ``bundles/``) is a delta: a config the
-    base has (``train``, ``inference``, ``evaluate``) comes next, then the bundle's own one, if any (as the
-    documented ``--config_file "['.../common.yaml', 'bundles/_base/base_train.yaml', '.../train.yaml']"`` does).
-    Planned and exported bundles hold standalone configs.
+    under every config. A bundle beside a ``_base`` folder (the shipped ``bundles/``) is a delta: each config the
+    base has (``common``, ``train``, ``inference``, ``evaluate``) comes before the bundle's own one, if any (as the
+    documented ``--config_file "['bundles/_base/base_common.yaml', '.../common.yaml',
+    'bundles/_base/base_train.yaml', '.../train.yaml']"`` does). Planned and exported bundles hold standalone configs.
     """
 
     root: Path

@@ -124,7 +124,7 @@ def exported_configs(bundle: Bundle, config_as_run: Mapping[str, Any] | None) ->
         config_as_run: the run's ``config_run.json``; ``None`` exports the shipped configs with their defaults.
     """
     configs_dir = bundle.root / "configs"
-    common = [str(configs_dir / f"{COMMON}.yaml")] if (configs_dir / f"{COMMON}.yaml").is_file() else []
+    common = bundle.config_files(COMMON) if (configs_dir / f"{COMMON}.yaml").is_file() else []  # with its base
     shared = list(_merged(common)) if common else []
     shipped_train = _merged(bundle.config_files("train"))
     run = dict(config_as_run) if config_as_run else shipped_train

@@ -24,7 +24,7 @@ from pipeline.inference.backends import (
 )
 from pipeline.inference.onnx_export import exported_onnx
 
-__all__ = ["BackendChoice", "choose_backend", "fastest", "resolve_amp"]
+__all__ = ["BackendChoice", "choose_backend", "fastest", "patch_shape", "resolve_amp"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,3 +168,16 @@ def resolve_amp(amp: bool | None, device: torch.device) -> bool:
         getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     ]
     return any(bool(check()) for check in native if check is not None)
+
+
+def patch_shape(net: nn.Module, sw_batch_size: int, roi_size: Sequence[int]) -> tuple[int, ...]:
+    """One sliding-window call's input ``(sw_batch_size, C, *roi_size)`` for ``net``: ``C`` is its ``in_channels``
+    (ours, MONAI's U-Nets; a fusion net's first weight sees one modality), else its first convolution's
+    ``(out, in, ...)``."""
+    channels = getattr(net, "in_channels", None)
+    if not isinstance(channels, int):
+        weight = next((p for p in net.parameters() if p.ndim >= 3), None)
+        if weight is None:
+            raise ValueError(f"cannot tell the input channels of {type(net).__name__}: no conv weights")
+        channels = int(weight.shape[1])
+    return (int(sw_batch_size), channels, *map(int, roi_size))

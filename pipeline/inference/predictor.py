@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import network_from_checkpoint
-from pipeline.inference.backend_choice import choose_backend, resolve_amp
+from pipeline.inference.backend_choice import choose_backend, patch_shape, resolve_amp
 from pipeline.inference.backends import Runner
 from pipeline.inference.bundle_config import configure, resolved_options
 from pipeline.inference.case import LoadedCase, Segmentation
@@ -112,10 +112,11 @@ class Predictor:
         self.options, self.postprocess = resolved_options(options, inferer, postprocessing, self.device, amp)
         if options.amp and options.backend in ("onnxruntime", "openvino"):
             raise ValueError(f"AMP is the torch backend's; backend {options.backend!r} runs float32 (drop --amp)")
+        patch = patch_shape(self.networks[0], self.options.sw_batch_size, self.options.roi_size)
         self.backend = choose_backend(
-            self.networks, self._patch_shape(), backend=options.backend, layout=options.layout,
-            amp=bool(self.options.amp), device=self.device,
-        )  # fmt: skip
+            self.networks, patch, backend=options.backend, layout=options.layout, amp=bool(self.options.amp),
+            device=self.device,
+        )
         if self.options.amp and not self.backend.amp:
             self.options = replace(self.options, amp=False)
         self._forwards = [self._forward(run) for run in self.backend.runners]
@@ -372,14 +373,6 @@ class Predictor:
         if missing:
             raise KeyError(f"case inputs lack {missing}; the bundle needs {list(self.input_keys)}")
         return dict(inputs)
-
-    def _patch_shape(self) -> tuple[int, ...]:
-        """One network call's input ``(sw_batch_size, C, *roi_size)``, ``C`` read off the first network's first
-        weight (a convolution's ``(out, in, ...)``)."""
-        weight = next((p for p in self.networks[0].parameters() if p.ndim >= 3), None)
-        if weight is None:
-            raise ValueError(f"cannot tell the input channels of {type(self.networks[0]).__name__}: no conv weights")
-        return (int(self.options.sw_batch_size), int(weight.shape[1]), *map(int, self.options.roi_size))
 
     def _forward(self, run: Runner) -> Runner:
         """The sliding window's forward: ``run`` (float32 logits ``(B, K, ...)`` of patches ``(B, C, ...)``),
