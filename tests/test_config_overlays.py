@@ -39,7 +39,8 @@ def test_bundle_config_files_take_names_and_paths_in_order(tmp_path):
     bundle = Bundle.at(BUNDLE)
     overlay = _overlay(tmp_path, OVERLAY)
     assert bundle.config_files(["train", "cosine_warmup", overlay]) == [
-        str(CONFIGS / "common.yaml"), str(CONFIGS.parent.parent / "_base" / "base_train.yaml"), str(CONFIGS / "train.yaml"),
+        str(CONFIGS.parent.parent / "_base" / "base_common.yaml"), str(CONFIGS / "common.yaml"),
+        str(CONFIGS.parent.parent / "_base" / "base_train.yaml"), str(CONFIGS / "train.yaml"),
         str(CONFIGS / "cosine_warmup.yaml"),
         str(overlay.resolve()),
     ]  # fmt: skip

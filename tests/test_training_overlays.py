@@ -41,8 +41,9 @@ def _torchrun(bundle: Path, dataset: Path, folder: Path) -> subprocess.Completed
     if bundle.name == "ct_organ_resunet3d":
         command = [
             *torchrun, "-m", "monai.bundle", "run",
-            "--config_file", str([str(configs / "common.yaml"), str(bundle.parent / "_base" / "base_train.yaml"),
-                                  str(configs / "train.yaml"), str(configs / "multi_gpu_train.yaml")]),
+            "--config_file", str([str(bundle.parent / "_base" / "base_common.yaml"), str(configs / "common.yaml"),
+                                  str(bundle.parent / "_base" / "base_train.yaml"), str(configs / "train.yaml"),
+                                  str(configs / "multi_gpu_train.yaml")]),  # as the README's torchrun command
             "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
             "--bundle_root", str(bundle), "--dataset_dir", str(dataset), "--ckpt_dir", str(folder / "ckpt"),
             "--tracking_uri", f"sqlite:///{folder / 'mlflow.db'}", "--max_epochs", "2",
