@@ -27,6 +27,7 @@ USED_INDIRECTLY = {
     "pylibjpeg": "pydicom's decoder plugins for compressed transfer syntaxes",
     "pylibjpeg-openjpeg": "pydicom's JPEG 2000 decoder (real series in shared/data/totalseg)",
     "pylibjpeg-libjpeg": "pydicom's JPEG / JPEG-LS decoder",
+    "onnxscript": "torch.onnx.export(dynamo=True), which pipeline/inference/onnx_export.py calls",
     "torchio": "MONAI's RandTorchIOd, which imports TorchIO's transforms by name (transforms/augment/mr.py)",
 }
 
@@ -34,9 +35,6 @@ USED_INDIRECTLY = {
 # level, so clinseg imports without them), each with where they come from.
 OPTIONAL = {
     "nnunetv2": "nnU-Net v2 models (nnunet:PATH), installed --no-deps as the README says, then the nnunet extra",
-    "onnx": "--backend onnxruntime/openvino: the ONNX export's cache key (the onnx and openvino extras)",
-    "onnxruntime": "--backend onnxruntime (the onnx extra)",
-    "openvino": "--backend openvino (the openvino extra)",
 }
 
 
