@@ -32,9 +32,9 @@ USED_INDIRECTLY = {
 }
 
 # Modules of an optional install, imported only inside the functions that need them (never at a module's top
-# level, so clinseg imports without them), each with where they come from.
+# level, so clinseg imports without them), each with the extra that installs it.
 OPTIONAL = {
-    "nnunetv2": "nnU-Net v2 models (nnunet:PATH), installed --no-deps as the README says, then the nnunet extra",
+    "nnunetv2": "nnunet",  # nnU-Net v2 models (nnunet:PATH)
 }
 
 
@@ -151,3 +151,17 @@ def test_optional_modules_are_imported_only_where_used():
         if _top_level_imports(path) & set(OPTIONAL)
     }
     assert not eager, f"optional modules imported at module level (clinseg must import without them): {eager}"
+
+
+def test_each_optional_module_is_required_by_its_extra():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    distributions = importlib.metadata.packages_distributions()
+    missing = {
+        module: extra
+        for module, extra in OPTIONAL.items()
+        if not {_normalise(d) for d in distributions.get(module, [module])}
+        & {_normalise(Requirement(line).name) for line in extras.get(extra, [])}
+    }
+    assert not missing, f"optional modules their extra does not install: {missing}"

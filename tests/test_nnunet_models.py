@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -304,3 +305,18 @@ def test_register_model_refuses_nnunet_folders_with_the_reason(model, caplog):
     caplog.set_level(logging.ERROR)
     assert main(["register-model", f"nnunet:{model}", "hippocampus"]) == 2
     assert "an nnU-Net model folder has no training run and no bundle" in caplog.text
+
+
+class _NotData:
+    """A pickled object of this class is code to run, not data: an nnU-Net checkpoint holding one is refused."""
+
+
+def test_a_checkpoint_holding_more_than_data_is_refused_before_nnunet_unpickles_it(model, tmp_path):
+    copy = tmp_path / model.name
+    shutil.copytree(model, copy)
+    checkpoint = copy / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(checkpoint, weights_only=False)
+    torch.save({**state, "logging": _NotData()}, checkpoint)
+    with pytest.raises(ValueError, match=rf"nnU-Net checkpoint {re.escape(str(checkpoint))}: holds more than .*_NotData"):
+        NnunetPredictor.from_folder(copy, [0])
+    assert NnunetPredictor.from_folder(copy, [1]).settings()["folds"] == ["1"]  # numpy scalars in its logs are data

@@ -23,6 +23,7 @@ import torch
 
 from pipeline.inference.case import LoadedCase, Segmentation
 from pipeline.inference.in_memory import labels_like
+from pipeline.inference.nnunet_checkpoint import check_checkpoints_hold_only_data
 from pipeline.inference.input_checks import modality_warnings
 from pipeline.inference.nnunet_folder import DEFAULT_CHECKPOINT, NNUNET_PREFIX, NnunetFolder, open_model_folder
 from pipeline.inference.nnunet_grid import from_nnunet, to_nnunet
@@ -81,7 +82,7 @@ class NnunetPredictor:
             perform_everything_on_device=self.device.type == "cuda" and not options.keep_volume_on_cpu,
             device=self.device, verbose=False, allow_tqdm=False,
         )  # fmt: skip
-        # nnU-Net's loader reads each fold's checkpoint with torch.load(weights_only=False) (pickles: trust the folder)
+        check_checkpoints_hold_only_data(folder.checkpoints)  # nnU-Net then unpickles them with weights_only=False
         self._nnunet.initialize_from_trained_model_folder(str(folder.path), folder.folds, folder.checkpoint_name)
         channels = folder.channel_names
         self.input_keys = ("image",) if len(channels) == 1 else tuple(c.lower() for c in channels)

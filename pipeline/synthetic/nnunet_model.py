@@ -116,11 +116,15 @@ def random_model_folder(raw: Path, env: dict[str, str], *, folds: Sequence[int] 
         with torch.no_grad():
             net.decoder.seg_layers[-1].bias.copy_(bias)
         (model / f"fold_{fold}").mkdir(exist_ok=True)
-        checkpoint = {
+        checkpoint = {  # the entries nnUNetTrainer.save_checkpoint writes, numpy scalars in its logs included
             "network_weights": net.state_dict(),
-            "init_args": {"plans": None, "configuration": CONFIGURATION, "fold": fold, "dataset_json": None},
+            "init_args": {"plans": None, "configuration": CONFIGURATION, "fold": fold, "dataset_json": None,
+                          "device": torch.device("cpu")},  # fmt: skip
             "trainer_name": "nnUNetTrainer",
             "inference_allowed_mirroring_axes": (0, 1, 2),
+            "logging": {"mean_fg_dice": [np.float64(0.0)], "ema_fg_dice": [np.float64(0.0)]},
+            "_best_ema": np.float64(0.0),
+            "current_epoch": 1,
         }
         torch.save(checkpoint, model / f"fold_{fold}" / "checkpoint_final.pth")
     return model
