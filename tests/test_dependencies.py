@@ -29,12 +29,13 @@ USED_INDIRECTLY = {
     "pylibjpeg-libjpeg": "pydicom's JPEG / JPEG-LS decoder",
     "onnxscript": "torch.onnx.export(dynamo=True), which pipeline/inference/onnx_export.py calls",
     "torchio": "MONAI's RandTorchIOd, which imports TorchIO's transforms by name (transforms/augment/mr.py)",
+    "dynamic-network-architectures": "nnunetv2's U-Nets, pinned below 0.4 (whose timm pulls torchvision and CUDA torch)",
 }
 
-# Modules of an optional install, imported only inside the functions that need them (never at a module's top
-# level, so clinseg imports without them), each with the extra that installs it.
-OPTIONAL = {
-    "nnunetv2": "nnunet",  # nnU-Net v2 models (nnunet:PATH)
+# Heavy modules imported only inside the functions that need them (never at a module's top level), so that
+# `import pipeline` and every CLI command but the one that uses them stay fast.
+LAZY = {
+    "nnunetv2": "nnU-Net v2 models (nnunet:PATH)",
 }
 
 
@@ -66,7 +67,7 @@ def _source_imports() -> dict[str, str]:
     return {
         name: where
         for name, where in found.items()
-        if name not in OWN and name not in sys.stdlib_module_names and name != "__future__" and name not in OPTIONAL
+        if name not in OWN and name not in sys.stdlib_module_names and name != "__future__"
     }
 
 
@@ -143,25 +144,12 @@ def test_bundle_imports_are_found():
     assert {"torch", "ignite", "monai"} <= set(_source_imports())
 
 
-def test_optional_modules_are_imported_only_where_used():
+def test_lazy_modules_are_imported_only_where_used():
     eager = {
-        str(path.relative_to(REPO)): sorted(_top_level_imports(path) & set(OPTIONAL))
+        str(path.relative_to(REPO)): sorted(_top_level_imports(path) & set(LAZY))
         for folder in PACKAGE_DIRS
         for path in sorted((REPO / folder).rglob("*.py"))
-        if _top_level_imports(path) & set(OPTIONAL)
+        if _top_level_imports(path) & set(LAZY)
     }
-    assert not eager, f"optional modules imported at module level (clinseg must import without them): {eager}"
+    assert not eager, f"heavy modules imported at module level (importing clinseg would load them): {eager}"
 
-
-def test_each_optional_module_is_required_by_its_extra():
-    import tomllib
-
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    distributions = importlib.metadata.packages_distributions()
-    missing = {
-        module: extra
-        for module, extra in OPTIONAL.items()
-        if not {_normalise(d) for d in distributions.get(module, [module])}
-        & {_normalise(Requirement(line).name) for line in extras.get(extra, [])}
-    }
-    assert not missing, f"optional modules their extra does not install: {missing}"

@@ -25,16 +25,11 @@ import torch
 
 from pipeline.cli import main
 from pipeline.inference.nnunet_folder import open_model_folder
+from pipeline.inference.nnunet_predictor import NnunetPredictor
 from pipeline.inference.options import InferenceOptions
+from pipeline.synthetic.nnunet_model import build_model_folder, nnunet_env
 from pipeline.synthetic.phantoms import make_phantom, write_case
 from transforms.io.nifti_write import write_nifti
-
-pytest.importorskip(
-    "nnunetv2", reason="the nnunet extra (nnunetv2) is not installed (README: Use a model you already have)"
-)
-
-from pipeline.inference.nnunet_predictor import NnunetPredictor  # noqa: E402
-from pipeline.synthetic.nnunet_model import build_model_folder, nnunet_env  # noqa: E402
 
 SHAPE = (40, 36, 16)
 
