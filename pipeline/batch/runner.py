@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.core.atomic import (
     COMPLETE_MARKER, atomic_write, atomic_write_json, clear_complete, is_complete, mark_complete,
 )  # fmt: skip
+from pipeline.core.heap import return_freed_memory
 from pipeline.core.progress import progress_bar
 from pipeline.batch.case_outputs import write_case_outputs
 from pipeline.batch.discovery import DEFAULT_MODALITIES, Case, discover_cases
@@ -200,6 +201,8 @@ def predict_folder(
         for done, item in enumerate(loaded, 1):
             case = item.item
             result, rows = _finish_case(predictor, item, output / case.case_id, options, settings)
+            del item  # the loaded case: its images and network-grid data
+            return_freed_memory()
             if rows is not None:
                 volumes[case.case_id] = rows
                 if options.layout == "flat":

@@ -8,9 +8,37 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
+from pipeline.core.arrays import last_axis_slabs
 from pipeline.inference.uncertainty import Uncertainty
 
-__all__ = ["LoadedCase", "Segmentation"]
+__all__ = ["LoadedCase", "Segmentation", "compact_image"]
+
+_INT16 = torch.iinfo(torch.int16)
+
+
+def compact_image(image: MetaTensor) -> MetaTensor:
+    """``image`` as int16 when that is exact (float32 whole numbers in int16's range, e.g. CT in HU: half the
+    memory), else ``image`` itself; checked and converted slab by slab, the memory layout kept."""
+    if image.dtype != torch.float32:
+        return image
+    values = image.as_tensor()
+    for chunk in last_axis_slabs(values):
+        part = values[chunk]
+        if part.numel() and not (
+            _INT16.min <= float(part.min()) and float(part.max()) <= _INT16.max and torch.equal(part, part.round())
+        ):
+            return image
+    out = torch.empty_like(values, dtype=torch.int16)
+    for chunk in last_axis_slabs(values):
+        out[chunk] = values[chunk]
+    return MetaTensor(out, meta=dict(image.meta), applied_operations=list(image.applied_operations))
+
+
+def _expanded(image: MetaTensor) -> MetaTensor:
+    out = torch.empty_like(image.as_tensor(), dtype=torch.float32)
+    for chunk in last_axis_slabs(out):
+        out[chunk] = image.as_tensor()[chunk]
+    return MetaTensor(out, meta=dict(image.meta), applied_operations=list(image.applied_operations))
 
 
 @dataclass
@@ -19,7 +47,8 @@ class LoadedCase:
 
     Attributes:
         data: the preprocessed dict; ``data[key]`` is each input ``(1, x, y[, z])`` on the network grid.
-        inputs: each input ``(1, X, Y[, Z])`` as read, on its own grid (HU for CT), before preprocessing.
+        read: each input ``(1, X, Y[, Z])`` as read, stored int16 where exact (:func:`compact_image`): while the
+            network runs, a 512x512x300 CT holds 157 MB instead of 315 MB. Read them through :attr:`inputs`.
         keys: the bundle's input keys, the output grid's first.
         warnings: why the images may not suit the bundle (modality checks); the case is still segmented.
         seconds: time per step of loading (``read``, ``preprocess``: the bundle's transforms, resampling
@@ -27,10 +56,19 @@ class LoadedCase:
     """
 
     data: dict[str, Any]
-    inputs: dict[str, MetaTensor]
+    read: dict[str, MetaTensor]
     keys: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> dict[str, MetaTensor]:
+        """Each input ``(1, X, Y[, Z])`` as read, on its own grid (HU for CT), before preprocessing, float32 (an
+        int16-stored one is expanded on first access, once)."""
+        for key, image in self.read.items():
+            if image.dtype == torch.int16:
+                self.read[key] = _expanded(image)
+        return self.read
 
     @property
     def reference(self) -> MetaTensor:
@@ -40,7 +78,10 @@ class LoadedCase:
 
     @property
     def network_input(self) -> torch.Tensor:
-        """The network's input ``(1, C, x, y[, z])``: the inputs stacked as channels in ``keys`` order."""
+        """The network's input ``(1, C, x, y[, z])``: the inputs stacked as channels in ``keys`` order (one input:
+        a view, no copy)."""
+        if len(self.keys) == 1:
+            return torch.as_tensor(self.data[self.keys[0]])[None]
         return torch.cat([torch.as_tensor(self.data[k]) for k in self.keys], dim=0)[None]
 
     @property

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.inference.case import LoadedCase
-from pipeline.inference.grid_restore import voxel_map
 from pipeline.inference.options import InferenceOptions
+from transforms.geometry.slab_resample import voxel_map
 
 __all__ = ["body_box", "case_box"]
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from pipeline.core.arrays import last_axis_slabs
+
 __all__ = ["AIR_HU", "bundle_modalities", "modality_warnings"]
 
 AIR_HU = -500.0
@@ -56,7 +58,8 @@ def modality_warnings(
                 "check the result"
             )
         elif want == "CT" and image.numel():
-            low = float(torch.as_tensor(image).min())
+            values = torch.as_tensor(image)
+            low = min(float(values[slab].min()) for slab in last_axis_slabs(values))
             if low > AIR_HU:
                 warnings.append(
                     f"input {key!r}: lowest intensity {low:g} is above {AIR_HU:g} HU (no air), so it is not CT in "

@@ -28,10 +28,11 @@ from torch import nn
 
 from pipeline.core.bundle import Bundle
 from pipeline.core.checkpoint import network_from_checkpoint
+from pipeline.core.heap import return_freed_memory
 from pipeline.inference.backend_choice import choose_backend, patch_shape, resolve_amp
 from pipeline.inference.backends import Runner
 from pipeline.inference.bundle_config import configure, resolved_options
-from pipeline.inference.case import LoadedCase, Segmentation
+from pipeline.inference.case import LoadedCase, Segmentation, compact_image
 from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
@@ -43,8 +44,8 @@ from pipeline.inference.tta import ACTIVATIONS, activate, flip_combinations
 from pipeline.inference.uncertainty import Uncertainty, member_labels, summarize_members, temperature_scaled
 from pipeline.inference.uniform_patches import UniformPatchCache
 from pipeline.inference.zoo_bundle import ZooBundle, open_bundle, zoo_network
-from transforms.io.scan import LoadScand
 from transforms.io.memory import is_in_memory
+from transforms.io.scan import LoadScand
 
 if TYPE_CHECKING:
     from pipeline.inference.nnunet_predictor import NnunetPredictor
@@ -119,6 +120,7 @@ class Predictor:
         )
         if self.options.amp and not self.backend.amp:
             self.options = replace(self.options, amp=False)
+        return_freed_memory()  # the timing passes' patches
         self._forwards = [self._forward(run) for run in self.backend.runners]
         self.input_keys = tuple(input_keys)
         self.class_names = tuple(class_names)
@@ -172,7 +174,9 @@ class Predictor:
                 and ``checkpoint_name``.
         """
         if not isinstance(bundle, Bundle) and is_nnunet_uri(bundle):
-            from pipeline.inference.nnunet_predictor import nnunet_predictor_for  # nnU-Net only when asked for
+            from pipeline.inference.nnunet_predictor import (
+                nnunet_predictor_for,  # nnU-Net only when asked for
+            )
 
             given = {"checkpoints": checkpoints, "postprocess": postprocess, "config": config != "inference"}
             return nnunet_predictor_for(str(bundle), options, [k for k, v in given.items() if v], overrides)
@@ -261,6 +265,8 @@ class Predictor:
             {**data, **{k: MetaTensor(data[k].as_tensor(), meta=dict(data[k].meta)) for k in self.input_keys}}
         )
         warnings = modality_warnings(read, self.input_modalities, self.bundle_name or "clinseg")
+        read = {k: compact_image(v) for k, v in read.items()}
+        return_freed_memory()  # the resampling's grids, the float copy of the images as read
         seconds = {"read": read_s, "preprocess": time.perf_counter() - start - read_s}
         return LoadedCase(data, read, self.input_keys, warnings, seconds)
 
@@ -296,11 +302,13 @@ class Predictor:
                 if members is not None:
                     members.append(member_labels(probs, self.activation))
                 total = probs if total is None else total.add_(probs)
-        total = temperature_scaled(total.div_(len(self._forwards) * len(flips)), self.temperature, self.activation)
+        total = temperature_scaled(
+            total.div_(len(self._forwards) * len(flips)), self.temperature, self.activation, inplace=True
+        )
         if extra:
-            mirrored = self._member(self._forwards[0], image, (2,))
-            members.append(member_labels(mirrored, self.activation))
+            members.append(self._mirrored_labels(self._forwards[0], image))
         uncertainty = None if members is None else summarize_members(members, total, self.activation)
+        return_freed_memory()  # the sliding windows' patches and stitching buffers
         if box is None:
             return total, uncertainty
         full = torch.zeros((total.shape[0], *grid_shape), dtype=total.dtype)
@@ -316,6 +324,12 @@ class Predictor:
         probs = activate(self.inferer(x, forward), self.activation)
         return (torch.flip(probs, dims) if dims else probs)[0].cpu()
 
+    def _mirrored_labels(self, forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        """:func:`member_labels` of the left-right mirrored pass (first spatial axis), straight from its logits:
+        the labels are those of its probabilities, without a probability map."""
+        labels = member_labels(self.inferer(torch.flip(image, (2,)), forward)[0], self.activation, logits=True)
+        return torch.flip(labels, (0 if self.activation == "softmax" else 1,)).cpu()
+
     def segment(self, case: LoadedCase, *, keep_probabilities: bool = False) -> Segmentation:
         """Label map (and optionally probabilities) on the input's own grid: :meth:`probabilities`, then the
         bundle's ``postprocessing`` (back onto the input grid, clean-up); probabilities are resampled linearly
@@ -325,6 +339,8 @@ class Predictor:
         infer_s = time.perf_counter() - start
         labels = self.postprocessing(case.with_prediction(probs, PRED_KEY))[PRED_KEY]
         prob_map = to_input_grid(probs, case.data[case.keys[0]]) if keep_probabilities else None
+        del probs
+        return_freed_memory()
         return Segmentation(
             labels,
             prob_map,

@@ -10,7 +10,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from pipeline.inference.grid_restore import argmax_labels, resample_slabwise
+from transforms.geometry.slab_resample import argmax_labels, resample_slabwise
 from transforms.labels.regions import RegionsToLabels
 
 __all__ = ["RESTORE_MODES", "RestoreToInputd", "input_grid", "to_input_grid"]
@@ -36,7 +36,7 @@ def to_input_grid(
     mode: str = "bilinear",
 ) -> MetaTensor:
     """``values`` ``(C, x, y[, z])`` on ``image``'s (network) grid resampled slab by slab onto the grid ``image`` was
-    read on (:func:`pipeline.inference.grid_restore.resample_slabwise`), as a MetaTensor with ``image``'s meta and
+    read on (:func:`transforms.geometry.slab_resample.resample_slabwise`), as a MetaTensor with ``image``'s meta and
     the input affine; ``reduce`` (e.g. an argmax) applies per slab."""
     shape, affine = input_grid(image)
     out = resample_slabwise(_plain(values), image.affine, shape, affine, mode=mode, reduce=reduce)

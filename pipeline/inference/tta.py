@@ -14,11 +14,18 @@ ACTIVATIONS = ("softmax", "sigmoid")
 
 def activate(logits: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
     """Probabilities of logits ``(B, C, ...)`` in float32: softmax over the classes (``dim=1``), or a sigmoid
-    per channel (region outputs)."""
+    per channel (region outputs).
+
+    Float32 logits are overwritten (no second full-grid map: 141 MB for 3 classes on a 256x256x180 grid); pass a
+    copy to keep them."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     logits = logits.float()
-    return torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
+    if activation == "sigmoid":
+        return logits.sigmoid_()
+    # torch.softmax's own steps (shift by the maximum, exp, normalise), in place
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
 
 
 def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:

@@ -17,6 +17,8 @@ import torch
 __all__ = ["Uncertainty", "member_labels", "summarize_members", "temperature_scaled"]
 
 _EPS = 1e-6
+_SLAB_VOXELS = 1 << 20
+"""Voxels per slab of the per-voxel steps (1 M: a 3-class float temporary is 12 MB)."""
 
 
 @dataclass
@@ -46,26 +48,43 @@ class Uncertainty:
         }
 
 
-def temperature_scaled(probs: torch.Tensor, temperature: float, activation: str = "softmax") -> torch.Tensor:
+def temperature_scaled(
+    probs: torch.Tensor, temperature: float, activation: str = "softmax", *, inplace: bool = False
+) -> torch.Tensor:
     """Probabilities ``(C, ...)`` rescaled by a temperature: ``softmax(log p / T)`` over classes, or
     ``sigmoid(logit(p) / T)`` per region. Softmax is shift-invariant, so ``log p`` stands for the logits (of an
-    averaged ensemble too); labels (argmax, or p > 0.5) never change. ``T == 1`` returns ``probs`` itself."""
+    averaged ensemble too); labels (argmax, or p > 0.5) never change. ``T == 1`` returns ``probs`` itself;
+    ``inplace`` overwrites ``probs`` (no second full-grid map)."""
     if temperature == 1.0:
         return probs
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    p = probs.clamp(_EPS, 1 - _EPS)
+    p = probs.clamp_(_EPS, 1 - _EPS) if inplace else probs.clamp(_EPS, 1 - _EPS)
     if activation == "softmax":
-        return torch.softmax(p.log_() / temperature, dim=0)
-    return torch.sigmoid(torch.logit(p) / temperature)
+        p.log_().div_(temperature)
+        p.sub_(p.amax(dim=0, keepdim=True)).exp_()  # torch.softmax's steps, in place
+        return p.div_(p.sum(dim=0, keepdim=True))
+    return p.logit_().div_(temperature).sigmoid_()
 
 
-def member_labels(probs: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
-    """One member's masks from its probabilities ``(C, ...)``: argmax ``(...)`` uint8 for softmax, ``(C, ...)``
-    bool (p > 0.5) for sigmoid regions."""
-    if activation == "softmax":
-        return probs.argmax(0).to(torch.uint8)
-    return probs > 0.5
+def _slabs(scores: torch.Tensor) -> list[slice]:
+    """Slices of the first spatial axis of ``scores`` ``(C, X, ...)`` of about :data:`_SLAB_VOXELS` voxels each,
+    so that per-voxel temporaries (an int64 argmax, an entropy map) stay slab-sized."""
+    plane = max(int(math.prod(scores.shape[2:])), 1)
+    step = max(1, _SLAB_VOXELS // plane)
+    return [slice(i, i + step) for i in range(0, scores.shape[1], step)]
+
+
+def member_labels(scores: torch.Tensor, activation: str = "softmax", *, logits: bool = False) -> torch.Tensor:
+    """One member's masks from its probabilities ``(C, ...)`` (or, with ``logits``, the logits they come from):
+    argmax ``(...)`` uint8 for softmax (slab by slab), ``(C, ...)`` bool (p > 0.5, i.e. logit > 0) for sigmoid
+    regions."""
+    if activation != "softmax":
+        return scores > (0.0 if logits else 0.5)
+    labels = torch.empty(scores.shape[1:], dtype=torch.uint8, device=scores.device)
+    for slab in _slabs(scores):
+        labels[slab] = scores[:, slab].argmax(0)
+    return labels
 
 
 def _masks(labels: torch.Tensor, structures: int, activation: str) -> list[torch.Tensor]:
@@ -74,38 +93,51 @@ def _masks(labels: torch.Tensor, structures: int, activation: str) -> list[torch
     return [labels[k] for k in range(structures)]
 
 
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    total = int(a.sum()) + int(b.sum())
-    return None if total == 0 else 2.0 * int((a & b).sum()) / total
+def _entropy(probs: torch.Tensor, masks: list[torch.Tensor], activation: str) -> list[torch.Tensor]:
+    """Per structure, the normalised predictive entropy of ``probs`` ``(C, ...)`` at the voxels of its mask."""
+    channels = probs.shape[0]
+    if activation == "softmax":
+        p = probs.clamp(_EPS, 1.0)
+        entropy = (p * p.log()).sum(0).div_(-math.log(max(channels, 2)))
+        return [entropy[mask] for mask in masks]
+    found = []
+    for k, mask in enumerate(masks):
+        inside = probs[k][mask]
+        p, q = inside.clamp(_EPS, 1.0), (1 - inside).clamp_(_EPS, 1.0)
+        found.append(-(p * p.log() + q * q.log()) / math.log(2))
+    return found
 
 
 def summarize_members(
     members: list[torch.Tensor], mean_probs: torch.Tensor, activation: str = "softmax"
 ) -> Uncertainty:
     """Agreement between ``members`` (from :func:`member_labels`) and entropy of their mean ``mean_probs``
-    ``(C, ...)`` inside the predicted structures (the masks of the mean)."""
+    ``(C, ...)`` inside the predicted structures (the masks of the mean); slab by slab, so no full-grid float map
+    is made."""
     channels = mean_probs.shape[0]
     structures = channels - 1 if activation == "softmax" else channels
-    mean_masks = _masks(member_labels(mean_probs, activation), structures, activation)
-    p = mean_probs.clamp(_EPS, 1.0)
-    if activation == "softmax":
-        entropy = -(p * p.log()).sum(0) / math.log(max(channels, 2))
-        per_structure = [entropy] * structures
-    else:
-        q = (1 - mean_probs).clamp(_EPS, 1.0)
-        per_structure = list(-(p * p.log() + q * q.log()) / math.log(2))
+    pairs = list(combinations(range(len(members)), 2))
+    overlap = [[0] * structures for _ in pairs]  # per pair and structure: |a & b|, |a| + |b|
+    sizes = [[0] * structures for _ in pairs]
+    entropy_sum, entropy_n = [0.0] * structures, [0] * structures
+    for slab in _slabs(mean_probs):
+        probs = mean_probs[:, slab]
+        member_masks = [
+            _masks(m[slab] if activation == "softmax" else m[:, slab], structures, activation) for m in members
+        ]
+        mean_masks = _masks(member_labels(probs, activation), structures, activation)
+        for k, values in enumerate(_entropy(probs, mean_masks, activation)):
+            entropy_sum[k] += float(values.double().sum())
+            entropy_n[k] += values.numel()
+        for i, (a, b) in enumerate(pairs):
+            for k in range(structures):
+                overlap[i][k] += int((member_masks[a][k] & member_masks[b][k]).sum())
+                sizes[i][k] += int(member_masks[a][k].sum()) + int(member_masks[b][k].sum())
     result = Uncertainty(members=len(members))
-    weighted, count = 0.0, 0
-    member_masks = [_masks(m, structures, activation) for m in members]
     for k in range(structures):
-        pairs = [_dice(a[k], b[k]) for a, b in combinations(member_masks, 2)]
-        pairs = [d for d in pairs if d is not None]
-        result.agreement[k + 1] = sum(pairs) / len(pairs) if pairs else None
-        mask = mean_masks[k]
-        n = int(mask.sum())
-        result.entropy[k + 1] = float(per_structure[k][mask].mean()) if n else None
-        if n:
-            weighted += float(per_structure[k][mask].sum())
-            count += n
-    result.foreground_entropy = weighted / count if count else None
+        dice = [2.0 * overlap[i][k] / sizes[i][k] for i in range(len(pairs)) if sizes[i][k]]
+        result.agreement[k + 1] = sum(dice) / len(dice) if dice else None
+        result.entropy[k + 1] = entropy_sum[k] / entropy_n[k] if entropy_n[k] else None
+    count = sum(entropy_n)
+    result.foreground_entropy = sum(entropy_sum) / count if count else None
     return result

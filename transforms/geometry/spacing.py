@@ -7,6 +7,11 @@ header strings) and its NIfTI conversion (float32 sform) then give 65 and 64 vox
 :class:`StableSpacing` snaps spans within ``tolerance`` output voxels of a half voxel onto it and rounds those up
 (the grid covers the input's extent; MONAI's own result there depends on float round-off), so both give one shape;
 every other shape, the output affine and its offset are MONAI's.
+
+A large scan (over :data:`SLAB_MIN_VOXELS`, e.g. a 512x512x300 CT) is resampled slab by slab
+(:func:`transforms.geometry.slab_resample.resample_slabwise`, same geometry and border padding as MONAI's
+``grid_sample``) instead of through MONAI's whole-volume sampling grid, which costs about 480 MB more for that CT;
+the MetaTensor records the same operation as MONAI's, so ``Invertd`` still inverts it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import Spacing, Spacingd
+from monai.utils import GridSamplePadMode
 
-__all__ = ["GRID_TOLERANCE", "MAX_GRID_VOXELS", "StableSpacing", "StableSpacingd", "stable_grid_shape"]
+from transforms.geometry.slab_resample import resample_slabwise
+
+__all__ = [
+    "GRID_TOLERANCE", "MAX_GRID_VOXELS", "SLAB_MIN_VOXELS", "StableSpacing", "StableSpacingd", "stable_grid_shape"
+]
 
 GRID_TOLERANCE = 1e-3
 """Output voxels: spans this close to a half voxel count as the half (1 um at 1 mm; affine noise is ~1e-5 um)."""
@@ -28,6 +38,9 @@ GRID_TOLERANCE = 1e-3
 MAX_GRID_VOXELS = 2**30
 """Largest resampled grid accepted (4 GiB as float32): a whole-body CT at 1 mm is ~0.3e9 voxels; beyond this a
 header is wrong (e.g. a slice spacing of 1e6 mm), and the allocator's failure would not name the file."""
+
+SLAB_MIN_VOXELS = 1 << 24
+"""Input voxels from which the resampling goes slab by slab (16.8 M: a 512x512x64 CT)."""
 
 
 def stable_grid_shape(
@@ -76,7 +89,41 @@ class StableSpacing(Spacing):
     def __call__(self, data_array: torch.Tensor, *args, output_spatial_shape=None, **kwargs) -> torch.Tensor:
         if output_spatial_shape is None and isinstance(data_array, MetaTensor):
             output_spatial_shape = self._stable_shape(data_array, kwargs.get("scale_extent"))
+        if self._slabwise(data_array, args, kwargs):
+            return self._resample_slabwise(data_array, output_spatial_shape, kwargs)
         return super().__call__(data_array, *args, output_spatial_shape=output_spatial_shape, **kwargs)
+
+    def _slabwise(self, image: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+        """Whether this call goes slab by slab: a large CPU MetaTensor with nothing pending, resampled eagerly in
+        float32 by linear or nearest interpolation with border padding and MONAI's voxel-centre geometry."""
+        if args or not isinstance(image, MetaTensor) or image.pending_operations or image.device.type != "cpu":
+            return False
+        lazy = kwargs.get("lazy")
+        dtype = kwargs.get("dtype") or self.sp_resample.dtype
+        return (
+            image.numel() >= SLAB_MIN_VOXELS
+            and not (self.lazy if lazy is None else lazy)
+            and str(kwargs.get("mode") or self.sp_resample.mode) in ("bilinear", "nearest")
+            and str(kwargs.get("padding_mode") or self.sp_resample.padding_mode) == GridSamplePadMode.BORDER
+            and not (kwargs.get("align_corners") or self.sp_resample.align_corners)
+            and not (kwargs.get("scale_extent") or self.scale_extent)
+            and dtype in (torch.float32, np.float32, "float32")
+        )
+
+    def _resample_slabwise(self, image: MetaTensor, shape: Sequence[int], kwargs: dict) -> MetaTensor:
+        """MONAI's lazy plan (target affine and the operation it records), carried out by
+        :func:`resample_slabwise`."""
+        view = MetaTensor(image.as_tensor(), meta=dict(image.meta))
+        view.applied_operations = list(image.applied_operations)
+        planned = super().__call__(view, output_spatial_shape=shape, **{**kwargs, "lazy": True})
+        operation = planned.pending_operations[-1]
+        dst_affine = planned.peek_pending_affine()
+        mode = str(kwargs.get("mode") or self.sp_resample.mode)
+        values = resample_slabwise(image.as_tensor(), image.affine, shape, dst_affine, mode=mode, slab_voxels=1 << 20)
+        out = MetaTensor(values, meta=dict(planned.meta))
+        out.affine = torch.as_tensor(dst_affine, dtype=torch.float64)
+        out.applied_operations = [*image.applied_operations, operation]
+        return out
 
     def _stable_shape(self, image: MetaTensor, scale_extent: bool | None) -> tuple[int, ...]:
         """MONAI's target affine from a lazy dry run on a storage-sharing view (no resampling), then the shape."""

@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
-from pipeline.inference.grid_restore import argmax_labels, resample_slabwise
+from transforms.geometry.slab_resample import argmax_labels, resample_slabwise
 
 
 def _affines(spatial_dims: int) -> tuple[np.ndarray, np.ndarray]:

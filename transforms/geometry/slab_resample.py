@@ -1,4 +1,6 @@
-"""Network-grid predictions back onto the input grid, slab by slab.
+"""Resampling between a scan's grid and the network grid, slab by slab: predictions back onto the input grid
+(:class:`pipeline.inference.restore.RestoreToInputd`) and large scans onto the network grid
+(:class:`transforms.geometry.spacing.StableSpacing`).
 
 MONAI's ``Invertd`` (``Spacing`` inverse) builds one float64 sampling grid for the whole output at once: about
 2.5 GB for a 512x512x300 CT, plus a full-resolution float map per class. Here the output is filled a slab of
@@ -137,21 +139,37 @@ def resample_slabwise(
     xform = voxel_map(src_affine, dst_affine, d)
     axes = _axis_permutation(xform)
     source = src.float()
-    if axes is not None:  # source axes in destination order, contiguous: slabs gather whole planes
-        source = source.permute(0, *(a + 1 for a in axes)).contiguous()
-        scales = np.array([xform[a, j] for j, a in enumerate(axes)])
-        offsets = np.array([xform[a, d] for a in axes])
-    step = max(1, slab_voxels // max(int(np.prod(dst_shape[1:])), 1))
     out = None
-    for start in range(0, dst_shape[0], step):
-        stop = min(start + step, dst_shape[0])
-        if axes is not None:
-            values = _separable_slab(source, scales, offsets, dst_shape, start, stop, mode).cpu()
-        else:
+    if axes is None:
+        for start, stop in _slab_bounds(dst_shape, slab_voxels):
             grid = _slab_grid(xform, dst_shape, start, stop, src.shape[1:]).to(source.device)
             values = F.grid_sample(source[None], grid, mode=mode, padding_mode="border", align_corners=True)[0].cpu()
+            values = reduce(values) if reduce is not None else values
+            if out is None:
+                out = torch.empty((values.shape[0], *dst_shape), dtype=values.dtype)
+            out[:, start:stop] = values
+        return out
+    # source axes in destination order, then the destination axes ordered outermost in the source's memory first
+    # (a NIfTI read in Fortran order slabs along its last axis): each slab gathers whole planes, with no copy
+    source = source.permute(0, *(a + 1 for a in axes))
+    order = sorted(range(d), key=lambda j: -source.stride(j + 1))
+    source = source.permute(0, *(j + 1 for j in order))
+    if not source.is_contiguous():
+        source = source.contiguous()
+    shape = [dst_shape[j] for j in order]
+    scales = np.array([xform[axes[j], j] for j in order])
+    offsets = np.array([xform[axes[j], d] for j in order])
+    for start, stop in _slab_bounds(shape, slab_voxels):
+        values = _separable_slab(source, scales, offsets, shape, start, stop, mode).cpu()
         values = reduce(values) if reduce is not None else values
         if out is None:
             out = torch.empty((values.shape[0], *dst_shape), dtype=values.dtype)
-        out[:, start:stop] = values
+            ordered = out.permute(0, *(j + 1 for j in order))
+        ordered[:, start:stop] = values
     return out
+
+
+def _slab_bounds(shape: Sequence[int], slab_voxels: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` rows of axis 0 of ``shape`` with at most ``slab_voxels`` voxels each (one row at least)."""
+    step = max(1, slab_voxels // max(int(np.prod(shape[1:])), 1))
+    return [(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
