@@ -296,12 +296,6 @@ def test_evaluate_checkpoint_points_nnunet_folders_to_evaluate_predictor(model, 
         evaluate_checkpoint(f"nnunet:{model}", [], labelled, "test")
 
 
-def test_register_model_refuses_nnunet_folders_with_the_reason(model, caplog):
-    caplog.set_level(logging.ERROR)
-    assert main(["register-model", f"nnunet:{model}", "hippocampus"]) == 2
-    assert "an nnU-Net model folder has no training run and no bundle" in caplog.text
-
-
 class _NotData:
     """A pickled object of this class is code to run, not data: an nnU-Net checkpoint holding one is refused."""
 

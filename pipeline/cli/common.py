@@ -76,10 +76,10 @@ def add_bundle(p: argparse.ArgumentParser, *, registry_flag: bool = True) -> Non
     ``--tracking-uri`` naming the registry."""
     p.add_argument("bundle", help="bundle folder, e.g. bundles/ct_organ_resunet3d or an exported one, a "
                                   "registered model: models:/NAME/VERSION, models:/NAME@ALIAS, or (predict, serve, "
-                                  "evaluate) an nnU-Net v2 trained-model folder: nnunet:PATH")
+                                  "evaluate) an nnU-Net v2 trained-model folder: nnunet:PATH, or a registered one")
     if registry_flag:
         p.add_argument("--tracking-uri",
-                       help="MLflow registry of a models:/ bundle (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+                       help="MLflow registry of a models:/ model (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
 
 
 def overrides(pairs: Sequence[str]) -> dict[str, object]:

@@ -11,7 +11,9 @@ from pipeline.cli.common import add_bundle, add_config_overlays, checked, comman
 from pipeline.cli.inference_flags import add_inference_options, add_nnunet_options, inference_options, predictor
 
 if TYPE_CHECKING:
+    from pipeline.core.bundle import Bundle
     from pipeline.evaluation.evaluate import EvaluationOptions
+    from pipeline.inference.nnunet_folder import NnunetFolder
 
 
 def regions_option(spec: str) -> dict[str, list[int]]:
@@ -27,8 +29,11 @@ def default_output(bundle_name: str) -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.core.bundle import Bundle
+    from pipeline.core.model_uri import is_model_uri
     from pipeline.evaluation.evaluate import EvaluationOptions
-    from pipeline.inference.nnunet_folder import is_nnunet_uri
+    from pipeline.inference.model_ref import open_model
+    from pipeline.inference.nnunet_folder import NnunetFolder, is_nnunet_uri
 
     if args.folds and (not args.checkpoint_pattern or args.checkpoint):
         raise SystemExit("--folds needs --checkpoint-pattern (with {fold}) and no --checkpoint")
@@ -39,16 +44,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         experiment_name=args.experiment_name, progress=not args.quiet,
         regions=None if args.regions is None else regions_option(args.regions), qc_threshold=args.qc_threshold,
     )  # fmt: skip
-    if is_nnunet_uri(args.bundle):
-        return _evaluate_nnunet(args, options)
-    return _evaluate_bundle(args, options)
+    if is_nnunet_uri(args.bundle) or is_model_uri(args.bundle):  # a registered model may be an nnU-Net one
+        model = open_model(args.bundle, tracking_uri=args.tracking_uri, folds=args.nnunet_folds,
+                           checkpoint_name=args.checkpoint_name)  # fmt: skip
+    else:
+        model = Bundle.at(args.bundle)
+    if isinstance(model, NnunetFolder):
+        return _evaluate_nnunet(args, model, options)
+    return _evaluate_bundle(args, model, options)
 
 
-def _evaluate_bundle(args: argparse.Namespace, options: EvaluationOptions) -> int:
-    from pipeline.core.bundle import Bundle
+def _evaluate_bundle(args: argparse.Namespace, bundle: Bundle, options: EvaluationOptions) -> int:
     from pipeline.evaluation.evaluate import evaluate_checkpoint, evaluate_folds
 
-    bundle = Bundle.at(args.bundle, tracking_uri=args.tracking_uri)
     datalist = _datalist(args) or bundle.datalist_file(options.config, **options.overrides)
     checkpoints = args.checkpoint or ([] if args.folds else [str(bundle.default_checkpoint)])
     output = Path(args.output or default_output(bundle.name))
@@ -66,7 +74,7 @@ def _evaluate_bundle(args: argparse.Namespace, options: EvaluationOptions) -> in
     return 0
 
 
-def _evaluate_nnunet(args: argparse.Namespace, options: EvaluationOptions) -> int:
+def _evaluate_nnunet(args: argparse.Namespace, folder: NnunetFolder, options: EvaluationOptions) -> int:
     """An nnU-Net model folder, built as ``clinseg predict`` builds it, scored on ``--datalist``/``--dataset-dir``."""
     from pipeline.evaluation.evaluate import evaluate_predictor
     from pipeline.evaluation.evaluated_model import EvaluatedModel
@@ -78,7 +86,7 @@ def _evaluate_nnunet(args: argparse.Namespace, options: EvaluationOptions) -> in
     if datalist is None:
         raise ValueError(f"{args.bundle}: an nnU-Net model names no datalist; give --datalist or --dataset-dir "
                          "(clinseg import of an nnU-Net raw folder writes one)")  # fmt: skip
-    model = predictor(args)
+    model = predictor(args, folder)
     record = EvaluatedModel.of_nnunet(model.folder)
     output = Path(args.output or default_output(model.folder.path.name))
     tracking_uri = _store(args, output, model.settings()["checkpoints"][0])

@@ -76,33 +76,40 @@ def inference_options(args: argparse.Namespace) -> tuple[Any, Any]:
 def add_nnunet_options(p: argparse.ArgumentParser, folds_flag: str = "--folds") -> None:
     """``--folds`` (``folds_flag`` where the command has its own ``--folds``) and ``--checkpoint-name`` of an
     ``nnunet:PATH`` model, as ``nnUNetv2_predict`` has them; the folds land in ``args.nnunet_folds``."""
-    g = p.add_argument_group("nnU-Net models", "for bundle nnunet:PATH, an nnU-Net v2 trained-model folder "
-                             "(nnUNet_results/DatasetXXX_NAME/nnUNetTrainer__nnUNetPlans__3d_fullres)")
+    g = p.add_argument_group("nnU-Net models", "for nnunet:PATH, an nnU-Net v2 trained-model folder "
+                             "(nnUNet_results/DatasetXXX_NAME/nnUNetTrainer__nnUNetPlans__3d_fullres), or a "
+                             "models:/ version registered from one")
     g.add_argument(folds_flag, dest="nnunet_folds", nargs="+", metavar="FOLD",
                    help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold_N with --checkpoint-name)")
     g.add_argument("--checkpoint-name", default="checkpoint_final.pth",
                    help="checkpoint file in each fold folder, e.g. checkpoint_best.pth")
 
 
-def predictor(args: argparse.Namespace) -> Any:
-    """The predictor of ``bundle``: a :class:`~pipeline.inference.predictor.Predictor` of a folder or ``models:/``
-    with ``--checkpoint``, the inference flags, ``--config`` and ``--set``; for ``nnunet:PATH`` an
-    :class:`~pipeline.inference.nnunet_predictor.NnunetPredictor` with ``--folds`` and ``--checkpoint-name``."""
+def predictor(args: argparse.Namespace, model: Any = None) -> Any:
+    """The predictor of ``bundle``, or of ``model`` when the caller opened it already
+    (:func:`pipeline.inference.model_ref.open_model`): a :class:`~pipeline.inference.predictor.Predictor` of a
+    bundle (folder or ``models:/``) with ``--checkpoint``, the inference flags, ``--config`` and ``--set``; an
+    :class:`~pipeline.inference.nnunet_predictor.NnunetPredictor` with ``--folds`` and ``--checkpoint-name`` of
+    ``nnunet:PATH`` or a ``models:/`` nnU-Net model."""
     from pipeline.cli.common import overrides
-    from pipeline.inference.nnunet_folder import is_nnunet_uri
+    from pipeline.inference.model_ref import open_model
+    from pipeline.inference.nnunet_folder import NnunetFolder
 
     options, postprocess = inference_options(args)
-    if is_nnunet_uri(args.bundle):
-        return _nnunet_predictor(args, options, postprocess)
+    if model is None:
+        model = open_model(args.bundle, tracking_uri=args.tracking_uri, folds=args.nnunet_folds,
+                           checkpoint_name=args.checkpoint_name)  # fmt: skip
+    if isinstance(model, NnunetFolder):
+        return _nnunet_predictor(args, model, options, postprocess)
     from pipeline.inference.predictor import Predictor
 
     return Predictor.from_bundle(
-        args.bundle, args.checkpoint or None, options=options, postprocess=postprocess,
-        config=["inference", *args.config], tracking_uri=args.tracking_uri, **overrides(args.set),
+        model, args.checkpoint or None, options=options, postprocess=postprocess, config=["inference", *args.config],
+        **overrides(args.set),
     )  # fmt: skip
 
 
-def _nnunet_predictor(args: argparse.Namespace, options: Any, postprocess: Any) -> Any:
+def _nnunet_predictor(args: argparse.Namespace, folder: Any, options: Any, postprocess: Any) -> Any:
     from pipeline.inference.nnunet_predictor import NnunetPredictor
 
     given = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--config", args.config),
@@ -110,4 +117,4 @@ def _nnunet_predictor(args: argparse.Namespace, options: Any, postprocess: Any) 
     if given:
         raise ValueError(f"{args.bundle}: {', '.join(given)} not supported for nnU-Net models "
                          "(use --folds and --checkpoint-name)")  # fmt: skip
-    return NnunetPredictor.from_folder(args.bundle, args.nnunet_folds, args.checkpoint_name, options=options)
+    return NnunetPredictor(folder, options)

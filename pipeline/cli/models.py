@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.common import checked, command
+from pipeline.cli.inference_flags import add_nnunet_options
 from pipeline.inference.nnunet_folder import is_nnunet_uri
 
 
@@ -17,13 +18,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_register_model(args: argparse.Namespace) -> int:
-    from pipeline.export.registry import register_run
-
     if is_nnunet_uri(args.run):
-        raise ValueError(f"{args.run}: register-model registers clinseg training runs (exported as a bundle); an "
-                         "nnU-Net model folder has no training run and no bundle: use it as nnunet:PATH")  # fmt: skip
+        from pipeline.export.nnunet_registry import register_nnunet_folder
 
-    print(register_run(args.run, args.name, bundle=args.bundle, tracking_uri=args.tracking_uri, alias=args.alias).summary())
+        if args.bundle:
+            raise ValueError(f"{args.run}: --bundle is for training runs, an nnU-Net folder has no bundle")
+        registered = register_nnunet_folder(
+            args.run, args.name, folds=args.nnunet_folds, checkpoint_name=args.checkpoint_name,
+            tracking_uri=args.tracking_uri, alias=args.alias,
+        )  # fmt: skip
+    else:
+        from pipeline.export.registry import register_run
+
+        if args.nnunet_folds:
+            raise ValueError(f"{args.run}: --folds is for an nnU-Net folder (nnunet:PATH), not a training run")
+        registered = register_run(
+            args.run, args.name, bundle=args.bundle, tracking_uri=args.tracking_uri, alias=args.alias
+        )
+    print(registered.summary())
     return 0
 
 
@@ -50,18 +62,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     checked(p, cmd_export, paths=("run",))
 
     p = command(
-        sub, "register-model", "register a training run's best model in the MLflow Model Registry, as a bundle",
-        epilog="The run's exported bundle (clinseg export) is logged as its bundle/ artifact and becomes the new "
-        "version's source; predict with it: clinseg predict models:/NAME/VERSION (or models:/NAME@ALIAS). "
-        "Credentials only from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN).",
+        sub, "register-model", "register a model in the MLflow Model Registry: a training run's best model as a "
+        "bundle, or an nnU-Net v2 trained-model folder",
+        epilog="A training run's exported bundle (clinseg export) is logged as its bundle/ artifact and becomes the "
+        "new version's source. nnunet:PATH (nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION) is "
+        "checked (plans.json, dataset.json, each chosen fold's checkpoint, read as data only) and logged as a new "
+        "run of experiment clinseg-models: its nnunet_model/ artifact holds plans.json, dataset.json, "
+        "dataset_fingerprint.json and the chosen folds' --checkpoint-name file, nothing else; params name the "
+        "dataset, plans, configuration, trainer, folds, checkpoint and labels. Predict with either: clinseg predict "
+        "models:/NAME/VERSION (or models:/NAME@ALIAS; an nnU-Net model takes --folds and --checkpoint-name there "
+        "too). Credentials only from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN).",
     )  # fmt: skip
-    p.add_argument("run", help="the run's checkpoint folder (its journal names the MLflow run) or an MLflow run id")
+    p.add_argument("run", help="the run's checkpoint folder (its journal names the MLflow run), an MLflow run id, "
+                               "or nnunet:PATH, an nnU-Net v2 trained-model folder")
     p.add_argument("name", help="registered model name")
     p.add_argument("--bundle", help="the bundle that trained it (default: from the run's config as run)")
     p.add_argument("--tracking-uri",
                    help="MLflow store and registry (default: the store a run folder logged to, else "
                         "MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
+    add_nnunet_options(p)
     checked(p, cmd_register_model)
 
     p = command(sub, "tracking", "MLflow tracking kept on disk while the server was unreachable")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +11,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from pipeline.core.model_uri import fetch_bundle, is_model_uri
+from pipeline.core.model_uri import bundle_folder, is_model_uri, open_fetched
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +50,7 @@ class Bundle:
         ``models:/NAME@ALIAS`` (fetched from the registry at ``tracking_uri``, :mod:`pipeline.core.model_uri`,
         into a temporary folder removed with the returned object)."""
         if is_model_uri(path):
-            folder = tempfile.mkdtemp(prefix="clinseg-model-")
-            try:
-                bundle = cls(fetch_bundle(str(path), folder, tracking_uri).resolve())
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-            weakref.finalize(bundle, shutil.rmtree, folder, True)
-            return bundle
+            return open_fetched(str(path), tracking_uri, lambda artifact: cls(bundle_folder(artifact).resolve()))
         root = Path(path).resolve()
         if not (root / "configs" / "metadata.json").is_file():
             raise BundleError(f"{path} is not a MONAI bundle: {root / 'configs' / 'metadata.json'} is missing")

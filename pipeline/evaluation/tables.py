@@ -14,7 +14,9 @@ from typing import Any
 from pipeline.core.atomic import atomic_write_json, atomic_write_text
 from pipeline.evaluation.evaluated_model import EvaluatedModel
 from pipeline.evaluation.result import EvaluationResult
-from pipeline.tracking.run_tags import CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, run_page_url, run_tags, set_experiment_kind
+from pipeline.tracking.run_tags import (
+    CKPT_DIR_TAG, RUN_TYPE_TAG, TRAIN_RUN_TAG, ensure_experiment, run_page_url, run_tags,
+)  # fmt: skip
 from pipeline.tracking.store import CONFIG_AS_RUN, new_run_name
 
 logger = logging.getLogger(__name__)
@@ -102,19 +104,6 @@ def find_training_run(client: Any, checkpoint: str | Path) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        location = None
-        if tracking_uri.startswith("sqlite:///"):  # same layout as MONAI's MLFlowHandler: mlruns/ beside the db
-            location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
-        experiment_id = client.create_experiment(name, artifact_location=location)
-    set_experiment_kind(client, experiment_id)
-    return experiment_id
-
-
 def log_evaluation(
     model: EvaluatedModel,
     result: EvaluationResult,
@@ -150,7 +139,7 @@ def log_evaluation(
     if train_ids:
         tags[TRAIN_RUN_TAG] = ",".join(train_ids)
     run = client.create_run(
-        _experiment_id(client, experiment_name, tracking_uri),
+        ensure_experiment(client, experiment_name, tracking_uri),
         start_time=start_time_ms,
         run_name=new_run_name(f"{model.name}-eval"),
         tags=tags,

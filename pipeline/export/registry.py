@@ -1,7 +1,8 @@
 """The MLflow Model Registry: a training run registered as a model version whose artifact is its exported
-bundle (:func:`register_run`); a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI is fetched back as a
-bundle folder by :mod:`pipeline.core.model_uri`. Works against any MLflow store through ``MlflowClient``; credentials
-come only from the environment, as MLflow reads them (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``/``_TOKEN``).
+bundle (:func:`register_run`; an nnU-Net trained-model folder: :mod:`pipeline.export.nnunet_registry`); a
+``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI is fetched back by :mod:`pipeline.core.model_uri`. Works
+against any MLflow store through ``MlflowClient``; credentials come only from the environment, as MLflow reads them
+(``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``/``_TOKEN``).
 """
 
 from __future__ import annotations
@@ -9,17 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.bundle import CONFIG_SUFFIXES, Bundle
-from pipeline.core.model_uri import MODEL_URI
+from pipeline.core.model_uri import ARTIFACT_TAG, BUNDLE_KIND, MODEL_URI
 from pipeline.export.bundle import export_bundle
 from pipeline.export.record import BEST_CHECKPOINT, RunRecord, record_from_histories, run_record
 from pipeline.tracking.store import CONFIG_AS_RUN, default_tracking_uri
 
-__all__ = ["BUNDLE_ARTIFACT", "RegisteredBundle", "register_run"]
+__all__ = ["BUNDLE_ARTIFACT", "RegisteredModel", "create_version", "register_run", "registry_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ _CONFIG_SUFFIXES = (*CONFIG_SUFFIXES, ".conf")
 
 
 @dataclass
-class RegisteredBundle:
-    """A model version created by :func:`register_run`."""
+class RegisteredModel:
+    """A model version created by :func:`register_run` or
+    :func:`~pipeline.export.nnunet_registry.register_nnunet_folder`."""
 
     name: str
     version: str
@@ -51,7 +54,9 @@ class RegisteredBundle:
         )
 
 
-def _client(tracking_uri: str | None) -> Any:
+def registry_client(tracking_uri: str | None) -> Any:
+    """An ``MlflowClient`` whose store and registry are ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, else
+    ``./mlflow.db``)."""
     from mlflow import MlflowClient
 
     uri = default_tracking_uri(tracking_uri)
@@ -93,7 +98,7 @@ def register_run(
     bundle: str | Path | Bundle | None = None,
     tracking_uri: str | None = None,
     alias: str | None = None,
-) -> RegisteredBundle:
+) -> RegisteredModel:
     """Export a training run's best model (:func:`~pipeline.export.bundle.export_bundle`), log the bundle as the
     run's ``bundle/`` artifact and register it as a new version of model ``name``.
 
@@ -113,35 +118,45 @@ def register_run(
                     f"run folder {run} has no MLflow run id yet (its journal was never replayed); "
                     f"run: clinseg tracking sync {run}"
                 )
-            client = _client(tracking_uri or record.tracking_uri)
+            client = registry_client(tracking_uri or record.tracking_uri)
         else:
-            client = _client(tracking_uri)
+            client = registry_client(tracking_uri)
             record, logged = _record_from_mlflow(client, str(run), Path(tmp) / "run")
             bundle = bundle or logged
         out = export_bundle(record, Path(tmp) / "bundle", bundle=bundle)
         client.log_artifacts(record.run_id, str(out), BUNDLE_ARTIFACT)
-    return _create_version(client, name, record, alias)
+    tags = {key: f"{value:.6g}" for key, value in record.metrics.items()}
+    tags.update({"clinseg.best_epoch": str(record.best_epoch), ARTIFACT_TAG: BUNDLE_KIND})
+    return create_version(
+        client, name, record.run_id, BUNDLE_ARTIFACT, tags=tags, metrics=record.metrics, alias=alias,
+        description=f"exported bundle of training run {record.run_name or record.run_id}",
+    )  # fmt: skip
 
 
-def _create_version(client: Any, name: str, record: RunRecord, alias: str | None) -> RegisteredBundle:
+def create_version(
+    client: Any,
+    name: str,
+    run_id: str,
+    artifact: str,
+    *,
+    tags: Mapping[str, str],
+    description: str,
+    metrics: Mapping[str, float] | None = None,
+    alias: str | None = None,
+) -> RegisteredModel:
+    """A new version of registered model ``name`` (created when new) whose source is the run's ``artifact`` path;
+    ``alias`` (e.g. ``champion``) also points at it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, description="clinseg bundles (MONAI model-zoo layout)")
+        client.create_registered_model(name, description="clinseg models (MONAI bundles, nnU-Net folders)")
     except MlflowException as error:
         if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{client.get_run(record.run_id).info.artifact_uri}/{BUNDLE_ARTIFACT}"
-    tags = {key: f"{value:.6g}" for key, value in record.metrics.items()}
-    tags.update({"clinseg.best_epoch": str(record.best_epoch), "clinseg.artifact": "monai-bundle"})
-    version = client.create_model_version(
-        name, source, run_id=record.run_id, tags=tags,
-        description=f"exported bundle of training run {record.run_name or record.run_id}",
-    )  # fmt: skip
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact}"
+    version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
-    registered = RegisteredBundle(
-        name, str(version.version), record.run_id, source, dict(record.metrics), alias
-    )
+    registered = RegisteredModel(name, str(version.version), run_id, source, dict(metrics or {}), alias)
     logger.info("%s", registered.summary())
     return registered

@@ -172,14 +172,12 @@ class NnunetPredictor:
 
 
 def nnunet_predictor_for(
-    uri: str, options: InferenceOptions | None, given: list[str], overrides: Mapping[str, Any]
+    model: str, folder: NnunetFolder, options: InferenceOptions | None, given: list[str], overrides: Mapping[str, Any]
 ) -> NnunetPredictor:
-    """:meth:`Predictor.from_bundle`'s ``nnunet:PATH``: the :class:`NnunetPredictor`; ``given``: the bundle
-    arguments the caller set, which it cannot take."""
+    """:meth:`Predictor.from_bundle`'s nnU-Net model ``model`` (``nnunet:PATH`` or ``models:/...``), opened as
+    ``folder``: the :class:`NnunetPredictor`; ``given``: the bundle arguments the caller set, which it cannot take."""
     unknown = given + sorted(set(overrides) - {"folds", "checkpoint_name"})
     if unknown:
-        raise ValueError(f"{uri}: {', '.join(unknown)} not supported for nnU-Net models (only folds and "
+        raise ValueError(f"{model}: {', '.join(unknown)} not supported for nnU-Net models (only folds and "
                          "checkpoint_name)")  # fmt: skip
-    return NnunetPredictor.from_folder(
-        uri, overrides.get("folds"), overrides.get("checkpoint_name", DEFAULT_CHECKPOINT), options=options
-    )
+    return NnunetPredictor(folder, options)

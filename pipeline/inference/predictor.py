@@ -36,14 +36,15 @@ from pipeline.inference.case import LoadedCase, Segmentation, compact_image
 from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.in_memory import labels_like
 from pipeline.inference.input_checks import bundle_modalities, modality_warnings
-from pipeline.inference.nnunet_folder import is_nnunet_uri
+from pipeline.inference.model_ref import open_model
+from pipeline.inference.nnunet_folder import DEFAULT_CHECKPOINT, NnunetFolder
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.qc_reference_file import find_qc_reference
 from pipeline.inference.restore import to_input_grid
 from pipeline.inference.tta import ACTIVATIONS, activate, flip_combinations
 from pipeline.inference.uncertainty import Uncertainty, member_labels, summarize_members, temperature_scaled
 from pipeline.inference.uniform_patches import UniformPatchCache
-from pipeline.inference.zoo_bundle import ZooBundle, open_bundle, zoo_network
+from pipeline.inference.zoo_bundle import ZooBundle, zoo_network
 from transforms.io.memory import is_in_memory
 from transforms.io.scan import LoadScand
 
@@ -153,9 +154,9 @@ class Predictor:
     ) -> Predictor | NnunetPredictor:
         """Build from a bundle's inference config; weights default to the bundle's ``models/model.pt``.
 
-        ``nnunet:PATH`` (an nnU-Net v2 trained-model folder) gives an
-        :class:`~pipeline.inference.nnunet_predictor.NnunetPredictor` instead
-        (:meth:`~pipeline.inference.nnunet_predictor.NnunetPredictor.from_folder`), with ``folds`` and
+        ``nnunet:PATH`` (an nnU-Net v2 trained-model folder), or a registered model whose artifact is one
+        (:func:`pipeline.inference.model_ref.open_model`), gives an
+        :class:`~pipeline.inference.nnunet_predictor.NnunetPredictor` instead, with ``folds`` and
         ``checkpoint_name`` as its only overrides (``nnUNetv2_predict``'s ``-f`` and ``-chk``).
 
         Args:
@@ -170,17 +171,19 @@ class Predictor:
             overrides: config ids to override (``spacing=[1, 1, 2]``).
 
         Raises:
-            ValueError: for ``nnunet:PATH``, checkpoints, postprocess, a config or overrides other than ``folds``
-                and ``checkpoint_name``.
+            ValueError: for an nnU-Net model, checkpoints, postprocess, a config or overrides other than
+                ``folds`` and ``checkpoint_name``.
         """
-        if not isinstance(bundle, Bundle) and is_nnunet_uri(bundle):
-            from pipeline.inference.nnunet_predictor import (
-                nnunet_predictor_for,  # nnU-Net only when asked for
-            )
+        model = bundle if isinstance(bundle, Bundle) else open_model(
+            bundle, tracking_uri=tracking_uri, folds=overrides.get("folds"),
+            checkpoint_name=overrides.get("checkpoint_name", DEFAULT_CHECKPOINT),
+        )  # fmt: skip
+        if isinstance(model, NnunetFolder):
+            from pipeline.inference.nnunet_predictor import nnunet_predictor_for  # nnU-Net only when asked for
 
             given = {"checkpoints": checkpoints, "postprocess": postprocess, "config": config != "inference"}
-            return nnunet_predictor_for(str(bundle), options, [k for k, v in given.items() if v], overrides)
-        bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, tracking_uri=tracking_uri)
+            return nnunet_predictor_for(str(bundle), model, options, [k for k, v in given.items() if v], overrides)
+        bundle = model
         options = options or InferenceOptions()
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -57,11 +57,9 @@ def is_zoo_layout(root: str | Path) -> bool:
     return isinstance(steps, list) and not any(_target(s) == "RestoreToInputd" for s in steps)
 
 
-def open_bundle(path: str | Path, *, tracking_uri: str | None = None) -> Bundle:
-    """:class:`ZooBundle` for a folder in the model-zoo layout, clinseg's :class:`Bundle` otherwise (also for a
-    registered model, ``models:/...``, fetched from ``tracking_uri``'s registry)."""
-    if str(path).startswith("models:/"):
-        return Bundle.at(path, tracking_uri=tracking_uri)
+def open_bundle(path: str | Path) -> Bundle:
+    """:class:`ZooBundle` for a folder in the model-zoo layout, clinseg's :class:`Bundle` otherwise (a registered
+    model, ``models:/...``: :func:`pipeline.inference.model_ref.open_model`)."""
     return ZooBundle.at(path) if is_zoo_layout(path) else Bundle.at(path)
 
 

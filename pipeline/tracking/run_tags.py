@@ -1,5 +1,5 @@
 """MLflow run tags that make a run findable: bundle, code version, data version, device and library versions;
-the experiment tag that opens an experiment in MLflow 3's model-training view.
+the experiment tag that opens an experiment in MLflow 3's model-training view, and experiments made with it.
 
 The dataset fingerprint hashes the datalist's split membership, relative file paths and file sizes, never
 file contents or the ``case`` field, so it identifies a dataset version without carrying patient identifiers.
@@ -120,6 +120,21 @@ def set_experiment_kind(client: Any, experiment_id: str) -> None:
     """Tag the experiment for MLflow 3's model-training view, unless someone chose a kind already."""
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created when new (a SQLite store keeps its artifacts in ``mlruns/`` beside
+    the database, as MONAI's ``MLFlowHandler``), tagged for MLflow 3's model-training view."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        found = experiment.experiment_id
+    else:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):
+            location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
+        found = client.create_experiment(name, artifact_location=location)
+    set_experiment_kind(client, found)
+    return found
 
 
 def run_page_url(tracking_uri: str | None, experiment_id: str, run_id: str | None = None) -> str | None:

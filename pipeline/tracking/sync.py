@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.tracking.journal import TrackingJournal, journal_dir_of, open_journal
-from pipeline.tracking.run_tags import set_experiment_kind
+from pipeline.tracking.run_tags import ensure_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,6 @@ def http_limits(max_retries: int, timeout: float) -> Iterator[None]:
     finally:
         for name in added:
             os.environ.pop(name, None)
-
-
-def _artifact_location(tracking_uri: str) -> str | None:
-    """As MONAI's ``MLFlowHandler``: a SQLite store keeps artifacts in ``mlruns/`` beside the database."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
 
 
 @dataclass
@@ -250,25 +243,17 @@ class JournalReplayer:
         client = self._mlflow()
         if self.journal.state.get("run_id"):
             return
-        experiment = client.get_experiment_by_name(record["experiment"])
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else client.create_experiment(
-                record["experiment"], artifact_location=_artifact_location(self.tracking_uri)
-            )
-        )
-        set_experiment_kind(client, experiment_id)
+        experiment = ensure_experiment(client, record["experiment"], self.tracking_uri)
         found = client.search_runs(
-            [experiment_id], filter_string=f"attributes.run_name = '{record['run_name']}'",
+            [experiment], filter_string=f"attributes.run_name = '{record['run_name']}'",
             order_by=["attributes.start_time DESC"], max_results=1,
         )  # fmt: skip
         run = (
             found[0]
             if found
-            else client.create_run(experiment_id, start_time=record["time"], run_name=record["run_name"])
+            else client.create_run(experiment, start_time=record["time"], run_name=record["run_name"])
         )
-        self.journal.state.update(run_id=run.info.run_id, experiment_id=experiment_id)
+        self.journal.state.update(run_id=run.info.run_id, experiment_id=experiment)
 
 
 _REPLAYERS: dict[Path, JournalReplayer] = {}
