@@ -6,11 +6,13 @@ The shared geometry convention: an array ``(X, Y[, Z])`` (numpy, torch) or a ``M
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from monai.data import MetaTensor
 
-__all__ = ["as_affine", "label_array", "last_axis_slabs", "spatial_array"]
+__all__ = ["as_affine", "label_array", "slabs", "spatial_array"]
 
 
 def spatial_array(x, name: str = "mask") -> np.ndarray:
@@ -83,13 +85,19 @@ def label_array(mask, name: str = "mask") -> np.ndarray:
     return arr.astype(np.uint8 if top < 256 else np.uint16)
 
 
-def last_axis_slabs(x: torch.Tensor, voxels: int = 1 << 22) -> list[tuple]:
-    """Index tuples ``(..., slice)`` cutting ``x`` along its last axis into slabs of about ``voxels`` voxels.
+def slabs(x, voxels: int = 1 << 22) -> Iterator[tuple[int, int, tuple[slice, ...]]]:
+    """Yield ``(axis, start, index)`` slabs of ``x`` (numpy array or tensor) of about ``voxels`` voxels each, along
+    its slowest-varying axis (the largest stride of the axes longer than 1).
 
-    A NIfTI read in Fortran order has its last axis outermost in memory, and torch copies such a tensor whole
-    before a reduction (``min``, ``equal``: 315 MB for a 512x512x300 float CT); per slab the copy is slab-sized.
+    Each slab is then one block of memory, in C order as in the Fortran order of a NIfTI read by nibabel (last axis
+    outermost), so a reduction copies at most a slab: torch copies a non-contiguous tensor whole before ``min``
+    (315 MB for a 512x512x300 float CT).
     """
-    plane = max(x.numel() // max(x.shape[-1], 1), 1)
-    step = max(1, voxels // plane)
-    return [(..., slice(i, i + step)) for i in range(0, x.shape[-1], step)]
-
+    strides = x.strides if isinstance(x, np.ndarray) else x.stride()
+    axes = [a for a in range(x.ndim) if x.shape[a] > 1] or [0]
+    axis = max(axes, key=lambda a: abs(strides[a]))
+    step = max(1, voxels // max(1, int(np.prod(x.shape)) // max(1, x.shape[axis])))
+    for start in range(0, x.shape[axis], step):
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(start, start + step)
+        yield axis, start, tuple(index)

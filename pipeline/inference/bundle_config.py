@@ -7,20 +7,23 @@ sliding window is the config's ``inferer`` (built once, with these values); rest
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
+from torch import nn
 
+from pipeline.core.checkpoint import network_from_checkpoint
 from pipeline.inference.options import InferenceOptions, PostprocessOptions
 from pipeline.inference.postprocess import CleanLabelsd
 from pipeline.inference.restore import RestoreToInputd
 
-__all__ = ["configure", "resolved_options", "steps_of"]
+__all__ = ["bundle_network", "bundle_window", "configure", "resolved_options", "steps_of"]
 
 
 def _step_ids(parser: ConfigParser, name: str, option: str) -> list[str]:
@@ -102,3 +105,19 @@ def resolved_options(
         amp=amp,
     )
     return resolved, cleanups[0].options if cleanups else PostprocessOptions()
+
+
+def bundle_network(parser: ConfigParser, path: Path, device: torch.device) -> nn.Module:
+    """The network of a clinseg bundle's checkpoint ``path``; the config's ``network_def`` where the checkpoint
+    names none (:func:`~pipeline.core.checkpoint.network_from_checkpoint`)."""
+    return network_from_checkpoint(
+        path, map_location=device, default=lambda: parser.get_parsed_content("network_def")
+    )
+
+
+def bundle_window(parser: ConfigParser) -> tuple[float, float] | None:
+    """The bundle's ``window: {level, width}`` (HU) as ``(level, width)`` for previews, if it has one."""
+    window = parser.get("window", None)
+    if isinstance(window, Mapping) and {"level", "width"} <= set(window):
+        return float(window["level"]), float(window["width"])
+    return None

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
-from pipeline.core.arrays import last_axis_slabs
+from pipeline.core.arrays import slabs
 from pipeline.inference.uncertainty import Uncertainty
 
 __all__ = ["LoadedCase", "Segmentation", "compact_image"]
@@ -18,26 +18,24 @@ _INT16 = torch.iinfo(torch.int16)
 
 def compact_image(image: MetaTensor) -> MetaTensor:
     """``image`` as int16 when that is exact (float32 whole numbers in int16's range, e.g. CT in HU: half the
-    memory), else ``image`` itself; checked and converted slab by slab, the memory layout kept."""
+    memory), else ``image`` itself; checked slab by slab (:func:`~pipeline.core.arrays.slabs`), the memory layout
+    kept."""
     if image.dtype != torch.float32:
         return image
     values = image.as_tensor()
-    for chunk in last_axis_slabs(values):
-        part = values[chunk]
+    for _, _, index in slabs(values):
+        part = values[index]
         if part.numel() and not (
             _INT16.min <= float(part.min()) and float(part.max()) <= _INT16.max and torch.equal(part, part.round())
         ):
             return image
-    out = torch.empty_like(values, dtype=torch.int16)
-    for chunk in last_axis_slabs(values):
-        out[chunk] = values[chunk]
-    return MetaTensor(out, meta=dict(image.meta), applied_operations=list(image.applied_operations))
+    return _retyped(image, torch.int16)
 
 
-def _expanded(image: MetaTensor) -> MetaTensor:
-    out = torch.empty_like(image.as_tensor(), dtype=torch.float32)
-    for chunk in last_axis_slabs(out):
-        out[chunk] = image.as_tensor()[chunk]
+def _retyped(image: MetaTensor, dtype: torch.dtype) -> MetaTensor:
+    """``image`` converted to ``dtype`` with its meta and operations; ``Tensor.to`` keeps the strides (a Fortran
+    layout too) and makes no temporary beyond the result."""
+    out = image.as_tensor().to(dtype)
     return MetaTensor(out, meta=dict(image.meta), applied_operations=list(image.applied_operations))
 
 
@@ -67,7 +65,7 @@ class LoadedCase:
         int16-stored one is expanded on first access, once)."""
         for key, image in self.read.items():
             if image.dtype == torch.int16:
-                self.read[key] = _expanded(image)
+                self.read[key] = _retyped(image, torch.float32)
         return self.read
 
     @property

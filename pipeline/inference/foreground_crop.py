@@ -103,7 +103,7 @@ def case_box(case: LoadedCase, options: InferenceOptions) -> tuple[slice, ...] |
     box is the whole grid. ``options`` must be resolved (a Predictor's ``options``)."""
     if not options.crop_foreground:
         return None
-    reference = case.reference
+    reference = case.read[case.keys[0]]  # as stored (int16 where exact): LoadedCase.inputs would expand it
     return body_box(
         reference,
         reference.affine,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.core.arrays import last_axis_slabs
+from pipeline.core.arrays import slabs
 
 __all__ = ["AIR_HU", "bundle_modalities", "modality_warnings"]
 
@@ -59,7 +59,7 @@ def modality_warnings(
             )
         elif want == "CT" and image.numel():
             values = torch.as_tensor(image)
-            low = min(float(values[slab].min()) for slab in last_axis_slabs(values))
+            low = min(float(values[index].min()) for _, _, index in slabs(values))
             if low > AIR_HU:
                 warnings.append(
                     f"input {key!r}: lowest intensity {low:g} is above {AIR_HU:g} HU (no air), so it is not CT in "

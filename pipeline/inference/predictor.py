@@ -27,11 +27,10 @@ from monai.transforms import Compose, LoadImaged
 from torch import nn
 
 from pipeline.core.bundle import Bundle
-from pipeline.core.checkpoint import network_from_checkpoint
 from pipeline.core.heap import return_freed_memory
 from pipeline.inference.backend_choice import choose_backend, patch_shape, resolve_amp
 from pipeline.inference.backends import Runner
-from pipeline.inference.bundle_config import configure, resolved_options
+from pipeline.inference.bundle_config import bundle_network, bundle_window, configure, resolved_options
 from pipeline.inference.case import LoadedCase, Segmentation, compact_image
 from pipeline.inference.foreground_crop import case_box
 from pipeline.inference.in_memory import labels_like
@@ -194,7 +193,7 @@ class Predictor:
             checkpoints = [bundle.default_checkpoint]
         elif isinstance(checkpoints, (str, Path)):
             checkpoints = [checkpoints]
-        load = zoo_network if isinstance(bundle, ZooBundle) else _load_network
+        load = zoo_network if isinstance(bundle, ZooBundle) else bundle_network
         nets = [load(parser, Path(c), device) for c in checkpoints]
         qc_reference = find_qc_reference(bundle.root, [Path(c) for c in checkpoints])
         input_keys = list(parser.get_parsed_content("input_keys")) if "input_keys" in parser else ["image"]
@@ -212,7 +211,7 @@ class Predictor:
             bundle_name=bundle.name,
             checkpoint_names=[str(Path(c).resolve()) for c in checkpoints],
             options=options,
-            display_window=_window(parser.get("window", None)),
+            display_window=bundle_window(parser),
             input_modalities=bundle_modalities(meta, input_keys),
             activation=parser.get("output_activation", "softmax"),  # sigmoid: a region bundle
             regions=parser.get("regions", None),
@@ -398,15 +397,3 @@ class Predictor:
         with single-valued patches evaluated once (:class:`~pipeline.inference.uniform_patches.UniformPatchCache`)."""
         return UniformPatchCache(run) if self.options.skip_uniform_patches else run
 
-
-def _window(window: Any) -> tuple[float, float] | None:
-    """The bundle's ``window: {level, width}`` (HU) as ``(level, width)`` for previews, if it has one."""
-    if isinstance(window, Mapping) and {"level", "width"} <= set(window):
-        return float(window["level"]), float(window["width"])
-    return None
-
-
-def _load_network(parser, path: Path, device: torch.device) -> nn.Module:
-    return network_from_checkpoint(
-        path, map_location=device, default=lambda: parser.get_parsed_content("network_def")
-    )

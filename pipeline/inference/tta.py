@@ -7,7 +7,7 @@ import itertools
 
 import torch
 
-__all__ = ["ACTIVATIONS", "activate", "flip_combinations"]
+__all__ = ["ACTIVATIONS", "activate", "flip_combinations", "softmax_"]
 
 ACTIVATIONS = ("softmax", "sigmoid")
 
@@ -21,11 +21,13 @@ def activate(logits: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     logits = logits.float()
-    if activation == "sigmoid":
-        return logits.sigmoid_()
-    # torch.softmax's own steps (shift by the maximum, exp, normalise), in place
-    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(dim=1, keepdim=True))
+    return logits.sigmoid_() if activation == "sigmoid" else softmax_(logits, 1)
+
+
+def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.softmax(x, dim)`` written into ``x``: its own steps (shift by the maximum, exp, normalise)."""
+    x.sub_(x.amax(dim=dim, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=dim, keepdim=True))
 
 
 def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:

@@ -14,6 +14,9 @@ from itertools import combinations
 
 import torch
 
+from pipeline.core.arrays import slabs
+from pipeline.inference.tta import softmax_
+
 __all__ = ["Uncertainty", "member_labels", "summarize_members", "temperature_scaled"]
 
 _EPS = 1e-6
@@ -61,18 +64,15 @@ def temperature_scaled(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     p = probs.clamp_(_EPS, 1 - _EPS) if inplace else probs.clamp(_EPS, 1 - _EPS)
     if activation == "softmax":
-        p.log_().div_(temperature)
-        p.sub_(p.amax(dim=0, keepdim=True)).exp_()  # torch.softmax's steps, in place
-        return p.div_(p.sum(dim=0, keepdim=True))
+        return softmax_(p.log_().div_(temperature), 0)
     return p.logit_().div_(temperature).sigmoid_()
 
 
-def _slabs(scores: torch.Tensor) -> list[slice]:
-    """Slices of the first spatial axis of ``scores`` ``(C, X, ...)`` of about :data:`_SLAB_VOXELS` voxels each,
-    so that per-voxel temporaries (an int64 argmax, an entropy map) stay slab-sized."""
-    plane = max(int(math.prod(scores.shape[2:])), 1)
-    step = max(1, _SLAB_VOXELS // plane)
-    return [slice(i, i + step) for i in range(0, scores.shape[1], step)]
+def _slabs(scores: torch.Tensor) -> list[tuple[slice, ...]]:
+    """Indices ``(..., *spatial slices)`` of slabs of the spatial axes of ``scores`` ``(C, X, ...)`` of about
+    :data:`_SLAB_VOXELS` voxels each (:func:`pipeline.core.arrays.slabs`), for its masks and labels too, so that
+    per-voxel temporaries (an int64 argmax, an entropy map) stay slab-sized."""
+    return [(..., *index) for _, _, index in slabs(scores[0], _SLAB_VOXELS)]
 
 
 def member_labels(scores: torch.Tensor, activation: str = "softmax", *, logits: bool = False) -> torch.Tensor:
@@ -83,7 +83,7 @@ def member_labels(scores: torch.Tensor, activation: str = "softmax", *, logits: 
         return scores > (0.0 if logits else 0.5)
     labels = torch.empty(scores.shape[1:], dtype=torch.uint8, device=scores.device)
     for slab in _slabs(scores):
-        labels[slab] = scores[:, slab].argmax(0)
+        labels[slab] = scores[slab].argmax(0)
     return labels
 
 
@@ -121,10 +121,8 @@ def summarize_members(
     sizes = [[0] * structures for _ in pairs]
     entropy_sum, entropy_n = [0.0] * structures, [0] * structures
     for slab in _slabs(mean_probs):
-        probs = mean_probs[:, slab]
-        member_masks = [
-            _masks(m[slab] if activation == "softmax" else m[:, slab], structures, activation) for m in members
-        ]
+        probs = mean_probs[slab]
+        member_masks = [_masks(m[slab], structures, activation) for m in members]
         mean_masks = _masks(member_labels(probs, activation), structures, activation)
         for k, values in enumerate(_entropy(probs, mean_masks, activation)):
             entropy_sum[k] += float(values.double().sum())

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from pipeline.core.arrays import slabs as array_slabs
 from pipeline.core.arrays import spatial_array
 
 __all__ = ["HISTOGRAM_BINS", "SLAB_VOXELS", "display_range", "percentile_window", "preview_window", "slabs"]
@@ -16,13 +17,9 @@ SLAB_VOXELS = 1 << 20
 
 
 def slabs(arr: np.ndarray) -> Iterator[tuple[int, int, tuple[slice, ...]]]:
-    """Yield ``(axis, start, index)`` slabs of ``arr`` along its slowest-varying (largest stride) axis."""
-    axis = int(np.argmax(np.abs(arr.strides)))
-    step = max(1, SLAB_VOXELS // max(1, arr.size // max(1, arr.shape[axis])))
-    for start in range(0, arr.shape[axis], step):
-        index = [slice(None)] * arr.ndim
-        index[axis] = slice(start, start + step)
-        yield axis, start, tuple(index)
+    """Yield ``(axis, start, index)`` slabs of :data:`SLAB_VOXELS` voxels of ``arr`` along its slowest-varying
+    (largest stride) axis (:func:`pipeline.core.arrays.slabs`)."""
+    return array_slabs(arr, SLAB_VOXELS)
 
 
 HISTOGRAM_BINS = 1 << 14

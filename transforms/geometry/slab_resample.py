@@ -153,9 +153,7 @@ def resample_slabwise(
     # (a NIfTI read in Fortran order slabs along its last axis): each slab gathers whole planes, with no copy
     source = source.permute(0, *(a + 1 for a in axes))
     order = sorted(range(d), key=lambda j: -source.stride(j + 1))
-    source = source.permute(0, *(j + 1 for j in order))
-    if not source.is_contiguous():
-        source = source.contiguous()
+    source = source.permute(0, *(j + 1 for j in order)).contiguous()  # a no-op when already so
     shape = [dst_shape[j] for j in order]
     scales = np.array([xform[axes[j], j] for j in order])
     offsets = np.array([xform[axes[j], d] for j in order])
