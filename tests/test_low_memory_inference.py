@@ -145,3 +145,16 @@ def test_slabwise_uncertainty_summary_equals_its_whole_grid_definition():
         assert summary.agreement[k] == pytest.approx(agreement[k], rel=1e-9)
         assert summary.entropy[k] == pytest.approx(entropy[k], rel=1e-5)
     assert summary.foreground_entropy == pytest.approx(foreground, rel=1e-5)
+
+
+def test_the_body_box_is_found_without_expanding_the_int16_images_as_read():
+    from pipeline.inference.foreground_crop import case_box
+    from pipeline.inference.options import InferenceOptions
+
+    read = _lps_scan().round()
+    network = MetaTensor(torch.zeros(1, 46, 40, 21), affine=read.affine.clone())
+    options = InferenceOptions(roi_size=(8, 8, 8), overlap=0.25, crop_foreground=True, foreground_hu=800.0, crop_margin=0)
+    expected = case_box(LoadedCase({"image": network}, {"image": read}, ("image",)), options)
+    case = LoadedCase({"image": network}, {"image": compact_image(read)}, ("image",))
+    assert expected is not None and case_box(case, options) == expected
+    assert case.read["image"].dtype == torch.int16  # still compact while the network runs
