@@ -10,7 +10,7 @@ resampled probabilities slab by slab, plus volumes.csv, preview.png and the repo
 write).
 
 Prints markdown rows: folder throughput (with ``--backend-rows`` also per ``--backend``, float32) (cases/min, ratio ours/naive, Dice between the two outputs) and the
-peak RSS of one large synthetic CT (each side in a fresh subprocess).
+peak RSS of one large synthetic CT, naive and ours per --memory-backends (each in a fresh subprocess).
 """
 
 from __future__ import annotations
@@ -187,23 +187,35 @@ def dice(a: np.ndarray, b: np.ndarray, labels=(1, 2)) -> float:
 
 
 def memory_child(side: str, path: Path, checkpoint: Path, args: argparse.Namespace) -> None:
-    """Run one case on one side and print its peak RSS in MB (this process only)."""
+    """Run one case on one side (``naive``, or ``ours`` / ``ours:BACKEND``) and print its peak RSS in MB (this
+    process only) and, for ours, the backend that ran."""
     torch.set_num_threads(args.threads)
-    out = path.parent / f"out_{side}"
-    if side == "ours":
-        src = path.parent / "src"
-        src.mkdir(exist_ok=True)
-        (src / "big").mkdir(exist_ok=True)
+    out = path.parent / f"out_{side.replace(':', '_')}"
+    if side.startswith("ours"):
+        src = path.parent / f"src_{side.replace(':', '_')}"
+        (src / "big").mkdir(parents=True, exist_ok=True)
         shutil.copy(path, src / "big" / "ct.nii.gz")
         options = InferenceOptions(
-            roi_size=args.roi, overlap=args.memory_overlap, sw_batch_size=args.sw_batch_size, device="cpu"
-        )
-        report = predict_folder(Predictor.from_bundle(BUNDLE, checkpoint, options=options), src, out)
+            roi_size=args.roi, overlap=args.memory_overlap, sw_batch_size=args.sw_batch_size, device="cpu",
+            backend=side.partition(":")[2] or "auto",
+        )  # fmt: skip
+        predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=options)
+        report = predict_folder(predictor, src, out)
         if report.counts()["ok"] != 1:
             raise RuntimeError(f"ours failed: {report.results}")
+        print(f"BACKEND {predictor.backend_info()['backend']}")
     else:
         NaiveLoop(checkpoint, args.roi, args.memory_overlap, args.sw_batch_size, out, path.parent)(path)
-    print(f"PEAK_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    print(f"PEAK_MB {peak_rss_mb():.0f}")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident size (``VmHWM``), in MB. Not ``getrusage``'s ``ru_maxrss``: Linux keeps that
+    across ``fork`` + ``exec``, so a child would report the parent's peak whenever it is larger."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: no fork-inherited peak there
 
 
 def folder_rows(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> None:
@@ -332,6 +344,10 @@ def main() -> None:
     )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument(
+        "--memory-backends", nargs="+", default=["auto", "torch", "onnxruntime", "openvino"],
+        help="--backend of each of ours' memory rows (auto: clinseg predict's default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--memory-child", nargs=3, metavar=("SIDE", "CT", "CHECKPOINT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -358,37 +374,21 @@ def main() -> None:
             write_nifti(hu, affine, big)
             del hu
             peaks = {}
-            for side in ("naive", "ours"):
+            for side in ("naive", *(f"ours:{b}" for b in args.memory_backends)):
                 cmd = [
-                    sys.executable,
-                    __file__,
-                    "--memory-child",
-                    side,
-                    str(big),
-                    str(checkpoint),
-                    "--threads",
-                    str(args.threads),
-                    "--roi",
-                    *map(str, args.roi),
-                    "--memory-overlap",
-                    str(args.memory_overlap),
-                    "--sw-batch-size",
-                    str(args.sw_batch_size),
-                ]
+                    sys.executable, __file__, "--memory-child", side, str(big), str(checkpoint),
+                    "--threads", str(args.threads), "--roi", *map(str, args.roi),
+                    "--memory-overlap", str(args.memory_overlap), "--sw-batch-size", str(args.sw_batch_size),
+                ]  # fmt: skip
                 start = time.perf_counter()
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                line = next(ln for ln in done.stdout.splitlines() if ln.startswith("PEAK_MB"))
-                peaks[side] = (float(line.split()[1]), time.perf_counter() - start)
+                found = dict(ln.split(maxsplit=1) for ln in done.stdout.splitlines() if ln.startswith(("PEAK_MB", "BACKEND")))
+                peaks[side] = (float(found["PEAK_MB"]), time.perf_counter() - start, found.get("BACKEND", "-"))
             shape = "x".join(map(str, args.memory_shape))
-            print(
-                "\n| one CT on CPU | ours peak RSS (MB) | naive peak RSS (MB) | ratio ours/naive | ours (s) | naive (s) |"
-            )
-            print("|---|---|---|---|---|---|")
-            print(
-                f"| {shape} int16 NIfTI | {peaks['ours'][0]:.0f} | {peaks['naive'][0]:.0f} | "
-                f"{peaks['ours'][0] / peaks['naive'][0]:.2f} | {peaks['ours'][1]:.0f} | {peaks['naive'][1]:.0f} |"
-            )
-
+            print(f"\n| one {shape} int16 NIfTI CT on CPU | backend run | peak RSS (MB) | ratio vs naive | seconds |")
+            print("|---|---|---|---|---|")
+            for side, (mb, seconds, backend) in peaks.items():
+                print(f"| {side} | {backend} | {mb:.0f} | {mb / peaks['naive'][0]:.2f} | {seconds:.0f} |")
 
 if __name__ == "__main__":
     main()
