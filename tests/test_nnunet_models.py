@@ -309,3 +309,24 @@ def test_a_checkpoint_holding_more_than_data_is_refused_before_nnunet_unpickles_
     with pytest.raises(ValueError, match=rf"nnU-Net checkpoint {re.escape(str(checkpoint))}: holds more than .*_NotData"):
         NnunetPredictor.from_folder(copy, [0])
     assert NnunetPredictor.from_folder(copy, [1]).settings()["folds"] == ["1"]  # numpy scalars in its logs are data
+
+
+@pytest.mark.slow
+def test_random_model_folder_takes_a_configuration_of_chosen_size_and_patch(tmp_path):
+    from pipeline.synthetic.nnunet_model import random_model_folder, write_raw_dataset
+
+    env = nnunet_env(tmp_path)
+    raw = write_raw_dataset(Path(env["nnUNet_raw"]), 903, "Sized", cases=2, shape=SHAPE)
+    sized = {"patch_size": [16, 32, 32], "architecture": {"arch_kwargs": {
+        "n_stages": 3, "features_per_stage": [4, 8, 16], "kernel_sizes": [[3, 3, 3]] * 3,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [1] * 3, "n_conv_per_stage_decoder": [1] * 2,
+    }}}  # fmt: skip
+    model = random_model_folder(raw, env, configuration=sized)
+    config = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
+    assert config["patch_size"] == [16, 32, 32] and config["architecture"]["arch_kwargs"]["n_stages"] == 3
+    assert config["architecture"]["arch_kwargs"]["conv_op"]  # entries not given are kept
+    weights = torch.load(model / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    first = next(v for k, v in weights.items() if k.endswith("weight") and v.ndim == 5)
+    assert first.shape[0] == 4  # the network was built from the merged plans
+    predictor = NnunetPredictor.from_folder(model, folds=[0])
+    assert predictor.folder.path == model

@@ -1,6 +1,6 @@
 """Which runner the Predictor's networks use: the requested backend and torch layout, or, for ``auto``, the
-fastest on one batch of the actual patch shape, measured; an unavailable or failing backend falls back to torch
-with one warning saying why."""
+fastest on one batch of the actual patch shape, measured once and recorded (:mod:`.backend_record`); an
+unavailable or failing backend falls back to torch with one warning saying why."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pipeline.inference.backends import (
     TorchRunner,
     channels_last_format,
 )
+from pipeline.inference.backend_record import choice_key, record_choice, recorded_choice
 from pipeline.inference.onnx_export import exported_onnx
 
 __all__ = ["BackendChoice", "choose_backend", "fastest", "patch_shape", "resolve_amp"]
@@ -41,12 +42,14 @@ class BackendChoice:
         runners: one per network, in order.
         timings_ms: best time per candidate on one patch batch (empty when nothing was measured).
         fallback: why the requested backend was not used (empty when it was).
+        recorded: ``auto`` took an earlier run's recorded measurement (``timings_ms`` are that run's).
     """
 
     name: str
     runners: list[Runner]
     timings_ms: dict[str, float] = field(default_factory=dict)
     fallback: str = ""
+    recorded: bool = False
 
     @property
     def amp(self) -> bool:
@@ -55,7 +58,8 @@ class BackendChoice:
 
     def as_dict(self) -> dict:
         """JSON-able record for the run's report."""
-        return {"backend": self.name, "timings_ms": self.timings_ms, "fallback": self.fallback or None}
+        return {"backend": self.name, "timings_ms": self.timings_ms, "fallback": self.fallback or None,
+                "recorded": self.recorded}
 
 
 def fastest(runners: Mapping[str, Runner], x: torch.Tensor, rounds: int = 4) -> tuple[str, dict[str, float]]:
@@ -100,6 +104,10 @@ def choose_backend(
         if backend in _RUNTIMES:
             raise ValueError(f"backend {backend!r} runs on the CPU; device is {device} (use --backend torch or auto)")
         return _torch_choice(nets, "channels_last" if layout == "channels_last" else "contiguous", amp)
+    key = _choice_key(nets[0], patch_shape, amp, layout) if backend == "auto" else None
+    recorded = _recorded(recorded_choice(key), nets, patch_shape, amp) if key else None
+    if recorded is not None:
+        return recorded
     x = torch.rand(tuple(patch_shape), generator=torch.Generator().manual_seed(0))
     names = [backend] if backend in _RUNTIMES else [*_RUNTIMES] if backend == "auto" else []
     candidates: dict[str, list[Runner]] = {}
@@ -128,7 +136,35 @@ def choose_backend(
         return _complete(BackendChoice(name, candidates[name], fallback=fallback), nets, amp)
     name, timings = fastest({k: v[0] for k, v in candidates.items()}, x)
     logger.info("backend %s: %s chosen, best ms per patch batch %s", backend, name, timings)
+    if key:
+        record_choice(key, name, timings)
     return _complete(BackendChoice(name, candidates[name], timings, fallback), nets, amp)
+
+
+def _choice_key(net: nn.Module, patch_shape: Sequence[int], amp: bool, layout: str) -> str | None:
+    try:
+        return choice_key(net, patch_shape, amp=amp, layout=layout)
+    except ImportError:  # no onnx: no runtime to choose between, nothing worth recording
+        return None
+
+
+def _recorded(
+    entry: dict | None, nets: Sequence[nn.Module], patch_shape: Sequence[int], amp: bool
+) -> BackendChoice | None:
+    """The recorded backend's runners, or ``None`` (nothing recorded, or it no longer builds: measure again)."""
+    if entry is None:
+        return None
+    name, timings = entry["backend"], dict(entry.get("timings_ms") or {})
+    if name in _RUNTIMES:
+        try:
+            return BackendChoice(name, _runtime_runners(name, nets, patch_shape), timings, recorded=True)
+        except Exception as error:  # noqa: BLE001 - a runtime that no longer loads: measure again
+            logger.info("recorded backend %s unavailable (%s); measuring again", name, error)
+            return None
+    if name in ("torch", "torch-channels_last"):
+        layout = "contiguous" if name == "torch" else "channels_last"
+        return BackendChoice(name, [_torch_runner(net, layout, amp) for net in nets], timings, recorded=True)
+    return None
 
 
 def _runtime_runners(name: str, nets: Sequence[nn.Module], patch_shape: Sequence[int]) -> list[Runner]:

@@ -18,8 +18,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,12 +83,20 @@ def build_model_folder(
     return random_model_folder(raw, env, folds=folds, seed=seed)
 
 
-def random_model_folder(raw: Path, env: dict[str, str], *, folds: Sequence[int] = (0,), seed: int = 0) -> Path:
+def random_model_folder(
+    raw: Path, env: dict[str, str], *, folds: Sequence[int] = (0,), seed: int = 0,
+    configuration: Mapping[str, Any] | None = None,
+) -> Path:
     """Plan the raw dataset ``raw`` (``nnUNet_raw/DatasetXXX_NAME``) with nnU-Net and save random-weight folds
     in ``nnUNet_results``; returns the trained-model folder.
 
     The output layer's bias favours the foreground labels a little, so the random network predicts every
     label somewhere (a test of agreement on an all-background mask would prove nothing).
+
+    Args:
+        configuration: entries merged into the plans' ``3d_fullres`` configuration before the network is built,
+            nested mappings merged key by key (e.g. ``{"spacing": [2.5, 1.6, 1.6], "patch_size": [32, 64, 64],
+            "architecture": {"arch_kwargs": {"n_stages": 4, ...}}}``): a network of a chosen size and patch.
     """
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -100,10 +109,12 @@ def random_model_folder(raw: Path, env: dict[str, str], *, folds: Sequence[int] 
     planned = Path(env["nnUNet_preprocessed"]) / raw.name
     model = Path(env["nnUNet_results"]) / raw.name / TRAINER_FOLDER
     model.mkdir(parents=True, exist_ok=True)
-    shutil.copy(planned / "nnUNetPlans.json", model / "plans.json")
+    plans = json.loads((planned / "nnUNetPlans.json").read_text())
+    _merge(plans["configurations"][CONFIGURATION], configuration or {})
+    (model / "plans.json").write_text(json.dumps(plans, indent=1))
     shutil.copy(raw / "dataset.json", model / "dataset.json")
     dataset = json.loads((raw / "dataset.json").read_text())
-    arch = json.loads((model / "plans.json").read_text())["configurations"][CONFIGURATION]["architecture"]
+    arch = plans["configurations"][CONFIGURATION]["architecture"]
     n_in, n_out = len(dataset["channel_names"]), len(dataset["labels"])
     bias = torch.zeros(n_out)
     bias[1:] = torch.linspace(0.3, 0.1, n_out - 1)
@@ -128,3 +139,12 @@ def random_model_folder(raw: Path, env: dict[str, str], *, folds: Sequence[int] 
         }
         torch.save(checkpoint, model / f"fold_{fold}" / "checkpoint_final.pth")
     return model
+
+
+def _merge(target: dict, changes: Mapping[str, Any]) -> None:
+    """``changes`` into ``target`` in place, nested mappings key by key."""
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
