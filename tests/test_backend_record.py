@@ -12,21 +12,10 @@ import torch
 from pipeline.inference import backend_choice
 from pipeline.inference.backend_record import choice_key
 from pipeline.inference.onnx_export import export_cache_dir
-from tests.test_backends import ROI, _predictor
+from tests.test_backends import ROI, _cache_and_threads, _predictor, checkpoint  # noqa: F401 - fixtures
 from tests.test_predictor import random_checkpoint
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
-
-
-@pytest.fixture(autouse=True)
-def _cache_and_threads(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLINSEG_CACHE_DIR", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def _no_measuring(monkeypatch):
