@@ -128,6 +128,7 @@ def part_predict(args: argparse.Namespace, device: torch.device) -> list[str]:
     """(b): Predictor seconds per CT, float32 (reference), AMP, AMP + torch.compile."""
     from pipeline.core.checkpoint import NetworkSpec
     from pipeline.core.bundle import Bundle
+    from pipeline.inference.backend_choice import resolve_amp
     from pipeline.inference.backends import TorchRunner
     from pipeline.inference.options import InferenceOptions
     from pipeline.inference.predictor import Predictor
@@ -147,6 +148,9 @@ def part_predict(args: argparse.Namespace, device: torch.device) -> list[str]:
         for name, amp, compiled in runs:
             if compiled and args.smoke:
                 rows.append(f"| {name} | skipped: --smoke | |")
+                continue
+            if amp and not resolve_amp(None, device):  # emulated bfloat16: tens of times slower than float32
+                rows.append(f"| {name} | skipped: no native bfloat16 on this CPU | |")
                 continue
             options = InferenceOptions(device=device.type, amp=amp)
             predictor = Predictor.from_bundle(BUNDLE, checkpoint, options=options)

@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tta", action="store_true", help="mirroring on both sides (default: off on both)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--clinseg-variant", action="append", default=[], metavar="FLAGS",
+                        help="also time clinseg with these extra flags, e.g. --clinseg-variant=--no-preview")  # fmt: skip
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
     env = nnunet_env(work / "nnunet")
@@ -114,9 +116,11 @@ def main() -> None:
     theirs = [str(bin_dir / "nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(theirs_dir),
               "-m", str(model), "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"]  # fmt: skip
     theirs += [] if args.tta else ["--disable_tta"]
-    times: dict[str, list[float]] = {"clinseg": [], "nnunet": []}
+    variants = [(f"clinseg {flags}", [*ours[:8], str(work / f"clinseg_{i}"), *ours[9:], *flags.split()])
+                for i, flags in enumerate(args.clinseg_variant)]  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in ["clinseg", "nnunet", *(n for n, _ in variants)]}
     for i in range(args.repeats):
-        order = [("clinseg", ours), ("nnunet", theirs)]
+        order = [("clinseg", ours), ("nnunet", theirs), *variants]
         for name, cmd in order if i % 2 == 0 else order[::-1]:
             times[name].append(timed(cmd, env))
     pooled, worst, mismatched, labels = agreement(images, ours_dir, theirs_dir)
@@ -125,6 +129,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "data": data, "tta": args.tta,
         "cases": args.cases, "repeats": args.repeats, "seconds": times, "fastest_s": best,
         "ratio_clinseg_over_nnunet": best["clinseg"] / best["nnunet"],
+        "ratio_variants_over_nnunet": {name: best[name] / best["nnunet"] for name, _ in variants},
         "voxel_agreement_pooled": pooled, "voxel_agreement_worst_case": worst, "grid_mismatches": mismatched,
         "labels_predicted_by_nnunet": labels, "model": str(model), "cpu_count": os.cpu_count(),
     }  # fmt: skip
