@@ -71,7 +71,6 @@ def test_a_recorded_runtime_that_no_longer_loads_measures_again(checkpoint, monk
     path = export_cache_dir() / "backend_choices.json"
     entries = json.loads(path.read_text())
     path.write_text(json.dumps({k: {**v, "backend": "onnxruntime"} for k, v in entries.items()}))
-    original = backend_choice._RUNTIMES["onnxruntime"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("library gone")
@@ -79,7 +78,6 @@ def test_a_recorded_runtime_that_no_longer_loads_measures_again(checkpoint, monk
     monkeypatch.setitem(backend_choice._RUNTIMES, "onnxruntime", broken)
     info = _predictor(checkpoint, backend="auto").backend_info()
     assert not info["recorded"] and info["backend"] != "onnxruntime" and first["timings_ms"]
-    monkeypatch.setitem(backend_choice._RUNTIMES, "onnxruntime", original)
 
 
 def test_an_explicit_backend_neither_reads_nor_writes_the_record(checkpoint):

@@ -8,7 +8,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -163,7 +163,7 @@ def _recorded(
             return None
     if name in ("torch", "torch-channels_last"):
         layout = "contiguous" if name == "torch" else "channels_last"
-        return BackendChoice(name, [_torch_runner(net, layout, amp) for net in nets], timings, recorded=True)
+        return replace(_torch_choice(nets, layout, amp), timings_ms=timings, recorded=True)
     return None
 
 
